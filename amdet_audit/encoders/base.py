@@ -1,0 +1,97 @@
+"""The Adapter protocol: everything the scan may ask of a text encoder, and nothing about files.
+
+Conventions every adapter keeps:
+- ``T`` is the consumer's sequence length (77 for SD's CLIP towers); prompts are padded to it the way the
+  consumer pads (EOS for SD 1.x, ``!`` for SD 2.x) and truncated to it.
+- Token embeddings carry no position; positions are added inside :meth:`Adapter.forward`. Vectors inserted
+  with ``insert`` therefore live in token-embedding space: a pseudo-trigger is a genuine (soft) token, and
+  its Textual-Inversion export needs no position removed.
+- Weights are frozen (``requires_grad`` False, eval mode); gradients flow only to ``insert``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass(frozen=True)
+class TextBatch:
+    """Tokenized prompts. ids, attention_mask: [B, T] (mask 1 on real tokens incl. BOS/EOS, 0 on padding)."""
+
+    ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class EncoderOutput:
+    """What one forward pass yields.
+
+    read: [B, T, D] the hidden states the consumer reads (e.g. last layer after final LayerNorm for SD 1.x,
+        penultimate layer without it for SDXL).
+    last: [B, T, D] the final hidden states after the final LayerNorm.
+    pooled: [B, P] the pooled output (projected when the model has a projection).
+    """
+
+    read: torch.Tensor
+    last: torch.Tensor
+    pooled: torch.Tensor
+
+
+@runtime_checkable
+class Adapter(Protocol):
+    """A frozen text encoder the scan can drive from token embeddings."""
+
+    family: str  # "clip", "bert", ...
+    hidden_size: int  # D
+    max_length: int  # T
+    causal: bool  # causal self-attention (CLIP) or bidirectional (BERT, T5)
+    pad_id: int
+    bos_id: int
+    eos_id: int
+    read_layer: int  # -1: last layer (+final norm); -2: penultimate, as SDXL reads it
+    device: torch.device
+    dtype: torch.dtype
+
+    def tokenize(self, prompts: list[str]) -> TextBatch:
+        """Tokenize and pad/truncate to T exactly as the consumer does."""
+        ...
+
+    def token_embedding_matrix(self) -> torch.Tensor:
+        """[V, D] the token-embedding table (for nearest-token decoding of a pseudo-trigger)."""
+        ...
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] ids -> [B, T, D] token embeddings, no positions."""
+        ...
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] ids -> [B, T, D] post-embedding states (token + position), as the first layer sees them."""
+        ...
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        insert: torch.Tensor | None = None,
+        token_embeds: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        """Run the encoder on [B, T] ids.
+
+        insert: [k, D] or [B, k, D] vectors in token-embedding space placed right after BOS; the sequence is
+            cut back to T (the last k tokens drop off) and positions are those of the new layout.
+        token_embeds: [B, T, D] precomputed token embeddings of ``ids`` (saves the lookup in loops).
+        With neither, the result equals the model's own forward on ``ids``.
+        """
+        ...
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Adapter":
+        """Move the frozen weights; returns self."""
+        ...
+
+    def describe(self) -> dict[str, object]:
+        """Architecture facts for reports: family, D, T, layers, pad token, causal, read layer, projection."""
+        ...

@@ -1,0 +1,45 @@
+"""Every error amdet-audit raises on purpose derives from :class:`AmdetError`.
+
+The CLI maps an ``AmdetError`` to a one-line message and exit code 2; anything else is a bug.
+Each class also inherits the builtin a Python caller would expect (``FileNotFoundError``, ``ValueError``...).
+"""
+
+from __future__ import annotations
+
+
+class AmdetError(Exception):
+    """Root of the errors amdet-audit raises for bad input or an audit it could not complete."""
+
+    exit_code: int = 2
+
+
+class UsageError(AmdetError, ValueError):
+    """Raised when arguments contradict each other or name something unknown."""
+
+
+class SourceNotFoundError(AmdetError, FileNotFoundError):
+    """Raised when a target (path, repo id, revision, canary name) does not exist or is not cached offline."""
+
+
+class NotATextEncoderError(AmdetError, ValueError):
+    """Raised when a target exists but holds no supported text encoder (a vision model, an empty folder...)."""
+
+
+class WeightsError(AmdetError, ValueError):
+    """Raised when weight files are corrupt, truncated, or do not match the model's config."""
+
+
+class PickleRefusedError(AmdetError, PermissionError):
+    """Raised when only pickle weights (.bin, .pt, .ckpt) are present and --allow-pickle was not given."""
+
+
+class TokenizerError(AmdetError, ValueError):
+    """Raised when a text encoder's tokenizer files are missing or unreadable."""
+
+
+class ConfigFileError(AmdetError, ValueError):
+    """Raised when a config or policy file is not valid JSON/YAML or lacks required keys."""
+
+
+class HubError(AmdetError, ConnectionError):
+    """Raised when the model hub cannot be reached or answers with an error other than 'not found'."""

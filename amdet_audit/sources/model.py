@@ -1,0 +1,81 @@
+"""What a resolved target is: files on local disk, their digests, and where they came from."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+SAFETENSORS_SUFFIX = ".safetensors"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One file the audit used, relative to the target root, with its size and sha256."""
+
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Component:
+    """One text encoder inside a target (a plain model folder has one, a diffusers pipeline several).
+
+    name: ``"text_encoder"``, ``"text_encoder_2"``... for pipelines; ``"model"`` for a plain folder or file.
+    config_path: the encoder's config.json.
+    weight_files: the safetensors (or, with --allow-pickle, pickle) files holding its weights.
+    tokenizer_path: folder with the tokenizer files the consumer uses, or None when there is none.
+    architecture: the config's class name, e.g. ``CLIPTextModel``.
+    """
+
+    name: str
+    config_path: Path
+    weight_files: tuple[Path, ...]
+    tokenizer_path: Path | None
+    architecture: str
+    model_type: str
+    weight_format: str = "safetensors"
+
+
+@dataclass
+class ResolvedTarget:
+    """A target turned into files on local disk, with provenance.
+
+    kind: ``hub``, ``local``, ``file`` or ``canary``.
+    root: the folder the FileRecord paths are relative to.
+    commit_sha: the hub commit the files were fetched at (hub targets only).
+    custom_code: files or config keys that would run code (auto_map, .py files); reported, never executed.
+    other_files: files present in the target but not used (e.g. pickle files beside safetensors).
+    """
+
+    input: str
+    kind: str
+    root: Path
+    components: list[Component]
+    files: list[FileRecord]
+    repo_id: str | None = None
+    revision: str | None = None
+    commit_sha: str | None = None
+    pipeline_class: str | None = None
+    custom_code: list[str] = field(default_factory=list)
+    other_files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def component(self, name: str) -> Component:
+        """Return the component called ``name``."""
+        for comp in self.components:
+            if comp.name == name:
+                return comp
+        raise KeyError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready view, paths as strings."""
+        data = asdict(self)
+        data["root"] = str(self.root)
+        for comp in data["components"]:
+            comp["config_path"] = str(comp["config_path"])
+            comp["weight_files"] = [str(p) for p in comp["weight_files"]]
+            comp["tokenizer_path"] = None if comp["tokenizer_path"] is None else str(comp["tokenizer_path"])
+        return data
