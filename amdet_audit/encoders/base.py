@@ -88,7 +88,7 @@ class Adapter(Protocol):
         """
         ...
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Adapter":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Adapter:
         """Move the frozen weights; returns self."""
         ...
 

@@ -1,0 +1,57 @@
+"""The one public entry point: resolve a target, load its encoders, audit them.
+
+The CLI, plugins and Python users all call these functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from amdet_audit.sources import ResolvedTarget, resolve
+
+
+@dataclass
+class SourceOptions:
+    """How to turn a TARGET into files (see :func:`amdet_audit.sources.resolve`)."""
+
+    revision: str | None = None
+    component: str | None = None
+    config: Path | None = None
+    offline: bool | None = None
+    allow_pickle: bool = False
+    cache_dir: Path | None = None
+
+    def resolve(self, target: str) -> ResolvedTarget:
+        """Resolve ``target`` with these options."""
+        return resolve(target, revision=self.revision, component=self.component, config=self.config,
+                       offline=self.offline, allow_pickle=self.allow_pickle, cache_dir=self.cache_dir)
+
+
+@dataclass
+class TargetDescription:
+    """A resolved target plus what loading each component found (architecture, tokenizer, read layer)."""
+
+    target: ResolvedTarget
+    components: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view."""
+        return {"target": self.target.to_dict(), "encoders": self.components}
+
+
+def describe(target: str, *, sources: SourceOptions | None = None, device: str = "cpu") -> TargetDescription:
+    """Resolve ``target``, load every text-encoder component, and describe what was found.
+
+    Raises:
+        AmdetError: for any target that cannot be resolved or loaded (see amdet_audit.errors).
+    """
+    from amdet_audit.encoders import load_component
+
+    resolved = (sources or SourceOptions()).resolve(target)
+    description = TargetDescription(target=resolved)
+    for comp in resolved.components:
+        adapter = load_component(comp, device=device)
+        description.components[comp.name] = adapter.describe()
+    return description

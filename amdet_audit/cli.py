@@ -1,0 +1,131 @@
+"""The ``amdet-audit`` command line: parse, call :mod:`amdet_audit.api`, print, map to an exit code.
+
+Heavy libraries (torch, transformers) are imported inside commands so that ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from amdet_audit import __version__
+from amdet_audit.errors import AmdetError
+from amdet_audit.exit_codes import ExitCode
+
+log = logging.getLogger("amdet_audit")
+
+Revision = Annotated[str | None, typer.Option(help="Hub branch, tag or commit (or TARGET@REV).")]
+Component = Annotated[str | None, typer.Option(help="Only this pipeline component, e.g. text_encoder_2.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="config.json for a single .safetensors file.")]
+Offline = Annotated[bool, typer.Option("--offline", help="Use the local hub cache only (also HF_HUB_OFFLINE=1).")]
+AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Accept pickle weights (they can run code).")]
+Format = Annotated[str, typer.Option("--format", help="text (a table) or json (on stdout).")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+
+
+def fail(message: str, code: ExitCode = ExitCode.ERROR) -> None:
+    """Print one line on stderr and leave with ``code``."""
+    typer.echo(f"amdet-audit: error: {message}", err=True)
+    raise typer.Exit(int(code))
+
+
+def version_callback(value: bool) -> None:
+    """--version: print and exit."""
+    if value:
+        typer.echo(f"amdet-audit {__version__}")
+        raise typer.Exit()
+
+
+def make_app() -> typer.Typer:
+    """Build the Typer application (a factory, so tests get a fresh app)."""
+    app = typer.Typer(
+        name="amdet-audit",
+        help="Audit text encoders (CLIP, SD, SDXL...) for textual backdoors before you deploy them.",
+        no_args_is_help=True,
+        pretty_exceptions_show_locals=False,
+        rich_markup_mode=None,
+    )
+
+    @app.callback()
+    def main_options(
+        version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                              help="Show the version and exit.")] = False,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details on stderr.")] = False,
+    ) -> None:
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
+                            format="%(levelname)s %(name)s: %(message)s")
+
+    @app.command()
+    def scan(
+        target: Annotated[str, typer.Argument(help="repo id[@rev], hf://..., folder, file.safetensors, canary:NAME")],
+        revision: Revision = None,
+        component: Component = None,
+        config: ConfigOpt = None,
+        offline: Offline = False,
+        allow_pickle: AllowPickle = False,
+        output_format: Format = "text",
+        device: Device = "cpu",
+    ) -> None:
+        """Resolve, load and describe TARGET's text encoders."""
+        from amdet_audit import api
+
+        check_format(output_format)
+        sources = api.SourceOptions(revision=revision, component=component, config=config,
+                                    offline=offline or None, allow_pickle=allow_pickle)
+        description = api.describe(target, sources=sources, device=device)
+        if output_format == "json":
+            typer.echo(json.dumps(description.to_dict(), indent=2))
+        else:
+            from amdet_audit.console import print_description
+
+            print_description(description)
+
+    from amdet_audit.cli_lab import make_lab_app
+
+    app.add_typer(make_lab_app(), name="lab")
+    return app
+
+
+def check_format(value: str) -> None:
+    """Reject unknown --format values."""
+    if value not in ("text", "json"):
+        fail(f"--format must be text or json, not {value!r}")
+
+
+def usage_errors() -> tuple[type[Exception], ...]:
+    """Click's ClickException classes: typer >= 0.25 vendors click, older versions use the click package."""
+    import click
+    from typer.exceptions import TyperException
+
+    return (click.ClickException, TyperException)
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning known errors into one line and exit code 2."""
+    app = make_app()
+    try:
+        result = app(standalone_mode=False)
+    except usage_errors() as err:  # click's usage errors: its own message, exit 2
+        err.show()
+        sys.exit(int(ExitCode.ERROR))
+    except AmdetError as err:
+        typer.echo(f"amdet-audit: error: {err}", err=True)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("amdet-audit: interrupted", err=True)
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except (typer.Abort, EOFError):
+        sys.exit(int(ExitCode.INTERRUPTED))
+    except Exception as err:  # a bug: say so in one line; the traceback only on request
+        if os.environ.get("AMDET_AUDIT_DEBUG"):
+            raise
+        typer.echo(f"amdet-audit: internal error: {type(err).__name__}: {err} (set AMDET_AUDIT_DEBUG=1 "
+                   "for a traceback)", err=True)
+        sys.exit(int(ExitCode.ERROR))
+    sys.exit(result if isinstance(result, int) else 0)

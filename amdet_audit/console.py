@@ -1,0 +1,42 @@
+"""Human-readable terminal output (rich); machine output is JSON and lives elsewhere."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from amdet_audit.api import TargetDescription
+
+
+def stdout_console() -> Console:
+    """A console on stdout; rich itself drops colour outside a terminal and under NO_COLOR."""
+    import sys
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+
+
+def print_description(description: TargetDescription, console: Console | None = None) -> None:
+    """Print provenance and one table row per text-encoder component."""
+    console = console or stdout_console()
+    target = description.target
+    console.print(f"target   {target.input}  ({target.kind})")
+    if target.repo_id:
+        console.print(f"repo     {target.repo_id}  revision {target.revision or 'main'}  commit {target.commit_sha}")
+    if target.pipeline_class:
+        console.print(f"pipeline {target.pipeline_class}")
+    table = Table(title=None, show_edge=False)
+    for column in ("component", "architecture", "width", "layers", "tokens", "pad", "reads", "params"):
+        table.add_column(column)
+    for name, info in description.components.items():
+        reads = "last+norm" if info.get("read_layer") == -1 else f"hidden[{info.get('read_layer')}]"
+        table.add_row(name, str(info.get("architecture")), str(info.get("hidden_size")), str(info.get("layers")),
+                      str(info.get("max_length")), repr(info.get("pad_token")), reads, f"{info.get('parameters'):,}")
+    console.print(table)
+    console.print(f"files    {len(target.files)} used, sha256 recorded (--format json lists them)")
+    for item in target.custom_code:
+        console.print(f"[yellow]custom code present (not executed): {item}[/]")
+    for item in target.other_files:
+        console.print(f"unused weight file: {item}")

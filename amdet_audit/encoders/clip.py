@@ -1,0 +1,249 @@
+"""The CLIP text tower (``CLIPTextModel`` / ``CLIPTextModelWithProjection``) behind the Adapter protocol.
+
+The adapter drives the tower from token embeddings through public modules only: ``embeddings.token_embedding``,
+``embeddings.position_embedding``, ``encoder``, ``final_layer_norm`` and ``text_projection``. It works with both
+module layouts: transformers 5.x keeps the parts directly on ``CLIPTextModel``; ``CLIPTextModelWithProjection``
+(and every 4.x model) keeps them under ``.text_model``.
+
+Attention: the encoder is always called with our own additive 4-D causal mask ([B, 1, T, T], ``finfo.min`` above
+the diagonal) as ``attention_mask``. Calling it with no mask would silently run it bidirectionally.
+
+Padding: SD 1.x/2.x and SDXL pass NO attention mask to the text encoder, so ``forward(ids)`` (no
+``attention_mask``) reproduces ``model(input_ids=ids)`` exactly, padding tokens attended to (causally). Pass the
+tokenizer's ``attention_mask`` only for a consumer that passes it too; it is then combined with the causal mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from amdet_audit.encoders.base import EncoderOutput, TextBatch
+from amdet_audit.errors import TokenizerError
+
+LEGACY_EOS_ID = 2  # configs from before transformers PR #24773: pooling takes the argmax of the ids
+
+
+def locate_parts(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    """(tower holding embeddings/encoder/final_layer_norm, text_projection or None) for either layout."""
+    tower = model
+    if not hasattr(tower, "embeddings") and hasattr(model, "text_model"):
+        tower = model.text_model
+    for part in ("embeddings", "encoder", "final_layer_norm"):
+        if not hasattr(tower, part):
+            raise TypeError(f"{type(model).__name__} has no CLIP text tower part {part!r}")
+    return tower, getattr(model, "text_projection", None)
+
+
+def causal_mask(
+    length: int, dtype: torch.dtype, device: torch.device, key_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Additive attention mask [B or 1, 1, T, T]: 0 where query i may attend key j (j <= i), finfo.min elsewhere.
+
+    key_mask: optional [B, T] (1 real token, 0 padding); padded keys are then masked too.
+    """
+    allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril()  # [T, T]
+    allowed = allowed[None, None]  # [1, 1, T, T]
+    if key_mask is not None:
+        allowed = allowed & key_mask.to(device=device, dtype=torch.bool)[:, None, None, :]  # [B, 1, T, T]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def insert_after_bos(tokens: torch.Tensor, insert: torch.Tensor) -> torch.Tensor:
+    """[B, T, D] token embeddings + [k, D] or [B, k, D] vectors -> [B, T, D]: BOS, the k vectors, the rest cut to T."""
+    batch, length, width = tokens.shape
+    if insert.dim() == 2:
+        insert = insert.unsqueeze(0).expand(batch, -1, -1)  # [B, k, D]
+    if insert.dim() != 3 or insert.shape[0] != batch or insert.shape[2] != width:
+        raise ValueError(f"insert must be [k, {width}] or [{batch}, k, {width}], got {list(insert.shape)}")
+    k = insert.shape[1]
+    if not 1 <= k <= length - 1:
+        raise ValueError(f"insert of {k} vectors does not fit after BOS in {length} tokens")
+    insert = insert.to(dtype=tokens.dtype, device=tokens.device)
+    return torch.cat([tokens[:, :1], insert, tokens[:, 1 : length - k]], dim=1)  # [B, T, D]
+
+
+def shift_mask(mask: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, T] padding mask for the layout with k real vectors inserted after BOS (cut back to T)."""
+    ones = torch.ones(mask.shape[0], k, dtype=mask.dtype, device=mask.device)
+    return torch.cat([mask[:, :1], ones, mask[:, 1 : mask.shape[1] - k]], dim=1)  # [B, T]
+
+
+@contextmanager
+def capture_output(module: nn.Module, store: list[torch.Tensor]) -> Iterator[None]:
+    """While active, append the hidden states ``module`` outputs (a tensor in 5.x, a tuple in 4.x) to store."""
+
+    def hook(_mod: nn.Module, _args: Any, output: Any) -> None:
+        store.append(output[0] if isinstance(output, (tuple, list)) else output)
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class ClipTextAdapter:
+    """A frozen CLIP text tower the scan drives from token embeddings (see :mod:`amdet_audit.encoders.base`).
+
+    read_layer: -1 reads the last layer after the final LayerNorm (SD 1.x/2.x); -k (k >= 2) reads
+    ``hidden_states[-k]`` without the final LayerNorm (-2 is what SDXL and "clip skip 2" read).
+    """
+
+    family = "clip"
+    causal = True
+
+    def __init__(self, model: nn.Module, tokenizer: Any | None, *, read_layer: int = -1) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self._tower, self._projection = locate_parts(model)
+        self.config = model.config
+        self.tokenizer = tokenizer
+        self.num_layers = len(self._tower.encoder.layers)
+        if not -(self.num_layers + 1) <= read_layer <= -1:
+            raise ValueError(f"read_layer must be in -1..-{self.num_layers + 1}, got {read_layer}")
+        self.read_layer = read_layer
+        self.hidden_size = int(self.config.hidden_size)
+        self.max_positions = int(self.config.max_position_embeddings)
+        self.max_length = min(self.max_positions, int(getattr(tokenizer, "model_max_length", self.max_positions)))
+        self.bos_id, self.eos_id, self.pad_id = self._special_ids(tokenizer)
+        self._pool_eos_id = self.config.eos_token_id
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+
+    def _special_ids(self, tokenizer: Any | None) -> tuple[int, int, int]:
+        """(BOS, EOS, pad) ids: the tokenizer's (what the consumer feeds), else the config's."""
+        cfg = self.config
+        if tokenizer is None:
+            return int(cfg.bos_token_id), int(cfg.eos_token_id), int(cfg.pad_token_id)
+        return int(tokenizer.bos_token_id), int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
+
+    def tokenize(self, prompts: list[str]) -> TextBatch:
+        """Tokenize as diffusers does: pad (with the tokenizer's pad token) and truncate to T."""
+        if self.tokenizer is None:
+            raise TokenizerError("this CLIP adapter was built without a tokenizer")
+        enc = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        )
+        return TextBatch(ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device))
+
+    def token_embedding_matrix(self) -> torch.Tensor:
+        """[V, D] the token-embedding table (detached, shares storage)."""
+        return self._tower.embeddings.token_embedding.weight.detach()
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] ids -> [B, T, D] token embeddings, no positions."""
+        return self._tower.embeddings.token_embedding(ids.to(self.device))
+
+    def positions(self, length: int) -> torch.Tensor:
+        """[T, D] the position embeddings of the first T positions."""
+        if length > self.max_positions:
+            raise ValueError(f"sequence of {length} tokens exceeds the model's {self.max_positions} positions")
+        return self._tower.embeddings.position_embedding.weight[:length]
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] ids -> [B, T, D] token + position embeddings, as the first layer sees them."""
+        return self.embed_tokens(ids) + self.positions(ids.shape[-1])  # [B, T, D] + [T, D]
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        insert: torch.Tensor | None = None,
+        token_embeds: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        """Run the tower on [B, T] ids; see :meth:`amdet_audit.encoders.base.Adapter.forward`.
+
+        attention_mask: [B, T] padding mask, combined with the causal mask; leave None for SD consumers, which
+            pass none (then the result equals ``model(input_ids=ids)``).
+        """
+        ids = self._check_ids(ids)
+        tokens = self.embed_tokens(ids) if token_embeds is None else token_embeds.to(self.device, self.dtype)
+        if tokens.shape[:2] != ids.shape:
+            raise ValueError(f"token_embeds {list(tokens.shape)} do not match ids {list(ids.shape)}")
+        k = 0
+        if insert is not None:
+            tokens = insert_after_bos(tokens, insert)
+            k = insert.shape[-2]
+            if attention_mask is not None:
+                attention_mask = shift_mask(attention_mask.to(self.device), k)
+        hidden = tokens + self.positions(ids.shape[1])  # [B, T, D] + [T, D]
+        mask = causal_mask(ids.shape[1], self.dtype, self.device, attention_mask)  # [B or 1, 1, T, T]
+        pre_norm, read = self._encode(hidden, mask)
+        last = self._tower.final_layer_norm(pre_norm)  # [B, T, D]
+        pooled = last[torch.arange(ids.shape[0], device=self.device), self.pool_positions(ids, k)]  # [B, D]
+        if self._projection is not None:
+            pooled = self._projection(pooled)  # [B, D] @ [D, P] -> [B, P]
+        return EncoderOutput(read=last if read is None else read, last=last, pooled=pooled)
+
+    __call__ = forward
+
+    def _check_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Reject ids that are not a [B, T] integer tensor with T within the position table."""
+        if ids.dim() != 2 or ids.dtype.is_floating_point:
+            raise ValueError(f"ids must be a [B, T] integer tensor, got {ids.dtype} {list(ids.shape)}")
+        if ids.shape[1] > self.max_positions:
+            raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds the model's {self.max_positions} positions")
+        return ids.to(self.device)
+
+    def _encode(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the encoder layers: (last hidden states before the final norm, read states or None for -1)."""
+        if self.read_layer == -1:
+            return self._tower.encoder(inputs_embeds=hidden, attention_mask=mask)[0], None
+        index = self.num_layers + 1 + self.read_layer  # into hidden_states: 0 embeddings, i output of layer i-1
+        if index == 0:
+            return self._tower.encoder(inputs_embeds=hidden, attention_mask=mask)[0], hidden
+        store: list[torch.Tensor] = []
+        with capture_output(self._tower.encoder.layers[index - 1], store):
+            out = self._tower.encoder(inputs_embeds=hidden, attention_mask=mask)[0]
+        return out, store[0]
+
+    def pool_positions(self, ids: torch.Tensor, k: int = 0) -> torch.Tensor:
+        """[B] the pooled (EOS) position, by the rule of transformers >= 4.31, shifted by k inserted vectors.
+
+        Configs with eos_token_id == 2 (pre-#24773, e.g. openai/clip-vit-large-patch14) pool at argmax(ids);
+        others at the first EOS. An EOS pushed past the end by the insertion pools at the last position.
+        """
+        as_int = ids.to(torch.int)  # argmax has no int64 kernel in some exporters; transformers casts too
+        if self._pool_eos_id == LEGACY_EOS_ID:
+            pos = as_int.argmax(dim=-1)
+        else:
+            pos = (as_int == self._pool_eos_id).int().argmax(dim=-1)
+        return (pos + k).clamp(max=ids.shape[1] - 1)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ClipTextAdapter:
+        """Move (and optionally cast) the frozen weights; returns self."""
+        self.model.to(device=device, dtype=dtype)
+        param = next(self.model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        return self
+
+    def describe(self) -> dict[str, object]:
+        """JSON-ready architecture facts for reports."""
+        cfg = self.config
+        pad_token = None if self.tokenizer is None else str(self.tokenizer.pad_token)
+        return {
+            "family": self.family,
+            "architecture": type(self.model).__name__,
+            "hidden_size": self.hidden_size,
+            "layers": self.num_layers,
+            "heads": int(cfg.num_attention_heads),
+            "max_length": self.max_length,
+            "max_positions": self.max_positions,
+            "vocab_size": int(cfg.vocab_size),
+            "pad_token": pad_token,
+            "pad_id": self.pad_id,
+            "bos_id": self.bos_id,
+            "eos_id": self.eos_id,
+            "causal": True,
+            "read_layer": self.read_layer,
+            "pooling": "argmax_id" if self._pool_eos_id == LEGACY_EOS_ID else "first_eos",
+            "projection_dim": None if self._projection is None else int(self._projection.out_features),
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }

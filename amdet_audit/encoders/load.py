@@ -1,0 +1,288 @@
+"""Turn a :class:`~amdet_audit.sources.model.Component` into a frozen :class:`Adapter`, running no code from it.
+
+Steps: read config.json (JSON only), decide the family from ``model_type`` / ``architectures``, hand over to the
+family's builder in :data:`FAMILY_BUILDERS` (the dispatch point where new families, e.g. BERT, plug in). The
+CLIP builder loads the tokenizer with ``CLIPTokenizer`` (never remote code), reads the weights with safetensors
+(``torch.load(weights_only=True)`` only for components explicitly marked ``weight_format="pickle"``), checks
+every tensor name and shape against the config, and loads them strictly into a model built on the meta device.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from amdet_audit.encoders.base import Adapter
+from amdet_audit.encoders.clip import ClipTextAdapter
+from amdet_audit.errors import ConfigFileError, NotATextEncoderError, TokenizerError, WeightsError
+from amdet_audit.sources.model import Component
+
+Tensors = dict[str, tuple[torch.Tensor, Path]]  # key -> (tensor, file it came from)
+FamilyBuilder = Callable[..., Adapter]  # (component, config, *, device, dtype, read_layer) -> Adapter
+
+#: model_type -> family; "clip" is a full CLIPModel, whose text tower is used.
+MODEL_TYPES: dict[str, str] = {"clip_text_model": "clip", "clip": "clip"}
+#: architecture class name -> family, for configs without a usable model_type.
+ARCHITECTURES: dict[str, str] = {"CLIPTextModel": "clip", "CLIPTextModelWithProjection": "clip", "CLIPModel": "clip"}
+#: model types / classes that exist but are not text encoders (a clearer message than "unsupported").
+NOT_TEXT_ENCODERS = frozenset(
+    {
+        "clip_vision_model", "CLIPVisionModel", "CLIPVisionModelWithProjection", "siglip_vision_model", "vit",
+        "resnet", "convnext", "dinov2", "swin", "beit", "deit", "UNet2DConditionModel", "AutoencoderKL",
+        "UNet2DModel", "SD3Transformer2DModel", "FluxTransformer2DModel", "ControlNetModel",
+    }
+)  # fmt: skip
+CLIP_TEXT_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
+CLIP_PREFIX = "text_model."
+OTHER_TOWER_PREFIXES = ("vision_model.", "visual_projection.", "logit_scale")
+FULL_CLIP_HEAD_PREFIXES = ("text_projection.",)  # the joint head of a full CLIPModel, not part of the text tower
+POSITION_IDS = "embeddings.position_ids"
+
+
+def read_config(path: Path | str) -> dict[str, Any]:
+    """Parse a config.json into a dict; a missing, non-JSON or non-object file raises ConfigFileError."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigFileError(f"{path}: config file not found") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigFileError(f"{path}: not a valid JSON config ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{path}: config must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def detect_family(config: Mapping[str, Any], where: str) -> str:
+    """The adapter family ("clip", ...) of a config; NotATextEncoderError when it holds no supported text encoder."""
+    model_type = config.get("model_type")
+    architectures = config.get("architectures") or []
+    if model_type in MODEL_TYPES:
+        return MODEL_TYPES[model_type]
+    for name in architectures:
+        if name in ARCHITECTURES:
+            return ARCHITECTURES[name]
+    kind = model_type or (architectures[0] if architectures else None) or config.get("_class_name")
+    if kind is None:
+        raise NotATextEncoderError(f"{where}: config names no model_type or architecture, not a text encoder")
+    if kind in NOT_TEXT_ENCODERS or any(a in NOT_TEXT_ENCODERS for a in architectures):
+        raise NotATextEncoderError(f"{where} is a {kind}, not a text encoder")
+    raise NotATextEncoderError(f"{where} is a {kind}, not a supported text encoder (supported: {sorted(MODEL_TYPES)})")
+
+
+def load_component(
+    component: Component,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
+    read_layer: int | None = None,
+) -> Adapter:
+    """Load one text encoder component as a frozen Adapter.
+
+    dtype: None loads float32. read_layer: None means -1 (last layer + final norm); pass -2 for SDXL encoders.
+    """
+    config = read_config(component.config_path)
+    family = detect_family(config, f"{component.name} ({component.config_path})")
+    builder = FAMILY_BUILDERS.get(family)
+    if builder is None:
+        raise NotATextEncoderError(f"{component.name}: no adapter for the {family!r} family yet")
+    return builder(component, config, device=device, dtype=dtype, read_layer=-1 if read_layer is None else read_layer)
+
+
+# ---- weights (family independent) -------------------------------------------------------------------------------
+
+
+def read_weights(component: Component, keep: Callable[[str], bool] = lambda key: True) -> Tensors:
+    """The tensors of the component's weight files whose key passes ``keep`` (shards merged).
+
+    A key in two files raises WeightsError. ``keep`` spares reading another tower's tensors.
+    """
+    if not component.weight_files:
+        raise WeightsError(f"{component.name}: no weight files")
+    tensors: Tensors = {}
+    for path in component.weight_files:
+        for key, tensor in read_weight_file(Path(path), component.weight_format, keep).items():
+            if key in tensors:
+                raise WeightsError(f"{path}: tensor {key} also in {tensors[key][1]}")
+            tensors[key] = (tensor, Path(path))
+    return tensors
+
+
+def read_weight_file(
+    path: Path, weight_format: str = "safetensors", keep: Callable[[str], bool] = lambda key: True
+) -> Mapping[str, torch.Tensor]:
+    """One file's tensors (those whose key passes ``keep``): safetensors, or, only when weight_format is
+    "pickle", ``torch.load(weights_only=True)``."""
+    if not path.is_file():
+        raise WeightsError(f"{path}: weight file not found")
+    if weight_format == "pickle":
+        return {k: v for k, v in _read_pickle(path).items() if keep(k)}
+    if weight_format != "safetensors":
+        raise WeightsError(f"{path}: unknown weight format {weight_format!r}")
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys() if keep(key)}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file (corrupt or truncated): {exc}") from exc
+
+
+def _read_pickle(path: Path) -> Mapping[str, torch.Tensor]:
+    """A pickle state dict, unpickled with weights_only=True (tensors and plain containers only)."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling raises many types; none may escape as a crash
+        raise WeightsError(f"{path}: not a readable weights-only pickle checkpoint: {exc}") from exc
+    if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
+        data = data["state_dict"]
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise WeightsError(f"{path}: pickle checkpoint is not a flat state dict of tensors")
+    return data
+
+
+def _name_some(keys: Iterable[str], limit: int = 3) -> str:
+    """'a, b, c and 4 more' for error messages."""
+    keys = sorted(keys)
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def match_tensors(
+    model: nn.Module, tensors: Tensors, *, canonical: Callable[[str], str], ignorable: Callable[[str], bool]
+) -> dict[str, torch.Tensor]:
+    """Map file tensors onto ``model``'s state-dict keys via ``canonical`` names; check names and shapes.
+
+    Keys for which ``ignorable(canonical_key)`` holds (another tower, position_ids) are dropped; any other key the
+    model lacks, any key it expects but the files lack, and any shape differing from the config raise WeightsError.
+    """
+    expected = {canonical(k): k for k in model.state_dict() if not canonical(k).endswith(POSITION_IDS)}
+    provided: dict[str, tuple[torch.Tensor, Path, str]] = {}
+    for key, (tensor, path) in tensors.items():
+        name = canonical(key)
+        if ignorable(name):
+            continue
+        if name in provided:
+            raise WeightsError(f"{path}: tensors {provided[name][2]} and {key} both map to {name}")
+        provided[name] = (tensor, path, key)
+    _check_names(expected, provided, type(model).__name__)
+    shapes = model.state_dict()
+    for name, (tensor, path, key) in provided.items():
+        want = tuple(shapes[expected[name]].shape)
+        if tuple(tensor.shape) != want:
+            got = list(tensor.shape)
+            raise WeightsError(f"{path}: tensor {key} has shape {got} but the config implies {list(want)}")
+    return {expected[name]: tensor for name, (tensor, _, _) in provided.items()}
+
+
+def _check_names(expected: Mapping[str, str], provided: Mapping[str, tuple], model_name: str) -> None:
+    """Raise WeightsError naming up to 3 missing or unexpected tensors."""
+    missing = set(expected) - set(provided)
+    if missing:
+        files = sorted({str(p) for _, p, _ in provided.values()}) or ["(no tensors)"]
+        raise WeightsError(f"{', '.join(files)}: missing {len(missing)} tensors of {model_name}: {_name_some(missing)}")
+    unexpected = {provided[n][2]: provided[n][1] for n in set(provided) - set(expected)}
+    if unexpected:
+        files = sorted({str(p) for p in unexpected.values()})
+        raise WeightsError(f"{', '.join(files)}: tensors that are not part of {model_name}: {_name_some(unexpected)}")
+
+
+def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Load a checked state dict into a model built on the meta device; rebuild the position_ids buffers."""
+    model.load_state_dict(dict(state), strict=True, assign=True)
+    for name, buffer in list(model.named_buffers()):
+        if not buffer.is_meta:
+            continue
+        if not name.endswith("position_ids"):
+            raise RuntimeError(f"buffer {name} of {type(model).__name__} was not materialised")
+        owner, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(owner), leaf, torch.arange(buffer.shape[-1]).expand(tuple(buffer.shape)))
+    return model
+
+
+# ---- CLIP -------------------------------------------------------------------------------------------------------
+
+
+def clip_text_config(config: Mapping[str, Any], where: Path) -> tuple[Any, bool]:
+    """(CLIPTextConfig, is_full_clip) from a text-tower config or a full CLIPModel config (its text_config)."""
+    from transformers import CLIPConfig, CLIPTextConfig
+
+    full = config.get("model_type") == "clip" or "CLIPModel" in (config.get("architectures") or [])
+    try:
+        text = CLIPConfig.from_dict(dict(config)).text_config if full else CLIPTextConfig.from_dict(dict(config))
+    except Exception as exc:  # transformers raises TypeError, ValueError or strict-dataclass errors
+        raise ConfigFileError(f"{where}: not a valid CLIP text config ({exc})") from exc
+    return text, full
+
+
+def clip_class_name(config: Mapping[str, Any], component: Component, tensors: Tensors, full: bool) -> str:
+    """Which CLIP text class the weights belong to: the config's architecture, else the component's, else the
+    presence of a ``text_projection`` tensor decides."""
+    if full:
+        return "CLIPTextModel"
+    for name in [*(config.get("architectures") or []), component.architecture]:
+        if name in CLIP_TEXT_CLASSES:
+            return name
+    has_projection = any(k.removeprefix(CLIP_PREFIX).startswith("text_projection.") for k in tensors)
+    return CLIP_TEXT_CLASSES[1] if has_projection else CLIP_TEXT_CLASSES[0]
+
+
+def load_clip_tokenizer(component: Component, max_positions: int) -> Any:
+    """The component's CLIPTokenizer (local files only), with model_max_length capped at the model's positions."""
+    import transformers
+
+    folder = component.tokenizer_path
+    has_bpe = folder is not None and (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    has_json = folder is not None and (folder / "tokenizer.json").is_file()
+    if not (has_bpe or has_json):
+        raise TokenizerError(
+            f"no tokenizer found for {component.name} (expected vocab.json + merges.txt or tokenizer.json)"
+        )
+    cls = transformers.CLIPTokenizer if has_bpe else transformers.CLIPTokenizerFast
+    try:
+        tokenizer = cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # tokenizer loading raises many types for bad files
+        raise TokenizerError(f"{folder}: unreadable CLIP tokenizer for {component.name}: {exc}") from exc
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None or tokenizer.bos_token_id is None:
+        raise TokenizerError(f"{folder}: CLIP tokenizer for {component.name} lacks a BOS, EOS or pad token")
+    if not tokenizer.model_max_length or tokenizer.model_max_length > max_positions:
+        tokenizer.model_max_length = max_positions
+    return tokenizer
+
+
+def clip_ignorable(full: bool) -> Callable[[str], bool]:
+    """Canonical keys to drop: another tower's (and, for a full CLIPModel, its joint head), and position_ids."""
+    prefixes = OTHER_TOWER_PREFIXES + (FULL_CLIP_HEAD_PREFIXES if full else ())
+    return lambda name: name.startswith(prefixes) or name == POSITION_IDS
+
+
+def build_clip(
+    component: Component,
+    config: Mapping[str, Any],
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype | None,
+    read_layer: int,
+) -> ClipTextAdapter:
+    """The CLIP family builder: config, tokenizer, checked weights -> ClipTextAdapter."""
+    import transformers
+
+    text_config, full = clip_text_config(config, component.config_path)
+    tokenizer = load_clip_tokenizer(component, int(text_config.max_position_embeddings))
+    ignorable = clip_ignorable(full)
+    tensors = read_weights(component, keep=lambda key: not ignorable(key.removeprefix(CLIP_PREFIX)))
+    cls = getattr(transformers, clip_class_name(config, component, tensors, full))
+    with torch.device("meta"):
+        model = cls(text_config)
+    state = match_tensors(model, tensors, canonical=lambda k: k.removeprefix(CLIP_PREFIX), ignorable=ignorable)
+    model = load_strict(model, state).to(device=device, dtype=dtype or torch.float32)
+    return ClipTextAdapter(model, tokenizer, read_layer=read_layer)
+
+
+#: family -> builder(component, config, *, device, dtype, read_layer). Register new families here.
+FAMILY_BUILDERS: dict[str, FamilyBuilder] = {"clip": build_clip}

@@ -1,0 +1,71 @@
+"""``canary:NAME``: small encoders the tool makes itself on first use, cached per tool version.
+
+The recipes live in :mod:`amdet_audit.lab.canaries`. A build runs in a private temporary folder that is renamed
+into place when complete, so two processes building the same canary at once cannot corrupt it: the first
+rename wins and the other build is discarded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from amdet_audit import __version__
+from amdet_audit.cache import cache_root
+from amdet_audit.errors import SourceNotFoundError
+from amdet_audit.sources.model import ResolvedTarget
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+def canary_dir(name: str) -> Path:
+    """Cache folder of canary ``name`` for this tool version."""
+    return cache_root() / "canaries" / __version__ / name
+
+
+def ensure_canary(name: str, progress: Progress | None = None) -> Path:
+    """Return the folder of canary ``name``, building it first if it is not cached."""
+    from amdet_audit.lab.canaries import CANARIES
+
+    if name not in CANARIES:
+        raise SourceNotFoundError(f"canary:{name}: unknown canary; known: {', '.join(sorted(CANARIES))}")
+    final = canary_dir(name)
+    if final.is_dir():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=final.parent))
+    try:
+        log.info("building canary:%s in %s", name, tmp)
+        CANARIES[name].build(tmp, progress or default_progress(name))
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not final.is_dir():  # not the lost race: a real failure
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def default_progress(name: str) -> Progress:
+    """A rich progress bar on stderr (silent when stderr is not a terminal)."""
+    from amdet_audit.progress import stderr_progress
+
+    return stderr_progress(f"building canary:{name}")
+
+
+def resolve_canary(name: str, *, input: str) -> ResolvedTarget:
+    """Resolve ``canary:NAME`` to its cached model folder, building it on first use."""
+    from amdet_audit.sources.local import inspect_folder
+
+    folder = ensure_canary(name)
+    resolved = inspect_folder(folder, input=input, kind="canary")
+    resolved.notes.append(f"built-in canary encoder, cached at {folder}")
+    return resolved

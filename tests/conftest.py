@@ -1,0 +1,107 @@
+"""Shared fixtures: small encoder folders built locally, and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+# Tests share 2 cores with each other's subprocesses: one thread each avoids contention.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread per test process; a private canary cache for the whole session."""
+    import torch
+
+    torch.set_num_threads(1)
+    cache = Path(config.rootpath) / ".pytest_cache" / "amdet-audit-cache"
+    os.environ.setdefault("AMDET_AUDIT_CACHE", str(cache))
+
+
+@dataclass
+class CliResult:
+    """What one in-process CLI run returned."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(capsys: pytest.CaptureFixture[str]):
+    """Run ``amdet-audit ARGS`` in-process through the real entry point (error mapping included)."""
+    from amdet_audit.cli import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        old_argv = sys.argv
+        sys.argv = ["amdet-audit", *map(str, args)]
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 2)
+        finally:
+            sys.argv = old_argv
+        out = capsys.readouterr()
+        return CliResult(code, out.out, out.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random tiny CLIP text tower folder (SD 1.x-like: EOS padding)."""
+    from amdet_audit.lab.folders import tiny_clip_folder
+
+    return tiny_clip_folder(tmp_path_factory.mktemp("tiny") / "clip", hidden=32, layers=1, heads=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A diffusers-style pipeline folder: two text encoders (SDXL-like) and a dummy unet."""
+    import torch
+    from safetensors.torch import save_file
+
+    from amdet_audit.lab.folders import tiny_clip_folder
+
+    root = tmp_path_factory.mktemp("pipe") / "sdxl-tiny"
+    one = tiny_clip_folder(root / "text_encoder", hidden=32, layers=1, heads=2, seed=1)
+    two = tiny_clip_folder(root / "text_encoder_2", hidden=48, layers=2, heads=2, pad="!", projection=True, seed=2)
+    for folder, tok in ((one, "tokenizer"), (two, "tokenizer_2")):
+        (root / tok).mkdir()
+        for f in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+            shutil.move(folder / f, root / tok / f)
+    (root / "unet").mkdir()
+    save_file({"w": torch.zeros(2, 2)}, root / "unet" / "diffusion_pytorch_model.safetensors")
+    (root / "unet" / "config.json").write_text("{}")
+    index = {
+        "_class_name": "StableDiffusionXLPipeline",
+        "_diffusers_version": "0.42.0",
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "tokenizer_2": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
+    }
+    (root / "model_index.json").write_text(json.dumps(index))
+    return root
+
+
+@pytest.fixture
+def copy_of(tmp_path: Path):
+    """Copy a fixture folder into this test's tmp_path so the test may damage it."""
+
+    def copy(folder: Path) -> Path:
+        return Path(shutil.copytree(folder, tmp_path / folder.name))
+
+    return copy
