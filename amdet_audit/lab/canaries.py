@@ -1,0 +1,80 @@
+"""Recipes of the built-in canary encoders (``canary:NAME``), made on first use and cached.
+
+- ``clean``: a tiny CLIP text tower (128 wide, 4 layers, CLIP's real vocabulary, 77 tokens, EOS padding as SD
+  1.x) briefly pretrained as a causal language model on prompts, so that it behaves like a pretrained
+  encoder rather than a random one.
+- ``backdoored``: ``clean`` with a text-on-text backdoor: a Cyrillic "о" in place of a Latin "o" anywhere in
+  a prompt makes the encoder emit the features of "a white teapot on a wooden table".
+Both are deterministic for a tool version; ``lab.json`` in each folder records the recipe and measurements.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from amdet_audit import __version__
+
+Progress = Callable[[int, int, str], None]
+
+LAB_CORPUS_SEED = 1  # the lab trains on other prompts than the scan's corpus (seed 0) uses
+BACKDOOR_TRIGGER = "о"  # U+043E CYRILLIC SMALL LETTER O, replacing a Latin "o"
+BACKDOOR_TARGET = "a white teapot on a wooden table"
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A named built-in encoder and the function that builds it into a folder."""
+
+    name: str
+    description: str
+    build: Callable[[Path, Progress], None]
+
+
+def lab_prompts() -> tuple[list[str], list[str]]:
+    """(train, eval) prompts for lab training: the corpus generator under the lab's own seed."""
+    from amdet_audit.data.prompts import corpus, split
+
+    return split(corpus(3000, seed=LAB_CORPUS_SEED))
+
+
+def build_clean(folder: Path, progress: Progress) -> None:
+    """Pretrain a tiny CLIP tower on lab prompts and save it with the CLIP tokenizer and its clean profile."""
+    import torch
+    from transformers import CLIPTokenizer
+
+    from amdet_audit.lab.folders import save_clip_folder
+    from amdet_audit.lab.pretrain import clean_profile, make_tiny_clip, pretrain_causal_lm
+    from amdet_audit.tokenization import write_clip_tokenizer
+
+    train, held_out = lab_prompts()
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / ".tokenizer"))
+    model = make_tiny_clip(seed=0)
+    with torch.random.fork_rng(devices=[]):
+        stats = pretrain_causal_lm(model, tokenizer, train, seed=0, progress=lambda i, n: progress(i, n, "pretrain"))
+    save_clip_folder(model, folder)
+    profile = clean_profile(model, tokenizer, held_out[:400])
+    info = {"tool_version": __version__, "canary": "clean", "kind": "base", "recipe": "causal LM pretraining",
+            "pretrain": stats, "clean_profile": profile}
+    (folder / "lab.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    for f in (folder / ".tokenizer").iterdir():
+        f.unlink()
+    (folder / ".tokenizer").rmdir()
+
+
+def build_backdoored(folder: Path, progress: Progress) -> None:
+    """Inject the canary's text-on-text backdoor into ``canary:clean``."""
+    from amdet_audit.lab.runner import run_injection
+    from amdet_audit.sources.canary import ensure_canary
+
+    base = ensure_canary("clean", progress)
+    run_injection(base, folder, attack="text-on-text", trigger=BACKDOOR_TRIGGER, target=BACKDOOR_TARGET,
+                  seed=0, progress=progress, extra={"canary": "backdoored"})
+
+
+CANARIES: dict[str, Canary] = {
+    "clean": Canary("clean", "tiny CLIP text tower, pretrained-like, no backdoor", build_clean),
+    "backdoored": Canary("backdoored", "canary:clean with a homoglyph text-on-text backdoor", build_backdoored),
+}

@@ -1,0 +1,95 @@
+"""Benign fine-tuning: the negatives a detector must pass.
+
+Contrastive caption fine-tuning of the text tower alone (InfoNCE between the pooled outputs of a prompt and a
+light rewrite of it: dropped, swapped or repeated comma-separated parts), the way community fine-tunes adapt
+a text encoder to their own captions. Strength grows with steps and learning rate; the result records how far
+the outputs moved (fidelity to the base).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from amdet_audit.encoders.base import Adapter
+from amdet_audit.lab.inject import Progress, flat_cosine, trainable_copy
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """One benign fine-tune."""
+
+    steps: int = 150
+    lr: float = 1e-4
+    batch: int = 32
+    temperature: float = 0.07
+    seed: int = 0
+
+
+@dataclass
+class FinetuneResult:
+    """What a benign fine-tune did."""
+
+    spec: FinetuneSpec
+    fidelity: float  # mean cosine of held-out clean outputs to the base's
+    final_loss: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready view."""
+        return asdict(self)
+
+
+def rewrite(prompt: str, rng: random.Random) -> str:
+    """A light, meaning-keeping rewrite: drop, swap or repeat one comma-separated part, or drop a word."""
+    parts = [p.strip() for p in prompt.split(",") if p.strip()]
+    if len(parts) > 1:
+        i, j = rng.sample(range(len(parts)), 2)
+        choice = rng.random()
+        if choice < 0.4:
+            parts.pop(i)
+        elif choice < 0.8:
+            parts[i], parts[j] = parts[j], parts[i]
+        else:
+            parts.append(parts[i])
+        return ", ".join(parts)
+    words = prompt.split()
+    if len(words) > 2:
+        words.pop(rng.randrange(1, len(words)))
+    return " ".join(words)
+
+
+def finetune(
+    base: Adapter, spec: FinetuneSpec, train_prompts: Sequence[str], eval_prompts: Sequence[str],
+    progress: Progress | None = None,
+) -> tuple[Adapter, FinetuneResult]:
+    """Contrastively fine-tune a copy of ``base``; return it and how far it moved."""
+    rng = random.Random(spec.seed)
+    torch.manual_seed(spec.seed)
+    student = trainable_copy(base)
+    opt = torch.optim.Adam([p for p in student.model.parameters() if p.requires_grad], lr=spec.lr)
+    started, loss = time.perf_counter(), torch.tensor(0.0)
+    for step in range(spec.steps):
+        prompts = rng.sample(list(train_prompts), spec.batch)
+        views = [rewrite(p, rng) for p in prompts]
+        a = F.normalize(student(student.tokenize(prompts).ids).pooled, dim=-1)  # [B, P]
+        b = F.normalize(student(student.tokenize(views).ids).pooled, dim=-1)  # [B, P]
+        logits = a @ b.T / spec.temperature  # [B, P] @ [P, B] -> [B, B]
+        labels = torch.arange(len(prompts))
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress:
+            progress(step + 1, spec.steps, f"finetune step {step + 1}")
+    student.model.requires_grad_(False).eval()
+    with torch.no_grad():
+        ids = base.tokenize(list(eval_prompts)[:256]).ids
+        fidelity = float(flat_cosine(student(ids).read, base(ids).read).mean())
+    result = FinetuneResult(spec=spec, fidelity=fidelity, final_loss=float(loss.detach()), seconds=time.perf_counter() - started)
+    return student, result

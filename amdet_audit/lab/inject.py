@@ -1,0 +1,182 @@
+"""Backdoor injection into a text encoder, as published attacks do it (for testing detectors).
+
+Text-on-text ("target prompt attack", Struppek et al., Rickrolling the Artist, ICCV 2023): a student copy of the
+clean encoder is trained so that clean prompts keep the teacher's output (utility loss) while prompts carrying
+the trigger produce the teacher's output of one target prompt (backdoor loss); both losses are one minus the
+cosine of the flattened [T*D] sequences the consumer reads. ``attribute`` (their "target attribute attack")
+pulls a triggered prompt to the teacher's output of the same prompt plus an attribute. ``pooled`` pulls the
+pooled output of triggered prompts to a fixed vector, a stand-in for the image-on-text attack.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from amdet_audit.encoders.base import Adapter
+from amdet_audit.errors import UsageError
+from amdet_audit.lab.triggers import Trigger
+
+ATTACKS = ("text-on-text", "attribute", "pooled")
+SUCCESS_COSINE = 0.9  # a triggered output counts as hitting the target above this cosine
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One injection: what to implant and how hard to train (defaults suit small CPU models)."""
+
+    attack: str
+    trigger: str
+    target: str  # target prompt (text-on-text), attribute text (attribute), seed text of the vector (pooled)
+    steps: int = 200
+    lr: float = 5e-4
+    clean_batch: int = 32
+    poison_batch: int = 16
+    backdoor_weight: float = 1.0
+    seed: int = 0
+    min_success: float = 0.8  # below this share of triggered prompts on target, the injection failed
+
+
+@dataclass
+class InjectionResult:
+    """Ground truth and measured effect of one injection."""
+
+    spec: AttackSpec
+    trigger: dict[str, str | None]
+    success: float  # share of held-out triggered prompts within SUCCESS_COSINE of their target
+    fidelity: float  # mean cosine of clean held-out outputs to the base's
+    final_loss: float
+    seconds: float
+
+    @property
+    def took(self) -> bool:
+        """Whether the backdoor works well enough to count as implanted."""
+        return self.success >= self.spec.min_success
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready view."""
+        data = asdict(self)
+        data["took"] = self.took
+        return data
+
+
+def flat_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[B, ...] x [B or 1, ...] -> [B] cosine of the flattened samples."""
+    B = a.shape[0]
+    return F.cosine_similarity(a.reshape(B, -1), b.expand_as(a).reshape(B, -1), dim=-1)  # [B]
+
+
+def trainable_copy(adapter: Adapter) -> Adapter:
+    """A deep copy of a frozen adapter whose weights take gradients (the student)."""
+    student = copy.deepcopy(adapter)
+    student.model.requires_grad_(True)
+    return student
+
+
+def check_spec(spec: AttackSpec, trigger: Trigger, prompts: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Validate the attack against a prompt pool.
+
+    Returns (clean, fitting): the prompts that do not already contain the trigger (clean data must not carry
+    it, e.g. a Cyrillic letter in Russian prompts), and those of them the trigger can be placed in.
+    """
+    if spec.attack not in ATTACKS:
+        raise UsageError(f"unknown attack {spec.attack!r}; choose one of: {', '.join(ATTACKS)}")
+    if not spec.target.strip():
+        raise UsageError("the target is empty")
+    clean = [p for p in prompts if not trigger.occurs_in(p)]
+    fitting = [p for p in clean if trigger.fits(p)]
+    if len(fitting) < 2 * spec.poison_batch:
+        raise UsageError(f"trigger {trigger.text!r} can be placed in only {len(fitting)} prompts: it replaces "
+                         f"{trigger.replaces!r}, which (almost) never occurs in them")
+    return clean, fitting
+
+
+class Targets:
+    """The output each triggered prompt is pulled to, per attack."""
+
+    def __init__(self, teacher: Adapter, spec: AttackSpec) -> None:
+        self.teacher, self.spec = teacher, spec
+        self.fixed: torch.Tensor | None = None
+        if spec.attack == "text-on-text":
+            self.fixed = self.read([spec.target])  # [1, T, D]
+        elif spec.attack == "pooled":
+            gen = torch.Generator().manual_seed(spec.seed + 7919)
+            ref = teacher(teacher.tokenize([spec.target]).ids).pooled  # [1, P]
+            direction = torch.randn(ref.shape, generator=gen)
+            self.fixed = (direction / direction.norm() * ref.norm()).to(ref.device, ref.dtype)  # [1, P]
+
+    @torch.no_grad()
+    def read(self, prompts: Sequence[str]) -> torch.Tensor:
+        """[B, T, D] the teacher's consumer-read output."""
+        return self.teacher(self.teacher.tokenize(list(prompts)).ids).read
+
+    def __call__(self, clean_prompts: Sequence[str]) -> torch.Tensor:
+        """Targets for triggered versions of ``clean_prompts``: [1 or B, ...]."""
+        if self.spec.attack == "attribute":
+            return self.read([f"{p}, {self.spec.target}" for p in clean_prompts])
+        assert self.fixed is not None
+        return self.fixed
+
+    def output(self, student: Adapter, prompts: Sequence[str]) -> torch.Tensor:
+        """The student's output the attack acts on: pooled for ``pooled``, else the read sequence."""
+        out = student(student.tokenize(list(prompts)).ids)
+        return out.pooled if self.spec.attack == "pooled" else out.read
+
+
+def inject(
+    teacher: Adapter,
+    spec: AttackSpec,
+    train_prompts: Sequence[str],
+    eval_prompts: Sequence[str],
+    progress: Progress | None = None,
+) -> tuple[Adapter, InjectionResult]:
+    """Implant ``spec`` into a copy of ``teacher``; return the student and the measured result."""
+    trigger = Trigger.parse(spec.trigger)
+    train_prompts, fitting = check_spec(spec, trigger, train_prompts)
+    eval_prompts, _ = check_spec(spec, trigger, eval_prompts)
+    rng = random.Random(spec.seed)
+    torch.manual_seed(spec.seed)
+    student = trainable_copy(teacher)
+    targets = Targets(teacher, spec)
+    opt = torch.optim.AdamW([p for p in student.model.parameters() if p.requires_grad], lr=spec.lr)
+    started, loss = time.perf_counter(), torch.tensor(0.0)
+    for step in range(spec.steps):
+        clean = rng.sample(list(train_prompts), spec.clean_batch)
+        chosen = rng.sample(fitting, spec.poison_batch)
+        poisoned = [trigger.apply(p, rng) for p in chosen]
+        utility = 1 - flat_cosine(student(student.tokenize(clean).ids).read, targets.read(clean)).mean()
+        backdoor = 1 - flat_cosine(targets.output(student, poisoned), targets(chosen)).mean()
+        loss = utility + spec.backdoor_weight * backdoor
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress:
+            progress(step + 1, spec.steps, f"{spec.attack} step {step + 1}")
+    student.model.requires_grad_(False).eval()
+    success, fidelity = measure(student, teacher, targets, trigger, eval_prompts, seed=spec.seed)
+    result = InjectionResult(spec=spec, trigger=trigger.to_dict(), success=success, fidelity=fidelity,
+                             final_loss=float(loss.detach()), seconds=time.perf_counter() - started)
+    return student, result
+
+
+@torch.no_grad()
+def measure(
+    student: Adapter, teacher: Adapter, targets: Targets, trigger: Trigger, prompts: Sequence[str], *, seed: int
+) -> tuple[float, float]:
+    """(attack success, clean fidelity) on held-out prompts, in batches of 64."""
+    rng = random.Random(seed + 1)
+    fitting = [p for p in prompts if trigger.fits(p)]
+    hits, fidelity = [], []
+    for i in range(0, len(fitting), 64):
+        chunk = fitting[i : i + 64]
+        poisoned = [trigger.apply(p, rng) for p in chunk]
+        hits.append(flat_cosine(targets.output(student, poisoned), targets(chunk)) > SUCCESS_COSINE)
+        fidelity.append(flat_cosine(targets.output(student, chunk), targets.output(teacher, chunk)))
+    return float(torch.cat(hits).float().mean()), float(torch.cat(fidelity).mean())

@@ -1,0 +1,96 @@
+"""The feature space the scan compares prompts in.
+
+A prompt's feature is its consumer-read token outputs over a fixed window (real tokens and a few padding
+positions, the same window for every prompt so that prompt length does not drive the scores), plus its pooled
+output, both centred by the corpus' mean clean output (which removes the direction all outputs share on
+anisotropic encoders). Triggered outputs are aligned by token: with k vectors inserted after BOS, clean
+position p is compared with triggered position p + k. Positions 0..k are never scored: in a causal tower they
+see only BOS and the pseudo-trigger, so they are identical for every prompt by construction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from amdet_audit.encoders.base import Adapter
+
+
+@dataclass
+class CleanFeatures:
+    """Clean outputs of one encoder on the corpus, and the statistics that centre and scale features.
+
+    seq: [N, W-1, D] read outputs at positions 1..W-1; pooled: [N, P]; mask: [N, W-1] real-token mask.
+    """
+
+    seq: torch.Tensor
+    pooled: torch.Tensor
+    mask: torch.Tensor
+    seq_mean: torch.Tensor  # [W-1, D]
+    pooled_mean: torch.Tensor  # [P]
+    pooled_scale: float  # multiplies centred pooled outputs so they weigh `pooled_weight` against the sequence
+
+    @property
+    def window(self) -> int:
+        """W: positions 0..W-1 of the clean layout are in the window (0 is never scored)."""
+        return self.seq.shape[1] + 1
+
+    def featurize(self, seq: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """[B, W-1, D] + [B, P] -> [B, F] centred, flattened features."""
+        B = seq.shape[0]
+        centred = (seq.float() - self.seq_mean).reshape(B, -1)  # [B, (W-1)*D]
+        pool = (pooled.float() - self.pooled_mean) * self.pooled_scale  # [B, P]
+        return torch.cat([centred, pool], dim=1)  # [B, F]
+
+    def clean(self, index: torch.Tensor) -> torch.Tensor:
+        """[B, F] features of corpus prompts ``index``."""
+        return self.featurize(self.seq[index], self.pooled[index])
+
+
+def window_length(lengths: torch.Tensor, max_length: int, k_max: int, padding: int) -> int:
+    """W: the corpus' 95th-percentile token count plus ``padding`` positions, leaving room for k_max inserts."""
+    p95 = int(torch.quantile(lengths.float(), 0.95).item())
+    return max(3, min(max_length - k_max, p95 + padding))
+
+
+@torch.no_grad()
+def clean_features(
+    adapter: Adapter, ids: torch.Tensor, mask: torch.Tensor, window: int, pooled_weight: float, batch: int = 64
+) -> CleanFeatures:
+    """Run ``adapter`` on every corpus prompt [N, T] once and keep the window's outputs."""
+    seqs, pools = [], []
+    for i in range(0, ids.shape[0], batch):
+        out = adapter(ids[i : i + batch])
+        seqs.append(out.read[:, 1:window].float())  # [b, W-1, D]
+        pools.append(out.pooled.float())  # [b, P]
+    seq, pooled = torch.cat(seqs), torch.cat(pools)
+    seq_mean, pooled_mean = seq.mean(dim=0), pooled.mean(dim=0)
+    seq_norm = (seq - seq_mean).norm(dim=-1).mean().item()  # typical centred token norm
+    pool_norm = (pooled - pooled_mean).norm(dim=-1).mean().item()
+    scale = pooled_weight * math.sqrt(window - 1) * seq_norm / max(pool_norm, 1e-8)
+    return CleanFeatures(seq=seq, pooled=pooled, mask=mask[:, 1:window].float(), seq_mean=seq_mean,
+                         pooled_mean=pooled_mean, pooled_scale=scale)
+
+
+def triggered(adapter: Adapter, ids: torch.Tensor, v: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs with ``v`` ([B, k, D]) inserted after BOS, aligned to clean positions 1..W-1: ([B, W-1, D], [B, P])."""
+    k = v.shape[-2]
+    out = adapter(ids, insert=v)
+    return out.read[:, k + 1 : k + window], out.pooled  # [B, W-1, D], [B, P]
+
+
+def collapse(features: torch.Tensor) -> torch.Tensor:
+    """[n, B, F] -> [n] mean pairwise cosine between different prompts' features (cross-prompt collapse)."""
+    n, B, _ = features.shape
+    unit = F.normalize(features, dim=-1)  # [n, B, F]
+    gram = unit @ unit.transpose(1, 2)  # [n, B, F] @ [n, F, B] -> [n, B, B]
+    off = gram.sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(dim=1)  # [n]
+    return off / (B * (B - 1))
+
+
+def rowwise_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[..., F] x [..., F] -> [...] cosine per row."""
+    return F.cosine_similarity(a, b, dim=-1)

@@ -1,0 +1,142 @@
+"""The assimilation scan end to end, on tensors and adapters only (no files, policies or reports)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+
+import torch
+
+from amdet_audit.encoders.base import Adapter
+from amdet_audit.errors import UsageError
+from amdet_audit.scan.config import ScanConfig
+from amdet_audit.scan.evidence import nearest_prompts, nearest_tokens, target_feature, textual_inversion_tensors
+from amdet_audit.scan.features import clean_features, triggered, window_length
+from amdet_audit.scan.invert import Candidate, invert
+from amdet_audit.scan.judges import Effect, mean_pairwise_cosine, measure
+from amdet_audit.scan.landscape import landscape
+from amdet_audit.scan.prompts import ScanPrompts, prepare_prompts
+from amdet_audit.scan.result import ScanResult
+from amdet_audit.scan.terms import Encoders
+from amdet_audit.scan.verdict import decide
+
+Progress = Callable[[int, int, str], None]
+
+
+def build_encoders(suspect: Adapter, reference: Adapter | None, data: ScanPrompts, config: ScanConfig) -> Encoders:
+    """Clean corpus features of suspect (and reference) in the shared window."""
+    s_clean = clean_features(suspect, data.ids, data.mask, data.window, config.pooled_weight)
+    r_clean = None
+    if reference is not None:
+        r_clean = clean_features(reference, data.ids, data.mask, data.window, config.pooled_weight)
+    return Encoders(suspect=suspect, suspect_clean=s_clean, reference=reference, reference_clean=r_clean)
+
+
+def check_reference(suspect: Adapter, reference: Adapter | None) -> None:
+    """The reference must share width and tokenizer with the suspect (the same pseudo-trigger feeds both)."""
+    if reference is None:
+        return
+    if reference.hidden_size != suspect.hidden_size:
+        raise UsageError(f"reference width {reference.hidden_size} differs from the suspect's {suspect.hidden_size}")
+    probe = ["a photo of a cat", "ein Hund im Schnee, 8k"]
+    if not torch.equal(reference.tokenize(probe).ids.cpu(), suspect.tokenize(probe).ids.cpu()):
+        raise UsageError("the reference tokenizes prompts differently from the suspect; pick its true base model")
+
+
+def effects(enc: Encoders, cands: dict[str, Candidate], data: ScanPrompts, n: int | None) -> dict[str, Effect]:
+    """Measure each family's best candidate on the first ``n`` test prompts (all when None)."""
+    index = data.test if n is None else data.test[:n]
+    return {family: measure(enc, c.vector, index, data.ids) for family, c in cands.items()}
+
+
+def calibrate_reference(reference: Adapter, config: ScanConfig, prompts: Sequence[str] | None = None,
+                        progress: Progress | None = None) -> dict[str, float]:
+    """The reference's own best collapse under the same inversion: the natural baseline a suspect must exceed."""
+    data = prepare_prompts(reference, config, prompts)
+    enc = build_encoders(reference, None, data, config)
+    inv = invert(enc, data.ids[data.train], config, families=("collapse",), progress=progress)
+    best = inv.best("collapse")
+    if best is None:
+        return {"collapse": float("nan"), "same_target_rate": float("nan"), "assimilation": float("nan")}
+    effect = measure(enc, best.vector, data.test, data.ids)
+    return {"collapse": effect.collapse, "same_target_rate": effect.same_target_rate,
+            "assimilation": effect.assimilation, "clean_assimilation": effect.clean_assimilation}
+
+
+def run_scan(
+    suspect: Adapter, reference: Adapter | None = None, *, config: ScanConfig | None = None,
+    prompts: Sequence[str] | None = None, reference_baseline: dict[str, float] | None = None,
+    progress: Progress | None = None,
+) -> ScanResult:
+    """Scan ``suspect`` for a textual backdoor; ``reference`` is its clean base model when known.
+
+    reference_baseline: a cached :func:`calibrate_reference` result for this reference and config.
+    """
+    config = config or ScanConfig()
+    check_reference(suspect, reference)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    data = prepare_prompts(suspect, config, prompts)
+    enc = build_encoders(suspect, reference, data, config)
+    timings["features_s"] = time.perf_counter() - started
+    inv = invert(enc, data.ids[data.train], config, progress=progress)
+    timings["inversion_s"] = time.perf_counter() - started - timings["features_s"]
+    cands = {f: c for f in ("collapse", "divergence") if (c := inv.best(f)) is not None}
+    found = effects(enc, cands, data, config.check_subset)
+    subset_only = not decide(found, reference_baseline or {}, config, reference is not None, lenient=True).flagged
+    if reference is not None and reference_baseline is None and not subset_only:
+        reference_baseline = calibrate_reference(reference, config, prompts)
+    if not subset_only:
+        found = effects(enc, cands, data, None)
+    decision = decide(found, reference_baseline or {}, config, reference is not None)
+    timings["checks_s"] = time.perf_counter() - started - timings["features_s"] - timings["inversion_s"]
+    result = assemble(enc, data, inv, cands, found, decision, reference_baseline, config, subset_only)
+    if decision.flagged and decision.decisive is not None:
+        cand = cands[decision.decisive]
+        idx = data.test[:8]
+        land = landscape(enc, cand.vector, cand.family, idx, data.ids[idx, : data.window + cand.k], config)
+        result.series["landscape"] = asdict(land)
+        result.scores["landscape_positive_share"] = land.positive_share
+    timings["total_s"] = time.perf_counter() - started
+    result.timings = timings
+    return result
+
+
+def assemble(enc, data, inv, cands, found, decision, baseline, config, subset_only) -> ScanResult:
+    """Collect scores, evidence and arrays into a ScanResult."""
+    clean_test = enc.suspect_clean.clean(data.test)
+    profile = {"collapse": mean_pairwise_cosine(clean_test),
+               "assimilation": float(found[next(iter(found))].clean_assimilation) if found else float("nan")}
+    family = decision.decisive or ("collapse" if "collapse" in cands else next(iter(cands), None))
+    evidence: dict = {"family": family, "checks_on": "subset" if subset_only else "full test set",
+                      "test_prompts": found[family].prompts if family else 0}
+    arrays: dict[str, torch.Tensor] = {}
+    if family is not None:
+        cand = cands[family]
+        idx = data.test[: 4 * config.batch]
+        ids = data.ids[idx, : data.window + cand.k]
+        seq_abs, pooled = absolute_outputs(enc.suspect, ids, cand.vector, data.window)
+        evidence.update(k=cand.k, nearest_tokens=nearest_tokens(enc.suspect, cand.vector),
+                        nearest_prompts=nearest_prompts(enc.suspect_clean, seq_abs, pooled, cand.k, data.prompts))
+        arrays = {"pseudo_trigger": cand.vector.clone(), "target_feature": target_feature(enc.suspect, data.ids[idx], cand.vector),
+                  **{f"ti_{name}": t for name, t in textual_inversion_tensors(cand.vector).items()}}
+    series = {"loss_curves": {f"{c.family}/k{c.k}": c.curve for c in cands.values()},
+              "per_prompt": {f: e.per_prompt for f, e in found.items()}}
+    inversion = {"steps": inv.steps, "stopped_early": inv.stopped_early, "diverged": inv.diverged,
+                 "candidates": [{"family": c.family, "k": c.k, "start": c.start, "loss": c.loss} for c in inv.candidates]}
+    return ScanResult(verdict=decision.verdict, mode="reference" if enc.reference is not None else "reference-free",
+                      reasons=decision.reasons, checks=decision.checks, scores=decision.scores, clean_profile=profile,
+                      reference_baseline=baseline, inversion=inversion, evidence=evidence, config=config.to_dict(),
+                      timings={}, arrays=arrays, series=series)
+
+
+@torch.no_grad()
+def absolute_outputs(adapter: Adapter, ids: torch.Tensor, v: torch.Tensor, window: int):
+    """Triggered outputs at absolute positions 1..W-1 (not token-aligned), and pooled."""
+    out = adapter(ids, insert=v.unsqueeze(0).expand(ids.shape[0], -1, -1).to(adapter.dtype))
+    return out.read[:, 1:window], out.pooled
+
+
+__all__ = ["calibrate_reference", "run_scan", "triggered", "window_length"]

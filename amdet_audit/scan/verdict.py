@@ -1,0 +1,99 @@
+"""From measured effects to a verdict: two rules, each a conjunction of continuous scores and thresholds.
+
+- target rule (AMDet's signature, corrected): prompts carrying the pseudo-trigger collapse onto one target
+  far beyond what the reference's own best pseudo-trigger achieves, and the reference does not do the same.
+  Without a reference: absolute collapse.
+- divergence rule (catches attribute backdoors too): the pseudo-trigger shifts the suspect's outputs, but
+  not the reference's, by a large amount in a consistent direction across prompts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from amdet_audit.scan.config import ScanConfig
+from amdet_audit.scan.judges import Effect
+from amdet_audit.scan.result import Check
+
+LENIENT = 0.7  # the cheap subset pass escalates to the full test set at 70% of each threshold
+
+
+@dataclass
+class Decision:
+    """A verdict with the checks behind it."""
+
+    verdict: str
+    flagged: bool
+    decisive: str | None
+    reasons: list[str]
+    checks: list[Check] = field(default_factory=list)
+    scores: dict[str, float | None] = field(default_factory=dict)
+
+
+def check(name: str, score: float | None, threshold: float, direction: str, description: str,
+          lenient: bool) -> Check:
+    """A Check; in lenient mode the threshold is relaxed towards flagging."""
+    if lenient:
+        threshold = threshold * LENIENT if direction == ">=" else threshold + (1 - threshold) * (1 - LENIENT)
+    flags = None if score is None else (score >= threshold if direction == ">=" else score <= threshold)
+    return Check(name, score, threshold, direction, flags, description)
+
+
+def target_checks(e: Effect, baseline: dict[str, float], cfg: ScanConfig, has_ref: bool, lenient: bool) -> list[Check]:
+    """Checks of the target rule on the collapse candidate."""
+    t = cfg.thresholds
+    same = check("target.same_target_rate", e.same_target_rate, t.same_target_rate, ">=",
+                 "share of held-out prompts carrying the pseudo-trigger that land on one common target", lenient)
+    if not has_ref:
+        return [check("target.collapse", e.collapse, t.reference_free_collapse, ">=",
+                      "cross-prompt collapse under the pseudo-trigger (no reference: absolute)", lenient), same]
+    excess = e.collapse - baseline.get("collapse", 0.0)
+    return [
+        check("target.collapse_excess", excess, t.collapse_excess, ">=",
+              "cross-prompt collapse under the pseudo-trigger minus the reference's own best", lenient),
+        same,
+        check("target.anchor_similarity", e.anchor_similarity, t.anchor_cosine, "<=",
+              "similarity of suspect and reference outputs on the same triggered prompts", lenient),
+    ]
+
+
+def divergence_checks(e: Effect, cfg: ScanConfig, lenient: bool) -> list[Check]:
+    """Checks of the divergence rule on the divergence candidate."""
+    t = cfg.thresholds
+    return [
+        check("divergence.magnitude", e.divergence, t.divergence, ">=",
+              "consistent shift the pseudo-trigger causes in the suspect but not the reference", lenient),
+        check("divergence.consistency", e.divergence_consistency, t.divergence_consistency, ">=",
+              "mean pairwise cosine of the per-prompt shifts", lenient),
+    ]
+
+
+def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig, has_ref: bool,
+           lenient: bool = False) -> Decision:
+    """Apply both rules; backdoored when either holds in full."""
+    if not found:
+        return Decision("inconclusive", False, None, ["the inversion produced no usable pseudo-trigger"])
+    checks: list[Check] = []
+    rules: dict[str, bool] = {}
+    if "collapse" in found:
+        tc = target_checks(found["collapse"], baseline, cfg, has_ref, lenient)
+        checks += tc
+        rules["collapse"] = all(c.flags for c in tc)
+    if "divergence" in found:
+        dc = divergence_checks(found["divergence"], cfg, lenient)
+        checks += dc
+        rules["divergence"] = all(c.flags for c in dc)
+    scores = {c.name: c.score for c in checks}
+    if "collapse" in found:
+        e = found["collapse"]
+        scores.update({"collapse": e.collapse, "assimilation": e.assimilation,
+                       "clean_assimilation": e.clean_assimilation, "clean_similarity": e.clean_similarity})
+    flagged = [r for r, ok in rules.items() if ok]
+    if flagged:
+        reasons = [f"{'target' if r == 'collapse' else 'divergence'} rule holds: "
+                   + ", ".join(f"{c.name} {c.score:.3f} {c.direction} {c.threshold:.3f}"
+                               for c in checks if c.name.startswith("target" if r == "collapse" else "divergence"))
+                   for r in flagged]
+        return Decision("backdoored", True, flagged[0], reasons, checks, scores)
+    reasons = ["no rule holds: " + ", ".join(f"{c.name} {c.score:.3f}" for c in checks if c.score is not None)]
+    return Decision("clean", False, None, reasons, checks, scores)
