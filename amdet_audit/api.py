@@ -55,3 +55,30 @@ def describe(target: str, *, sources: SourceOptions | None = None, device: str =
         adapter = load_component(comp, device=device)
         description.components[comp.name] = adapter.describe()
     return description
+
+
+@dataclass
+class ScanOptions:
+    """How to scan: reference choice, device, search configuration, where to write evidence."""
+
+    reference: str | None = None  # any TARGET form; None: the built-in table of known bases
+    reference_free: bool = False  # scan without a reference (weaker; labelled as such)
+    device: str = "cpu"
+    out: Path | None = None  # new or empty folder for report.json and evidence
+    config: Any = None  # a ScanConfig; None: defaults with ``seed``
+    seed: int = 42
+    argv: list[str] = field(default_factory=list)
+
+
+def scan(target: str, *, sources: SourceOptions | None = None, options: ScanOptions | None = None,
+         progress: Any = None) -> Any:
+    """Audit every text encoder of ``target`` with the assimilation scan; write report.json and evidence.
+
+    Returns an :class:`amdet_audit.report.model.AuditReport`.
+
+    Raises:
+        AmdetError: bad input (target, reference, output folder) -- nothing is written then.
+    """
+    from amdet_audit.scanning import scan_target
+
+    return scan_target(target, sources or SourceOptions(), options or ScanOptions(), progress)

@@ -64,6 +64,42 @@ def make_app() -> typer.Typer:
     @app.command()
     def scan(
         target: Annotated[str, typer.Argument(help="repo id[@rev], hf://..., folder, file.safetensors, canary:NAME")],
+        reference: Annotated[str | None, typer.Option(help="The clean base model (any TARGET form).")] = None,
+        reference_free: Annotated[bool, typer.Option("--reference-free",
+                                                     help="Scan without a reference (weaker).")] = False,
+        revision: Revision = None,
+        component: Component = None,
+        config: ConfigOpt = None,
+        offline: Offline = False,
+        allow_pickle: AllowPickle = False,
+        seed: Annotated[int, typer.Option(help="Random seed of the search.")] = 42,
+        device: Device = "cpu",
+        out: Annotated[Path | None, typer.Option(help="New folder for report.json and evidence.")] = None,
+        output_format: Format = "text",
+    ) -> None:
+        """Scan TARGET's text encoders for a textual backdoor; exit 0 clean, 1 backdoored, 2 error/inconclusive."""
+        from amdet_audit import api
+        from amdet_audit.progress import stderr_progress
+
+        check_format(output_format)
+        if reference and reference_free:
+            fail("--reference and --reference-free contradict each other")
+        sources = api.SourceOptions(revision=revision, component=component, config=config,
+                                    offline=offline or None, allow_pickle=allow_pickle)
+        options = api.ScanOptions(reference=reference, reference_free=reference_free, device=device, out=out,
+                                  seed=seed, argv=sys.argv[1:])
+        report = api.scan(target, sources=sources, options=options, progress=stderr_progress("scan"))
+        if output_format == "json":
+            typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        else:
+            from amdet_audit.console import print_report
+
+            print_report(report)
+        raise typer.Exit(report.exit_code)
+
+    @app.command()
+    def inspect(
+        target: Annotated[str, typer.Argument(help="repo id[@rev], hf://..., folder, file.safetensors, canary:NAME")],
         revision: Revision = None,
         component: Component = None,
         config: ConfigOpt = None,
@@ -72,7 +108,7 @@ def make_app() -> typer.Typer:
         output_format: Format = "text",
         device: Device = "cpu",
     ) -> None:
-        """Resolve, load and describe TARGET's text encoders."""
+        """Resolve, load and describe TARGET's text encoders (files, digests, architecture) without scanning."""
         from amdet_audit import api
 
         check_format(output_format)

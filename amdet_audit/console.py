@@ -9,6 +9,9 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from amdet_audit.api import TargetDescription
+    from amdet_audit.report.model import AuditReport
+
+VERDICT_STYLE = {"clean": "bold green", "backdoored": "bold red", "inconclusive": "bold yellow"}
 
 
 def stdout_console() -> Console:
@@ -40,3 +43,33 @@ def print_description(description: TargetDescription, console: Console | None = 
         console.print(f"[yellow]custom code present (not executed): {item}[/]")
     for item in target.other_files:
         console.print(f"unused weight file: {item}")
+
+
+def print_report(report: AuditReport, console: Console | None = None) -> None:
+    """Verdict banner, one row per check, the evidence that matters, and where the files are."""
+    console = console or stdout_console()
+    verdict = report.verdict
+    console.print(f"[{VERDICT_STYLE[verdict['label']]}]{verdict['label'].upper()}[/]  {report.target['input']}"
+                  f"  (exit {verdict['exit_code']})")
+    for entry in report.components:
+        if "scan" not in entry:
+            console.print(f"{entry['name']}: [yellow]not scanned: {entry.get('error')}[/]")
+            continue
+        scan = entry["scan"]
+        ref = (report.reference or {}).get(entry["name"])
+        console.print(f"\n{entry['name']}: {scan['verdict']}  mode {scan['mode']}"
+                      + (f"  reference {ref['input']} ({ref['chosen']})" if ref else ""))
+        table = Table(show_edge=False)
+        for column in ("check", "score", "threshold", "flags"):
+            table.add_column(column)
+        for check in scan["checks"]:
+            score = "n/a" if check["score"] is None else f"{check['score']:.3f}"
+            table.add_row(check["name"], score, f"{check['direction']} {check['threshold']:.3f}",
+                          "yes" if check["flags"] else "no")
+        console.print(table)
+        evidence = scan["evidence"]
+        if scan["verdict"] == "backdoored" and evidence.get("nearest_tokens"):
+            tokens = " | ".join(", ".join(t["token"] for t in row[:4]) for row in evidence["nearest_tokens"])
+            console.print(f"pseudo-trigger nearest tokens: {tokens}")
+            console.print("target resembles: " + "; ".join(p["prompt"] for p in evidence["nearest_prompts"][:3]))
+    console.print(f"\nreport: {report.out_dir}/report.json")

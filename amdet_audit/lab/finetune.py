@@ -2,8 +2,9 @@
 
 Contrastive caption fine-tuning of the text tower alone (InfoNCE between the pooled outputs of a prompt and a
 light rewrite of it: dropped, swapped or repeated comma-separated parts), the way community fine-tunes adapt
-a text encoder to their own captions. Strength grows with steps and learning rate; the result records how far
-the outputs moved (fidelity to the base).
+a text encoder to their own captions, with a distillation term that keeps the token sequence near the base's
+(as a fine-tune that must keep working with its diffusion model does). Strength grows with steps and learning
+rate; the result records how far the outputs moved (fidelity to the base).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class FinetuneSpec:
     lr: float = 1e-4
     batch: int = 32
     temperature: float = 0.07
+    distill_weight: float = 1.0  # weight of 1 - cosine(student sequence, base sequence) on the same prompts
     seed: int = 0
 
 
@@ -77,11 +79,16 @@ def finetune(
     for step in range(spec.steps):
         prompts = rng.sample(list(train_prompts), spec.batch)
         views = [rewrite(p, rng) for p in prompts]
-        a = F.normalize(student(student.tokenize(prompts).ids).pooled, dim=-1)  # [B, P]
+        ids = student.tokenize(prompts).ids
+        out = student(ids)
+        a = F.normalize(out.pooled, dim=-1)  # [B, P]
         b = F.normalize(student(student.tokenize(views).ids).pooled, dim=-1)  # [B, P]
         logits = a @ b.T / spec.temperature  # [B, P] @ [P, B] -> [B, B]
         labels = torch.arange(len(prompts))
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+        with torch.no_grad():
+            kept = base(ids).read
+        loss = loss + spec.distill_weight * (1 - flat_cosine(out.read, kept).mean())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -91,5 +98,6 @@ def finetune(
     with torch.no_grad():
         ids = base.tokenize(list(eval_prompts)[:256]).ids
         fidelity = float(flat_cosine(student(ids).read, base(ids).read).mean())
-    result = FinetuneResult(spec=spec, fidelity=fidelity, final_loss=float(loss.detach()), seconds=time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    result = FinetuneResult(spec=spec, fidelity=fidelity, final_loss=float(loss.detach()), seconds=seconds)
     return student, result

@@ -49,6 +49,13 @@ def build_clip(config, *, projection: bool = False, seed: int = 0) -> torch.nn.M
     return cls(config).eval()
 
 
+def quiet_saving() -> None:
+    """Silence transformers' per-shard progress bars (stderr belongs to our own progress)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def save_clip_folder(model: torch.nn.Module, folder: Path, *, pad: str = "eos") -> Path:
     """Save ``model`` as config.json + model.safetensors and a CLIP tokenizer padding with ``pad``.
 
@@ -56,6 +63,7 @@ def save_clip_folder(model: torch.nn.Module, folder: Path, *, pad: str = "eos") 
     model's max positions, as diffusers pads to it.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    quiet_saving()
     model.save_pretrained(folder, safe_serialization=True)
     write_clip_tokenizer(folder, max_length=model.config.max_position_embeddings, pad_token=PAD_TOKENS[pad][0])
     return folder
@@ -72,6 +80,7 @@ def save_encoder_folder(adapter, folder: Path, lab_info: dict | None = None) -> 
     import json
 
     folder.mkdir(parents=True, exist_ok=True)
+    quiet_saving()
     adapter.model.save_pretrained(folder, safe_serialization=True)
     adapter.tokenizer.save_pretrained(folder)
     if lab_info is not None:

@@ -36,8 +36,8 @@ class AttackSpec:
     trigger: str
     target: str  # target prompt (text-on-text), attribute text (attribute), seed text of the vector (pooled)
     steps: int = 200
-    lr: float = 5e-4
-    clean_batch: int = 32
+    lr: float = 2e-3
+    clean_batch: int = 16
     poison_batch: int = 16
     backdoor_weight: float = 1.0
     seed: int = 0
@@ -51,14 +51,15 @@ class InjectionResult:
     spec: AttackSpec
     trigger: dict[str, str | None]
     success: float  # share of held-out triggered prompts within SUCCESS_COSINE of their target
+    success_without_backdoor: float  # the same share for the clean base (attribute targets can start high)
     fidelity: float  # mean cosine of clean held-out outputs to the base's
     final_loss: float
     seconds: float
 
     @property
     def took(self) -> bool:
-        """Whether the backdoor works well enough to count as implanted."""
-        return self.success >= self.spec.min_success
+        """Whether the backdoor works well enough (and far beyond what the clean base does) to count."""
+        return self.success >= self.spec.min_success and self.success - self.success_without_backdoor >= 0.5
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready view."""
@@ -160,8 +161,9 @@ def inject(
         if progress:
             progress(step + 1, spec.steps, f"{spec.attack} step {step + 1}")
     student.model.requires_grad_(False).eval()
-    success, fidelity = measure(student, teacher, targets, trigger, eval_prompts, seed=spec.seed)
-    result = InjectionResult(spec=spec, trigger=trigger.to_dict(), success=success, fidelity=fidelity,
+    success, before, fidelity = measure(student, teacher, targets, trigger, eval_prompts, seed=spec.seed)
+    result = InjectionResult(spec=spec, trigger=trigger.to_dict(), success=success, success_without_backdoor=before,
+                             fidelity=fidelity,
                              final_loss=float(loss.detach()), seconds=time.perf_counter() - started)
     return student, result
 
@@ -169,14 +171,17 @@ def inject(
 @torch.no_grad()
 def measure(
     student: Adapter, teacher: Adapter, targets: Targets, trigger: Trigger, prompts: Sequence[str], *, seed: int
-) -> tuple[float, float]:
-    """(attack success, clean fidelity) on held-out prompts, in batches of 64."""
+) -> tuple[float, float, float]:
+    """(attack success, the same for the clean base, clean fidelity) on held-out prompts, in batches of 64."""
     rng = random.Random(seed + 1)
     fitting = [p for p in prompts if trigger.fits(p)]
-    hits, fidelity = [], []
+    hits, base_hits, fidelity = [], [], []
     for i in range(0, len(fitting), 64):
         chunk = fitting[i : i + 64]
         poisoned = [trigger.apply(p, rng) for p in chunk]
-        hits.append(flat_cosine(targets.output(student, poisoned), targets(chunk)) > SUCCESS_COSINE)
+        goal = targets(chunk)
+        hits.append(flat_cosine(targets.output(student, poisoned), goal) > SUCCESS_COSINE)
+        base_hits.append(flat_cosine(targets.output(teacher, poisoned), goal) > SUCCESS_COSINE)
         fidelity.append(flat_cosine(targets.output(student, chunk), targets.output(teacher, chunk)))
-    return float(torch.cat(hits).float().mean()), float(torch.cat(fidelity).mean())
+    share = [float(torch.cat(h).float().mean()) for h in (hits, base_hits)]
+    return share[0], share[1], float(torch.cat(fidelity).mean())

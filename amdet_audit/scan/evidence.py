@@ -20,9 +20,9 @@ def nearest_tokens(adapter: Adapter, v: torch.Tensor, top: int = 8) -> list[list
     best = sims.topk(top, dim=-1)
     tokenizer = getattr(adapter, "tokenizer", None)
     out = []
-    for row_vals, row_ids in zip(best.values.tolist(), best.indices.tolist()):
+    for row_vals, row_ids in zip(best.values.tolist(), best.indices.tolist(), strict=True):
         out.append([{"id": i, "token": token_text(tokenizer, i), "cosine": round(c, 4)}
-                    for i, c in zip(row_ids, row_vals)])
+                    for i, c in zip(row_ids, row_vals, strict=True)])
     return out
 
 
@@ -49,7 +49,8 @@ def nearest_prompts(clean: CleanFeatures, triggered_seq: torch.Tensor, triggered
                         (clean.pooled - clean.pooled_mean) * clean.pooled_scale], dim=1)  # [N, F']
     sims = F.normalize(corpus, dim=-1) @ F.normalize(target, dim=0)  # [N]
     best = sims.topk(min(top, len(prompts)))
-    return [{"prompt": prompts[i], "cosine": round(c, 4)} for c, i in zip(best.values.tolist(), best.indices.tolist())]
+    pairs = zip(best.values.tolist(), best.indices.tolist(), strict=True)
+    return [{"prompt": prompts[i], "cosine": round(c, 4)} for c, i in pairs]
 
 
 @torch.no_grad()

@@ -50,10 +50,10 @@ class CleanFeatures:
         return self.featurize(self.seq[index], self.pooled[index])
 
 
-def window_length(lengths: torch.Tensor, max_length: int, k_max: int, padding: int) -> int:
-    """W: the corpus' 95th-percentile token count plus ``padding`` positions, leaving room for k_max inserts."""
-    p95 = int(torch.quantile(lengths.float(), 0.95).item())
-    return max(3, min(max_length - k_max, p95 + padding))
+def window_length(lengths: torch.Tensor, max_length: int, k_max: int, padding: int, quantile: float) -> int:
+    """W: a quantile of the prompts' token counts plus ``padding`` positions, leaving room for k_max inserts."""
+    covered = int(torch.quantile(lengths.float(), quantile).item())
+    return max(3, min(max_length - k_max, covered + padding))
 
 
 @torch.no_grad()

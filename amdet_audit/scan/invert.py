@@ -58,12 +58,27 @@ def capped(u: torch.Tensor, radius: float) -> torch.Tensor:
     return u * (radius * torch.clamp(1.0 / norm, max=1.0))
 
 
-def initial_vectors(enc: Encoders, n: int, k: int, radius: float, gen: torch.Generator) -> torch.Tensor:
-    """[n, k, D] starts: rows of random real tokens, scaled to unit radius, plus a little noise."""
+def initial_vectors(enc: Encoders, n: int, k: int, radius: float, gen: torch.Generator,
+                    seeded: torch.Tensor | None = None) -> torch.Tensor:
+    """[n, k, D] starts: rows of real tokens scaled to unit radius, plus a little noise.
+
+    Start i takes the tokens ``seeded`` when i is even and seeds are given (e.g. the tokens whose embeddings
+    moved most from the reference); other starts take random tokens.
+    """
     table = enc.suspect.token_embedding_matrix().float()
     rows = torch.randint(0, table.shape[0] - 2, (n, k), generator=gen)
+    if seeded is not None:
+        rows[0::2] = seeded[:k].unsqueeze(0)
     start = table[rows] / radius  # [n, k, D]
     return start + 0.1 * torch.randn(start.shape, generator=gen) / math.sqrt(start.shape[-1])
+
+
+def moved_tokens(enc: Encoders, top: int = 4) -> torch.Tensor | None:
+    """Ids of the tokens whose embeddings moved most from the reference's (None without a reference)."""
+    if enc.reference is None:
+        return None
+    moved = (enc.suspect.token_embedding_matrix().float() - enc.reference.token_embedding_matrix().float())
+    return moved.norm(dim=-1).topk(top).indices
 
 
 def invert(
@@ -76,8 +91,9 @@ def invert(
     gen = torch.Generator().manual_seed(config.seed)
     radius = token_radius(enc, config.radius_quantile)
     # one group per k: every family's restarts share one forward pass of each encoder
-    fam_ids = torch.tensor([FAMILIES.index(f) for f in families for _ in range(config.restarts)])
-    params = [initial_vectors(enc, len(fam_ids), k, radius, gen).requires_grad_(True) for k in config.k_values]
+    fam_ids = torch.tensor([FAMILIES.index(f) for f in families for _ in range(config.restarts)])  # [n]
+    seeds = moved_tokens(enc)
+    params = [initial_vectors(enc, len(fam_ids), k, radius, gen, seeds).requires_grad_(True) for k in config.k_values]
     opt = torch.optim.Adam(params, lr=config.lr)
     curves: dict[tuple[str, int], list[float]] = {(f, k): [] for f in families for k in config.k_values}
     history: list[float] = []

@@ -11,6 +11,7 @@ from amdet_audit.scan.features import rowwise_cosine
 from amdet_audit.scan.objective import assimilation
 from amdet_audit.scan.terms import Encoders, run_candidates
 
+DRIFT_FLOOR = 0.05  # drift below this counts as this (a near-copy of the reference)
 SAME_TARGET_COSINE = 0.8  # a triggered prompt "lands on the target" above this cosine to the common target
 
 
@@ -27,6 +28,8 @@ class Effect:
     anchor_similarity: float | None = None  # triggered suspect vs triggered reference feature
     divergence: float | None = None  # consistent part of the suspect-vs-reference shift, relative to output size
     divergence_consistency: float | None = None  # mean pairwise cosine of per-prompt shifts
+    drift: float | None = None  # how far the suspect's clean outputs are from the reference's, relative to size
+    relative_divergence: float | None = None  # divergence / max(drift, DRIFT_FLOOR): beyond ordinary drift
     per_prompt: dict[str, list[float]] = field(default_factory=dict)
     target: torch.Tensor | None = None  # [F] mean triggered feature (centred)
 
@@ -72,6 +75,8 @@ def measure(enc: Encoders, v: torch.Tensor, index: torch.Tensor, ids: torch.Tens
         anchor = rowwise_cosine(feats, r_feats)  # [N]
         effect.anchor_similarity = float(anchor.mean())
         effect.divergence = float(shift.mean(dim=0).norm() / clean.norm(dim=-1).mean())
+        effect.drift = float((clean - r_clean).norm(dim=-1).mean() / clean.norm(dim=-1).mean())
+        effect.relative_divergence = effect.divergence / max(effect.drift, DRIFT_FLOOR)
         effect.divergence_consistency = mean_pairwise_cosine(shift)
         effect.per_prompt["anchor"] = anchor.tolist()
     return effect

@@ -35,7 +35,8 @@ def prepare_prompts(adapter: Adapter, config: ScanConfig, prompts: Sequence[str]
     batch = adapter.tokenize(chosen)
     ids, mask = batch.ids.cpu(), batch.attention_mask.cpu()
     lengths = mask.sum(dim=1)
-    window = window_length(lengths, ids.shape[1], max(config.k_values), config.padding_positions)
+    window = window_length(lengths, ids.shape[1], max(config.k_values), config.padding_positions,
+                           config.window_quantile)
     keep = (lengths <= window).nonzero().squeeze(1)
     order = torch.arange(len(keep))
     return ScanPrompts(prompts=[chosen[i] for i in keep.tolist()], ids=ids[keep].to(adapter.device),

@@ -120,12 +120,14 @@ def assemble(enc, data, inv, cands, found, decision, baseline, config, subset_on
         seq_abs, pooled = absolute_outputs(enc.suspect, ids, cand.vector, data.window)
         evidence.update(k=cand.k, nearest_tokens=nearest_tokens(enc.suspect, cand.vector),
                         nearest_prompts=nearest_prompts(enc.suspect_clean, seq_abs, pooled, cand.k, data.prompts))
-        arrays = {"pseudo_trigger": cand.vector.clone(), "target_feature": target_feature(enc.suspect, data.ids[idx], cand.vector),
+        arrays = {"pseudo_trigger": cand.vector.clone(),
+                  "target_feature": target_feature(enc.suspect, data.ids[idx], cand.vector),
                   **{f"ti_{name}": t for name, t in textual_inversion_tensors(cand.vector).items()}}
     series = {"loss_curves": {f"{c.family}/k{c.k}": c.curve for c in cands.values()},
               "per_prompt": {f: e.per_prompt for f, e in found.items()}}
     inversion = {"steps": inv.steps, "stopped_early": inv.stopped_early, "diverged": inv.diverged,
-                 "candidates": [{"family": c.family, "k": c.k, "start": c.start, "loss": c.loss} for c in inv.candidates]}
+                 "candidates": [{"family": c.family, "k": c.k, "start": c.start, "loss": c.loss}
+                                for c in inv.candidates]}
     return ScanResult(verdict=decision.verdict, mode="reference" if enc.reference is not None else "reference-free",
                       reasons=decision.reasons, checks=decision.checks, scores=decision.scores, clean_profile=profile,
                       reference_baseline=baseline, inversion=inversion, evidence=evidence, config=config.to_dict(),

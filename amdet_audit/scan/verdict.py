@@ -61,10 +61,13 @@ def divergence_checks(e: Effect, cfg: ScanConfig, lenient: bool) -> list[Check]:
     """Checks of the divergence rule on the divergence candidate."""
     t = cfg.thresholds
     return [
-        check("divergence.magnitude", e.divergence, t.divergence, ">=",
-              "consistent shift the pseudo-trigger causes in the suspect but not the reference", lenient),
+        check("divergence.relative", e.relative_divergence, t.relative_divergence, ">=",
+              "consistent shift the pseudo-trigger causes in the suspect but not the reference, relative to the "
+              "suspect's ordinary drift from the reference", lenient),
         check("divergence.consistency", e.divergence_consistency, t.divergence_consistency, ">=",
               "mean pairwise cosine of the per-prompt shifts", lenient),
+        check("divergence.anchor_similarity", e.anchor_similarity, t.divergence_anchor_cosine, "<=",
+              "similarity of suspect and reference outputs under the divergence pseudo-trigger", lenient),
     ]
 
 
@@ -86,8 +89,10 @@ def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig
     scores = {c.name: c.score for c in checks}
     if "collapse" in found:
         e = found["collapse"]
-        scores.update({"collapse": e.collapse, "assimilation": e.assimilation,
-                       "clean_assimilation": e.clean_assimilation, "clean_similarity": e.clean_similarity})
+        d = found.get("divergence", e)
+        scores.update({"divergence.magnitude": d.divergence, "drift": d.drift, "collapse": e.collapse,
+                       "assimilation": e.assimilation, "clean_assimilation": e.clean_assimilation,
+                       "clean_similarity": e.clean_similarity})
     flagged = [r for r, ok in rules.items() if ok]
     if flagged:
         reasons = [f"{'target' if r == 'collapse' else 'divergence'} rule holds: "

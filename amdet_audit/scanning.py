@@ -1,0 +1,163 @@
+"""The scan job behind :func:`amdet_audit.api.scan`: per component, choose the reference, run the scan
+(with the reference's baseline cached by its digests), write the evidence files and the report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from amdet_audit import __version__
+from amdet_audit.cache import cache_root
+from amdet_audit.errors import AmdetError, UsageError
+from amdet_audit.report.model import AuditReport, environment, overall_verdict, redact_argv
+from amdet_audit.sources import ResolvedTarget, resolve
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda when available else cpu; validate cuda[:N]."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" or device.startswith("cuda"):
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(f"--device {device}: no CUDA device is available")
+        return device
+    raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
+
+
+def output_folder(out: Path | None, target: str) -> Path:
+    """A new folder for this report: ``out`` if new or empty, else a fresh timestamped one in the cwd."""
+    if out is not None:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise UsageError(f"--out {out} already exists and is not empty; reports never overwrite")
+        return out
+    slug = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in target).strip("-")[:60] or "target"
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path(f"amdet-audit-{slug}-{stamp}")
+
+
+def weights_digest(resolved: ResolvedTarget, component: str) -> str:
+    """sha256 over a component's weight files' sha256s (its identity for caching)."""
+    comp = resolved.component(component)
+    names = {str(p) for p in comp.weight_files}
+    shas = sorted(f.sha256 for f in resolved.files if str(resolved.root / f.path) in names or f.path in names)
+    return hashlib.sha256("".join(shas).encode()).hexdigest()
+
+
+def pick_reference(adapter, name: str, options, sources) -> tuple[ResolvedTarget | None, str | None, str]:
+    """(resolved reference, its component, how it was chosen) for one suspect component."""
+    from amdet_audit.references import known_base, split_component
+
+    if options.reference_free:
+        return None, None, "none (--reference-free)"
+    if options.reference:
+        ref = resolve(options.reference, offline=sources.offline, allow_pickle=sources.allow_pickle)
+        names = [c.name for c in ref.components]
+        return ref, (name if name in names else names[0]), "explicit (--reference)"
+    base = known_base(adapter.describe())
+    if base is None:
+        raise UsageError("no known clean base for this architecture; pass --reference REF (its base model) "
+                         "or --reference-free")
+    where, component = split_component(base.reference)
+    ref = resolve(where, component=component, offline=sources.offline)
+    return ref, ref.components[0].name, f"built-in table: {base.name}"
+
+
+def cached_baseline(reference, ref_digest: str, config, progress) -> dict[str, float]:
+    """The reference's natural collapse baseline, computed once per (reference digest, config, version)."""
+    from amdet_audit.scan.run import calibrate_reference
+
+    knobs = json.dumps({k: v for k, v in config.to_dict().items() if k != "thresholds"}, sort_keys=True)
+    key = hashlib.sha256(f"{ref_digest}|{knobs}|{__version__}".encode()).hexdigest()[:32]
+    path = cache_root() / "baselines" / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    baseline = calibrate_reference(reference, config, progress=progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{time.time_ns()}.tmp")
+    tmp.write_text(json.dumps(baseline), encoding="utf-8")
+    tmp.replace(path)
+    return baseline
+
+
+def write_evidence(folder: Path, arrays: dict[str, Any]) -> dict[str, str]:
+    """Write the pseudo-trigger, its Textual-Inversion export and the target feature as safetensors."""
+    from safetensors.torch import save_file
+
+    if not arrays:
+        return {}
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"pseudo_trigger": folder / "pseudo_trigger.safetensors",
+             "pseudo_trigger_ti": folder / "pseudo_trigger_ti.safetensors",
+             "target_feature": folder / "target_feature.safetensors"}
+    save_file({"pseudo_trigger": arrays["pseudo_trigger"].contiguous()}, files["pseudo_trigger"])
+    save_file({"emb_params": arrays["ti_emb_params"].contiguous()}, files["pseudo_trigger_ti"])
+    save_file({"target_feature": arrays["target_feature"].contiguous()}, files["target_feature"])
+    return {k: str(v) for k, v in files.items()}
+
+
+def scan_component(resolved: ResolvedTarget, name: str, sources, options, config, device: str,
+                   folder: Path, progress) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Scan one component; return its report entry and the reference record."""
+    from amdet_audit.encoders import load_component
+    from amdet_audit.scan.run import run_scan
+
+    suspect = load_component(resolved.component(name), device=device)
+    entry: dict[str, Any] = {"name": name, "encoder": suspect.describe()}
+    ref_target, ref_name, how = pick_reference(suspect, name, options, sources)
+    reference = baseline = ref_record = None
+    if ref_target is not None and ref_name is not None:
+        ref_digest = weights_digest(ref_target, ref_name)
+        ref_record = {"input": ref_target.input, "component": ref_name, "chosen": how,
+                      "commit_sha": ref_target.commit_sha, "weights_digest": ref_digest}
+        if ref_digest == weights_digest(resolved, name):
+            ref_record["note"] = "the target is the reference itself: scanned reference-free"
+        else:
+            reference = load_component(ref_target.component(ref_name), device=device)
+            baseline = cached_baseline(reference, ref_digest, config, progress)
+    result = run_scan(suspect, reference, config=config, reference_baseline=baseline, progress=progress)
+    entry["scan"] = result.to_dict()
+    entry["evidence_files"] = write_evidence(folder, result.arrays)
+    return entry, ref_record
+
+
+def scan_target(target: str, sources, options, progress) -> AuditReport:
+    """Resolve, scan every component, write report.json; see :func:`amdet_audit.api.scan`."""
+    from amdet_audit.scan.config import ScanConfig
+
+    started, when = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    device = resolve_device(options.device)
+    out = output_folder(options.out, target)
+    resolved = sources.resolve(target)
+    config = options.config or ScanConfig(seed=options.seed)
+    config = replace(config, seed=options.seed) if options.config is None else config
+    entries, refs, labels, reasons = [], {}, {}, {}
+    for comp in resolved.components:
+        folder = out if len(resolved.components) == 1 else out / comp.name
+        try:
+            entry, ref = scan_component(resolved, comp.name, sources, options, config, device, folder, progress)
+        except AmdetError as err:
+            if len(resolved.components) == 1:
+                raise
+            entry, ref = {"name": comp.name, "error": str(err)}, None
+        entries.append(entry)
+        refs[comp.name] = ref
+        label = entry["scan"]["verdict"] if "scan" in entry else "inconclusive"
+        labels[comp.name] = label
+        reasons[comp.name] = entry["scan"]["reasons"] if "scan" in entry else [entry["error"]]
+    run = {"argv": redact_argv(options.argv), "started": when, "duration_s": round(time.perf_counter() - started, 2),
+           "device": device, "seed": config.seed, "config": config.to_dict(), "environment": environment()}
+    report = AuditReport(target=resolved.to_dict(), components=entries, verdict=overall_verdict(labels, reasons),
+                         run=run, reference=refs or None, out_dir=str(out))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+    return report
