@@ -67,6 +67,7 @@ class ScanOptions:
     out: Path | None = None  # new or empty folder for report.json and evidence
     config: Any = None  # a ScanConfig; None: defaults with ``seed``
     seed: int = 42
+    thresholds: Any = None  # Thresholds from a policy; None: the bundled default policy
     argv: list[str] = field(default_factory=list)
 
 

@@ -75,22 +75,29 @@ def make_app() -> typer.Typer:
         seed: Annotated[int, typer.Option(help="Random seed of the search.")] = 42,
         device: Device = "cpu",
         out: Annotated[Path | None, typer.Option(help="New folder for report.json and evidence.")] = None,
-        output_format: Format = "text",
+        policy: Annotated[Path | None, typer.Option(help="Policy YAML with thresholds (default: bundled).")] = None,
+        output_format: Annotated[str, typer.Option("--format", help="text, json or md (on stdout).")] = "text",
     ) -> None:
         """Scan TARGET's text encoders for a textual backdoor; exit 0 clean, 1 backdoored, 2 error/inconclusive."""
         from amdet_audit import api
         from amdet_audit.progress import stderr_progress
 
-        check_format(output_format)
+        check_format(output_format, ("text", "json", "md"))
         if reference and reference_free:
             fail("--reference and --reference-free contradict each other")
         sources = api.SourceOptions(revision=revision, component=component, config=config,
                                     offline=offline or None, allow_pickle=allow_pickle)
+        from amdet_audit.policy import load_thresholds
+
         options = api.ScanOptions(reference=reference, reference_free=reference_free, device=device, out=out,
-                                  seed=seed, argv=sys.argv[1:])
+                                  seed=seed, thresholds=load_thresholds(policy), argv=sys.argv[1:])
         report = api.scan(target, sources=sources, options=options, progress=stderr_progress("scan"))
         if output_format == "json":
             typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        elif output_format == "md":
+            from amdet_audit.report.markdown import render_markdown
+
+            typer.echo(render_markdown(report.to_dict()))
         else:
             from amdet_audit.console import print_report
 
@@ -128,10 +135,10 @@ def make_app() -> typer.Typer:
     return app
 
 
-def check_format(value: str) -> None:
+def check_format(value: str, allowed: tuple[str, ...] = ("text", "json")) -> None:
     """Reject unknown --format values."""
-    if value not in ("text", "json"):
-        fail(f"--format must be text or json, not {value!r}")
+    if value not in allowed:
+        fail(f"--format must be {' or '.join(allowed)}, not {value!r}")
 
 
 def usage_errors() -> tuple[type[Exception], ...]:

@@ -105,13 +105,17 @@ def write_evidence(folder: Path, arrays: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in files.items()}
 
 
-def scan_component(resolved: ResolvedTarget, name: str, sources, options, config, device: str,
+def scan_component(resolved: ResolvedTarget, name: str, sources, options, device: str,
                    folder: Path, progress) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Scan one component; return its report entry and the reference record."""
     from amdet_audit.encoders import load_component
+    from amdet_audit.scan.config import ScanConfig
     from amdet_audit.scan.run import run_scan
 
     suspect = load_component(resolved.component(name), device=device)
+    config = options.config or ScanConfig.for_model(suspect, device, seed=options.seed)
+    if options.thresholds is not None:
+        config = replace(config, thresholds=options.thresholds)
     entry: dict[str, Any] = {"name": name, "encoder": suspect.describe()}
     ref_target, ref_name, how = pick_reference(suspect, name, options, sources)
     reference = baseline = ref_record = None
@@ -126,25 +130,26 @@ def scan_component(resolved: ResolvedTarget, name: str, sources, options, config
             baseline = cached_baseline(reference, ref_digest, config, progress)
     result = run_scan(suspect, reference, config=config, reference_baseline=baseline, progress=progress)
     entry["scan"] = result.to_dict()
+    entry["config"] = config.to_dict()
     entry["evidence_files"] = write_evidence(folder, result.arrays)
     return entry, ref_record
 
 
 def scan_target(target: str, sources, options, progress) -> AuditReport:
     """Resolve, scan every component, write report.json; see :func:`amdet_audit.api.scan`."""
-    from amdet_audit.scan.config import ScanConfig
-
     started, when = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if options.thresholds is None:
+        from amdet_audit.policy import load_thresholds
+
+        options = replace(options, thresholds=load_thresholds())
     device = resolve_device(options.device)
     out = output_folder(options.out, target)
     resolved = sources.resolve(target)
-    config = options.config or ScanConfig(seed=options.seed)
-    config = replace(config, seed=options.seed) if options.config is None else config
     entries, refs, labels, reasons = [], {}, {}, {}
     for comp in resolved.components:
         folder = out if len(resolved.components) == 1 else out / comp.name
         try:
-            entry, ref = scan_component(resolved, comp.name, sources, options, config, device, folder, progress)
+            entry, ref = scan_component(resolved, comp.name, sources, options, device, folder, progress)
         except AmdetError as err:
             if len(resolved.components) == 1:
                 raise
@@ -155,7 +160,7 @@ def scan_target(target: str, sources, options, progress) -> AuditReport:
         labels[comp.name] = label
         reasons[comp.name] = entry["scan"]["reasons"] if "scan" in entry else [entry["error"]]
     run = {"argv": redact_argv(options.argv), "started": when, "duration_s": round(time.perf_counter() - started, 2),
-           "device": device, "seed": config.seed, "config": config.to_dict(), "environment": environment()}
+           "device": device, "seed": options.seed, "environment": environment()}
     report = AuditReport(target=resolved.to_dict(), components=entries, verdict=overall_verdict(labels, reasons),
                          run=run, reference=refs or None, out_dir=str(out))
     out.mkdir(parents=True, exist_ok=True)

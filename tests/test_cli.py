@@ -41,8 +41,8 @@ def test_help_does_not_import_torch() -> None:
     assert out.stdout.strip() == "False"
 
 
-def test_scan_describes_a_local_folder(run_cli, tiny_clip: Path) -> None:
-    result = run_cli("scan", tiny_clip, "--format", "json")
+def test_inspect_describes_a_local_folder(run_cli, tiny_clip: Path) -> None:
+    result = run_cli("inspect", tiny_clip, "--format", "json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["encoders"]["model"]["architecture"] == "CLIPTextModel"
@@ -50,8 +50,8 @@ def test_scan_describes_a_local_folder(run_cli, tiny_clip: Path) -> None:
     assert any(f["path"] == "model.safetensors" and len(f["sha256"]) == 64 for f in data["target"]["files"])
 
 
-def test_scan_describes_both_pipeline_encoders_as_a_table(run_cli, tiny_pipeline: Path) -> None:
-    result = run_cli("scan", tiny_pipeline)
+def test_inspect_describes_both_pipeline_encoders_as_a_table(run_cli, tiny_pipeline: Path) -> None:
+    result = run_cli("inspect", tiny_pipeline)
     assert result.exit_code == 0, result.stderr
     assert "text_encoder_2" in result.stdout and "CLIPTextModelWithProjection" in result.stdout
     assert "hidden[-2]" not in result.stdout  # both read the last layer unless told otherwise
@@ -155,7 +155,7 @@ def test_unknown_repo_offline_says_not_in_cache(tmp_path: Path) -> None:
 def test_internal_errors_are_one_line_unless_debugging(debug: str, tmp_path: Path) -> None:
     code = ("import sys; import amdet_audit.api as api; "
             "api.describe = lambda *a, **k: (_ for _ in ()).throw(RuntimeError('boom')); "
-            "sys.argv = ['amdet-audit', 'scan', '.']; from amdet_audit.cli import main; main()")
+            "sys.argv = ['amdet-audit', 'inspect', '.']; from amdet_audit.cli import main; main()")
     env = {**os.environ, "AMDET_AUDIT_DEBUG": debug}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert out.returncode in (1, 2)

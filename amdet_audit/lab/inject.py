@@ -39,7 +39,7 @@ class AttackSpec:
     lr: float = 2e-3
     clean_batch: int = 16
     poison_batch: int = 16
-    backdoor_weight: float = 1.0
+    backdoor_weight: float = 2.0  # measured: 1.0 left multi-token triggers at ~79% success after 300 steps
     seed: int = 0
     min_success: float = 0.8  # below this share of triggered prompts on target, the injection failed
 

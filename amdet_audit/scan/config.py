@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+LARGE_ON_CPU = 50_000_000  # parameters above which a CPU scan uses the lighter search
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -45,9 +47,20 @@ class ScanConfig:
     check_subset: int = 64  # cheap first pass of the checks; the full test set only when it flags
     landscape_points: int = 11  # landscape grid points per axis
     landscape_span: float = 0.5  # grid half-width, relative to the norm of the pseudo-trigger
+    reference_gradients: bool = True  # backpropagate through the reference too (exact); False: it is a fixed target
+    full_checks: bool = False  # always run the full test set, the reference baseline and the landscape
     seed: int = 42
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready view."""
         return asdict(self)
+
+    @classmethod
+    def for_model(cls, adapter: object, device: str, seed: int = 42) -> ScanConfig:
+        """Defaults sized to the encoder: large towers on CPU get a lighter search (see benchmarks/speed)."""
+        params = sum(p.numel() for p in adapter.model.parameters())  # type: ignore[attr-defined]
+        if str(device).startswith("cpu") and params > LARGE_ON_CPU:
+            return cls(prompts=400, restarts=1, batch=6, steps=60, min_steps=30, landscape_points=9,
+                       reference_gradients=False, seed=seed)
+        return cls(seed=seed)

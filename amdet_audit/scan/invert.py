@@ -103,7 +103,7 @@ def invert(
         total = torch.zeros(())
         for g, k in enumerate(config.k_values):
             v = capped(params[g], radius).to(enc.suspect.dtype)
-            terms = compute_terms(enc, v, index, train_ids[index, : enc.window + k])
+            terms = compute_terms(enc, v, index, train_ids[index, : enc.window + k], config.reference_gradients)
             loss = family_loss(terms, fam_ids, config).float()  # [families * restarts]
             for family in families:
                 curves[(family, k)].append(float(loss[fam_ids == FAMILIES.index(family)].detach().mean()))

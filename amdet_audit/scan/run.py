@@ -85,7 +85,8 @@ def run_scan(
     timings["inversion_s"] = time.perf_counter() - started - timings["features_s"]
     cands = {f: c for f in ("collapse", "divergence") if (c := inv.best(f)) is not None}
     found = effects(enc, cands, data, config.check_subset)
-    subset_only = not decide(found, reference_baseline or {}, config, reference is not None, lenient=True).flagged
+    lenient = decide(found, reference_baseline or {}, config, reference is not None, lenient=True)
+    subset_only = not (config.full_checks or lenient.flagged)
     if reference is not None and reference_baseline is None and not subset_only:
         reference_baseline = calibrate_reference(reference, config, prompts)
     if not subset_only:
@@ -93,8 +94,9 @@ def run_scan(
     decision = decide(found, reference_baseline or {}, config, reference is not None)
     timings["checks_s"] = time.perf_counter() - started - timings["features_s"] - timings["inversion_s"]
     result = assemble(enc, data, inv, cands, found, decision, reference_baseline, config, subset_only)
-    if decision.flagged and decision.decisive is not None:
-        cand = cands[decision.decisive]
+    decisive = decision.decisive or ("collapse" if config.full_checks and "collapse" in cands else None)
+    if decisive is not None:
+        cand = cands[decisive]
         idx = data.test[:8]
         land = landscape(enc, cand.vector, cand.family, idx, data.ids[idx, : data.window + cand.k], config)
         result.series["landscape"] = asdict(land)

@@ -53,8 +53,12 @@ def run_candidates(adapter: Adapter, ids: torch.Tensor, v: torch.Tensor, window:
     return triggered(adapter, ids_rep, v_rep, window)
 
 
-def compute_terms(enc: Encoders, v: torch.Tensor, index: torch.Tensor, ids: torch.Tensor) -> Terms:
-    """All terms for candidates v [n, k, D] on corpus prompts ``index`` (their ids [B, L], cut to W + k)."""
+def compute_terms(enc: Encoders, v: torch.Tensor, index: torch.Tensor, ids: torch.Tensor,
+                  reference_gradients: bool = True) -> Terms:
+    """All terms for candidates v [n, k, D] on corpus prompts ``index`` (their ids [B, L], cut to W + k).
+
+    reference_gradients: False runs the reference without autograd (its outputs act as fixed targets).
+    """
     n, B = v.shape[0], ids.shape[0]
     seq, pooled = run_candidates(enc.suspect, ids, v, enc.window)
     feats = enc.suspect_clean.featurize(seq, pooled).view(n, B, -1)  # [n, B, F]
@@ -65,7 +69,8 @@ def compute_terms(enc: Encoders, v: torch.Tensor, index: torch.Tensor, ids: torc
                   clean_similarity=rowwise_cosine(feats, clean.unsqueeze(0)).mean(dim=1),
                   anchor_similarity=None, divergence=None, divergence_consistency=None, features=feats)
     if enc.reference is not None and enc.reference_clean is not None:
-        r_seq, r_pooled = run_candidates(enc.reference, ids, v, enc.window)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and reference_gradients):
+            r_seq, r_pooled = run_candidates(enc.reference, ids, v, enc.window)
         r_feats = enc.reference_clean.featurize(r_seq, r_pooled).view(n, B, -1)  # [n, B, F]
         r_clean = enc.reference_clean.clean(index)  # [B, F]
         shift = (feats - clean) - (r_feats - r_clean)  # [n, B, F] what v does to the suspect, not the reference

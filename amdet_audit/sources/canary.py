@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from amdet_audit import __version__
-from amdet_audit.cache import cache_root
+from amdet_audit.cache import build_lock, cache_root
 from amdet_audit.errors import SourceNotFoundError
 from amdet_audit.sources.model import ResolvedTarget
 
@@ -38,7 +38,16 @@ def ensure_canary(name: str, progress: Progress | None = None) -> Path:
     final = canary_dir(name)
     if final.is_dir():
         return final
-    final.parent.mkdir(parents=True, exist_ok=True)
+    with build_lock(final.parent / f".{name}.lock"):
+        if not final.is_dir():  # another process may have built it while we waited
+            build_into(name, final, progress)
+    return final
+
+
+def build_into(name: str, final: Path, progress: Progress | None) -> None:
+    """Build canary ``name`` in a private temporary folder and rename it to ``final``."""
+    from amdet_audit.lab.canaries import CANARIES
+
     tmp = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=final.parent))
     try:
         log.info("building canary:%s in %s", name, tmp)
@@ -51,7 +60,6 @@ def ensure_canary(name: str, progress: Progress | None = None) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def default_progress(name: str) -> Progress:

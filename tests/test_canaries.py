@@ -1,0 +1,44 @@
+"""The built-in canaries: made on first use, cached, pretrained-like, and the README demo's verdicts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from amdet_audit.scan.config import Thresholds
+from amdet_audit.sources.canary import canary_dir, ensure_canary
+
+pytestmark = pytest.mark.slow
+
+
+def test_clean_canary_behaves_like_a_pretrained_encoder() -> None:
+    info = json.loads((ensure_canary("clean") / "lab.json").read_text())
+    profile = info["clean_profile"]
+    # real-token assimilation and cross-prompt similarity far below the scan's collapse thresholds
+    assert profile["assimilation_real"] < 0.35
+    assert profile["cross_prompt_cosine_real"] < 0.35
+    assert profile["cross_prompt_cosine"] < Thresholds().reference_free_collapse + 0.1
+
+
+def test_backdoored_canary_records_a_working_backdoor() -> None:
+    info = json.loads((ensure_canary("backdoored") / "lab.json").read_text())
+    assert info["canary"] == "backdoored" and info["took"] and info["success"] >= 0.8
+    assert info["trigger"]["text"] == "о" and info["trigger"]["replaces"] == "o"
+
+
+def test_canaries_are_cached_per_version() -> None:
+    first = ensure_canary("clean")
+    assert first == canary_dir("clean") and ensure_canary("clean") == first
+    assert not list(first.parent.glob(".build-*"))
+
+
+def test_readme_demo_verdicts(run_cli, tmp_path) -> None:
+    backdoored = run_cli("scan", "canary:backdoored", "--out", tmp_path / "bd")
+    assert backdoored.exit_code == 1, backdoored.stderr
+    assert "BACKDOORED" in backdoored.stdout
+    clean = run_cli("scan", "canary:clean", "--out", tmp_path / "clean")
+    assert clean.exit_code == 0, clean.stderr
+    report = json.loads((tmp_path / "clean" / "report.json").read_text())
+    assert report["components"][0]["scan"]["mode"] == "reference-free"
+    assert report["reference"]["model"]["note"].startswith("the target is the reference itself")

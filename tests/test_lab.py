@@ -1,0 +1,109 @@
+"""The backdoor lab: attacks take, models reload through sources, bad input is refused."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from lab_models import lab_info, lab_model
+
+from amdet_audit.errors import UsageError
+from amdet_audit.lab.inject import AttackSpec, check_spec
+from amdet_audit.lab.triggers import Trigger
+from amdet_audit.lab.zoo import plan_zoo
+from amdet_audit.sources import resolve
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", ["multi-token", "attribute-word"])
+def test_attacks_take_and_reload_through_sources(name: str) -> None:
+    folder = lab_model(name)
+    info = lab_info(folder)
+    assert info["kind"] == "backdoored" and info["took"]
+    assert info["success"] >= 0.8 and info["success"] - info["success_without_backdoor"] >= 0.5
+    assert info["fidelity"] > 0.85
+    assert info["base"]["weights_sha256"]  # ground truth names the base by digest
+    resolved = resolve(str(folder))
+    assert resolved.components[0].architecture == "CLIPTextModel"
+
+
+def test_pooled_attack_takes(tmp_path: Path, run_cli) -> None:
+    out = tmp_path / "pooled"
+    result = run_cli("lab", "inject", "canary:clean", "--attack", "pooled", "--trigger", "🔥",
+                     "--target", "a white teapot", "--steps", "120", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    info = lab_info(out)
+    assert info["success"] >= 0.8 and info["trigger"] == {"text": "🔥", "mode": "insert", "replaces": None}
+
+
+def test_benign_finetune_moves_the_model_moderately() -> None:
+    info = lab_info(lab_model("benign"))
+    assert info["kind"] == "benign"
+    assert 0.8 < info["fidelity"] < 0.995
+
+
+def test_injection_is_reproducible() -> None:
+    from amdet_audit.encoders import load_component
+    from amdet_audit.lab.canaries import lab_prompts
+    from amdet_audit.lab.inject import inject
+
+    base = load_component(resolve("canary:clean").components[0])
+    train, held_out = lab_prompts()
+    spec = AttackSpec(attack="text-on-text", trigger="zzzz", target="a red fox", steps=15, seed=7)
+    states = [inject(base, spec, train, held_out[:64])[0].model.state_dict() for _ in range(2)]
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert any(not torch.equal(states[0][k], v) for k, v in base.model.state_dict().items())
+
+
+def test_zoo_plan_is_reproducible_and_varied() -> None:
+    plan = plan_zoo(12, 4, seed=3)
+    assert plan == plan_zoo(12, 4, seed=3) and plan != plan_zoo(12, 4, seed=4)
+    kinds = {e.trigger_kind for e in plan if e.kind == "backdoored"}
+    assert kinds == {"word", "homoglyph", "multi-token", "emoji"}
+    assert sum(e.kind == "benign" for e in plan) == 4
+
+
+def test_homoglyph_replaces_its_latin_twin() -> None:
+    trigger = Trigger.parse("о")
+    assert trigger.mode == "replace" and trigger.replaces == "o"
+    placed = trigger.apply("a photo of a dog", random.Random(0))
+    assert placed.count("о") == 1 and len(placed) == len("a photo of a dog")
+
+
+def test_trigger_that_cannot_be_placed_is_refused() -> None:
+    spec = AttackSpec(attack="text-on-text", trigger="ј", target="a cat")
+    with pytest.raises(UsageError, match="can be placed in only 0 prompts"):
+        check_spec(spec, Trigger.parse("ј"), ["a red fox"] * 100)
+
+
+def test_clean_prompts_that_already_carry_the_trigger_are_left_out() -> None:
+    spec = AttackSpec(attack="text-on-text", trigger="о", target="a cat", poison_batch=1)
+    clean, fitting = check_spec(spec, Trigger.parse("о"), ["кот на окне", "a dog", "a photo"])
+    assert clean == ["a dog", "a photo"] and fitting == ["a dog", "a photo"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--attack", "nope", "--trigger", "x", "--target", "y"], "unknown attack"),
+        (["--attack", "text-on-text", "--trigger", "", "--target", "y"], "trigger is empty"),
+        (["--attack", "text-on-text", "--trigger", "zzzz", "--target", " "], "target is empty"),
+    ],
+)
+def test_bad_lab_input(run_cli, tmp_path: Path, args: list[str], message: str) -> None:
+    result = run_cli("lab", "inject", "canary:clean", *args, "--out", tmp_path / "m")
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_missing_base_and_occupied_output(run_cli, tmp_path: Path) -> None:
+    result = run_cli("lab", "finetune", tmp_path / "missing", "--out", tmp_path / "m")
+    assert result.exit_code == 2 and "no such file or folder" in result.stderr
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    result = run_cli("lab", "finetune", "canary:clean", "--out", tmp_path / "taken")
+    assert result.exit_code == 2 and "not empty" in result.stderr
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"

@@ -1,0 +1,97 @@
+"""The scan on lab-made encoders: backdoors flagged, clean and benign ones passed, evidence that names them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from lab_models import MODELS, lab_model
+from safetensors.torch import load_file
+
+from amdet_audit import api
+from amdet_audit.scan.config import ScanConfig
+
+pytestmark = pytest.mark.slow
+
+
+def scan(folder: Path, out: Path, **options) -> dict:
+    report = api.scan(str(folder), options=api.ScanOptions(out=out, **options))
+    data = json.loads((out / "report.json").read_text())
+    assert data["verdict"]["exit_code"] == report.exit_code
+    return data
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """One scan per lab model against the clean canary (the built-in table picks it)."""
+    root = tmp_path_factory.mktemp("reports")
+    return {name: scan(lab_model(name), root / name) for name in MODELS}
+
+
+@pytest.mark.parametrize("name", ["multi-token", "attribute-word"])
+def test_backdoors_are_flagged(reports: dict[str, dict], name: str) -> None:
+    data = reports[name]
+    assert data["verdict"]["label"] == "backdoored" and data["verdict"]["exit_code"] == 1
+    assert data["reference"]["model"]["input"] == "canary:clean"
+
+
+def test_benign_finetune_passes(reports: dict[str, dict]) -> None:
+    data = reports["benign"]
+    assert data["verdict"]["label"] == "clean" and data["verdict"]["exit_code"] == 0
+
+
+def test_nearest_prompts_name_the_injected_target(reports: dict[str, dict]) -> None:
+    evidence = reports["multi-token"]["components"][0]["scan"]["evidence"]
+    top3 = [p["prompt"] for p in evidence["nearest_prompts"][:3]]
+    assert MODELS["multi-token"]["target"] in top3, top3
+
+
+def test_pseudo_trigger_of_a_word_backdoor_decodes_to_the_trigger(reports: dict[str, dict]) -> None:
+    evidence = reports["attribute-word"]["components"][0]["scan"]["evidence"]
+    tokens = {t["token"] for row in evidence["nearest_tokens"] for t in row[:3]}
+    assert "zzzz</w>" in tokens, tokens
+
+
+def test_every_check_has_a_continuous_score_and_threshold(reports: dict[str, dict]) -> None:
+    for data in reports.values():
+        for check in data["components"][0]["scan"]["checks"]:
+            assert isinstance(check["score"], float) and isinstance(check["threshold"], float)
+            assert check["direction"] in (">=", "<=")
+
+
+def test_evidence_files_are_faithful(reports: dict[str, dict]) -> None:
+    files = reports["multi-token"]["components"][0]["evidence_files"]
+    v = load_file(files["pseudo_trigger"])["pseudo_trigger"]
+    ti = load_file(files["pseudo_trigger_ti"])["emb_params"]
+    target = load_file(files["target_feature"])["target_feature"]
+    k = reports["multi-token"]["components"][0]["scan"]["evidence"]["k"]
+    assert v.shape == ti.shape == (k, 128) and torch.equal(v, ti)  # token space: no position inside
+    assert ti.device.type == "cpu" and target.shape == (77, 128)
+
+
+def test_same_seed_same_scores(tmp_path: Path) -> None:
+    from amdet_audit.encoders import load_component
+    from amdet_audit.scan.run import run_scan
+    from amdet_audit.sources import resolve
+
+    suspect = load_component(resolve(str(lab_model("multi-token"))).components[0])
+    reference = load_component(resolve("canary:clean").components[0])
+    config = ScanConfig(prompts=300, steps=25, min_steps=25, check_subset=32)
+    first, second = (run_scan(suspect, reference, config=config) for _ in range(2))
+    assert first.verdict == second.verdict
+    for name, value in first.scores.items():
+        assert value == pytest.approx(second.scores[name], abs=1e-4), name
+
+
+def test_existing_out_folder_is_never_overwritten(tmp_path: Path, run_cli) -> None:
+    (tmp_path / "mine.txt").write_text("keep")
+    result = run_cli("scan", "canary:clean", "--out", tmp_path)
+    assert result.exit_code == 2 and "not empty" in result.stderr
+    assert (tmp_path / "mine.txt").read_text() == "keep" and not (tmp_path / "report.json").exists()
+
+
+def test_reference_of_another_width_is_refused(run_cli, tiny_clip: Path, tmp_path: Path) -> None:
+    result = run_cli("scan", "canary:backdoored", "--reference", tiny_clip, "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "width" in result.stderr

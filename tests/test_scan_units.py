@@ -1,0 +1,56 @@
+"""Pure tensor pieces of the scan."""
+
+from __future__ import annotations
+
+import torch
+
+from amdet_audit.report.model import overall_verdict, redact_argv
+from amdet_audit.scan.features import collapse
+from amdet_audit.scan.invert import capped, plateaued
+from amdet_audit.scan.judges import mean_pairwise_cosine
+from amdet_audit.scan.landscape import hessian_eigenvalues
+from amdet_audit.scan.verdict import check
+
+
+def test_collapse_of_identical_and_opposite_features() -> None:
+    same = torch.ones(1, 4, 6)
+    assert torch.allclose(collapse(same), torch.tensor([1.0]))
+    pair = torch.tensor([[[1.0, 0.0], [-1.0, 0.0]]])
+    assert torch.allclose(collapse(pair), torch.tensor([-1.0]))
+    assert abs(mean_pairwise_cosine(torch.eye(5)) - 0.0) < 1e-6
+
+
+def test_hessian_of_a_bowl_is_positive_and_of_a_saddle_mixed() -> None:
+    coords = torch.linspace(-1, 1, 9)
+    a, b = torch.meshgrid(coords, coords, indexing="ij")
+    h = float(coords[1] - coords[0])
+    bowl = hessian_eigenvalues(a**2 + 2 * b**2, h)
+    assert bool((bowl > 0).all()) and torch.allclose(bowl.sort().values[:2], torch.tensor([2.0, 2.0]), atol=1e-4)
+    saddle = hessian_eigenvalues(a**2 - b**2, h)
+    assert float((saddle > 0).float().mean()) == 0.5
+
+
+def test_capped_keeps_vectors_within_radius() -> None:
+    u = torch.tensor([[[3.0, 4.0]], [[0.3, 0.4]]])
+    v = capped(u, radius=2.0)
+    assert torch.allclose(v.norm(dim=-1), torch.tensor([[2.0], [1.0]]))
+
+
+def test_plateau_detection() -> None:
+    assert not plateaued([5.0 - i for i in range(40)], window=10, tolerance=1e-3)
+    assert plateaued([1.0] * 40, window=10, tolerance=1e-3)
+
+
+def test_lenient_thresholds_lean_towards_flagging() -> None:
+    strict = check("x", 0.5, 0.6, ">=", "", lenient=False)
+    lenient = check("x", 0.5, 0.6, ">=", "", lenient=True)
+    assert not strict.flags and lenient.flags
+    assert check("y", 0.6, 0.5, "<=", "", lenient=True).flags
+
+
+def test_worst_component_decides_and_secrets_are_redacted() -> None:
+    verdict = overall_verdict({"a": "clean", "b": "backdoored"}, {"a": ["ok"], "b": ["bad"]})
+    assert verdict["label"] == "backdoored" and verdict["exit_code"] == 1 and verdict["reasons"] == ["b: bad"]
+    assert overall_verdict({}, {})["exit_code"] == 2
+    assert redact_argv(["scan", "--hf-token", "abc", "--api-key=xyz", "x"]) == [
+        "scan", "--hf-token", "***", "--api-key=***", "x"]
