@@ -33,21 +33,30 @@ def token_text(tokenizer, token_id: int) -> str:
     return str(tokenizer.convert_ids_to_tokens(int(token_id)))
 
 
-@torch.no_grad()
-def nearest_prompts(clean: CleanFeatures, triggered_seq: torch.Tensor, triggered_pooled: torch.Tensor, k: int,
-                    prompts: Sequence[str], top: int = 5) -> list[dict[str, object]]:
-    """Corpus prompts whose clean outputs are nearest to the mean triggered output, compared at absolute
-    positions (a backdoor emits its target's features at the positions the target prompt had).
+MIN_POSITIONS = 6  # short prompts are compared over this many positions (their padding included)
 
-    triggered_seq: [N, W-1, D] triggered outputs at absolute positions 1..W-1; triggered_pooled: [N, P].
+
+@torch.no_grad()
+def nearest_prompts(clean: CleanFeatures, triggered_seq: torch.Tensor, k: int, prompts: Sequence[str],
+                    top: int = 5) -> list[dict[str, object]]:
+    """Corpus prompts whose clean outputs are nearest to the mean triggered output.
+
+    A text-on-text backdoor emits its target prompt's outputs at the positions the target's tokens had, so each
+    corpus prompt is compared over its own real-token positions after the pseudo-trigger (padding outputs mostly
+    encode where a prompt ends, and would rank prompts by length), centred by the corpus mean.
+
+    triggered_seq: [N, W-1, D] triggered outputs at absolute positions 1..W-1.
     """
+    target = triggered_seq.float().mean(dim=0) - clean.seq_mean  # [W-1, D]
+    corpus = clean.seq - clean.seq_mean  # [N, W-1, D]
     W1 = clean.seq.shape[1]
-    seq_target = triggered_seq.float().mean(dim=0)[k:] - clean.seq_mean[k:]  # [W-1-k, D]
-    pool_target = (triggered_pooled.float().mean(dim=0) - clean.pooled_mean) * clean.pooled_scale  # [P]
-    target = torch.cat([seq_target.reshape(-1), pool_target])  # [F']
-    corpus = torch.cat([(clean.seq[:, k:W1] - clean.seq_mean[k:]).reshape(len(clean.seq), -1),
-                        (clean.pooled - clean.pooled_mean) * clean.pooled_scale], dim=1)  # [N, F']
-    sims = F.normalize(corpus, dim=-1) @ F.normalize(target, dim=0)  # [N]
+    last = (clean.mask.sum(dim=1) - 1).clamp(min=k + MIN_POSITIONS, max=W1)  # [N] compare at least MIN_POSITIONS
+    index = torch.arange(W1).unsqueeze(0)  # [1, W-1]
+    mask = ((index >= k) & (index < last.unsqueeze(1))).float()  # [N, W-1]; positions 1..k hold v itself
+    dots = (corpus * target).sum(dim=-1)  # [N, W-1]
+    c_norm = (corpus.square().sum(dim=-1) * mask).sum(dim=1).sqrt()  # [N]
+    t_norm = (target.square().sum(dim=-1).unsqueeze(0) * mask).sum(dim=1).sqrt()  # [N]
+    sims = (dots * mask).sum(dim=1) / (c_norm * t_norm).clamp_min(1e-8)  # [N]
     best = sims.topk(min(top, len(prompts)))
     pairs = zip(best.values.tolist(), best.indices.tolist(), strict=True)
     return [{"prompt": prompts[i], "cosine": round(c, 4)} for c, i in pairs]

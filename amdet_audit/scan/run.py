@@ -119,9 +119,9 @@ def assemble(enc, data, inv, cands, found, decision, baseline, config, subset_on
         cand = cands[family]
         idx = data.test[: 4 * config.batch]
         ids = data.ids[idx, : data.window + cand.k]
-        seq_abs, pooled = absolute_outputs(enc.suspect, ids, cand.vector, data.window)
+        seq_abs = absolute_outputs(enc.suspect, ids, cand.vector, data.window)
         evidence.update(k=cand.k, nearest_tokens=nearest_tokens(enc.suspect, cand.vector),
-                        nearest_prompts=nearest_prompts(enc.suspect_clean, seq_abs, pooled, cand.k, data.prompts))
+                        nearest_prompts=nearest_prompts(enc.suspect_clean, seq_abs, cand.k, data.prompts))
         arrays = {"pseudo_trigger": cand.vector.clone(),
                   "target_feature": target_feature(enc.suspect, data.ids[idx], cand.vector),
                   **{f"ti_{name}": t for name, t in textual_inversion_tensors(cand.vector).items()}}
@@ -137,10 +137,10 @@ def assemble(enc, data, inv, cands, found, decision, baseline, config, subset_on
 
 
 @torch.no_grad()
-def absolute_outputs(adapter: Adapter, ids: torch.Tensor, v: torch.Tensor, window: int):
-    """Triggered outputs at absolute positions 1..W-1 (not token-aligned), and pooled."""
+def absolute_outputs(adapter: Adapter, ids: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
+    """[B, W-1, D] triggered outputs at absolute positions 1..W-1 (not token-aligned)."""
     out = adapter(ids, insert=v.unsqueeze(0).expand(ids.shape[0], -1, -1).to(adapter.dtype))
-    return out.read[:, 1:window], out.pooled
+    return out.read[:, 1:window]
 
 
 __all__ = ["calibrate_reference", "run_scan", "triggered", "window_length"]
