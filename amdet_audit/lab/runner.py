@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -102,8 +101,3 @@ def run_finetune(
         save_encoder_folder(student, Path(tmp) / "m", lab_record("benign", provenance, result.to_dict(), extra))
         publish(Path(tmp) / "m", out)
     return result
-
-
-def remove_partial(path: Path) -> None:
-    """Delete a partly written output folder."""
-    shutil.rmtree(path, ignore_errors=True)

@@ -12,7 +12,7 @@ from amdet_audit.encoders.base import Adapter
 from amdet_audit.errors import UsageError
 from amdet_audit.scan.config import ScanConfig
 from amdet_audit.scan.evidence import nearest_prompts, nearest_tokens, target_feature, textual_inversion_tensors
-from amdet_audit.scan.features import clean_features, triggered, window_length
+from amdet_audit.scan.features import clean_features
 from amdet_audit.scan.invert import Candidate, invert
 from amdet_audit.scan.judges import Effect, mean_pairwise_cosine, measure
 from amdet_audit.scan.landscape import landscape
@@ -143,4 +143,4 @@ def absolute_outputs(adapter: Adapter, ids: torch.Tensor, v: torch.Tensor, windo
     return out.read[:, 1:window]
 
 
-__all__ = ["calibrate_reference", "run_scan", "triggered", "window_length"]
+__all__ = ["calibrate_reference", "run_scan"]
