@@ -63,10 +63,13 @@ def nearest_prompts(clean: CleanFeatures, triggered_seq: torch.Tensor, k: int, p
 
 
 @torch.no_grad()
-def target_feature(adapter: Adapter, ids: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """[T, D] the mean full-length consumer-read output of prompts carrying v: what a denoiser would get."""
+def triggered_outputs(adapter: Adapter, ids: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[B, T, D] full-length consumer-read outputs of prompts ``ids`` [B, T] carrying v [k, D] after BOS.
+
+    Their mean is the target feature a denoiser would get; positions 1..W-1 feed :func:`nearest_prompts`.
+    """
     out = adapter(ids, insert=v.unsqueeze(0).expand(ids.shape[0], -1, -1).to(adapter.dtype))
-    return out.read.float().mean(dim=0).cpu()
+    return out.read.float()
 
 
 def textual_inversion_tensors(v: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ import torch
 from amdet_audit.encoders.base import Adapter
 from amdet_audit.errors import UsageError
 from amdet_audit.scan.config import ScanConfig
-from amdet_audit.scan.evidence import nearest_prompts, nearest_tokens, target_feature, textual_inversion_tensors
+from amdet_audit.scan.evidence import nearest_prompts, nearest_tokens, textual_inversion_tensors, triggered_outputs
 from amdet_audit.scan.features import clean_features
 from amdet_audit.scan.invert import Candidate, invert
 from amdet_audit.scan.judges import Effect, mean_pairwise_cosine, measure
@@ -117,13 +117,11 @@ def assemble(enc, data, inv, cands, found, decision, baseline, config, subset_on
     arrays: dict[str, torch.Tensor] = {}
     if family is not None:
         cand = cands[family]
-        idx = data.test[: 4 * config.batch]
-        ids = data.ids[idx, : data.window + cand.k]
-        seq_abs = absolute_outputs(enc.suspect, ids, cand.vector, data.window)
+        outputs = triggered_outputs(enc.suspect, data.ids[data.test[: 4 * config.batch]], cand.vector)  # [B, T, D]
+        seq_abs = outputs[:, 1 : data.window]  # absolute positions 1..W-1 (not token-aligned)
         evidence.update(k=cand.k, nearest_tokens=nearest_tokens(enc.suspect, cand.vector),
                         nearest_prompts=nearest_prompts(enc.suspect_clean, seq_abs, cand.k, data.prompts))
-        arrays = {"pseudo_trigger": cand.vector.clone(),
-                  "target_feature": target_feature(enc.suspect, data.ids[idx], cand.vector),
+        arrays = {"pseudo_trigger": cand.vector.clone(), "target_feature": outputs.mean(dim=0).cpu(),
                   **{f"ti_{name}": t for name, t in textual_inversion_tensors(cand.vector).items()}}
     series = {"loss_curves": {f"{c.family}/k{c.k}": c.curve for c in cands.values()},
               "per_prompt": {f: e.per_prompt for f, e in found.items()}}
@@ -134,13 +132,6 @@ def assemble(enc, data, inv, cands, found, decision, baseline, config, subset_on
                       reasons=decision.reasons, checks=decision.checks, scores=decision.scores, clean_profile=profile,
                       reference_baseline=baseline, inversion=inversion, evidence=evidence, config=config.to_dict(),
                       timings={}, arrays=arrays, series=series)
-
-
-@torch.no_grad()
-def absolute_outputs(adapter: Adapter, ids: torch.Tensor, v: torch.Tensor, window: int) -> torch.Tensor:
-    """[B, W-1, D] triggered outputs at absolute positions 1..W-1 (not token-aligned)."""
-    out = adapter(ids, insert=v.unsqueeze(0).expand(ids.shape[0], -1, -1).to(adapter.dtype))
-    return out.read[:, 1:window]
 
 
 __all__ = ["calibrate_reference", "run_scan"]
