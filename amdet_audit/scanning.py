@@ -130,7 +130,6 @@ def scan_component(resolved: ResolvedTarget, name: str, sources, options, device
             baseline = cached_baseline(reference, ref_digest, config, progress)
     result = run_scan(suspect, reference, config=config, reference_baseline=baseline, progress=progress)
     entry["scan"] = result.to_dict()
-    entry["config"] = config.to_dict()
     entry["evidence_files"] = write_evidence(folder, result.arrays)
     return entry, ref_record
 
