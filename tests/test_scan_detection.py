@@ -42,7 +42,8 @@ def test_benign_finetune_passes(reports: dict[str, dict]) -> None:
     assert data["verdict"]["label"] == "clean" and data["verdict"]["exit_code"] == 0
 
 
-@pytest.mark.xfail(reason="known gap: nearest-prompt ranking does not yet recover the target prompt", strict=False)
+@pytest.mark.xfail(reason="known gap: a pseudo-trigger reproduces the target mostly after the prompt's own tokens, "
+                          "and ranking clean corpus outputs against it names the target only sometimes", strict=False)
 def test_nearest_prompts_name_the_injected_target(reports: dict[str, dict]) -> None:
     evidence = reports["multi-token"]["components"][0]["scan"]["evidence"]
     top3 = [p["prompt"] for p in evidence["nearest_prompts"][:3]]

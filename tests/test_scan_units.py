@@ -54,3 +54,19 @@ def test_worst_component_decides_and_secrets_are_redacted() -> None:
     assert overall_verdict({}, {})["exit_code"] == 2
     assert redact_argv(["scan", "--hf-token", "abc", "--api-key=xyz", "x"]) == [
         "scan", "--hf-token", "***", "--api-key=***", "x"]
+
+
+def test_bidirectional_encoder_is_inconclusive() -> None:
+    """The rules are not valid for BERT-like encoders (measured on all-MiniLM-L6-v2): scores, no verdict."""
+    from amdet_audit.scan.config import ScanConfig
+    from amdet_audit.scan.judges import Effect
+    from amdet_audit.scan.verdict import decide
+
+    collapsed = Effect(prompts=64, collapse=0.99, same_target_rate=1.0, assimilation=0.98, clean_assimilation=0.4,
+                       clean_similarity=0.1)
+    found, cfg = {"collapse": collapsed}, ScanConfig()
+    assert decide(found, {}, cfg, has_ref=False).verdict == "backdoored"  # causal: the absolute rule applies
+    for has_ref in (False, True):
+        decision = decide(found, {"collapse": 0.2}, cfg, has_ref=has_ref, causal=False)
+        assert decision.verdict == "inconclusive" and "bidirectional" in decision.reasons[0]
+        assert decision.checks  # the scores are still reported

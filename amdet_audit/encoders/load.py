@@ -1,10 +1,11 @@
 """Turn a :class:`~amdet_audit.sources.model.Component` into a frozen :class:`Adapter`, running no code from it.
 
 Steps: read config.json (JSON only), decide the family from ``model_type`` / ``architectures``, hand over to the
-family's builder in :data:`FAMILY_BUILDERS` (the dispatch point where new families, e.g. BERT, plug in). The
-CLIP builder loads the tokenizer with ``CLIPTokenizer`` (never remote code), reads the weights with safetensors
-(``torch.load(weights_only=True)`` only for components explicitly marked ``weight_format="pickle"``), checks
-every tensor name and shape against the config, and loads them strictly into a model built on the meta device.
+family's builder in :data:`FAMILY_BUILDERS` (the dispatch point where new families plug in: CLIP and BERT
+today). Builders load the tokenizer with its plain transformers class (never remote code), read the weights
+with safetensors (``torch.load(weights_only=True)`` only for components explicitly marked
+``weight_format="pickle"``), check every tensor name and shape against the config, and load them strictly into
+a model built on the meta device.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from amdet_audit.encoders.base import Adapter
+from amdet_audit.encoders.bert import BertTextAdapter
 from amdet_audit.encoders.clip import ClipTextAdapter
 from amdet_audit.errors import ConfigFileError, NotATextEncoderError, TokenizerError, WeightsError
 from amdet_audit.sources.model import Component
@@ -26,9 +28,10 @@ Tensors = dict[str, tuple[torch.Tensor, Path]]  # key -> (tensor, file it came f
 FamilyBuilder = Callable[..., Adapter]  # (component, config, *, device, dtype, read_layer) -> Adapter
 
 #: model_type -> family; "clip" is a full CLIPModel, whose text tower is used.
-MODEL_TYPES: dict[str, str] = {"clip_text_model": "clip", "clip": "clip"}
+MODEL_TYPES: dict[str, str] = {"clip_text_model": "clip", "clip": "clip", "bert": "bert"}
 #: architecture class name -> family, for configs without a usable model_type.
-ARCHITECTURES: dict[str, str] = {"CLIPTextModel": "clip", "CLIPTextModelWithProjection": "clip", "CLIPModel": "clip"}
+ARCHITECTURES: dict[str, str] = {"CLIPTextModel": "clip", "CLIPTextModelWithProjection": "clip", "CLIPModel": "clip",
+                                 "BertModel": "bert"}
 #: model types / classes that exist but are not text encoders (a clearer message than "unsupported").
 NOT_TEXT_ENCODERS = frozenset(
     {
@@ -193,15 +196,20 @@ def _check_names(expected: Mapping[str, str], provided: Mapping[str, tuple], mod
 
 
 def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Module:
-    """Load a checked state dict into a model built on the meta device; rebuild the position_ids buffers."""
+    """Load a checked state dict into a model built on the meta device; rebuild the index buffers
+    (position_ids 0..n-1, BERT's token_type_ids zeros)."""
     model.load_state_dict(dict(state), strict=True, assign=True)
     for name, buffer in list(model.named_buffers()):
         if not buffer.is_meta:
             continue
-        if not name.endswith("position_ids"):
-            raise RuntimeError(f"buffer {name} of {type(model).__name__} was not materialised")
         owner, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(owner), leaf, torch.arange(buffer.shape[-1]).expand(tuple(buffer.shape)))
+        if leaf == "position_ids":
+            value = torch.arange(buffer.shape[-1]).expand(tuple(buffer.shape))
+        elif leaf == "token_type_ids":
+            value = torch.zeros(tuple(buffer.shape), dtype=torch.long)
+        else:
+            raise RuntimeError(f"buffer {name} of {type(model).__name__} was not materialised")
+        setattr(model.get_submodule(owner), leaf, value)
     return model
 
 
@@ -284,5 +292,60 @@ def build_clip(
     return ClipTextAdapter(model, tokenizer, read_layer=read_layer)
 
 
+# ---- BERT -------------------------------------------------------------------------------------------------------
+
+BERT_PREFIX = "bert."  # task-head checkpoints (BertForMaskedLM, ...) keep the encoder under bert.
+BERT_IGNORED_PREFIXES = ("cls.", "classifier.", "qa_outputs.")  # task heads, not part of the encoder
+
+
+def load_bert_tokenizer(component: Component) -> Any:
+    """The component's BERT WordPiece tokenizer (local files only, no remote code)."""
+    import transformers
+
+    folder = component.tokenizer_path
+    has_vocab = folder is not None and (folder / "vocab.txt").is_file()
+    has_json = folder is not None and (folder / "tokenizer.json").is_file()
+    if not (has_vocab or has_json):
+        raise TokenizerError(f"no tokenizer found for {component.name} (expected vocab.txt or tokenizer.json)")
+    cls = transformers.BertTokenizerFast if has_json else transformers.BertTokenizer
+    try:
+        tokenizer = cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # tokenizer loading raises many types for bad files
+        raise TokenizerError(f"{folder}: unreadable BERT tokenizer for {component.name}: {exc}") from exc
+    if None in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id):
+        raise TokenizerError(f"{folder}: BERT tokenizer for {component.name} lacks a [CLS], [SEP] or [PAD] token")
+    return tokenizer
+
+
+def build_bert(
+    component: Component,
+    config: Mapping[str, Any],
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype | None,
+    read_layer: int,
+) -> BertTextAdapter:
+    """The BERT family builder: config, tokenizer, checked weights -> BertTextAdapter (pooler layer included
+    when the weights have one)."""
+    from transformers import BertConfig, BertModel
+
+    try:
+        bert_config = BertConfig.from_dict(dict(config))
+    except Exception as exc:  # transformers raises TypeError, ValueError or strict-dataclass errors
+        raise ConfigFileError(f"{component.config_path}: not a valid BERT config ({exc})") from exc
+    tokenizer = load_bert_tokenizer(component)
+
+    def ignorable(name: str) -> bool:
+        return name.startswith(BERT_IGNORED_PREFIXES) or name == POSITION_IDS
+
+    tensors = read_weights(component, keep=lambda key: not ignorable(key.removeprefix(BERT_PREFIX)))
+    has_pooler = any(k.removeprefix(BERT_PREFIX).startswith("pooler.") for k in tensors)
+    with torch.device("meta"):
+        model = BertModel(bert_config, add_pooling_layer=has_pooler)
+    state = match_tensors(model, tensors, canonical=lambda k: k.removeprefix(BERT_PREFIX), ignorable=ignorable)
+    model = load_strict(model, state).to(device=device, dtype=dtype or torch.float32)
+    return BertTextAdapter(model, tokenizer, read_layer=read_layer)
+
+
 #: family -> builder(component, config, *, device, dtype, read_layer). Register new families here.
-FAMILY_BUILDERS: dict[str, FamilyBuilder] = {"clip": build_clip}
+FAMILY_BUILDERS: dict[str, FamilyBuilder] = {"clip": build_clip, "bert": build_bert}

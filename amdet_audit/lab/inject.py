@@ -36,7 +36,7 @@ class AttackSpec:
     trigger: str
     target: str  # target prompt (text-on-text), attribute text (attribute), seed text of the vector (pooled)
     steps: int = 200
-    lr: float = 2e-3
+    lr: float = 2e-3  # for a 128-wide tower; run_injection scales the default with lr_for_width
     clean_batch: int = 16
     poison_batch: int = 16
     backdoor_weight: float = 2.0  # measured: 1.0 left multi-token triggers at ~79% success after 300 steps
@@ -66,6 +66,18 @@ class InjectionResult:
         data = asdict(self)
         data["took"] = self.took
         return data
+
+
+REFERENCE_WIDTH = 128  # the canary base's width, where the default learning rates were measured
+
+
+def lr_for_width(lr: float, width: int) -> float:
+    """Scale a learning rate measured on a 128-wide tower to one of ``width`` (as 1/width, never up).
+
+    Measured on all-MiniLM-L6-v2 (384 wide), text-on-text, 100 steps: lr 2e-3 destroyed the model (0% success),
+    7e-4 (the scaled default) reached 98% success at clean fidelity 0.94, 2e-4 98% at 0.98.
+    """
+    return lr * min(1.0, REFERENCE_WIDTH / width)
 
 
 def flat_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Any
 from amdet_audit import __version__
 from amdet_audit.errors import AmdetError, UsageError
 from amdet_audit.lab.finetune import FinetuneResult, FinetuneSpec, finetune
-from amdet_audit.lab.inject import AttackSpec, InjectionResult, inject
+from amdet_audit.lab.inject import AttackSpec, InjectionResult, inject, lr_for_width
 
 Progress = Callable[[int, int, str], None]
 
@@ -70,7 +70,8 @@ def run_injection(
     fresh_output(out)
     teacher, provenance = load_base(base, device)
     spec = AttackSpec(attack=attack, trigger=trigger, target=target, seed=seed,
-                      **({"steps": steps} if steps else {}), **({"lr": lr} if lr else {}))
+                      **({"steps": steps} if steps else {}),
+                      lr=lr or lr_for_width(AttackSpec.lr, teacher.hidden_size))
     train, held_out = lab_prompts()
     student, result = inject(teacher, spec, train, held_out, progress)
     if not result.took:

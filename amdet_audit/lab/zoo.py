@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from amdet_audit.errors import UsageError
+from amdet_audit.lab.inject import REFERENCE_WIDTH, lr_for_width
 
 Progress = Callable[[int, int, str], None]
 
@@ -48,8 +49,11 @@ class ZooEntry:
     target: str | None = None
 
 
-def plan_zoo(backdoored: int, benign: int, seed: int) -> list[ZooEntry]:
-    """Draw the zoo's recipes from ``seed``: attacks 50% text-on-text, 30% attribute, 20% pooled."""
+def plan_zoo(backdoored: int, benign: int, seed: int, width: int = REFERENCE_WIDTH) -> list[ZooEntry]:
+    """Draw the zoo's recipes from ``seed``: attacks 50% text-on-text, 30% attribute, 20% pooled.
+
+    width: the base's hidden size; injection learning rates are scaled to it (:func:`lr_for_width`).
+    """
     if backdoored < 0 or benign < 0 or backdoored + benign == 0:
         raise UsageError("the zoo needs at least one model (--backdoored N, --benign M)")
     rng = random.Random(seed)
@@ -58,9 +62,10 @@ def plan_zoo(backdoored: int, benign: int, seed: int) -> list[ZooEntry]:
         attack = rng.choices(("text-on-text", "attribute", "pooled"), weights=(5, 3, 2))[0]
         kind = list(TRIGGER_KINDS)[i % len(TRIGGER_KINDS)]
         target = rng.choice(ATTRIBUTES if attack == "attribute" else TARGET_PROMPTS)
-        entries.append(ZooEntry(name=f"bd-{i:03d}-{attack}-{kind}", kind="backdoored", seed=rng.randrange(1 << 30),
-                                steps=rng.choice((200, 250, 300)), lr=rng.choice((5e-4, 7e-4, 1e-3)),
-                                attack=attack, trigger_kind=kind, trigger=rng.choice(TRIGGER_KINDS[kind]),
+        model_seed, steps = rng.randrange(1 << 30), rng.choice((200, 250, 300))
+        lr = lr_for_width(rng.choice((5e-4, 7e-4, 1e-3)), width)
+        entries.append(ZooEntry(name=f"bd-{i:03d}-{attack}-{kind}", kind="backdoored", seed=model_seed, steps=steps,
+                                lr=lr, attack=attack, trigger_kind=kind, trigger=rng.choice(TRIGGER_KINDS[kind]),
                                 target=target))
     for i in range(benign):
         entries.append(ZooEntry(name=f"benign-{i:03d}", kind="benign", seed=rng.randrange(1 << 30),
@@ -71,9 +76,9 @@ def plan_zoo(backdoored: int, benign: int, seed: int) -> list[ZooEntry]:
 def build_zoo(base: str, out: Path, *, backdoored: int, benign: int, seed: int, device: str = "cpu",
               progress: Progress | None = None) -> dict[str, Any]:
     """Build every planned model into ``out/NAME``; resumable (finished folders are kept); write zoo.json."""
-    from amdet_audit.lab.runner import InjectionFailedError, run_finetune, run_injection
+    from amdet_audit.lab.runner import InjectionFailedError, load_base, run_finetune, run_injection
 
-    plan = plan_zoo(backdoored, benign, seed)
+    plan = plan_zoo(backdoored, benign, seed, width=load_base(base, device)[0].hidden_size)
     out.mkdir(parents=True, exist_ok=True)
     records = []
     for done, entry in enumerate(plan):

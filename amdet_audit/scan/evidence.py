@@ -33,33 +33,29 @@ def token_text(tokenizer, token_id: int) -> str:
     return str(tokenizer.convert_ids_to_tokens(int(token_id)))
 
 
-MIN_POSITIONS = 6  # short prompts are compared over this many positions (their padding included)
-
-
 @torch.no_grad()
 def nearest_prompts(clean: CleanFeatures, triggered_seq: torch.Tensor, k: int, prompts: Sequence[str],
                     top: int = 5) -> list[dict[str, object]]:
-    """Corpus prompts whose clean outputs are nearest to the mean triggered output.
+    """Corpus prompts whose clean outputs are nearest to the mean triggered output (a readable guess of the target).
 
-    A text-on-text backdoor emits its target prompt's outputs at the positions the target's tokens had, so each
-    corpus prompt is compared over its own real-token positions after the pseudo-trigger (padding outputs mostly
-    encode where a prompt ends, and would rank prompts by length), centred by the corpus mean.
+    A text-on-text backdoor is trained to emit its target prompt's outputs over the whole sequence, and a
+    pseudo-trigger reproduces them best at the positions after the prompt's own tokens, so prompts are compared
+    position by position over the whole window after the pseudo-trigger, centred by the corpus mean. Each
+    position's cosine is standardised across the corpus before averaging: positions where every prompt looks
+    alike (deep padding) then weigh less than those that tell prompts apart.
 
-    triggered_seq: [N, W-1, D] triggered outputs at absolute positions 1..W-1.
+    triggered_seq: [N, W-1, D] triggered outputs at absolute positions 1..W-1 (1..k hold the pseudo-trigger).
+    Returns the ``top`` prompts with ``score`` (mean standardised cosine) and ``cosine`` (mean raw cosine).
     """
-    target = triggered_seq.float().mean(dim=0) - clean.seq_mean  # [W-1, D]
-    corpus = clean.seq - clean.seq_mean  # [N, W-1, D]
-    W1 = clean.seq.shape[1]
-    last = (clean.mask.sum(dim=1) - 1).clamp(min=k + MIN_POSITIONS, max=W1)  # [N] compare at least MIN_POSITIONS
-    index = torch.arange(W1).unsqueeze(0)  # [1, W-1]
-    mask = ((index >= k) & (index < last.unsqueeze(1))).float()  # [N, W-1]; positions 1..k hold v itself
-    dots = (corpus * target).sum(dim=-1)  # [N, W-1]
-    c_norm = (corpus.square().sum(dim=-1) * mask).sum(dim=1).sqrt()  # [N]
-    t_norm = (target.square().sum(dim=-1).unsqueeze(0) * mask).sum(dim=1).sqrt()  # [N]
-    sims = (dots * mask).sum(dim=1) / (c_norm * t_norm).clamp_min(1e-8)  # [N]
-    best = sims.topk(min(top, len(prompts)))
-    pairs = zip(best.values.tolist(), best.indices.tolist(), strict=True)
-    return [{"prompt": prompts[i], "cosine": round(c, 4)} for c, i in pairs]
+    target = triggered_seq.float().mean(dim=0)[k:] - clean.seq_mean[k:]  # [W-1-k, D]
+    corpus = clean.seq[:, k:] - clean.seq_mean[k:]  # [N, W-1-k, D]
+    cos = F.cosine_similarity(corpus, target.unsqueeze(0), dim=-1)  # [N, W-1-k]
+    z = (cos - cos.mean(dim=0)) / cos.std(dim=0).clamp_min(1e-6)  # standardised per position
+    score = z.mean(dim=1)  # [N]
+    best = score.topk(min(top, len(prompts)))
+    mean_cos = cos.mean(dim=1)
+    return [{"prompt": prompts[i], "score": round(z_i, 4), "cosine": round(float(mean_cos[i]), 4)}
+            for z_i, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)]
 
 
 @torch.no_grad()

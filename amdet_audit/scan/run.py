@@ -91,7 +91,8 @@ def run_scan(
         reference_baseline = calibrate_reference(reference, config, prompts)
     if not subset_only:
         found = effects(enc, cands, data, None)
-    decision = decide(found, reference_baseline or {}, config, reference is not None)
+    decision = decide(found, reference_baseline or {}, config, reference is not None,
+                      causal=bool(getattr(suspect, "causal", True)))
     timings["checks_s"] = time.perf_counter() - started - timings["features_s"] - timings["inversion_s"]
     result = assemble(enc, data, inv, cands, found, decision, reference_baseline, config, subset_only)
     decisive = decision.decisive or ("collapse" if config.full_checks and "collapse" in cands else None)

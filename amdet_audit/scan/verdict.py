@@ -71,9 +71,19 @@ def divergence_checks(e: Effect, cfg: ScanConfig, lenient: bool) -> list[Check]:
     ]
 
 
+NOT_VALIDATED_BIDIRECTIONAL = (
+    "no verdict for a bidirectional (BERT-like) encoder: the rules are not valid there. Measured on "
+    "all-MiniLM-L6-v2: the clean model collapses under a pseudo-trigger (0.996), and a benign fine-tune scored "
+    "divergence.relative 10.3 against 7.1 for a real backdoor; the scores are reported, the verdict is left open")
+
+
 def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig, has_ref: bool,
-           lenient: bool = False) -> Decision:
-    """Apply both rules; backdoored when either holds in full."""
+           lenient: bool = False, causal: bool = True) -> Decision:
+    """Apply both rules; backdoored when either holds in full.
+
+    causal: False (BERT-like encoders) gives "inconclusive" whatever the scores say (see
+    NOT_VALIDATED_BIDIRECTIONAL).
+    """
     if not found:
         return Decision("inconclusive", False, None, ["the inversion produced no usable pseudo-trigger"])
     checks: list[Check] = []
@@ -94,6 +104,8 @@ def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig
                        "assimilation": e.assimilation, "clean_assimilation": e.clean_assimilation,
                        "clean_similarity": e.clean_similarity})
     flagged = [r for r, ok in rules.items() if ok]
+    if not causal and not lenient:
+        return Decision("inconclusive", False, None, [NOT_VALIDATED_BIDIRECTIONAL], checks, scores)
     if flagged:
         reasons = [f"{'target' if r == 'collapse' else 'divergence'} rule holds: "
                    + ", ".join(f"{c.name} {c.score:.3f} {c.direction} {c.threshold:.3f}"

@@ -1,6 +1,7 @@
 """TARGET -> files on local disk with provenance (:class:`ResolvedTarget`).
 
-TARGET forms: ``canary:NAME``; ``hf://org/name[@rev]``; an existing local folder or file; ``org/name[@rev]``
+TARGET forms: ``canary:NAME``; ``package:NAME`` (a model shipped in an installed Python package);
+``hf://org/name[@rev]``; an existing local folder or file; ``org/name[@rev]``
 (a hub repo id). A local path wins over a repo id of the same spelling, as in transformers.
 """
 
@@ -18,9 +19,11 @@ REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*(@[
 
 
 def target_kind(target: str) -> str:
-    """Which source handles ``target``: canary, hub, local or file."""
+    """Which source handles ``target``: canary, package, hub, local or file."""
     if target.startswith("canary:"):
         return "canary"
+    if target.startswith("package:"):
+        return "package"
     if target.startswith("hf://"):
         return "hub"
     path = Path(target).expanduser()
@@ -64,6 +67,10 @@ def resolve(
         from amdet_audit.sources.canary import resolve_canary
 
         return resolve_canary(target.removeprefix("canary:"), input=target)
+    if kind == "package":
+        from amdet_audit.sources.packaged import resolve_packaged
+
+        return resolve_packaged(target.removeprefix("package:"), input=target)
     if kind == "hub":
         return resolve_hub_target(target, revision=revision, component=component, offline=offline,
                                   allow_pickle=allow_pickle, cache_dir=cache_dir)

