@@ -68,6 +68,8 @@ class ScanOptions:
     config: Any = None  # a ScanConfig; None: defaults with ``seed``
     seed: int = 42
     thresholds: Any = None  # Thresholds from a policy; None: the bundled default policy
+    plugins: list[str] | None = None  # third-party plugins to run (entry-point names); None: all installed
+    third_party_plugins: bool = True  # False: built-in checks only (--no-plugins)
     argv: list[str] = field(default_factory=list)
 
 

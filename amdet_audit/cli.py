@@ -77,6 +77,8 @@ def make_app() -> typer.Typer:
         out: Annotated[Path | None, typer.Option(help="New folder for report.json and evidence.")] = None,
         policy: Annotated[Path | None, typer.Option(help="Policy YAML with thresholds (default: bundled).")] = None,
         output_format: Annotated[str, typer.Option("--format", help="text, json or md (on stdout).")] = "text",
+        plugins: Annotated[str | None, typer.Option(help="Run only these installed plugins (comma list).")] = None,
+        no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Built-in checks only.")] = False,
     ) -> None:
         """Scan TARGET's text encoders for a textual backdoor; exit 0 clean, 1 backdoored, 2 error/inconclusive."""
         from amdet_audit import api
@@ -85,12 +87,16 @@ def make_app() -> typer.Typer:
         check_format(output_format, ("text", "json", "md"))
         if reference and reference_free:
             fail("--reference and --reference-free contradict each other")
+        if plugins is not None and no_plugins:
+            fail("--plugins and --no-plugins contradict each other")
+        selected = None if plugins is None else [p.strip() for p in plugins.split(",") if p.strip()]
         sources = api.SourceOptions(revision=revision, component=component, config=config,
                                     offline=offline or None, allow_pickle=allow_pickle)
         from amdet_audit.policy import load_thresholds
 
         options = api.ScanOptions(reference=reference, reference_free=reference_free, device=device, out=out,
-                                  seed=seed, thresholds=load_thresholds(policy), argv=sys.argv[1:])
+                                  seed=seed, thresholds=load_thresholds(policy), plugins=selected,
+                                  third_party_plugins=not no_plugins, argv=sys.argv[1:])
         report = api.scan(target, sources=sources, options=options, progress=stderr_progress("scan"))
         if output_format == "json":
             typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
@@ -128,6 +134,25 @@ def make_app() -> typer.Typer:
             from amdet_audit.console import print_description
 
             print_description(description)
+
+    plugins_app = typer.Typer(help="Plugins: built-in and installed checks.", no_args_is_help=True)
+
+    @plugins_app.command("list")
+    def plugins_list(output_format: Format = "text") -> None:
+        """Show the plugins (built-in and from the entry-point group amdet_audit), versions and checks."""
+        from dataclasses import asdict
+
+        from amdet_audit.plugins import make_manager, plugin_infos
+
+        check_format(output_format)
+        infos = plugin_infos(make_manager())
+        if output_format == "json":
+            typer.echo(json.dumps([asdict(i) for i in infos], indent=2))
+            return
+        for info in infos:
+            typer.echo(f"{info.name}  {info.distribution} {info.version}  checks: {', '.join(info.checks) or '-'}")
+
+    app.add_typer(plugins_app, name="plugins")
 
     from amdet_audit.cli_lab import make_lab_app
 

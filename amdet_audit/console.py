@@ -72,4 +72,11 @@ def print_report(report: AuditReport, console: Console | None = None) -> None:
             tokens = " | ".join(", ".join(t["token"] for t in row[:4]) for row in evidence["nearest_tokens"])
             console.print(f"pseudo-trigger nearest tokens: {tokens}")
             console.print("target resembles: " + "; ".join(p["prompt"] for p in evidence["nearest_prompts"][:3]))
+    findings = [(c["check"], f) for c in report.checks for f in c["findings"] if f["severity"] != "info"]
+    for name, finding in findings:
+        where = f" ({finding['location']})" if finding.get("location") else ""
+        console.print(f"{finding['severity'].upper()} {name}: {finding['message']}{where}", markup=False)
+    for check in report.checks:
+        if check["status"] != "ran":
+            console.print(f"{check['check']}: {check['status']}: {check['reason']}", markup=False)
     console.print(f"\nreport: {report.out_dir}/report.json")

@@ -7,7 +7,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 from amdet_audit import __version__
 from amdet_audit.cache import cache_root
 from amdet_audit.errors import AmdetError, UsageError
-from amdet_audit.report.model import AuditReport, environment, overall_verdict, redact_argv
+from amdet_audit.report.model import AuditReport, environment, overall_verdict, redact_argv, with_findings
 from amdet_audit.sources import ResolvedTarget, resolve
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,12 @@ def scan_target(target: str, sources, options, progress) -> AuditReport:
         options = replace(options, thresholds=load_thresholds())
     device = resolve_device(options.device)
     out = output_folder(options.out, target)
+    from amdet_audit.checks.base import CheckContext
+    from amdet_audit.plugins import make_manager, plugin_infos, run_checks
+
+    manager = make_manager(options.plugins, third_party=options.third_party_plugins)
     resolved = sources.resolve(target)
+    checks = [r.to_dict() for r in run_checks(manager, CheckContext(target=resolved))]
     entries, refs, labels, reasons = [], {}, {}, {}
     for comp in resolved.components:
         folder = out if len(resolved.components) == 1 else out / comp.name
@@ -167,8 +172,14 @@ def scan_target(target: str, sources, options, progress) -> AuditReport:
         reasons[comp.name] = entry["scan"]["reasons"] if "scan" in entry else [entry["error"]]
     run = {"argv": redact_argv(options.argv), "started": when, "duration_s": round(time.perf_counter() - started, 2),
            "device": device, "seed": options.seed, "environment": environment()}
-    report = AuditReport(target=resolved.to_dict(), components=entries, verdict=overall_verdict(labels, reasons),
-                         run=run, reference=refs or None, out_dir=str(out))
+    report = AuditReport(target=resolved.to_dict(), components=entries,
+                         verdict=with_findings(overall_verdict(labels, reasons), checks), run=run,
+                         reference=refs or None, out_dir=str(out), checks=checks,
+                         plugins=[asdict(p) for p in plugin_infos(manager)])
+    try:
+        report.sections = [s for s in manager.hook.amdet_audit_report_sections(report=report.to_dict()) if s]
+    except Exception as err:  # third-party code: a failing section is reported, the audit stands
+        report.sections = [{"title": "plugin error", "body": f"a report section hook failed: {err}", "data": None}]
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
     return report

@@ -11,7 +11,7 @@ from typing import Any
 from amdet_audit import __version__
 from amdet_audit.exit_codes import ExitCode
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: checks, plugins and sections
 SECRET_OPTION = re.compile(r"(token|password|secret|key)", re.IGNORECASE)
 STATUS = {"clean": "pass", "backdoored": "fail", "inconclusive": "error"}
 
@@ -52,6 +52,9 @@ class AuditReport:
     reference: dict[str, Any] | None = None
     out_dir: str | None = None
     tool: dict[str, str] = field(default_factory=lambda: {"name": "amdet-audit", "version": __version__})
+    checks: list[dict[str, Any]] = field(default_factory=list)  # the file checks (built-in and plugins)
+    plugins: list[dict[str, Any]] = field(default_factory=list)  # plugins that ran, with versions
+    sections: list[dict[str, Any]] = field(default_factory=list)  # extra sections added by plugins
 
     @property
     def exit_code(self) -> int:
@@ -61,7 +64,8 @@ class AuditReport:
     def to_dict(self) -> dict[str, Any]:
         """The report.json document."""
         return {"schema_version": SCHEMA_VERSION, "tool": self.tool, "run": self.run, "target": self.target,
-                "reference": self.reference, "components": self.components, "verdict": self.verdict}
+                "reference": self.reference, "components": self.components, "checks": self.checks,
+                "plugins": self.plugins, "sections": self.sections, "verdict": self.verdict}
 
 
 def overall_verdict(labels: dict[str, str], reasons: dict[str, list[str]]) -> dict[str, Any]:
@@ -74,3 +78,26 @@ def overall_verdict(labels: dict[str, str], reasons: dict[str, list[str]]) -> di
     code = {"clean": ExitCode.PASS, "backdoored": ExitCode.FAIL, "inconclusive": ExitCode.ERROR}[label]
     flat = [f"{name}: {r}" for name, rs in reasons.items() for r in rs if labels[name] == label]
     return {"label": label, "status": STATUS[label], "exit_code": int(code), "reasons": flat}
+
+
+FAIL_ON = "high"  # findings at or above this severity fail the audit
+
+
+def with_findings(verdict: dict[str, Any], checks: list[dict[str, Any]], fail_on: str = FAIL_ON) -> dict[str, Any]:
+    """Fold the file checks into the scan's verdict.
+
+    A finding at or above ``fail_on`` fails the audit (exit 1) whatever the scan said; a check that errored
+    turns a pass into "could not complete" (exit 2): an unfinished check is never shown as a pass.
+    """
+    from amdet_audit.checks.base import SEVERITIES
+
+    bar = SEVERITIES.index(fail_on)
+    failing = [f"{c['check']}: {f['message']}" + (f" ({f['location']})" if f.get("location") else "")
+               for c in checks for f in c["findings"] if SEVERITIES.index(f["severity"]) >= bar]
+    errored = [f"{c['check']}: check did not complete: {c['reason']}" for c in checks if c["status"] == "error"]
+    verdict = dict(verdict)
+    if failing:
+        verdict.update(status="fail", exit_code=int(ExitCode.FAIL), reasons=[*verdict["reasons"], *failing])
+    elif errored and verdict["exit_code"] == int(ExitCode.PASS):
+        verdict.update(status="error", exit_code=int(ExitCode.ERROR), reasons=[*verdict["reasons"], *errored])
+    return verdict

@@ -1,0 +1,159 @@
+"""File checks (serialization, remote code, tokenizer), the plugin manager, and how findings fold into verdicts."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from amdet_audit.checks.base import CheckContext, CheckResult, Finding
+from amdet_audit.checks.hygiene import RemoteCodeCheck, SerializationCheck, TokenizerCheck, pickle_globals
+from amdet_audit.errors import UsageError
+from amdet_audit.hookspecs import hookimpl
+from amdet_audit.plugins import make_manager, plugin_infos, registered_checks, run_checks
+from amdet_audit.report.model import with_findings
+from amdet_audit.sources import resolve
+
+
+class Payload:
+    """Unpickling this runs a shell command (it is only ever parsed here, never loaded)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.fixture
+def model_folder(tiny_clip: Path, tmp_path: Path) -> Path:
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_clip, folder)
+    return folder
+
+
+def context(folder: Path) -> CheckContext:
+    return CheckContext(target=resolve(str(folder)))
+
+
+def test_pickle_beside_safetensors_is_reported_and_unsafe_imports_found(model_folder: Path, tmp_path: Path) -> None:
+    torch.save({"w": torch.zeros(2)}, model_folder / "pytorch_model.bin")  # an ordinary torch checkpoint
+    marker = tmp_path / "ran"
+    (model_folder / "extra.pt").write_bytes(pickle.dumps(Payload(marker)))
+    result = SerializationCheck().run(context(model_folder))
+    by_rule = {(f.rule, f.location): f for f in result.findings}
+    assert by_rule[("serialization.pickle-file", "pytorch_model.bin")].severity == "medium"
+    assert ("serialization.unsafe-import", "pytorch_model.bin") not in by_rule  # torch's own globals are fine
+    unsafe = by_rule[("serialization.unsafe-import", "extra.pt")]
+    assert unsafe.severity == "critical" and "system" in unsafe.message
+    assert not marker.exists()  # parsed, never run
+    assert result.scores["pickle_files"] == 2.0
+
+
+def test_pickle_globals_reads_both_global_opcodes() -> None:
+    assert any(g.endswith(".system") for g in pickle_globals(pickle.dumps(Payload(Path("x")), protocol=0)))
+    assert any(g.endswith(".system") for g in pickle_globals(pickle.dumps(Payload(Path("x")), protocol=4)))
+    assert pickle_globals(b"not a pickle") == {"<unparseable pickle stream>"}
+
+
+def test_remote_code_is_a_high_finding(model_folder: Path) -> None:
+    config = json.loads((model_folder / "config.json").read_text())
+    (model_folder / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "m.Model"}}))
+    (model_folder / "m.py").write_text("import os\n")
+    result = RemoteCodeCheck().run(context(model_folder))
+    assert result.findings and all(f.severity == "high" for f in result.findings)
+
+
+def test_tokenizer_added_tokens_that_look_like_triggers(model_folder: Path) -> None:
+    added = {"cat\u200b": 49408, "p\u0430inting": 49409, "<style-x>": 49410}  # zero-width, Cyrillic a, plain
+    (model_folder / "added_tokens.json").write_text(json.dumps(added))
+    result = TokenizerCheck().run(context(model_folder))
+    rules = {f.rule: f for f in result.findings}
+    assert rules["tokenizer.invisible-token"].severity == "high"
+    assert rules["tokenizer.mixed-script-token"].severity == "medium"
+    assert rules["tokenizer.added-token"].severity == "info" and result.scores["added_tokens"] == 3.0
+
+
+def test_tokenizer_check_skips_without_tokenizer(model_folder: Path) -> None:
+    target = resolve(str(model_folder))
+    bare = type(target)(**{**target.__dict__, "components": [
+        type(c)(**{**c.__dict__, "tokenizer_path": None}) for c in target.components]})
+    result = TokenizerCheck().run(CheckContext(target=bare))
+    assert result.status == "skipped" and result.reason
+
+
+class Broken:
+    id, version, description = "broken", "0", "raises"
+
+    def run(self, context: CheckContext) -> CheckResult:
+        raise RuntimeError("boom")
+
+
+class BrokenPlugin:
+    @hookimpl
+    def amdet_audit_register_checks(self, register) -> None:
+        register(Broken())
+
+
+def test_a_check_that_raises_is_an_error_not_a_pass(model_folder: Path) -> None:
+    pm = make_manager(third_party=False)
+    pm.register(BrokenPlugin(), name="broken-plugin")
+    results = {r.check: r for r in run_checks(pm, context(model_folder))}
+    assert results["broken"].status == "error" and "boom" in results["broken"].reason
+    assert results["broken"].plugin == "broken-plugin" and results["serialization"].plugin == "builtin"
+    verdict = {"label": "clean", "status": "pass", "exit_code": 0, "reasons": []}
+    folded = with_findings(verdict, [r.to_dict() for r in results.values()])
+    assert folded["exit_code"] == 2 and any("did not complete" in r for r in folded["reasons"])
+
+
+def test_duplicate_check_ids_are_refused() -> None:
+    pm = make_manager(third_party=False)
+    pm.register(BrokenPlugin(), name="a")
+    pm.register(BrokenPlugin(), name="b")
+    with pytest.raises(UsageError, match="registered by both"):
+        registered_checks(pm)
+
+
+def test_findings_at_or_above_high_fail_the_audit() -> None:
+    clean = {"label": "clean", "status": "pass", "exit_code": 0, "reasons": ["no rule holds"]}
+    medium = CheckResult("serialization", "1", "ran", [Finding("serialization.pickle-file", "medium", "pickle")])
+    assert with_findings(clean, [medium.to_dict()])["exit_code"] == 0
+    high = CheckResult("remote-code", "1", "ran", [Finding("remote-code.custom-code", "high", "auto_map", "c")])
+    failed = with_findings(clean, [high.to_dict()])
+    assert failed["exit_code"] == 1 and failed["status"] == "fail" and "remote-code: auto_map (c)" in failed["reasons"]
+
+
+def test_unknown_plugin_selection_is_a_usage_error(run_cli, tiny_clip: Path) -> None:
+    result = run_cli("scan", tiny_clip, "--plugins", "no-such-plugin")
+    assert result.exit_code == 2 and "not installed: no-such-plugin" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_plugins_list(run_cli) -> None:
+    result = run_cli("plugins", "list", "--format", "json")
+    assert result.exit_code == 0
+    builtin = json.loads(result.stdout)[0]
+    assert builtin["name"] == "builtin" and set(builtin["checks"]) == {"serialization", "remote-code", "tokenizer"}
+    assert plugin_infos(make_manager())[0].distribution == "amdet-audit"
+
+
+@pytest.mark.slow
+def test_scan_fails_on_a_critical_finding_even_when_the_encoder_is_clean(run_cli, tmp_path: Path) -> None:
+    from amdet_audit.sources.canary import ensure_canary
+
+    folder = tmp_path / "clean-with-payload"
+    shutil.copytree(ensure_canary("clean"), folder)
+    marker = tmp_path / "ran"
+    (folder / "optimizer.pt").write_bytes(pickle.dumps(Payload(marker)))
+    result = run_cli("scan", folder, "--reference", "canary:clean", "--out", tmp_path / "report")
+    assert result.exit_code == 1, result.stderr
+    assert "CRITICAL serialization" in result.stdout and not marker.exists()
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["components"][0]["scan"]["verdict"] == "clean"  # the encoder itself is fine
+    assert report["verdict"]["status"] == "fail" and report["plugins"][0]["name"] == "builtin"
+    assert {c["check"] for c in report["checks"]} == {"serialization", "remote-code", "tokenizer"}
