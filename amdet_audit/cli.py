@@ -135,6 +135,24 @@ def make_app() -> typer.Typer:
 
             print_description(description)
 
+    @app.command("report")
+    def report_command(
+        report_file: Annotated[Path, typer.Argument(help="A report.json written by amdet-audit scan.")],
+        output_format: Annotated[str, typer.Option("--format", help="sarif, md or json.")] = "sarif",
+        out: Annotated[Path | None, typer.Option(help="New file to write (default: stdout).")] = None,
+    ) -> None:
+        """Render an existing report.json again (SARIF, Markdown) without rescanning."""
+        from amdet_audit.report.render import load_report, render
+
+        check_format(output_format, ("sarif", "md", "json"))
+        if out is not None and out.exists():
+            fail(f"--out {out} already exists; reports never overwrite")
+        text = render(load_report(report_file), output_format)
+        if out is None:
+            typer.echo(text)
+        else:
+            out.write_text(text, encoding="utf-8")
+
     plugins_app = typer.Typer(help="Plugins: built-in and installed checks.", no_args_is_help=True)
 
     @plugins_app.command("list")

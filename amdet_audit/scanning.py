@@ -181,5 +181,16 @@ def scan_target(target: str, sources, options, progress) -> AuditReport:
     except Exception as err:  # third-party code: a failing section is reported, the audit stands
         report.sections = [{"title": "plugin error", "body": f"a report section hook failed: {err}", "data": None}]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), encoding="utf-8")
+    write_reports(report.to_dict(), out)
     return report
+
+
+def write_reports(document: dict[str, Any], out: Path) -> None:
+    """report.json (the source of truth) and its renderings report.sarif and report.md into ``out``."""
+    from amdet_audit.report.markdown import render_markdown
+    from amdet_audit.report.sarif import render_sarif
+
+    (out / "report.json").write_text(json.dumps(document, indent=2, ensure_ascii=False), encoding="utf-8")
+    (out / "report.sarif").write_text(json.dumps(render_sarif(document), indent=2, ensure_ascii=False),
+                                      encoding="utf-8")
+    (out / "report.md").write_text(render_markdown(document), encoding="utf-8")

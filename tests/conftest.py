@@ -105,3 +105,4 @@ def copy_of(tmp_path: Path):
         return Path(shutil.copytree(folder, tmp_path / folder.name))
 
     return copy
+

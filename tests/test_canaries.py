@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from schema_check import assert_valid_report, assert_valid_sarif
 
 from amdet_audit.scan.config import Thresholds
 from amdet_audit.sources.canary import canary_dir, ensure_canary
@@ -40,5 +41,14 @@ def test_readme_demo_verdicts(run_cli, tmp_path) -> None:
     clean = run_cli("scan", "canary:clean", "--out", tmp_path / "clean")
     assert clean.exit_code == 0, clean.stderr
     report = json.loads((tmp_path / "clean" / "report.json").read_text())
+    assert_valid_report(report)
     assert report["components"][0]["scan"]["mode"] == "reference-free"
     assert report["reference"]["model"]["note"].startswith("the target is the reference itself")
+    bd_report = json.loads((tmp_path / "bd" / "report.json").read_text())
+    assert_valid_report(bd_report)
+    sarif = json.loads((tmp_path / "bd" / "report.sarif").read_text())
+    assert_valid_sarif(sarif)
+    assert [r["ruleId"] for r in sarif["runs"][0]["results"]] == ["assimilation.backdoor"]
+    assert "BACKDOORED" in (tmp_path / "bd" / "report.md").read_text().upper()
+    rerendered = run_cli("report", tmp_path / "bd" / "report.json", "--format", "sarif")
+    assert rerendered.exit_code == 0 and json.loads(rerendered.stdout) == sarif

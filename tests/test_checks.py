@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from schema_check import assert_valid_report, assert_valid_sarif
 
 from amdet_audit.checks.base import CheckContext, CheckResult, Finding
 from amdet_audit.checks.hygiene import RemoteCodeCheck, SerializationCheck, TokenizerCheck, pickle_globals
@@ -154,6 +155,14 @@ def test_scan_fails_on_a_critical_finding_even_when_the_encoder_is_clean(run_cli
     assert result.exit_code == 1, result.stderr
     assert "CRITICAL serialization" in result.stdout and not marker.exists()
     report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert_valid_report(report)
     assert report["components"][0]["scan"]["verdict"] == "clean"  # the encoder itself is fine
     assert report["verdict"]["status"] == "fail" and report["plugins"][0]["name"] == "builtin"
     assert {c["check"] for c in report["checks"]} == {"serialization", "remote-code", "tokenizer"}
+    sarif = json.loads((tmp_path / "report" / "report.sarif").read_text())
+    assert_valid_sarif(sarif)
+    results = {r["ruleId"]: r for r in sarif["runs"][0]["results"]}
+    assert set(results) == {"serialization.pickle-file", "serialization.unsafe-import"}  # the scan itself is clean
+    assert results["serialization.unsafe-import"]["level"] == "error"
+    assert results["serialization.unsafe-import"]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] \
+        .endswith("/optimizer.pt")

@@ -9,6 +9,7 @@ import pytest
 import torch
 from lab_models import MODELS, lab_model
 from safetensors.torch import load_file
+from schema_check import assert_valid_report
 
 from amdet_audit import api
 from amdet_audit.scan.config import ScanConfig
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.slow
 def scan(folder: Path, out: Path, **options) -> dict:
     report = api.scan(str(folder), options=api.ScanOptions(out=out, **options))
     data = json.loads((out / "report.json").read_text())
+    assert_valid_report(data)
     assert data["verdict"]["exit_code"] == report.exit_code
     return data
 

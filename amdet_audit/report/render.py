@@ -1,0 +1,41 @@
+"""Re-render a saved report.json (``amdet-audit report``): load it, check its version, pick a renderer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from amdet_audit.errors import ConfigFileError
+from amdet_audit.report.model import SCHEMA_VERSION
+
+REQUIRED = ("schema_version", "tool", "run", "target", "components", "checks", "verdict")
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """A report.json document; ConfigFileError when unreadable, not a report, or of another schema version."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigFileError(f"{path}: no such report file") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigFileError(f"{path}: not a readable JSON report ({exc})") from exc
+    if not isinstance(data, dict) or any(key not in data for key in REQUIRED):
+        raise ConfigFileError(f"{path}: not an amdet-audit report.json (missing keys)")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ConfigFileError(f"{path}: report schema {data['schema_version']!r}; this version renders "
+                              f"{SCHEMA_VERSION!r} (rescan, or use the amdet-audit version that wrote it)")
+    return data
+
+
+def render(report: dict[str, Any], fmt: str) -> str:
+    """The report in ``fmt``: sarif, md or json."""
+    if fmt == "sarif":
+        from amdet_audit.report.sarif import render_sarif
+
+        return json.dumps(render_sarif(report), indent=2, ensure_ascii=False)
+    if fmt == "md":
+        from amdet_audit.report.markdown import render_markdown
+
+        return render_markdown(report)
+    return json.dumps(report, indent=2, ensure_ascii=False)

@@ -1,0 +1,122 @@
+"""report.json -> SARIF 2.1.0 for GitHub code scanning (stable rule ids, security-severity, fingerprints).
+
+Computes nothing: every result comes from the report's scan verdicts and file-check findings. SARIF forbids
+nothing about nulls, but GitHub rejects some; no value here is ever null.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+INFORMATION_URI = "https://pypi.org/project/amdet-audit/"
+#: severity -> (SARIF level, GitHub security-severity score 0-10)
+LEVELS = {"critical": ("error", "9.5"), "high": ("error", "8.0"), "medium": ("warning", "5.5"),
+          "low": ("note", "3.0"), "info": ("note", "1.0")}
+SCAN_RULES = {
+    "assimilation.backdoor": ("critical", "Textual backdoor in a text encoder",
+                              "The assimilation scan found a pseudo-trigger that makes prompts collapse onto one "
+                              "target (or shift consistently) in this encoder but not in its clean reference."),
+    "assimilation.inconclusive": ("medium", "Backdoor scan could not decide",
+                                  "The assimilation scan could not reach a verdict for this encoder; it is not "
+                                  "shown as a pass."),
+}
+CHECK_RULES = {
+    "serialization.pickle-file": "Pickle weight file", "serialization.unsafe-import": "Unsafe import in a pickle",
+    "remote-code.custom-code": "Custom code in the model", "tokenizer.invisible-token": "Invisible added token",
+    "tokenizer.mixed-script-token": "Mixed-script added token", "tokenizer.added-token": "Added token",
+}
+
+
+def drop_nulls(value: Any) -> Any:
+    """The same structure without None values (in dicts) or None items (in lists)."""
+    if isinstance(value, dict):
+        return {k: drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [drop_nulls(v) for v in value if v is not None]
+    return value
+
+
+def artifact_uri(report: dict[str, Any], path: str) -> str:
+    """A relative URI for a file of the target: ``<target as given>/<path>`` (``:`` becomes ``/``)."""
+    prefix = str(report["target"]["input"]).replace("hf://", "").replace(":", "/").strip("/")
+    return f"{prefix}/{path}" if prefix and prefix != "." else path
+
+
+def rule(rule_id: str, severity: str, name: str, text: str) -> dict[str, Any]:
+    """A reportingDescriptor with GitHub's security-severity."""
+    level, score = LEVELS[severity]
+    return {"id": rule_id, "name": "".join(w.capitalize() for w in name.split()),
+            "shortDescription": {"text": name}, "fullDescription": {"text": text},
+            "defaultConfiguration": {"level": level},
+            "properties": {"security-severity": score, "tags": ["security", "ml-model"]}}
+
+
+def result(rule_id: str, severity: str, message: str, uri: str, identity: str) -> dict[str, Any]:
+    """One SARIF result with a location and a stable fingerprint."""
+    fingerprint = hashlib.sha256(f"{rule_id}\0{identity}".encode()).hexdigest()
+    return {"ruleId": rule_id, "level": LEVELS[severity][0], "message": {"text": message},
+            "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri}}}],
+            "partialFingerprints": {"amdetFinding/v1": fingerprint}}
+
+
+def component_config(report: dict[str, Any], name: str) -> str:
+    """The component's config.json, relative to the target root."""
+    root = str(report["target"]["root"]).rstrip("/") + "/"
+    for comp in report["target"]["components"]:
+        if comp["name"] == name:
+            return str(comp["config_path"]).removeprefix(root)
+    return "config.json"
+
+
+def scan_results(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """A result per component whose scan said backdoored or inconclusive."""
+    out = []
+    files = {f["path"]: f["sha256"] for f in report["target"]["files"]}
+    for comp in report["components"]:
+        verdict = comp.get("scan", {}).get("verdict", "inconclusive")
+        if verdict == "clean":
+            continue
+        rule_id = "assimilation.backdoor" if verdict == "backdoored" else "assimilation.inconclusive"
+        reasons = comp["scan"]["reasons"] if "scan" in comp else [comp.get("error", "not scanned")]
+        config = component_config(report, comp["name"])
+        identity = f"{comp['name']}\0{''.join(sorted(files.values()))}"
+        message = f"{comp['name']}: {verdict}: " + "; ".join(reasons)
+        out.append(result(rule_id, SCAN_RULES[rule_id][0], message, artifact_uri(report, config), identity))
+    return out
+
+
+def check_results(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """A result per file-check finding."""
+    out = []
+    for check in report.get("checks", []):
+        for finding in check["findings"]:
+            where = finding.get("location") or "."
+            identity = f"{finding['message']}\0{where}"
+            out.append(result(finding["rule"], finding["severity"], f"{check['check']}: {finding['message']}",
+                              artifact_uri(report, where), identity))
+    return out
+
+
+def render_sarif(report: dict[str, Any]) -> dict[str, Any]:
+    """The SARIF 2.1.0 log of one report."""
+    results = scan_results(report) + check_results(report)
+    rules = [rule(rid, sev, name, text) for rid, (sev, name, text) in SCAN_RULES.items()]
+    severities = {r["ruleId"]: r for r in results}
+    for rid in sorted(set(severities) - set(SCAN_RULES)):
+        finding_severity = next(f["severity"] for c in report.get("checks", []) for f in c["findings"]
+                                if f["rule"] == rid)
+        rules.append(rule(rid, finding_severity, CHECK_RULES.get(rid, rid), f"Finding {rid} of amdet-audit."))
+    index = {r["id"]: i for i, r in enumerate(rules)}
+    for res in results:
+        res["ruleIndex"] = index[res["ruleId"]]
+    verdict = report["verdict"]
+    run = {"tool": {"driver": {"name": "amdet-audit", "version": report["tool"]["version"],
+                               "informationUri": INFORMATION_URI, "rules": rules}},
+           "automationDetails": {"id": f"amdet-audit/{report['target']['input']}/"},
+           "invocations": [{"executionSuccessful": verdict["exit_code"] != 2, "exitCode": verdict["exit_code"],
+                            "arguments": list(report["run"]["argv"])}],
+           "results": results,
+           "properties": {"verdict": verdict["label"], "status": verdict["status"]}}
+    return drop_nulls({"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]})

@@ -1,0 +1,29 @@
+"""`amdet-audit report`: re-rendering a saved report.json, and its refusals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def test_missing_report_file(run_cli, tmp_path: Path) -> None:
+    result = run_cli("report", tmp_path / "nope.json")
+    assert result.exit_code == 2 and "no such report file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_not_a_report(run_cli, tmp_path: Path) -> None:
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"hello": 1}))
+    result = run_cli("report", other, "--format", "md")
+    assert result.exit_code == 2 and "not an amdet-audit report.json" in result.stderr
+
+
+def test_unknown_format_and_existing_out(run_cli, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    report.write_text("{}")
+    assert run_cli("report", report, "--format", "pdf").exit_code == 2
+    keep = tmp_path / "keep.sarif"
+    keep.write_text("mine")
+    result = run_cli("report", report, "--out", keep)
+    assert result.exit_code == 2 and "already exists" in result.stderr and keep.read_text() == "mine"
