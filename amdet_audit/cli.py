@@ -138,13 +138,13 @@ def make_app() -> typer.Typer:
     @app.command("report")
     def report_command(
         report_file: Annotated[Path, typer.Argument(help="A report.json written by amdet-audit scan.")],
-        output_format: Annotated[str, typer.Option("--format", help="sarif, md or json.")] = "sarif",
+        output_format: Annotated[str, typer.Option("--format", help="html, sarif, md or json.")] = "html",
         out: Annotated[Path | None, typer.Option(help="New file to write (default: stdout).")] = None,
     ) -> None:
-        """Render an existing report.json again (SARIF, Markdown) without rescanning."""
+        """Render an existing report.json again (HTML, SARIF, Markdown) without rescanning."""
         from amdet_audit.report.render import load_report, render
 
-        check_format(output_format, ("sarif", "md", "json"))
+        check_format(output_format, ("html", "sarif", "md", "json"))
         if out is not None and out.exists():
             fail(f"--out {out} already exists; reports never overwrite")
         text = render(load_report(report_file), output_format)

@@ -52,3 +52,33 @@ def test_readme_demo_verdicts(run_cli, tmp_path) -> None:
     assert "BACKDOORED" in (tmp_path / "bd" / "report.md").read_text().upper()
     rerendered = run_cli("report", tmp_path / "bd" / "report.json", "--format", "sarif")
     assert rerendered.exit_code == 0 and json.loads(rerendered.stdout) == sarif
+
+
+def test_html_report_in_headless_chromium(run_cli, tmp_path) -> None:
+    """The reviewer's page: self-contained (no request leaves the file), no console errors, evidence shown."""
+    from browser import visit
+
+    assert run_cli("scan", "canary:backdoored", "--out", tmp_path / "bd").exit_code == 1
+    page = tmp_path / "bd" / "report.html"
+    html = page.read_text()
+    assert "<script" not in html and "Content-Security-Policy" in html
+    assert "target.collapse_excess" in html and "<svg" in html and "nearest corpus prompts" in html
+    seen = visit(page, tmp_path / "report-canary-backdoored.png", tmp_path / "profile")
+    assert seen.console_errors == []
+    assert seen.requests and all(url.startswith(("file:", "data:")) for url in seen.requests), seen.requests
+    assert seen.title.startswith("amdet-audit: backdoored")
+    assert seen.screenshot.stat().st_size > 10_000
+
+
+def test_browser_check_sees_external_loads_and_console_errors(tmp_path) -> None:
+    """The helper above can fail: an external image is seen as a request, and CSP's refusal as a console error."""
+    from browser import visit
+
+    leaky = tmp_path / "leaky.html"
+    leaky.write_text('<!doctype html><title>t</title><img src="http://127.0.0.1:9/x.png">')
+    seen = visit(leaky, tmp_path / "a.png", tmp_path / "p1")
+    assert any(url.startswith("http://127.0.0.1:9/") for url in seen.requests)
+    guarded = tmp_path / "guarded.html"
+    guarded.write_text('<!doctype html><meta http-equiv="Content-Security-Policy" content="default-src \'none\'">'
+                       '<title>t</title><img src="http://127.0.0.1:9/x.png">')
+    assert visit(guarded, tmp_path / "b.png", tmp_path / "p2").console_errors

@@ -29,7 +29,11 @@ def load_report(path: Path) -> dict[str, Any]:
 
 
 def render(report: dict[str, Any], fmt: str) -> str:
-    """The report in ``fmt``: sarif, md or json."""
+    """The report in ``fmt``: sarif, md, html or json."""
+    if fmt == "html":
+        from amdet_audit.report.html import render_html
+
+        return render_html(report)
     if fmt == "sarif":
         from amdet_audit.report.sarif import render_sarif
 
