@@ -79,6 +79,8 @@ def make_app() -> typer.Typer:
         output_format: Annotated[str, typer.Option("--format", help="text, json or md (on stdout).")] = "text",
         plugins: Annotated[str | None, typer.Option(help="Run only these installed plugins (comma list).")] = None,
         no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Built-in checks only.")] = False,
+        exit_zero: Annotated[bool, typer.Option("--exit-zero",
+                                                help="Exit 0 whatever the verdict (report-only jobs).")] = False,
     ) -> None:
         """Scan TARGET's text encoders for a textual backdoor; exit 0 clean, 1 backdoored, 2 error/inconclusive."""
         from amdet_audit import api
@@ -108,7 +110,7 @@ def make_app() -> typer.Typer:
             from amdet_audit.console import print_report
 
             print_report(report)
-        raise typer.Exit(report.exit_code)
+        raise typer.Exit(0 if exit_zero else report.exit_code)
 
     @app.command()
     def inspect(
@@ -152,6 +154,45 @@ def make_app() -> typer.Typer:
             typer.echo(text)
         else:
             out.write_text(text, encoding="utf-8")
+
+    policy_app = typer.Typer(help="Policies: the scan's thresholds in YAML.", no_args_is_help=True)
+
+    @policy_app.command("validate")
+    def policy_validate(path: Annotated[Path, typer.Argument(help="Policy YAML file.")]) -> None:
+        """Check a policy file; an invalid one exits 2 naming the key and line."""
+        from amdet_audit.policy import load_thresholds
+
+        load_thresholds(path)
+        typer.echo(f"{path}: valid")
+
+    @policy_app.command("show")
+    def policy_show(
+        path: Annotated[Path | None, typer.Argument(help="Policy YAML (default: bundled).")] = None,
+    ) -> None:
+        """Print the effective thresholds of a policy (the bundled default when no file is given)."""
+        from dataclasses import asdict
+
+        import yaml
+
+        from amdet_audit.policy import load_thresholds
+
+        typer.echo(yaml.safe_dump({"version": 1, "thresholds": asdict(load_thresholds(path))}, sort_keys=False))
+
+    @policy_app.command("init")
+    def policy_init(
+        path: Annotated[Path, typer.Argument(help="New policy file to write.")],
+        strict: Annotated[bool, typer.Option("--strict", help="Start from the strict policy.")] = False,
+    ) -> None:
+        """Write a copy of the bundled default (or strict) policy to a new file, to edit."""
+        from amdet_audit.resources import bundled
+
+        if path.exists():
+            fail(f"{path} already exists; policy init never overwrites")
+        path.write_text((bundled("policies") / ("strict.yaml" if strict else "default.yaml")).read_text("utf-8"),
+                        encoding="utf-8")
+        typer.echo(f"wrote {path}")
+
+    app.add_typer(policy_app, name="policy")
 
     plugins_app = typer.Typer(help="Plugins: built-in and installed checks.", no_args_is_help=True)
 

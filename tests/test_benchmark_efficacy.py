@@ -45,17 +45,18 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     from run_efficacy import main
 
     out = tmp_path / "out"
-    code = main(["--bases", "canary", "--sets", "calibration", "--backdoored", "1", "--benign", "1",
-                 "--workers", "1", "--work", str(tmp_path / "work"), "--out-dir", str(out)])
+    args = ["--bases", "canary", "--sets", "calibration", "--backdoored", "0", "--benign", "1", "--workers", "1",
+            "--work", str(tmp_path / "work"), "--out-dir", str(out)]  # one fine-tune and the clean base: cheap
+    code = main(args)
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"meta", "calibration", "heldout"}
     canary = results["calibration"]["canary"]
     assert canary["models"] >= 2  # the clean base and the benign fine-tune at least
-    assert canary["fpr"] is not None and set(canary["auroc"]) >= {"target.collapse_excess", "divergence.relative"}
+    assert canary["fpr"] is not None and canary["recall"] is None  # no backdoored model in this zoo
+    assert set(canary["auroc"]) >= {"target.collapse_excess", "divergence.relative"}
     assert "Calibration set" in (out / "RESULTS.md").read_text() and (out / "roc-calibration.svg").is_file()
     # resumable: a second run rescans nothing (the records are reused, same figures)
-    assert main(["--bases", "canary", "--sets", "calibration", "--backdoored", "1", "--benign", "1", "--workers",
-                 "1", "--work", str(tmp_path / "work"), "--out-dir", str(out)]) == 0
+    assert main(args) == 0
     again = json.loads((out / "results.json").read_text())["calibration"]["canary"]
     assert again["f1"] == canary["f1"] and again["scan_seconds"] == canary["scan_seconds"]

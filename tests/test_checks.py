@@ -151,13 +151,14 @@ def test_scan_fails_on_a_critical_finding_even_when_the_encoder_is_clean(run_cli
     shutil.copytree(ensure_canary("clean"), folder)
     marker = tmp_path / "ran"
     (folder / "optimizer.pt").write_bytes(pickle.dumps(Payload(marker)))
-    result = run_cli("scan", folder, "--reference", "canary:clean", "--out", tmp_path / "report")
-    assert result.exit_code == 1, result.stderr
+    result = run_cli("scan", folder, "--reference", "canary:clean", "--out", tmp_path / "report", "--exit-zero")
+    assert result.exit_code == 0, result.stderr  # --exit-zero: report only; the report keeps the verdict
     assert "CRITICAL serialization" in result.stdout and not marker.exists()
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert_valid_report(report)
     assert report["components"][0]["scan"]["verdict"] == "clean"  # the encoder itself is fine
-    assert report["verdict"]["status"] == "fail" and report["plugins"][0]["name"] == "builtin"
+    assert report["verdict"]["status"] == "fail" and report["verdict"]["exit_code"] == 1
+    assert report["plugins"][0]["name"] == "builtin"
     assert {c["check"] for c in report["checks"]} == {"serialization", "remote-code", "tokenizer"}
     sarif = json.loads((tmp_path / "report" / "report.sarif").read_text())
     assert_valid_sarif(sarif)

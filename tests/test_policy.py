@@ -40,3 +40,16 @@ def test_bad_policy_on_the_command_line(run_cli, tmp_path: Path) -> None:
     path.write_text("thresholds: [\n")
     result = run_cli("scan", "canary:clean", "--policy", path, "--out", tmp_path / "r")
     assert result.exit_code == 2 and "not valid YAML" in result.stderr and not (tmp_path / "r").exists()
+
+
+def test_policy_commands(run_cli, tmp_path: Path) -> None:
+    new = tmp_path / "mine.yaml"
+    assert run_cli("policy", "init", new).exit_code == 0 and new.is_file()
+    assert run_cli("policy", "validate", new).exit_code == 0
+    again = run_cli("policy", "init", new)
+    assert again.exit_code == 2 and "never overwrites" in again.stderr
+    shown = run_cli("policy", "show")
+    assert shown.exit_code == 0 and "collapse_excess" in shown.stdout
+    new.write_text("version: 1\nthresholds:\n  collapse_excess: high\n")
+    bad = run_cli("policy", "validate", new)
+    assert bad.exit_code == 2 and "mine.yaml:3" in bad.stderr and "collapse_excess" in bad.stderr

@@ -95,3 +95,29 @@ class Adapter(Protocol):
     def describe(self) -> dict[str, object]:
         """Architecture facts for reports: family, D, T, layers, pad token, causal, read layer, projection."""
         ...
+
+
+class PaddedTokenizerMixin:
+    """What every adapter family does alike: tokenize to exactly T (pad + truncate) and move its weights.
+
+    Needs ``self.tokenizer``, ``self.max_length``, ``self.model``, ``self.device``, ``self.dtype``, ``self.family``.
+    """
+
+    def tokenize(self, prompts: list[str]) -> TextBatch:
+        """Pad (with the tokenizer's pad token) and truncate to T, as the consumer does."""
+        from amdet_audit.errors import TokenizerError
+
+        if self.tokenizer is None:  # type: ignore[attr-defined]
+            raise TokenizerError(f"this {self.family} adapter was built without a tokenizer")  # type: ignore
+        enc = self.tokenizer(  # type: ignore[attr-defined]
+            list(prompts), padding="max_length", max_length=self.max_length,  # type: ignore[attr-defined]
+            truncation=True, return_tensors="pt")
+        device = self.device  # type: ignore[attr-defined]
+        return TextBatch(ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device))
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None):
+        """Move (and optionally cast) the frozen weights; returns self."""
+        self.model.to(device=device, dtype=dtype)  # type: ignore[attr-defined]
+        param = next(self.model.parameters())  # type: ignore[attr-defined]
+        self.device, self.dtype = param.device, param.dtype
+        return self

@@ -19,16 +19,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from amdet_audit.encoders.base import EncoderOutput, TextBatch
+from amdet_audit.encoders.base import EncoderOutput, PaddedTokenizerMixin
 from amdet_audit.encoders.insertion import insert_after_bos, shift_mask
-from amdet_audit.errors import TokenizerError
 
 #: Prompts are padded to this many positions (or the model's, if fewer). Real tokens see only real tokens, so
 #: the count of padding positions changes no real-token output; 64 holds every corpus prompt with room to spare.
 SCAN_LENGTH = 64
 
 
-class BertTextAdapter:
+class BertTextAdapter(PaddedTokenizerMixin):
     """A frozen ``BertModel`` the scan drives from token embeddings (see :mod:`amdet_audit.encoders.base`)."""
 
     family = "bert"
@@ -55,14 +54,6 @@ class BertTextAdapter:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
 
-    def tokenize(self, prompts: list[str]) -> TextBatch:
-        """[CLS] prompt [SEP], padded with [PAD] and truncated to T."""
-        if self.tokenizer is None:
-            raise TokenizerError("this BERT adapter was built without a tokenizer")
-        enc = self.tokenizer(
-            list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
-        )
-        return TextBatch(ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device))
 
     def token_embedding_matrix(self) -> torch.Tensor:
         """[V, D] the word-embedding table (detached, shares storage)."""
@@ -110,12 +101,6 @@ class BertTextAdapter:
 
     __call__ = forward
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> BertTextAdapter:
-        """Move (and optionally cast) the frozen weights; returns self."""
-        self.model.to(device=device, dtype=dtype)
-        param = next(self.model.parameters())
-        self.device, self.dtype = param.device, param.dtype
-        return self
 
     def describe(self) -> dict[str, object]:
         """JSON-ready architecture facts for reports."""

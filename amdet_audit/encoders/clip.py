@@ -22,9 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from amdet_audit.encoders.base import EncoderOutput, TextBatch
+from amdet_audit.encoders.base import EncoderOutput, PaddedTokenizerMixin
 from amdet_audit.encoders.insertion import insert_after_bos, shift_mask
-from amdet_audit.errors import TokenizerError
 
 LEGACY_EOS_ID = 2  # configs from before transformers PR #24773: pooling takes the argmax of the ids
 
@@ -69,7 +68,7 @@ def capture_output(module: nn.Module, store: list[torch.Tensor]) -> Iterator[Non
         handle.remove()
 
 
-class ClipTextAdapter:
+class ClipTextAdapter(PaddedTokenizerMixin):
     """A frozen CLIP text tower the scan drives from token embeddings (see :mod:`amdet_audit.encoders.base`).
 
     read_layer: -1 reads the last layer after the final LayerNorm (SD 1.x/2.x); -k (k >= 2) reads
@@ -103,14 +102,6 @@ class ClipTextAdapter:
             return int(cfg.bos_token_id), int(cfg.eos_token_id), int(cfg.pad_token_id)
         return int(tokenizer.bos_token_id), int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
 
-    def tokenize(self, prompts: list[str]) -> TextBatch:
-        """Tokenize as diffusers does: pad (with the tokenizer's pad token) and truncate to T."""
-        if self.tokenizer is None:
-            raise TokenizerError("this CLIP adapter was built without a tokenizer")
-        enc = self.tokenizer(
-            list(prompts), padding="max_length", max_length=self.max_length, truncation=True, return_tensors="pt"
-        )
-        return TextBatch(ids=enc["input_ids"].to(self.device), attention_mask=enc["attention_mask"].to(self.device))
 
     def token_embedding_matrix(self) -> torch.Tensor:
         """[V, D] the token-embedding table (detached, shares storage)."""
@@ -197,12 +188,6 @@ class ClipTextAdapter:
             pos = (as_int == self._pool_eos_id).int().argmax(dim=-1)
         return (pos + k).clamp(max=ids.shape[1] - 1)
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> ClipTextAdapter:
-        """Move (and optionally cast) the frozen weights; returns self."""
-        self.model.to(device=device, dtype=dtype)
-        param = next(self.model.parameters())
-        self.device, self.dtype = param.device, param.dtype
-        return self
 
     def describe(self) -> dict[str, object]:
         """JSON-ready architecture facts for reports."""

@@ -34,6 +34,11 @@ TRIGGER_KINDS = {"word": WORD_TRIGGERS, "homoglyph": HOMOGLYPH_TRIGGERS, "multi-
                  "emoji": EMOJI_TRIGGERS}
 
 
+#: Attribute backdoors need larger steps: measured on the canary base, lr 7e-4 for 200-250 steps left them below
+#: the success bar (2 of 2 failed), while lr 2e-3 for 300 steps (the lab default) takes.
+ATTRIBUTE_LR_FACTOR = {"attribute": 3.0}
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     """One planned model of the zoo."""
@@ -63,7 +68,7 @@ def plan_zoo(backdoored: int, benign: int, seed: int, width: int = REFERENCE_WID
         kind = list(TRIGGER_KINDS)[i % len(TRIGGER_KINDS)]
         target = rng.choice(ATTRIBUTES if attack == "attribute" else TARGET_PROMPTS)
         model_seed, steps = rng.randrange(1 << 30), rng.choice((200, 250, 300))
-        lr = lr_for_width(rng.choice((5e-4, 7e-4, 1e-3)), width)
+        lr = lr_for_width(rng.choice((5e-4, 7e-4, 1e-3)) * ATTRIBUTE_LR_FACTOR.get(attack, 1.0), width)
         entries.append(ZooEntry(name=f"bd-{i:03d}-{attack}-{kind}", kind="backdoored", seed=model_seed, steps=steps,
                                 lr=lr, attack=attack, trigger_kind=kind, trigger=rng.choice(TRIGGER_KINDS[kind]),
                                 target=target))
@@ -98,8 +103,8 @@ def build_zoo(base: str, out: Path, *, backdoored: int, benign: int, seed: int, 
             except InjectionFailedError as err:
                 record.update(status="did not take", reason=str(err))
         records.append(record)
+        manifest = {"base": base, "seed": seed, "complete": len(records) == len(plan), "models": records}
+        (out / "zoo.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
         if progress:
             progress(done + 1, len(plan), entry.name)
-    manifest = {"base": base, "seed": seed, "models": records}
-    (out / "zoo.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
     return manifest
