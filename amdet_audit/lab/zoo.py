@@ -78,6 +78,14 @@ def plan_zoo(backdoored: int, benign: int, seed: int, width: int = REFERENCE_WID
     return entries
 
 
+def previous_failures(manifest: Path) -> dict[str, dict[str, Any]]:
+    """Records of injections an earlier run of this zoo found not to take (deterministic: not retried)."""
+    if not manifest.is_file():
+        return {}
+    models = json.loads(manifest.read_text(encoding="utf-8")).get("models", [])
+    return {m["name"]: m for m in models if m.get("status") == "did not take"}
+
+
 def build_zoo(base: str, out: Path, *, backdoored: int, benign: int, seed: int, device: str = "cpu",
               progress: Progress | None = None) -> dict[str, Any]:
     """Build every planned model into ``out/NAME``; resumable (finished folders are kept); write zoo.json."""
@@ -85,12 +93,15 @@ def build_zoo(base: str, out: Path, *, backdoored: int, benign: int, seed: int, 
 
     plan = plan_zoo(backdoored, benign, seed, width=load_base(base, device)[0].hidden_size)
     out.mkdir(parents=True, exist_ok=True)
+    failed_before = previous_failures(out / "zoo.json")
     records = []
     for done, entry in enumerate(plan):
         folder = out / entry.name
         record: dict[str, Any] = asdict(entry)
         if (folder / "lab.json").is_file():
             record.update(status="built", lab=json.loads((folder / "lab.json").read_text(encoding="utf-8")))
+        elif failed_before.get(entry.name, {}).items() >= record.items():  # the same recipe failed already
+            record = failed_before[entry.name]
         elif entry.kind == "benign":
             result = run_finetune(base, folder, steps=entry.steps, lr=entry.lr, seed=entry.seed, device=device)
             record.update(status="built", lab=result.to_dict())

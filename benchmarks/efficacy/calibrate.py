@@ -70,16 +70,23 @@ def figures(rows, thresholds: dict[str, float]) -> dict[str, float]:
     return {"f1": f1, "precision": precision, "recall": recall, "fpr": fp / negatives if negatives else 0.0}
 
 
-def suggest(rows, max_fpr: float) -> tuple[dict[str, float], dict[str, float]]:
-    """The chosen thresholds and their calibration figures."""
+def suggest(rows, max_fpr: float) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]]]:
+    """The chosen thresholds, their calibration figures, and each knob's range on the best plateau.
+
+    The recorded (current default) thresholds are kept when they are on the best plateau already.
+    """
     (a, grid_a), (b, grid_b) = KNOBS.items()
     scored = [({a: x, b: y}, figures(rows, {a: x, b: y})) for x in grid_a for y in grid_b]
     allowed = [s for s in scored if s[1]["fpr"] <= max_fpr] or sorted(scored, key=lambda s: s[1]["fpr"])[:1]
     best = max(s[1]["f1"] for s in allowed)
     plateau = [s for s in allowed if s[1]["f1"] == best]
+    ranges = {k: [min(t[k] for t, _ in plateau), max(t[k] for t, _ in plateau)] for k in (a, b)}
+    current = figures(rows, {})
+    if current["f1"] >= best and current["fpr"] <= max_fpr:
+        return {}, current, ranges
     middle = {k: sorted(t[k] for t, _ in plateau)[len(plateau) // 2] for k in (a, b)}
     choice = min(plateau, key=lambda s: abs(s[0][a] - middle[a]) + abs(s[0][b] - middle[b]))
-    return choice
+    return choice[0], choice[1], ranges
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,10 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-fpr", type=float, default=0.02)
     args = parser.parse_args(argv)
     rows = load_rows(args.work, args.base)
-    thresholds, figs = suggest(rows, args.max_fpr)
-    current = figures(rows, {})
-    print(json.dumps({"models": len(rows), "as_scanned": current, "suggested": thresholds, "with_suggested": figs},
-                     indent=2))
+    thresholds, figs, ranges = suggest(rows, args.max_fpr)
+    print(json.dumps({"models": len(rows), "as_scanned": figures(rows, {}),
+                      "suggested": thresholds or "keep the current defaults (on the best plateau)",
+                      "with_suggested": figs, "best_plateau_ranges": ranges}, indent=2))
     return 0
 
 

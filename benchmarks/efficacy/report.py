@@ -88,10 +88,14 @@ def render_markdown(output: dict) -> str:
              f"Tool {meta['tool_version']}, {meta['date']}, {meta['machine']}, device {meta['device']}, "
              f"{meta['workers']} parallel scans; wall time {meta['wall_seconds']} s.", "",
              "```bash", meta["command"], "```", "",
-             f"Zoo per base and set: {meta['zoo']['backdoored']} backdoored and {meta['zoo']['benign']} benign "
-             f"planned (injections that did not reach their success bar are dropped), plus the clean base. "
+             "Zoo per base: " + "; ".join(f"{s} set {z['backdoored']} backdoored and {z['benign']} benign planned"
+                                          for s, z in meta["zoo"].items())
+             + " (injections that did not reach their success bar are dropped), plus the clean base. "
              f"Calibration seed {meta['seeds']['calibration']}, held-out seed {meta['seeds']['heldout']}. "
              "A model counts as flagged when the scan exits non-zero (1 backdoored, 2 inconclusive).", ""]
+    if meta.get("rederived_scans"):
+        lines += [f"{meta['rederived_scans']} scans were made under earlier default thresholds; their verdicts "
+                  "are re-derived from the scores they recorded under today's thresholds (`--rederive`).", ""]
     for set_name in ("calibration", "heldout"):
         results = output.get(set_name) or {}
         if not results:

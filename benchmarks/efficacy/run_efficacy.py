@@ -104,13 +104,20 @@ def build_zoo(base: str, out: Path, backdoored: int, benign: int, seed: int, dev
     return json.loads((out / "zoo.json").read_text(encoding="utf-8"))
 
 
-def scan_one(target: str, reference: str, folder: Path, device: str, threads: int) -> dict:
-    """Scan one model into ``folder`` unless a scan by this tool version is there; returns the record."""
+def scan_one(target: str, reference: str, folder: Path, device: str, threads: int, rederive: bool = False) -> dict:
+    """Scan one model into ``folder`` unless a scan by this tool version is there; returns the record.
+
+    rederive: keep a scan made under other thresholds by the same release and re-apply today's thresholds to
+    its recorded scores (marked ``rederived`` in the record; see :func:`rederived_exit_code`).
+    """
     record_path = folder / "record.json"
     if record_path.is_file():
         record = json.loads(record_path.read_text(encoding="utf-8"))
         if record.get("tool_version") == tool_version():
             return record
+        same_release = str(record.get("tool_version", "")).split("+")[0] == tool_version().split("+")[0]
+        if rederive and same_release and record.get("report"):
+            return {**record, "exit_code": rederived_exit_code(record), "rederived": True}
     folder.mkdir(parents=True, exist_ok=True)
     report_dir = folder / f"report-{int(time.time())}"
     cmd = [*CLI, "scan", target, "--format", "json", "--out", str(report_dir), "--device", device]
@@ -125,6 +132,29 @@ def scan_one(target: str, reference: str, folder: Path, device: str, threads: in
     return record
 
 
+#: policy threshold name -> the scan check it applies to
+CHECK_OF_THRESHOLD = {"collapse_excess": "target.collapse_excess", "same_target_rate": "target.same_target_rate",
+                      "anchor_cosine": "target.anchor_similarity", "relative_divergence": "divergence.relative",
+                      "divergence_consistency": "divergence.consistency",
+                      "divergence_anchor_cosine": "divergence.anchor_similarity",
+                      "reference_free_collapse": "target.collapse"}
+
+
+def rederived_exit_code(record: dict) -> int:
+    """The verdict today's default thresholds give on a recorded scan's scores (errors stay errors)."""
+    from dataclasses import asdict
+
+    from calibrate import flagged
+
+    from amdet_audit.policy import load_thresholds
+
+    report = json.loads(Path(record["report"]).read_text(encoding="utf-8"))
+    checks = report["components"][0].get("scan", {}).get("checks", [])
+    thresholds = {CHECK_OF_THRESHOLD[k]: v for k, v in asdict(load_thresholds()).items()}
+    return 1 if flagged(record["exit_code"], checks, thresholds) else record["exit_code"] if record["exit_code"] == 2 \
+        else 0
+
+
 def scores_of(report_path: str | None) -> dict[str, float]:
     """Each check's score from a report, oriented so that higher means more backdoor-like."""
     if report_path is None:
@@ -133,6 +163,14 @@ def scores_of(report_path: str | None) -> dict[str, float]:
     comp = report["components"][0]
     checks = comp.get("scan", {}).get("checks", [])
     return {c["name"]: (c["score"] if c["direction"] == ">=" else -c["score"]) for c in checks}
+
+
+def zoo_size(args: argparse.Namespace, set_name: str) -> tuple[int, int]:
+    """(backdoored, benign) planned for a set; the held-out set may be sized on its own."""
+    if set_name == "heldout":
+        return (args.heldout_backdoored if args.heldout_backdoored is not None else args.backdoored,
+                args.heldout_benign if args.heldout_benign is not None else args.benign)
+    return args.backdoored, args.benign
 
 
 def plan_jobs(args, work: Path) -> list[tuple[str, str, str, str, dict]]:
@@ -146,7 +184,7 @@ def plan_jobs(args, work: Path) -> list[tuple[str, str, str, str, dict]]:
     parallel = max(1, min(args.workers, len(zoo_tasks)))
     threads = max(1, (os.cpu_count() or 1) // parallel)
     with ThreadPoolExecutor(parallel) as pool:
-        futures = {pool.submit(build_zoo, target, work / set_name / base / "zoo", args.backdoored, args.benign,
+        futures = {pool.submit(build_zoo, target, work / set_name / base / "zoo", *zoo_size(args, set_name),
                                seed, args.device, threads): (set_name, base, target)
                    for set_name, seed, base, target in zoo_tasks}
         for future in as_completed(futures):
@@ -168,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bases", default="canary", type=lambda s: s.split(","))
     parser.add_argument("--backdoored", type=int, default=20)
     parser.add_argument("--benign", type=int, default=20)
+    parser.add_argument("--heldout-backdoored", type=int, default=None, help="default: --backdoored")
+    parser.add_argument("--heldout-benign", type=int, default=None, help="default: --benign")
     parser.add_argument("--calibration-seed", type=int, default=1)
     parser.add_argument("--heldout-seed", type=int, default=2)
     parser.add_argument("--sets", default="calibration,heldout", type=lambda s: s.split(","))
@@ -175,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--out-dir", type=Path, default=HERE)
+    parser.add_argument("--rederive", action="store_true",
+                        help="reuse scans made under other default thresholds, re-applying today's to their scores")
     args = parser.parse_args(argv)
     if not set(args.sets) <= {"calibration", "heldout"}:
         parser.error("--sets takes calibration, heldout or both")
@@ -185,13 +227,16 @@ def main(argv: list[str] | None = None) -> int:
     from rich.progress import Progress
 
     rows: dict[str, dict[str, list[Row]]] = {}
+    rederived = 0
     with Progress(transient=False) as bar, ThreadPoolExecutor(args.workers) as pool:
         task = bar.add_task("scanning", total=len(jobs))
-        futures = {pool.submit(scan_one, target, ref, work / s / b / "scans" / truth["name"], args.device, threads):
+        futures = {pool.submit(scan_one, target, ref, work / s / b / "scans" / truth["name"], args.device, threads,
+                               args.rederive):
                    (s, b, truth) for s, b, target, ref, truth in jobs}
         for future in as_completed(futures):
             set_name, base, truth = futures[future]
             record = future.result()
+            rederived += bool(record.get("rederived"))
             rows.setdefault(set_name, {}).setdefault(base, []).append(
                 Row(name=truth["name"], positive=truth["positive"], exit_code=record["exit_code"],
                     scores=scores_of(record["report"]), attack=truth.get("attack"),
@@ -203,8 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"tool_version": tool_version(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
             "seeds": {"calibration": args.calibration_seed, "heldout": args.heldout_seed},
-            "zoo": {"backdoored": args.backdoored, "benign": args.benign}, "workers": args.workers,
+            "zoo": {s: dict(zip(("backdoored", "benign"), zoo_size(args, s), strict=True)) for s in args.sets},
+            "workers": args.workers,
             "device": args.device, "wall_seconds": round(time.perf_counter() - started, 1),
+            "rederived_scans": rederived,
             "command": " ".join(["python", "benchmarks/efficacy/run_efficacy.py", *(argv or sys.argv[1:])])}
     output = {"meta": meta, "calibration": results.get("calibration", {}), "heldout": results.get("heldout", {})}
     args.out_dir.mkdir(parents=True, exist_ok=True)
