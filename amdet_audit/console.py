@@ -11,7 +11,8 @@ if TYPE_CHECKING:
     from amdet_audit.api import TargetDescription
     from amdet_audit.report.model import AuditReport
 
-VERDICT_STYLE = {"clean": "bold green", "backdoored": "bold red", "inconclusive": "bold yellow"}
+VERDICT_STYLE = {"clean": "bold green", "backdoored": "bold red", "inconclusive": "bold yellow",
+                 "findings": "bold red"}
 
 
 def stdout_console() -> Console:

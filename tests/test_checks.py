@@ -127,6 +127,7 @@ def test_findings_at_or_above_high_fail_the_audit() -> None:
     high = CheckResult("remote-code", "1", "ran", [Finding("remote-code.custom-code", "high", "auto_map", "c")])
     failed = with_findings(clean, [high.to_dict()])
     assert failed["exit_code"] == 1 and failed["status"] == "fail" and "remote-code: auto_map (c)" in failed["reasons"]
+    assert failed["label"] == "findings"
 
 
 def test_unknown_plugin_selection_is_a_usage_error(run_cli, tiny_clip: Path) -> None:
@@ -158,6 +159,7 @@ def test_scan_fails_on_a_critical_finding_even_when_the_encoder_is_clean(run_cli
     assert_valid_report(report)
     assert report["components"][0]["scan"]["verdict"] == "clean"  # the encoder itself is fine
     assert report["verdict"]["status"] == "fail" and report["verdict"]["exit_code"] == 1
+    assert report["verdict"]["label"] == "findings" and "FINDINGS" in result.stdout
     assert report["plugins"][0]["name"] == "builtin"
     assert {c["check"] for c in report["checks"]} == {"serialization", "remote-code", "tokenizer"}
     sarif = json.loads((tmp_path / "report" / "report.sarif").read_text())

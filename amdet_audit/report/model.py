@@ -97,7 +97,9 @@ def with_findings(verdict: dict[str, Any], checks: list[dict[str, Any]], fail_on
     errored = [f"{c['check']}: check did not complete: {c['reason']}" for c in checks if c["status"] == "error"]
     verdict = dict(verdict)
     if failing:
-        verdict.update(status="fail", exit_code=int(ExitCode.FAIL), reasons=[*verdict["reasons"], *failing])
+        label = "backdoored" if verdict["label"] == "backdoored" else "findings"  # the scan alone passed
+        verdict.update(label=label, status="fail", exit_code=int(ExitCode.FAIL),
+                       reasons=[*verdict["reasons"], *failing])
     elif errored and verdict["exit_code"] == int(ExitCode.PASS):
         verdict.update(status="error", exit_code=int(ExitCode.ERROR), reasons=[*verdict["reasons"], *errored])
     return verdict
