@@ -187,12 +187,7 @@ def scan_target(target: str, sources, options, progress) -> AuditReport:
 
 def write_reports(document: dict[str, Any], out: Path) -> None:
     """report.json (the source of truth) and its renderings report.sarif, report.md, report.html into ``out``."""
-    from amdet_audit.report.html import render_html
-    from amdet_audit.report.markdown import render_markdown
-    from amdet_audit.report.sarif import render_sarif
+    from amdet_audit.report.render import render
 
-    (out / "report.json").write_text(json.dumps(document, indent=2, ensure_ascii=False), encoding="utf-8")
-    (out / "report.sarif").write_text(json.dumps(render_sarif(document), indent=2, ensure_ascii=False),
-                                      encoding="utf-8")
-    (out / "report.md").write_text(render_markdown(document), encoding="utf-8")
-    (out / "report.html").write_text(render_html(document), encoding="utf-8")
+    for fmt in ("json", "sarif", "md", "html"):
+        (out / f"report.{fmt}").write_text(render(document, fmt), encoding="utf-8")

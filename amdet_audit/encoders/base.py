@@ -98,9 +98,11 @@ class Adapter(Protocol):
 
 
 class PaddedTokenizerMixin:
-    """What every adapter family does alike: tokenize to exactly T (pad + truncate) and move its weights.
+    """What every adapter family does alike: tokenize to exactly T (pad + truncate), check ids, move its
+    weights, and the architecture facts every family reports.
 
-    Needs ``self.tokenizer``, ``self.max_length``, ``self.model``, ``self.device``, ``self.dtype``, ``self.family``.
+    Needs ``self.tokenizer``, ``self.max_length``, ``self.max_positions``, ``self.model``, ``self.config``,
+    ``self.device``, ``self.dtype``, ``self.family`` and the ids/sizes named in :meth:`common_facts`.
     """
 
     def tokenize(self, prompts: list[str]) -> TextBatch:
@@ -121,3 +123,32 @@ class PaddedTokenizerMixin:
         param = next(self.model.parameters())  # type: ignore[attr-defined]
         self.device, self.dtype = param.device, param.dtype
         return self
+
+    def _check_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Reject ids that are not a [B, T] integer tensor with T within the position table; move them."""
+        if ids.dim() != 2 or ids.dtype.is_floating_point:
+            raise ValueError(f"ids must be a [B, T] integer tensor, got {ids.dtype} {list(ids.shape)}")
+        if ids.shape[1] > self.max_positions:  # type: ignore[attr-defined]
+            raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds the model's "
+                             f"{self.max_positions} positions")  # type: ignore[attr-defined]
+        return ids.to(self.device)  # type: ignore[attr-defined]
+
+    def common_facts(self) -> dict[str, object]:
+        """The describe() facts every family shares (the family adds causal, read layer, pooling...)."""
+        cfg, tokenizer = self.config, self.tokenizer  # type: ignore[attr-defined]
+        return {
+            "family": self.family,  # type: ignore[attr-defined]
+            "architecture": type(self.model).__name__,  # type: ignore[attr-defined]
+            "hidden_size": self.hidden_size,  # type: ignore[attr-defined]
+            "layers": self.num_layers,  # type: ignore[attr-defined]
+            "heads": int(cfg.num_attention_heads),
+            "max_length": self.max_length,  # type: ignore[attr-defined]
+            "max_positions": self.max_positions,  # type: ignore[attr-defined]
+            "vocab_size": int(cfg.vocab_size),
+            "pad_token": None if tokenizer is None else str(tokenizer.pad_token),
+            "pad_id": self.pad_id,  # type: ignore[attr-defined]
+            "bos_id": self.bos_id,  # type: ignore[attr-defined]
+            "eos_id": self.eos_id,  # type: ignore[attr-defined]
+            "parameters": sum(p.numel() for p in self.model.parameters()),  # type: ignore[attr-defined]
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }

@@ -54,7 +54,6 @@ class BertTextAdapter(PaddedTokenizerMixin):
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
 
-
     def token_embedding_matrix(self) -> torch.Tensor:
         """[V, D] the word-embedding table (detached, shares storage)."""
         return self.model.embeddings.word_embeddings.weight.detach()
@@ -79,11 +78,7 @@ class BertTextAdapter(PaddedTokenizerMixin):
 
         attention_mask: [B, T] padding mask; None derives it from ``ids != pad_id``.
         """
-        if ids.dim() != 2 or ids.dtype.is_floating_point:
-            raise ValueError(f"ids must be a [B, T] integer tensor, got {ids.dtype} {list(ids.shape)}")
-        if ids.shape[1] > self.max_positions:
-            raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds the model's {self.max_positions} positions")
-        ids = ids.to(self.device)
+        ids = self._check_ids(ids)
         mask = (ids != self.pad_id).long() if attention_mask is None else attention_mask.to(self.device).long()
         tokens = self.embed_tokens(ids) if token_embeds is None else token_embeds.to(self.device, self.dtype)
         if tokens.shape[:2] != ids.shape:
@@ -101,27 +96,7 @@ class BertTextAdapter(PaddedTokenizerMixin):
 
     __call__ = forward
 
-
     def describe(self) -> dict[str, object]:
         """JSON-ready architecture facts for reports."""
-        cfg = self.config
-        return {
-            "family": self.family,
-            "architecture": type(self.model).__name__,
-            "hidden_size": self.hidden_size,
-            "layers": self.num_layers,
-            "heads": int(cfg.num_attention_heads),
-            "max_length": self.max_length,
-            "max_positions": self.max_positions,
-            "vocab_size": int(cfg.vocab_size),
-            "pad_token": None if self.tokenizer is None else str(self.tokenizer.pad_token),
-            "pad_id": self.pad_id,
-            "bos_id": self.bos_id,
-            "eos_id": self.eos_id,
-            "causal": False,
-            "read_layer": self.read_layer,
-            "pooling": "mean",
-            "projection_dim": None,
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-            "dtype": str(self.dtype).removeprefix("torch."),
-        }
+        return {**self.common_facts(), "causal": False, "read_layer": self.read_layer, "pooling": "mean",
+                "projection_dim": None}

@@ -102,7 +102,6 @@ class ClipTextAdapter(PaddedTokenizerMixin):
             return int(cfg.bos_token_id), int(cfg.eos_token_id), int(cfg.pad_token_id)
         return int(tokenizer.bos_token_id), int(tokenizer.eos_token_id), int(tokenizer.pad_token_id)
 
-
     def token_embedding_matrix(self) -> torch.Tensor:
         """[V, D] the token-embedding table (detached, shares storage)."""
         return self._tower.embeddings.token_embedding.weight.detach()
@@ -155,14 +154,6 @@ class ClipTextAdapter(PaddedTokenizerMixin):
 
     __call__ = forward
 
-    def _check_ids(self, ids: torch.Tensor) -> torch.Tensor:
-        """Reject ids that are not a [B, T] integer tensor with T within the position table."""
-        if ids.dim() != 2 or ids.dtype.is_floating_point:
-            raise ValueError(f"ids must be a [B, T] integer tensor, got {ids.dtype} {list(ids.shape)}")
-        if ids.shape[1] > self.max_positions:
-            raise ValueError(f"sequence of {ids.shape[1]} tokens exceeds the model's {self.max_positions} positions")
-        return ids.to(self.device)
-
     def _encode(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the encoder layers: (last hidden states before the final norm, read states or None for -1)."""
         if self.read_layer == -1:
@@ -188,28 +179,12 @@ class ClipTextAdapter(PaddedTokenizerMixin):
             pos = (as_int == self._pool_eos_id).int().argmax(dim=-1)
         return (pos + k).clamp(max=ids.shape[1] - 1)
 
-
     def describe(self) -> dict[str, object]:
         """JSON-ready architecture facts for reports."""
-        cfg = self.config
-        pad_token = None if self.tokenizer is None else str(self.tokenizer.pad_token)
         return {
-            "family": self.family,
-            "architecture": type(self.model).__name__,
-            "hidden_size": self.hidden_size,
-            "layers": self.num_layers,
-            "heads": int(cfg.num_attention_heads),
-            "max_length": self.max_length,
-            "max_positions": self.max_positions,
-            "vocab_size": int(cfg.vocab_size),
-            "pad_token": pad_token,
-            "pad_id": self.pad_id,
-            "bos_id": self.bos_id,
-            "eos_id": self.eos_id,
+            **self.common_facts(),
             "causal": True,
             "read_layer": self.read_layer,
             "pooling": "argmax_id" if self._pool_eos_id == LEGACY_EOS_ID else "first_eos",
             "projection_dim": None if self._projection is None else int(self._projection.out_features),
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-            "dtype": str(self.dtype).removeprefix("torch."),
         }

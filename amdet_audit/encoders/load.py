@@ -216,6 +216,14 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Modul
 # ---- CLIP -------------------------------------------------------------------------------------------------------
 
 
+def local_tokenizer(cls: Any, folder: Path | None, what: str) -> Any:
+    """``cls.from_pretrained(folder)`` from local files only, never remote code; TokenizerError when unreadable."""
+    try:
+        return cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except Exception as exc:  # tokenizer loading raises many types for bad files
+        raise TokenizerError(f"{folder}: unreadable {what}: {exc}") from exc
+
+
 def clip_text_config(config: Mapping[str, Any], where: Path) -> tuple[Any, bool]:
     """(CLIPTextConfig, is_full_clip) from a text-tower config or a full CLIPModel config (its text_config)."""
     from transformers import CLIPConfig, CLIPTextConfig
@@ -252,10 +260,7 @@ def load_clip_tokenizer(component: Component, max_positions: int) -> Any:
             f"no tokenizer found for {component.name} (expected vocab.json + merges.txt or tokenizer.json)"
         )
     cls = transformers.CLIPTokenizer if has_bpe else transformers.CLIPTokenizerFast
-    try:
-        tokenizer = cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except Exception as exc:  # tokenizer loading raises many types for bad files
-        raise TokenizerError(f"{folder}: unreadable CLIP tokenizer for {component.name}: {exc}") from exc
+    tokenizer = local_tokenizer(cls, folder, f"CLIP tokenizer for {component.name}")
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None or tokenizer.bos_token_id is None:
         raise TokenizerError(f"{folder}: CLIP tokenizer for {component.name} lacks a BOS, EOS or pad token")
     if not tokenizer.model_max_length or tokenizer.model_max_length > max_positions:
@@ -308,10 +313,7 @@ def load_bert_tokenizer(component: Component) -> Any:
     if not (has_vocab or has_json):
         raise TokenizerError(f"no tokenizer found for {component.name} (expected vocab.txt or tokenizer.json)")
     cls = transformers.BertTokenizerFast if has_json else transformers.BertTokenizer
-    try:
-        tokenizer = cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
-    except Exception as exc:  # tokenizer loading raises many types for bad files
-        raise TokenizerError(f"{folder}: unreadable BERT tokenizer for {component.name}: {exc}") from exc
+    tokenizer = local_tokenizer(cls, folder, f"BERT tokenizer for {component.name}")
     if None in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id):
         raise TokenizerError(f"{folder}: BERT tokenizer for {component.name} lacks a [CLS], [SEP] or [PAD] token")
     return tokenizer
