@@ -67,9 +67,11 @@ class ScanOptions:
     out: Path | None = None  # new or empty folder for report.json and evidence
     config: Any = None  # a ScanConfig; None: defaults with ``seed``
     seed: int = 42
-    thresholds: Any = None  # Thresholds from a policy; None: the bundled default policy
+    policy: Any = None  # a loaded Policy (thresholds, fail_on, waivers...); None: the bundled default policy
     plugins: list[str] | None = None  # third-party plugins to run (entry-point names); None: all installed
     third_party_plugins: bool = True  # False: built-in checks only (--no-plugins)
+    use_cache: bool = True  # reuse a cached scan of identical files under the same thresholds (see scan_cache)
+    cached_only: bool = False  # never scan: a target without a cached scan is an error (fast offline gates)
     argv: list[str] = field(default_factory=list)
 
 

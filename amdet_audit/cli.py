@@ -81,6 +81,9 @@ def make_app() -> typer.Typer:
         no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Built-in checks only.")] = False,
         exit_zero: Annotated[bool, typer.Option("--exit-zero",
                                                 help="Exit 0 whatever the verdict (report-only jobs).")] = False,
+        no_cache: Annotated[bool, typer.Option("--no-cache", help="Scan even if an identical scan is cached.")] = False,
+        cached_only: Annotated[bool, typer.Option("--cached-only",
+                                                  help="Never scan: exit 2 unless a cached scan exists.")] = False,
     ) -> None:
         """Scan TARGET's text encoders for a textual backdoor; exit 0 clean, 1 backdoored, 2 error/inconclusive."""
         from amdet_audit import api
@@ -91,14 +94,17 @@ def make_app() -> typer.Typer:
             fail("--reference and --reference-free contradict each other")
         if plugins is not None and no_plugins:
             fail("--plugins and --no-plugins contradict each other")
+        if no_cache and cached_only:
+            fail("--no-cache and --cached-only contradict each other")
         selected = None if plugins is None else [p.strip() for p in plugins.split(",") if p.strip()]
         sources = api.SourceOptions(revision=revision, component=component, config=config,
                                     offline=offline or None, allow_pickle=allow_pickle)
-        from amdet_audit.policy import load_thresholds
+        from amdet_audit.policy import load_policy
 
         options = api.ScanOptions(reference=reference, reference_free=reference_free, device=device, out=out,
-                                  seed=seed, thresholds=load_thresholds(policy), plugins=selected,
-                                  third_party_plugins=not no_plugins, argv=sys.argv[1:])
+                                  seed=seed, policy=load_policy(policy), plugins=selected,
+                                  third_party_plugins=not no_plugins, use_cache=not no_cache,
+                                  cached_only=cached_only, argv=sys.argv[1:])
         report = api.scan(target, sources=sources, options=options, progress=stderr_progress("scan"))
         if output_format == "json":
             typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
@@ -111,6 +117,52 @@ def make_app() -> typer.Typer:
 
             print_report(report)
         raise typer.Exit(0 if exit_zero else report.exit_code)
+
+    @app.command()
+    def verify(
+        paths: Annotated[list[Path] | None, typer.Argument(help="Model folders or files in them (as pre-commit "
+                                                                "passes them).")] = None,
+        scan_missing: Annotated[bool, typer.Option("--scan", help="Scan targets that have no cached scan (slow); "
+                                                   "default: a missing scan fails (exit 2).")] = False,
+        policy: Annotated[Path | None, typer.Option(help="Policy YAML (default: bundled).")] = None,
+        reports: Annotated[Path | None, typer.Option(help="Keep each report in a new folder under this one.")] = None,
+        reference: Annotated[str | None, typer.Option(help="The clean base model (any TARGET form).")] = None,
+        reference_free: Annotated[bool, typer.Option("--reference-free", help="Scan without a reference.")] = False,
+        device: Device = "cpu",
+    ) -> None:
+        """Gate model files on their audit: one line per model; exit 0 all pass, 1 any fails, 2 any unknown."""
+        import tempfile
+
+        from amdet_audit import api
+        from amdet_audit.policy import load_policy
+        from amdet_audit.verify import gate_exit_code, targets_of
+
+        targets = targets_of(paths or [])
+        if not targets:
+            typer.echo("amdet-audit verify: no model files among the given paths")
+            raise typer.Exit(0)
+        loaded = load_policy(policy)
+        codes = []
+        with tempfile.TemporaryDirectory(prefix="amdet-audit-verify-") as scratch:
+            root = reports or Path(scratch)
+            if reports is not None and reports.exists() and not reports.is_dir():
+                fail(f"--reports {reports} is not a folder")
+            for i, target in enumerate(targets):
+                options = api.ScanOptions(reference=reference, reference_free=reference_free, device=device,
+                                          out=root / f"{i:03d}-{target.name}", policy=loaded,
+                                          cached_only=not scan_missing, argv=["scan", str(target)])
+                try:
+                    report = api.scan(str(target), options=options)
+                except AmdetError as err:
+                    typer.echo(f"{target}: error: {err}")
+                    codes.append(err.exit_code)
+                    continue
+                verdict = report.verdict
+                cached = " (cached)" if report.run["cache"]["hit"] else ""
+                typer.echo(f"{target}: {verdict['label']}{cached}" + (f": {verdict['reasons'][0]}"
+                                                                     if verdict["exit_code"] else ""))
+                codes.append(report.exit_code)
+        raise typer.Exit(gate_exit_code(codes))
 
     @app.command()
     def inspect(
@@ -155,28 +207,35 @@ def make_app() -> typer.Typer:
         else:
             out.write_text(text, encoding="utf-8")
 
-    policy_app = typer.Typer(help="Policies: the scan's thresholds in YAML.", no_args_is_help=True)
+    policy_app = typer.Typer(help="Policies: what fails an audit (thresholds, severities, waivers) in YAML.",
+                             no_args_is_help=True)
 
     @policy_app.command("validate")
     def policy_validate(path: Annotated[Path, typer.Argument(help="Policy YAML file.")]) -> None:
         """Check a policy file; an invalid one exits 2 naming the key and line."""
-        from amdet_audit.policy import load_thresholds
+        from datetime import datetime, timezone
 
-        load_thresholds(path)
-        typer.echo(f"{path}: valid")
+        from amdet_audit.policy import load_policy
+
+        policy = load_policy(path)
+        today = datetime.now(timezone.utc).date()
+        expired = [w for w in policy.waivers if w.expired(today)]
+        note = f" ({len(policy.waivers)} waivers, {len(expired)} expired)" if policy.waivers else ""
+        typer.echo(f"{path}: valid{note}")
+        for w in expired:
+            typer.echo(f"{path}:{w.line}: waiver expired on {w.expires.isoformat()}: its finding fails again",
+                       err=True)
 
     @policy_app.command("show")
     def policy_show(
         path: Annotated[Path | None, typer.Argument(help="Policy YAML (default: bundled).")] = None,
     ) -> None:
-        """Print the effective thresholds of a policy (the bundled default when no file is given)."""
-        from dataclasses import asdict
-
+        """Print the effective policy, defaults filled in (the bundled default when no file is given)."""
         import yaml
 
-        from amdet_audit.policy import load_thresholds
+        from amdet_audit.policy import effective_policy, load_policy
 
-        typer.echo(yaml.safe_dump({"version": 1, "thresholds": asdict(load_thresholds(path))}, sort_keys=False))
+        typer.echo(yaml.safe_dump(effective_policy(load_policy(path)), sort_keys=False, allow_unicode=True))
 
     @policy_app.command("init")
     def policy_init(

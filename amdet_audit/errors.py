@@ -43,3 +43,7 @@ class ConfigFileError(AmdetError, ValueError):
 
 class HubError(AmdetError, ConnectionError):
     """Raised when the model hub cannot be reached or answers with an error other than 'not found'."""
+
+
+class NotCachedError(AmdetError, LookupError):
+    """Raised by a cached-only gate when the target has no cached scan under the current policy's thresholds."""

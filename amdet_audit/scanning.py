@@ -12,10 +12,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from amdet_audit import __version__
+from amdet_audit import __version__, scan_cache
 from amdet_audit.cache import cache_root
-from amdet_audit.errors import AmdetError, UsageError
-from amdet_audit.report.model import AuditReport, environment, overall_verdict, redact_argv, with_findings
+from amdet_audit.errors import AmdetError, NotCachedError, UsageError
+from amdet_audit.gate import decide
+from amdet_audit.report.model import AuditReport, environment, redact_argv
 from amdet_audit.sources import ResolvedTarget, resolve
 
 log = logging.getLogger(__name__)
@@ -121,8 +122,8 @@ def scan_component(resolved: ResolvedTarget, name: str, sources, options, device
 
     suspect = load_component(resolved.component(name), device=device)
     config = options.config or ScanConfig.for_model(suspect, device, seed=options.seed)
-    if options.thresholds is not None:
-        config = replace(config, thresholds=options.thresholds)
+    if options.policy is not None:
+        config = replace(config, thresholds=options.policy.thresholds)
     entry: dict[str, Any] = {"name": name, "encoder": suspect.describe()}
     ref_target, ref_name, how = pick_reference(suspect, name, options, sources)
     reference = baseline = ref_record = None
@@ -141,22 +142,10 @@ def scan_component(resolved: ResolvedTarget, name: str, sources, options, device
     return entry, ref_record
 
 
-def scan_target(target: str, sources, options, progress) -> AuditReport:
-    """Resolve, scan every component, write report.json; see :func:`amdet_audit.api.scan`."""
-    started, when = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
-    if options.thresholds is None:
-        from amdet_audit.policy import load_thresholds
-
-        options = replace(options, thresholds=load_thresholds())
-    device = resolve_device(options.device)
-    out = output_folder(options.out, target)
-    from amdet_audit.checks.base import CheckContext
-    from amdet_audit.plugins import make_manager, plugin_infos, run_checks
-
-    manager = make_manager(options.plugins, third_party=options.third_party_plugins)
-    resolved = sources.resolve(target)
-    checks = [r.to_dict() for r in run_checks(manager, CheckContext(target=resolved))]
-    entries, refs, labels, reasons = [], {}, {}, {}
+def scan_components(resolved: ResolvedTarget, sources, options, device: str, out: Path,
+                    progress) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Scan every component; one that fails is recorded as an error unless it is the only one."""
+    entries, refs = [], {}
     for comp in resolved.components:
         folder = out if len(resolved.components) == 1 else out / comp.name
         try:
@@ -167,15 +156,46 @@ def scan_target(target: str, sources, options, progress) -> AuditReport:
             entry, ref = {"name": comp.name, "error": str(err)}, None
         entries.append(entry)
         refs[comp.name] = ref
-        label = entry["scan"]["verdict"] if "scan" in entry else "inconclusive"
-        labels[comp.name] = label
-        reasons[comp.name] = entry["scan"]["reasons"] if "scan" in entry else [entry["error"]]
+    return entries, refs
+
+
+def scan_target(target: str, sources, options, progress) -> AuditReport:
+    """Resolve, scan every component, write report.json; see :func:`amdet_audit.api.scan`."""
+    started, when = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if options.policy is None:
+        from amdet_audit.policy import load_policy
+
+        options = replace(options, policy=load_policy())
+    device = resolve_device(options.device)
+    out = output_folder(options.out, target)
+    from amdet_audit.checks.base import CheckContext
+    from amdet_audit.plugins import make_manager, plugin_infos, run_checks
+
+    manager = make_manager(options.plugins, third_party=options.third_party_plugins)
+    resolved = sources.resolve(target)
+    checks = [r.to_dict() for r in run_checks(manager, CheckContext(target=resolved))]
+    target_record = resolved.to_dict()
+    key = scan_cache.scan_key(target_record, options, device)
+    cached = scan_cache.load(key) if options.use_cache or options.cached_only else None
+    nested = len(resolved.components) > 1
+    if cached is not None:
+        entries, refs = scan_cache.restore(cached, out, nested), cached["reference"]
+    elif options.cached_only:
+        raise NotCachedError(f"{target}: no cached scan of these files under this policy's thresholds; "
+                             f"run: amdet-audit scan {target}")
+    else:
+        entries, refs = scan_components(resolved, sources, options, device, out, progress)
+        if options.use_cache and all("scan" in e for e in entries):
+            scan_cache.store(key, entries, refs, when)
     run = {"argv": redact_argv(options.argv), "started": when, "duration_s": round(time.perf_counter() - started, 2),
-           "device": device, "seed": options.seed, "environment": environment()}
-    report = AuditReport(target=resolved.to_dict(), components=entries,
-                         verdict=with_findings(overall_verdict(labels, reasons), checks), run=run,
+           "device": device, "seed": options.seed, "environment": environment(),
+           "cache": {"key": key, "hit": cached is not None, "scanned": cached["started"] if cached else when}}
+    gated = decide(target_record, entries, checks, options.policy)
+    report = AuditReport(target=target_record, components=entries, verdict=gated["verdict"], run=run,
                          reference=refs or None, out_dir=str(out), checks=checks,
-                         plugins=[asdict(p) for p in plugin_infos(manager)])
+                         plugins=[asdict(p) for p in plugin_infos(manager)],
+                         policy={**options.policy.to_dict(), "waivers": gated["waivers"]},
+                         findings=gated["findings"], coverage=gated["coverage"])
     try:
         report.sections = [s for s in manager.hook.amdet_audit_report_sections(report=report.to_dict()) if s]
     except Exception as err:  # third-party code: a failing section is reported, the audit stands

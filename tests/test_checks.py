@@ -12,12 +12,13 @@ import pytest
 import torch
 from schema_check import assert_valid_report, assert_valid_sarif
 
-from amdet_audit.checks.base import CheckContext, CheckResult, Finding
+from amdet_audit.checks.base import CheckContext, CheckResult
 from amdet_audit.checks.hygiene import RemoteCodeCheck, SerializationCheck, TokenizerCheck, pickle_globals
 from amdet_audit.errors import UsageError
+from amdet_audit.gate import decide
 from amdet_audit.hookspecs import hookimpl
 from amdet_audit.plugins import make_manager, plugin_infos, registered_checks, run_checks
-from amdet_audit.report.model import with_findings
+from amdet_audit.policy import load_policy
 from amdet_audit.sources import resolve
 
 
@@ -107,9 +108,9 @@ def test_a_check_that_raises_is_an_error_not_a_pass(model_folder: Path) -> None:
     results = {r.check: r for r in run_checks(pm, context(model_folder))}
     assert results["broken"].status == "error" and "boom" in results["broken"].reason
     assert results["broken"].plugin == "broken-plugin" and results["serialization"].plugin == "builtin"
-    verdict = {"label": "clean", "status": "pass", "exit_code": 0, "reasons": []}
-    folded = with_findings(verdict, [r.to_dict() for r in results.values()])
-    assert folded["exit_code"] == 2 and any("did not complete" in r for r in folded["reasons"])
+    clean = [{"name": "model", "scan": {"verdict": "clean", "mode": "reference", "reasons": []}}]
+    folded = decide({"input": "x", "files": []}, clean, [r.to_dict() for r in results.values()], load_policy())
+    assert folded["verdict"]["exit_code"] == 2 and any("did not complete" in r for r in folded["verdict"]["reasons"])
 
 
 def test_duplicate_check_ids_are_refused() -> None:
@@ -118,16 +119,6 @@ def test_duplicate_check_ids_are_refused() -> None:
     pm.register(BrokenPlugin(), name="b")
     with pytest.raises(UsageError, match="registered by both"):
         registered_checks(pm)
-
-
-def test_findings_at_or_above_high_fail_the_audit() -> None:
-    clean = {"label": "clean", "status": "pass", "exit_code": 0, "reasons": ["no rule holds"]}
-    medium = CheckResult("serialization", "1", "ran", [Finding("serialization.pickle-file", "medium", "pickle")])
-    assert with_findings(clean, [medium.to_dict()])["exit_code"] == 0
-    high = CheckResult("remote-code", "1", "ran", [Finding("remote-code.custom-code", "high", "auto_map", "c")])
-    failed = with_findings(clean, [high.to_dict()])
-    assert failed["exit_code"] == 1 and failed["status"] == "fail" and "remote-code: auto_map (c)" in failed["reasons"]
-    assert failed["label"] == "findings"
 
 
 def test_unknown_plugin_selection_is_a_usage_error(run_cli, tiny_clip: Path) -> None:

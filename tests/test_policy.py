@@ -1,13 +1,14 @@
-"""Policy files: bundled defaults equal the code's, bad files are refused with the key and line."""
+"""Policy files: bundled defaults equal the code's, every key is read, bad files are refused with key and line."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
 from amdet_audit.errors import ConfigFileError
-from amdet_audit.policy import load_thresholds
+from amdet_audit.policy import load_policy, load_thresholds
 from amdet_audit.resources import bundled
 from amdet_audit.scan.config import Thresholds
 
@@ -21,9 +22,25 @@ def test_bundled_default_policy_equals_the_scan_defaults() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("version: 1\nthresholds:\n  bogus: 1\n", ":3: unknown threshold 'bogus'"),
-        ("version: 1\nthreshold: {}\n", ":2: unknown key 'threshold'"),
-        ("thresholds:\n  same_target_rate: high\n", ":2: threshold 'same_target_rate' must be a number"),
+        ("version: 1\nthresholds:\n  bogus: 1\n", ":3: thresholds.bogus: unknown threshold"),
+        ("version: 1\nthreshold: {}\n", ":2: threshold: unknown key"),
+        ("thresholds:\n  same_target_rate: high\n", ":2: thresholds.same_target_rate: must be a number"),
+        ("version: 2\n", ":1: version: unsupported policy version 2"),
+        ("fail_on: severe\n", ":1: fail_on: must be one of info, low, medium, high, critical"),
+        ("severity:\n  tokenizer: urgent\n", ":2: severity.tokenizer: must be one of"),
+        ("required: assimilation\n", ":1: required: must be a list of check ids"),
+        ("reference:\n  required: maybe\n", ":2: reference.required: must be true or false"),
+        ("reference:\n  allow: [x]\n", ":2: reference.allow: unknown key"),
+        ("waivers:\n  - fingerprint: abc\n    owner: me\n    expires: 2027-01-01\n",
+         ":2: waivers[0]: 'reason' is required"),
+        ("waivers:\n  - check: tokenizer\n    target: x\n    reason: ok\n    owner: me\n    expires: soon\n",
+         ":6: waivers[0].expires: 'expires' is required, as a date"),
+        ("waivers:\n  - check: tokenizer\n    reason: ok\n    owner: me\n    expires: 2027-01-01\n",
+         ":2: waivers[0]: say what is waived"),
+        ("waivers:\n  - {fingerprint: a, check: b, target: c, reason: r, owner: o, expires: 2027-01-01}\n",
+         ":2: waivers[0].fingerprint: use either"),
+        ("waivers:\n  - fingerprint: a\n    reason: r\n    owner: o\n    expires: 2027-01-01\n    ticket: 1\n",
+         ":6: waivers[0].ticket: unknown key"),
         ("thresholds: [\n", "not valid YAML (line 2)"),
         ("- a\n- b\n", "must be a YAML mapping"),
     ],
@@ -31,7 +48,7 @@ def test_bundled_default_policy_equals_the_scan_defaults() -> None:
 def test_bad_policies(tmp_path: Path, text: str, message: str) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(text)
-    with pytest.raises(ConfigFileError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigFileError, match=re.escape(message)):
         load_thresholds(path)
 
 
@@ -49,7 +66,37 @@ def test_policy_commands(run_cli, tmp_path: Path) -> None:
     again = run_cli("policy", "init", new)
     assert again.exit_code == 2 and "never overwrites" in again.stderr
     shown = run_cli("policy", "show")
-    assert shown.exit_code == 0 and "collapse_excess" in shown.stdout
+    assert shown.exit_code == 0 and "collapse_excess" in shown.stdout and "fail_on: high" in shown.stdout
+    new.write_text("version: 1\nwaivers:\n  - fingerprint: " + "ab" * 32 + "\n    reason: reviewed\n    owner: me\n"
+                   "    expires: 2001-01-01\n")
+    old = run_cli("policy", "validate", new)
+    assert old.exit_code == 0 and "1 expired" in old.stdout
+    assert "mine.yaml:3: waiver expired on 2001-01-01" in old.stderr
     new.write_text("version: 1\nthresholds:\n  collapse_excess: high\n")
     bad = run_cli("policy", "validate", new)
     assert bad.exit_code == 2 and "mine.yaml:3" in bad.stderr and "collapse_excess" in bad.stderr
+
+
+def test_every_key_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nfail_on: medium\nseverity: {tokenizer.added-token: info, remote-code: critical}\n"
+                    "required: [assimilation, tokenizer]\nreference: {required: true}\n"
+                    "thresholds: {collapse_excess: 0.3}\n"
+                    "waivers:\n  - check: assimilation\n    target: ./m\n    reason: known false positive\n"
+                    "    owner: alice\n    expires: 2027-01-31\n")
+    policy = load_policy(path)
+    assert policy.fail_on == "medium"
+    assert policy.severity == {"tokenizer.added-token": "info", "remote-code": "critical"}
+    assert policy.required == ("assimilation", "tokenizer") and policy.reference_required
+    assert policy.thresholds.collapse_excess == 0.3
+    assert policy.thresholds.same_target_rate == Thresholds().same_target_rate
+    (waiver,) = policy.waivers
+    assert (waiver.check, waiver.target, waiver.owner, waiver.expires.isoformat(), waiver.line) == (
+        "assimilation", "./m", "alice", "2027-01-31", 8)
+    assert len(policy.digest) == 64 and policy.source == str(path)
+
+
+def test_bundled_policies_are_valid_and_differ() -> None:
+    default, strict = load_policy(), load_policy(bundled("policies") / "strict.yaml")
+    assert default.fail_on == "high" and default.required == ("assimilation",) and not default.reference_required
+    assert strict.fail_on == "medium" and strict.reference_required and "serialization" in strict.required

@@ -35,7 +35,8 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
 @pytest.mark.parametrize("name", ["multi-token", "attribute-word"])
 def test_backdoors_are_flagged(reports: dict[str, dict], name: str) -> None:
     data = reports[name]
-    assert data["verdict"]["label"] == "backdoored" and data["verdict"]["exit_code"] == 1
+    scores = {c["name"]: round(c["score"], 3) for c in data["components"][0]["scan"]["checks"]}
+    assert data["verdict"]["label"] == "backdoored" and data["verdict"]["exit_code"] == 1, scores
     assert data["reference"]["model"]["input"] == "canary:clean"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from amdet_audit.report.model import overall_verdict, redact_argv
+from amdet_audit.report.model import redact_argv
 from amdet_audit.scan.features import collapse
 from amdet_audit.scan.invert import capped, plateaued
 from amdet_audit.scan.judges import mean_pairwise_cosine
@@ -48,10 +48,7 @@ def test_lenient_thresholds_lean_towards_flagging() -> None:
     assert check("y", 0.6, 0.5, "<=", "", lenient=True).flags
 
 
-def test_worst_component_decides_and_secrets_are_redacted() -> None:
-    verdict = overall_verdict({"a": "clean", "b": "backdoored"}, {"a": ["ok"], "b": ["bad"]})
-    assert verdict["label"] == "backdoored" and verdict["exit_code"] == 1 and verdict["reasons"] == ["b: bad"]
-    assert overall_verdict({}, {})["exit_code"] == 2
+def test_secrets_are_redacted() -> None:
     assert redact_argv(["scan", "--hf-token", "abc", "--api-key=xyz", "x"]) == [
         "scan", "--hf-token", "***", "--api-key=***", "x"]
 

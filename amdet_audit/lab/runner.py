@@ -11,7 +11,7 @@ from typing import Any
 from amdet_audit import __version__
 from amdet_audit.errors import AmdetError, UsageError
 from amdet_audit.lab.finetune import FinetuneResult, FinetuneSpec, finetune
-from amdet_audit.lab.inject import AttackSpec, InjectionResult, inject, lr_for_width
+from amdet_audit.lab.inject import MIN_GAIN, AttackSpec, InjectionResult, inject, lr_for_width
 
 Progress = Callable[[int, int, str], None]
 
@@ -76,8 +76,9 @@ def run_injection(
     student, result = inject(teacher, spec, train, held_out, progress)
     if not result.took:
         raise InjectionFailedError(
-            f"the {attack} backdoor did not take: {result.success:.0%} of triggered prompts reach the target "
-            f"(bar {spec.min_success:.0%}); try more --steps or a higher --lr"
+            f"the {attack} backdoor did not take: {result.success:.0%} of triggered prompts reach the target, "
+            f"{result.success_without_backdoor:.0%} without the backdoor (bars: {spec.min_success:.0%}, and a gain "
+            f"of {MIN_GAIN:.0%}); try more --steps or a higher --lr"
         )
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
         save_encoder_folder(student, Path(tmp) / "m", lab_record("backdoored", provenance, result.to_dict(), extra))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,9 +35,11 @@ TRIGGER_KINDS = {"word": WORD_TRIGGERS, "homoglyph": HOMOGLYPH_TRIGGERS, "multi-
                  "emoji": EMOJI_TRIGGERS}
 
 
-#: Attribute backdoors need larger steps: measured on the canary base, lr 7e-4 for 200-250 steps left them below
-#: the success bar (2 of 2 failed), while lr 2e-3 for 300 steps (the lab default) takes.
+#: Attribute backdoors need larger and longer steps. Measured on the canary base: lr 7e-4 for 200-250 steps left
+#: them below the success bar (2 of 2 failed); lr x3 for 200-300 steps still failed 11 of 12; lr 2.1e-3 for 500
+#: steps took (success 0.87, trigger "qxv", attribute "made of lego bricks").
 ATTRIBUTE_LR_FACTOR = {"attribute": 3.0}
+ATTRIBUTE_STEPS_FACTOR = {"attribute": 2}
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ def plan_zoo(backdoored: int, benign: int, seed: int, width: int = REFERENCE_WID
         kind = list(TRIGGER_KINDS)[i % len(TRIGGER_KINDS)]
         target = rng.choice(ATTRIBUTES if attack == "attribute" else TARGET_PROMPTS)
         model_seed, steps = rng.randrange(1 << 30), rng.choice((200, 250, 300))
+        steps *= ATTRIBUTE_STEPS_FACTOR.get(attack, 1)
         lr = lr_for_width(rng.choice((5e-4, 7e-4, 1e-3)) * ATTRIBUTE_LR_FACTOR.get(attack, 1.0), width)
         entries.append(ZooEntry(name=f"bd-{i:03d}-{attack}-{kind}", kind="backdoored", seed=model_seed, steps=steps,
                                 lr=lr, attack=attack, trigger_kind=kind, trigger=rng.choice(TRIGGER_KINDS[kind]),
@@ -76,6 +80,12 @@ def plan_zoo(backdoored: int, benign: int, seed: int, width: int = REFERENCE_WID
         entries.append(ZooEntry(name=f"benign-{i:03d}", kind="benign", seed=rng.randrange(1 << 30),
                                 steps=rng.choice((50, 100, 200, 300)), lr=rng.choice((3e-5, 1e-4, 3e-4))))
     return entries
+
+
+def same_recipe(entry: ZooEntry, lab_json: Path) -> bool:
+    """Whether the model recorded in ``lab_json`` was made with ``entry``'s steps, learning rate and seed."""
+    spec = json.loads(lab_json.read_text(encoding="utf-8")).get("spec", {})
+    return (spec.get("steps"), spec.get("lr"), spec.get("seed")) == (entry.steps, entry.lr, entry.seed)
 
 
 def previous_failures(manifest: Path) -> dict[str, dict[str, Any]]:
@@ -98,6 +108,8 @@ def build_zoo(base: str, out: Path, *, backdoored: int, benign: int, seed: int, 
     for done, entry in enumerate(plan):
         folder = out / entry.name
         record: dict[str, Any] = asdict(entry)
+        if (folder / "lab.json").is_file() and not same_recipe(entry, folder / "lab.json"):
+            shutil.rmtree(folder)  # built by an older plan: the recipe changed since
         if (folder / "lab.json").is_file():
             record.update(status="built", lab=json.loads((folder / "lab.json").read_text(encoding="utf-8")))
         elif failed_before.get(entry.name, {}).items() >= record.items():  # the same recipe failed already

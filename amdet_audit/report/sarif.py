@@ -6,7 +6,6 @@ nothing about nulls, but GitHub rejects some; no value here is ever null.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -53,12 +52,19 @@ def rule(rule_id: str, severity: str, name: str, text: str) -> dict[str, Any]:
             "properties": {"security-severity": score, "tags": ["security", "ml-model"]}}
 
 
-def result(rule_id: str, severity: str, message: str, uri: str, identity: str) -> dict[str, Any]:
-    """One SARIF result with a location and a stable fingerprint."""
-    fingerprint = hashlib.sha256(f"{rule_id}\0{identity}".encode()).hexdigest()
-    return {"ruleId": rule_id, "level": LEVELS[severity][0], "message": {"text": message},
-            "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri}}}],
-            "partialFingerprints": {"amdetFinding/v1": fingerprint}}
+def result(finding: dict[str, Any], uri: str) -> dict[str, Any]:
+    """One SARIF result with a location, the finding's fingerprint and, when waived, an accepted suppression."""
+    res = {"ruleId": finding["rule"], "level": LEVELS[finding["severity"]][0],
+           "message": {"text": f"{finding['check']}: {finding['message']}" if finding["check"] != "assimilation"
+                       else finding["message"]},
+           "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri}}}],
+           "partialFingerprints": {"amdetFinding/v1": finding["fingerprint"]}}
+    waiver = finding.get("waiver")
+    if waiver and waiver["status"] == "applied":
+        res["suppressions"] = [{"kind": "external", "status": "accepted",
+                                "justification": f"{waiver['reason']} (owner {waiver['owner']}, "
+                                                 f"expires {waiver['expires']})"}]
+    return res
 
 
 def component_config(report: dict[str, Any], name: str) -> str:
@@ -70,44 +76,24 @@ def component_config(report: dict[str, Any], name: str) -> str:
     return "config.json"
 
 
-def scan_results(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """A result per component whose scan said backdoored or inconclusive."""
+def results_of(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """A result per non-clean scanned component (at its config.json) and per file-check finding."""
     out = []
-    files = {f["path"]: f["sha256"] for f in report["target"]["files"]}
-    for comp in report["components"]:
-        verdict = comp.get("scan", {}).get("verdict", "inconclusive")
-        if verdict == "clean":
-            continue
-        rule_id = "assimilation.backdoor" if verdict == "backdoored" else "assimilation.inconclusive"
-        reasons = comp["scan"]["reasons"] if "scan" in comp else [comp.get("error", "not scanned")]
-        config = component_config(report, comp["name"])
-        identity = f"{comp['name']}\0{''.join(sorted(files.values()))}"
-        message = f"{comp['name']}: {verdict}: " + "; ".join(reasons)
-        out.append(result(rule_id, SCAN_RULES[rule_id][0], message, artifact_uri(report, config), identity))
-    return out
-
-
-def check_results(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """A result per file-check finding."""
-    out = []
-    for check in report.get("checks", []):
-        for finding in check["findings"]:
-            where = finding.get("location") or "."
-            identity = f"{finding['message']}\0{where}"
-            out.append(result(finding["rule"], finding["severity"], f"{check['check']}: {finding['message']}",
-                              artifact_uri(report, where), identity))
+    for finding in report["findings"]:
+        where = component_config(report, finding["component"]) if finding.get("component") else \
+            finding.get("location") or "."
+        out.append(result(finding, artifact_uri(report, where)))
     return out
 
 
 def render_sarif(report: dict[str, Any]) -> dict[str, Any]:
     """The SARIF 2.1.0 log of one report."""
-    results = scan_results(report) + check_results(report)
+    results = results_of(report)
     rules = [rule(rid, sev, name, text) for rid, (sev, name, text) in SCAN_RULES.items()]
-    severities = {r["ruleId"]: r for r in results}
+    severities = {r["ruleId"]: r["level"] for r in results}
     for rid in sorted(set(severities) - set(SCAN_RULES)):
-        finding_severity = next(f["severity"] for c in report.get("checks", []) for f in c["findings"]
-                                if f["rule"] == rid)
-        rules.append(rule(rid, finding_severity, CHECK_RULES.get(rid, rid), f"Finding {rid} of amdet-audit."))
+        severity = next(f["severity"] for f in report["findings"] if f["rule"] == rid)
+        rules.append(rule(rid, severity, CHECK_RULES.get(rid, rid), f"Finding {rid} of amdet-audit."))
     index = {r["id"]: i for i, r in enumerate(rules)}
     for res in results:
         res["ruleIndex"] = index[res["ruleId"]]

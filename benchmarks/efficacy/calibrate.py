@@ -1,24 +1,26 @@
-"""Choose the scan's two main thresholds on the calibration set only, from the scores the scans recorded.
+"""Choose the scan's three main thresholds on the calibration set only, from the scores the scans recorded.
 
 Usage:
     python benchmarks/efficacy/calibrate.py [--work benchmarks/efficacy/work] [--base canary] [--max-fpr 0.02]
 
 Re-applies the scan's two rules to every calibration report with candidate values of
-``target.collapse_excess`` and ``divergence.relative`` (the other thresholds stay as the reports recorded them):
-a rule holds when all its checks pass. Picks the pair with the best F1 among those whose benign false-positive
-rate is at most ``--max-fpr`` (the middle of the best plateau, for margin); prints it with the figures. The
-held-out set is never read.
+``target.collapse_excess``, ``divergence.relative`` and ``divergence.anchor_similarity`` (the other thresholds
+stay as the reports recorded them): a rule holds when all its checks pass. Picks the values with the best F1
+among those whose benign false-positive rate is at most ``--max-fpr`` (the middle of the best plateau, for
+margin); prints them with the figures. The held-out set is never read.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 KNOBS = {"target.collapse_excess": [round(0.10 + 0.01 * i, 2) for i in range(41)],
-         "divergence.relative": [round(1.5 + 0.25 * i, 2) for i in range(23)]}
+         "divergence.relative": [round(1.5 + 0.25 * i, 2) for i in range(23)],
+         "divergence.anchor_similarity": [round(0.1 + 0.05 * i, 2) for i in range(11)]}
 
 
 def load_rows(work: Path, base: str) -> list[tuple[bool, int, list[dict]]]:
@@ -75,17 +77,18 @@ def suggest(rows, max_fpr: float) -> tuple[dict[str, float], dict[str, float], d
 
     The recorded (current default) thresholds are kept when they are on the best plateau already.
     """
-    (a, grid_a), (b, grid_b) = KNOBS.items()
-    scored = [({a: x, b: y}, figures(rows, {a: x, b: y})) for x in grid_a for y in grid_b]
+    names = list(KNOBS)
+    combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*KNOBS.values())]
+    scored = [(combo, figures(rows, combo)) for combo in combos]
     allowed = [s for s in scored if s[1]["fpr"] <= max_fpr] or sorted(scored, key=lambda s: s[1]["fpr"])[:1]
     best = max(s[1]["f1"] for s in allowed)
     plateau = [s for s in allowed if s[1]["f1"] == best]
-    ranges = {k: [min(t[k] for t, _ in plateau), max(t[k] for t, _ in plateau)] for k in (a, b)}
+    ranges = {k: [min(t[k] for t, _ in plateau), max(t[k] for t, _ in plateau)] for k in names}
     current = figures(rows, {})
     if current["f1"] >= best and current["fpr"] <= max_fpr:
         return {}, current, ranges
-    middle = {k: sorted(t[k] for t, _ in plateau)[len(plateau) // 2] for k in (a, b)}
-    choice = min(plateau, key=lambda s: abs(s[0][a] - middle[a]) + abs(s[0][b] - middle[b]))
+    middle = {k: sorted(t[k] for t, _ in plateau)[len(plateau) // 2] for k in names}
+    choice = min(plateau, key=lambda s: sum(abs(s[0][k] - middle[k]) / (KNOBS[k][1] - KNOBS[k][0]) for k in names))
     return choice[0], choice[1], ranges
 
 

@@ -111,6 +111,9 @@ def scan_one(target: str, reference: str, folder: Path, device: str, threads: in
     its recorded scores (marked ``rederived`` in the record; see :func:`rederived_exit_code`).
     """
     record_path = folder / "record.json"
+    lab_json = Path(target) / "lab.json"
+    if record_path.is_file() and lab_json.is_file() and lab_json.stat().st_mtime > record_path.stat().st_mtime:
+        record_path.unlink()  # the model was rebuilt since this scan
     if record_path.is_file():
         record = json.loads(record_path.read_text(encoding="utf-8"))
         if record.get("tool_version") == tool_version():
@@ -120,7 +123,7 @@ def scan_one(target: str, reference: str, folder: Path, device: str, threads: in
             return {**record, "exit_code": rederived_exit_code(record), "rederived": True}
     folder.mkdir(parents=True, exist_ok=True)
     report_dir = folder / f"report-{int(time.time())}"
-    cmd = [*CLI, "scan", target, "--format", "json", "--out", str(report_dir), "--device", device]
+    cmd = [*CLI, "scan", target, "--format", "json", "--out", str(report_dir), "--device", device, "--no-cache"]
     if target != reference:
         cmd += ["--reference", reference]
     code, seconds, rss = run(cmd, threads, folder / "scan.log")

@@ -1,0 +1,96 @@
+"""The body of the GitHub Action (action.yml): scan each target, write step outputs and the job summary.
+
+Reads its inputs from environment variables (set by action.yml), so it runs the same anywhere:
+AMDET_TARGETS (whitespace or newline separated), AMDET_POLICY, AMDET_FAIL_ON (``policy``, a severity, or
+``never``), AMDET_OUT (report folder), AMDET_REFERENCE (a TARGET, or ``none`` for reference-free scans),
+AMDET_DEVICE, AMDET_EXIT_ZERO=1 (exit 0, leaving the gate to a later step); GITHUB_OUTPUT and GITHUB_STEP_SUMMARY when GitHub provides them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from amdet_audit.errors import AmdetError
+from amdet_audit.verify import gate_exit_code
+
+VERDICT_ORDER = ("backdoored", "findings", "inconclusive", "clean")
+
+
+def write_outputs(values: dict[str, str]) -> None:
+    """Append ``name=value`` lines to $GITHUB_OUTPUT (printed when not on GitHub)."""
+    path = os.environ.get("GITHUB_OUTPUT")
+    lines = "".join(f"{k}={v}\n" for k, v in values.items())
+    if path:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(lines)
+    else:
+        sys.stdout.write(lines)
+
+
+def run(env: dict[str, str]) -> int:
+    """Scan every target; return the job's exit code (0 under fail-on ``never``)."""
+    from amdet_audit import api
+    from amdet_audit.policy import SEVERITIES, load_policy
+
+    targets = env.get("AMDET_TARGETS", "").split()
+    fail_on = env.get("AMDET_FAIL_ON", "policy") or "policy"
+    if not targets:
+        print("amdet-audit action: error: input 'targets' is empty", file=sys.stderr)
+        return 2
+    if fail_on not in ("policy", "never", *SEVERITIES):
+        print(f"amdet-audit action: error: fail-on must be policy, never or a severity, not {fail_on!r}",
+              file=sys.stderr)
+        return 2
+    policy_path = Path(env["AMDET_POLICY"]) if env.get("AMDET_POLICY") else None
+    try:
+        policy = load_policy(policy_path)
+    except AmdetError as err:
+        print(f"amdet-audit action: error: {err}", file=sys.stderr)
+        return 2
+    if fail_on in SEVERITIES:
+        policy = replace(policy, fail_on=fail_on)
+    out = Path(env.get("AMDET_OUT") or "amdet-audit-reports")
+    codes, labels, summaries = [], [], []
+    for i, target in enumerate(targets):
+        folder = out / f"{i:02d}-{''.join(c if c.isalnum() or c in '-_.' else '-' for c in target)[:60]}"
+        reference = env.get("AMDET_REFERENCE") or None
+        options = api.ScanOptions(reference=None if reference == "none" else reference,
+                                  reference_free=reference == "none", device=env.get("AMDET_DEVICE") or "cpu",
+                                  out=folder, policy=policy, argv=["scan", target])
+        code, label = scan_one(target, options)
+        codes.append(code)
+        labels.append(label)
+        md = folder / "report.md"
+        summaries.append(md.read_text(encoding="utf-8") if md.is_file() else f"## amdet-audit: `{target}`: {label}\n")
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as handle:
+            handle.write("\n".join(summaries))
+    code = gate_exit_code(codes)
+    verdict = min(labels, key=lambda v: VERDICT_ORDER.index(v) if v in VERDICT_ORDER else 0)
+    write_outputs({"verdict": verdict, "exit-code": str(code), "report-dir": str(out)})
+    return 0 if fail_on == "never" or env.get("AMDET_EXIT_ZERO") == "1" else code
+
+
+def scan_one(target: str, options) -> tuple[int, str]:
+    """Scan one target; return (exit code, verdict label). An error is recorded as error.json in its folder."""
+    import json
+
+    from amdet_audit import api
+
+    try:
+        report = api.scan(target, options=options)
+    except AmdetError as err:
+        print(f"{target}: error: {err}", file=sys.stderr)
+        options.out.mkdir(parents=True, exist_ok=True)
+        (options.out / "error.json").write_text(json.dumps({"target": target, "error": str(err)}), encoding="utf-8")
+        return 2, "inconclusive"
+    print(f"{target}: {report.verdict['label']} (exit {report.exit_code})")
+    return report.exit_code, report.verdict["label"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(dict(os.environ)))
