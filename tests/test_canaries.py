@@ -49,7 +49,9 @@ def test_readme_demo_verdicts(run_cli, tmp_path) -> None:
     sarif = json.loads((tmp_path / "bd" / "report.sarif").read_text())
     assert_valid_sarif(sarif)
     assert [r["ruleId"] for r in sarif["runs"][0]["results"]] == ["assimilation.backdoor"]
-    assert "BACKDOORED" in (tmp_path / "bd" / "report.md").read_text().upper()
+    summary = (tmp_path / "bd" / "report.md").read_text()
+    assert "BACKDOORED" in summary.upper() and "| critical | assimilation.backdoor |" in summary
+    assert "Coverage: assimilation ran" in summary
     rerendered = run_cli("report", tmp_path / "bd" / "report.json", "--format", "sarif")
     assert rerendered.exit_code == 0 and json.loads(rerendered.stdout) == sarif
 
@@ -63,6 +65,7 @@ def test_html_report_in_headless_chromium(run_cli, tmp_path) -> None:
     html = page.read_text()
     assert "<script" not in html and "Content-Security-Policy" in html
     assert "target.collapse_excess" in html and "<svg" in html and "nearest corpus prompts" in html
+    assert "Findings under the policy" in html and "fails the audit" in html and "<h2>Coverage</h2>" in html
     seen = visit(page, tmp_path / "report-canary-backdoored.png", tmp_path / "profile")
     assert seen.console_errors == []
     assert seen.requests and all(url.startswith(("file:", "data:")) for url in seen.requests), seen.requests
