@@ -3,7 +3,8 @@
 Reads its inputs from environment variables (set by action.yml), so it runs the same anywhere:
 AMDET_TARGETS (whitespace or newline separated), AMDET_POLICY, AMDET_FAIL_ON (``policy``, a severity, or
 ``never``), AMDET_OUT (report folder), AMDET_REFERENCE (a TARGET, or ``none`` for reference-free scans),
-AMDET_DEVICE, AMDET_EXIT_ZERO=1 (exit 0, leaving the gate to a later step); GITHUB_OUTPUT and GITHUB_STEP_SUMMARY when GitHub provides them.
+AMDET_DEVICE, AMDET_EXIT_ZERO=1 (exit 0, leaving the gate to a later step); GITHUB_OUTPUT and
+GITHUB_STEP_SUMMARY when GitHub provides them.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The plugin contract (pluggy project ``amdet_audit``).
 
 A plugin is a module or object with ``@hookimpl`` functions, registered through the entry-point group
-``amdet_audit``. Built-in checks use the same hooks (see :mod:`amdet_audit.checks.hygiene`).
+``amdet_audit``. Built-in checks use the same hooks (see :mod:`amdet_audit.checks.builtin`).
 """
 
 from __future__ import annotations

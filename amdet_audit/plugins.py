@@ -34,11 +34,11 @@ def make_manager(select: list[str] | None = None, *, third_party: bool = True) -
 
     select: only these third-party plugins (by entry-point name); an unknown name is a UsageError.
     """
-    from amdet_audit.checks import hygiene
+    from amdet_audit.checks import builtin
 
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
-    pm.register(hygiene, name=BUILTIN)
+    pm.register(builtin, name=BUILTIN)
     if not third_party:
         return pm
     available = {ep.name: ep for ep in installed_entry_points()}

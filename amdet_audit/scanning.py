@@ -142,6 +142,18 @@ def scan_component(resolved: ResolvedTarget, name: str, sources, options, device
     return entry, ref_record
 
 
+def reference_for_checks(refs: dict[str, Any], sources) -> ResolvedTarget | None:
+    """The reference model the scan used (the first component's), resolved again for the file checks."""
+    record = next((r for r in refs.values() if r), None)
+    if record is None:
+        return None
+    try:
+        return resolve(record["input"], component=record.get("component"), offline=sources.offline)
+    except AmdetError as err:
+        log.warning("reference %s not available to the file checks: %s", record["input"], err)
+        return None
+
+
 def scan_components(resolved: ResolvedTarget, sources, options, device: str, out: Path,
                     progress) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Scan every component; one that fails is recorded as an error unless it is the only one."""
@@ -173,7 +185,6 @@ def scan_target(target: str, sources, options, progress) -> AuditReport:
 
     manager = make_manager(options.plugins, third_party=options.third_party_plugins)
     resolved = sources.resolve(target)
-    checks = [r.to_dict() for r in run_checks(manager, CheckContext(target=resolved))]
     target_record = resolved.to_dict()
     key = scan_cache.scan_key(target_record, options, device)
     cached = scan_cache.load(key) if options.use_cache or options.cached_only else None
@@ -187,6 +198,8 @@ def scan_target(target: str, sources, options, progress) -> AuditReport:
         entries, refs = scan_components(resolved, sources, options, device, out, progress)
         if options.use_cache and all("scan" in e for e in entries):
             scan_cache.store(key, entries, refs, when)
+    context = CheckContext(target=resolved, reference=reference_for_checks(refs, sources))
+    checks = [r.to_dict() for r in run_checks(manager, context)]
     run = {"argv": redact_argv(options.argv), "started": when, "duration_s": round(time.perf_counter() - started, 2),
            "device": device, "seed": options.seed, "environment": environment(),
            "cache": {"key": key, "hit": cached is not None, "scanned": cached["started"] if cached else when}}

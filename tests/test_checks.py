@@ -131,7 +131,8 @@ def test_plugins_list(run_cli) -> None:
     result = run_cli("plugins", "list", "--format", "json")
     assert result.exit_code == 0
     builtin = json.loads(result.stdout)[0]
-    assert builtin["name"] == "builtin" and set(builtin["checks"]) == {"serialization", "remote-code", "tokenizer"}
+    assert builtin["name"] == "builtin" and set(builtin["checks"]) == {"serialization", "remote-code", "tokenizer",
+                                                                             "weights-diff"}
     assert plugin_infos(make_manager())[0].distribution == "amdet-audit"
 
 
@@ -152,7 +153,9 @@ def test_scan_fails_on_a_critical_finding_even_when_the_encoder_is_clean(run_cli
     assert report["verdict"]["status"] == "fail" and report["verdict"]["exit_code"] == 1
     assert report["verdict"]["label"] == "findings" and "FINDINGS" in result.stdout
     assert report["plugins"][0]["name"] == "builtin"
-    assert {c["check"] for c in report["checks"]} == {"serialization", "remote-code", "tokenizer"}
+    assert {c["check"] for c in report["checks"]} == {"serialization", "remote-code", "tokenizer", "weights-diff"}
+    diff = next(c for c in report["checks"] if c["check"] == "weights-diff")
+    assert diff["status"] == "ran" and diff["scores"]["model:max_relative_change"] == 0.0  # same weights
     sarif = json.loads((tmp_path / "report" / "report.sarif").read_text())
     assert_valid_sarif(sarif)
     results = {r["ruleId"]: r for r in sarif["runs"][0]["results"]}
@@ -160,3 +163,33 @@ def test_scan_fails_on_a_critical_finding_even_when_the_encoder_is_clean(run_cli
     assert results["serialization.unsafe-import"]["level"] == "error"
     assert results["serialization.unsafe-import"]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] \
         .endswith("/optimizer.pt")
+
+
+def test_weights_diff_names_the_moved_layer_and_token(model_folder: Path, tiny_clip: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from amdet_audit.checks.weights_diff import WeightsDiffCheck
+
+    weights = model_folder / "model.safetensors"
+    state = load_file(weights)
+    key = next(k for k in state if k.endswith("token_embedding.weight"))
+    vocab = json.loads((model_folder / "vocab.json").read_text()) if (model_folder / "vocab.json").is_file() else \
+        json.loads((model_folder / "tokenizer.json").read_text())["model"]["vocab"]
+    row = vocab["zzzz</w>"] if "zzzz</w>" in vocab else 100
+    state[key][row] += 5.0
+    layer = next(k for k in state if ".layers.0." in k and k.endswith("fc1.weight"))
+    state[layer] = state[layer] * 1.5
+    save_file(state, weights)
+    check = WeightsDiffCheck()
+    skipped = check.run(context(model_folder))
+    assert skipped.status == "skipped" and "no reference" in skipped.reason
+    result = check.run(CheckContext(target=resolve(str(model_folder)), reference=resolve(str(tiny_clip))))
+    assert result.status == "ran" and {f.rule for f in result.findings} == {"weights-diff.summary",
+                                                                            "weights-diff.token-embeddings"}
+    tokens = next(f.message for f in result.findings if f.rule == "weights-diff.token-embeddings")
+    moved_first = {int(i): t for t, i in vocab.items()}.get(row, f"#{row}")
+    assert f"most (relative change): {moved_first!r}" in tokens
+    assert result.scores["model:encoder.layers.0"] > 0 and result.scores["model:final_layer_norm"] == 0.0
+    same = check.run(CheckContext(target=resolve(str(tiny_clip)), reference=resolve(str(tiny_clip))))
+    assert same.scores["model:max_relative_change"] == 0.0
+    assert not any(f.rule == "weights-diff.token-embeddings" for f in same.findings)

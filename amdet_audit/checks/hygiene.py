@@ -10,11 +10,10 @@ import json
 import pickletools
 import unicodedata
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-from amdet_audit.checks.base import Check, CheckContext, CheckResult, Finding
-from amdet_audit.hookspecs import hookimpl
+from amdet_audit.checks.base import CheckContext, CheckResult, Finding
 from amdet_audit.sources.model import PICKLE_SUFFIXES
 
 #: module prefixes a torch / numpy checkpoint legitimately references while unpickling
@@ -165,13 +164,3 @@ class TokenizerCheck:
                                                    where))
         result.scores["added_tokens"] = float(count)
         return result
-
-
-BUILTIN_CHECKS: tuple[Check, ...] = (SerializationCheck(), RemoteCodeCheck(), TokenizerCheck())
-
-
-@hookimpl
-def amdet_audit_register_checks(register: Callable[[Check], None]) -> None:
-    """Register the built-in file checks."""
-    for check in BUILTIN_CHECKS:
-        register(check)

@@ -77,9 +77,12 @@ def component_config(report: dict[str, Any], name: str) -> str:
 
 
 def results_of(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """A result per non-clean scanned component (at its config.json) and per file-check finding."""
+    """A result per non-clean scanned component (at its config.json) and per check finding above info
+    (info findings, such as the weights-diff summary, are for the reviewer's report, not for alerts)."""
     out = []
     for finding in report["findings"]:
+        if finding["severity"] == "info" and not finding["blocking"]:
+            continue
         where = component_config(report, finding["component"]) if finding.get("component") else \
             finding.get("location") or "."
         out.append(result(finding, artifact_uri(report, where)))

@@ -1,0 +1,142 @@
+"""The ``weights-diff`` check: which parts of each text encoder moved how far from the reference model.
+
+Reads both models' safetensors tensors one at a time (no model is built) and reports, per layer group, the
+relative change ||W - W_ref|| / ||W_ref||, plus the token-embedding rows that moved most, decoded through the
+target's vocabulary: a textual backdoor trained into new trigger tokens often shows there. Everything is
+information for the reviewer (severity info), except an encoder whose tensors do not match the reference's
+(low: the reference may be the wrong base).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from amdet_audit.checks.base import CheckContext, CheckResult, Finding
+from amdet_audit.sources.model import Component
+
+PREFIXES = ("text_model.", "bert.", "model.", "transformer.")  # wrappers around the same tensors
+EMBEDDING_KEYS = ("embeddings.token_embedding.weight", "embeddings.word_embeddings.weight")
+TOP_ROWS = 5
+LAYER = re.compile(r"^(.*?layers?\.\d+)\.")  # "encoder.layers.3.mlp.fc1.weight" -> "encoder.layers.3"
+
+
+def canonical(key: str) -> str:
+    """A tensor name without the wrapper prefixes that differ between checkpoints of the same model."""
+    for prefix in PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return key
+
+
+def group_of(key: str) -> str:
+    """The layer group a tensor belongs to (a numbered layer, or the module path without the leaf)."""
+    match = LAYER.match(key)
+    return match.group(1) if match else key.rsplit(".", 1)[0]
+
+
+def tensor_names(files: tuple[Path, ...]) -> dict[str, tuple[Path, str]]:
+    """canonical name -> (file, stored name) over a component's safetensors files."""
+    from safetensors import safe_open
+
+    names = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as handle:
+            for key in handle.keys():
+                names[canonical(key)] = (path, key)
+    return names
+
+
+def load(where: tuple[Path, str]):
+    """One tensor, as float32."""
+    from safetensors import safe_open
+
+    with safe_open(str(where[0]), framework="pt") as handle:
+        return handle.get_tensor(where[1]).float()
+
+
+def vocabulary(component: Component) -> dict[int, str]:
+    """Token id -> token text from tokenizer.json, vocab.json (BPE) or vocab.txt (WordPiece); empty if none."""
+    folder = component.tokenizer_path
+    if folder is None:
+        return {}
+    if (folder / "tokenizer.json").is_file():
+        vocab = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("model", {}).get("vocab")
+        if isinstance(vocab, dict):
+            return {int(i): tok for tok, i in vocab.items()}
+    if (folder / "vocab.json").is_file():
+        return {int(i): tok for tok, i in json.loads((folder / "vocab.json").read_text(encoding="utf-8")).items()}
+    if (folder / "vocab.txt").is_file():
+        return dict(enumerate((folder / "vocab.txt").read_text(encoding="utf-8").splitlines()))
+    return {}
+
+
+def compare(component: Component, reference: Component) -> tuple[dict[str, float], list[Finding]]:
+    """Scores and findings for one component against its reference component."""
+    import torch
+
+    mine, theirs = tensor_names(component.weight_files), tensor_names(reference.weight_files)
+    shared = sorted(set(mine) & set(theirs))
+    findings, groups = [], {}
+    only = sorted(set(mine) ^ set(theirs))
+    mismatched = []
+    embedding_rows: list[tuple[float, int]] = []
+    for key in shared:
+        a, b = load(mine[key]), load(theirs[key])
+        if a.shape != b.shape:
+            mismatched.append(key)
+            continue
+        delta, base = float((a - b).norm()), float(b.norm())
+        sq = groups.setdefault(group_of(key), [0.0, 0.0])
+        sq[0] += delta ** 2
+        sq[1] += base ** 2
+        if key in EMBEDDING_KEYS:
+            moved = (a - b).norm(dim=-1) / b.norm(dim=-1).clamp_min(1e-12)
+            top = torch.topk(moved, min(TOP_ROWS, moved.numel()))
+            embedding_rows = [(float(v), int(i)) for v, i in zip(top.values, top.indices, strict=True)]
+    if only or mismatched or not shared:
+        findings.append(Finding("weights-diff.architecture-mismatch", "low",
+                                f"{component.name}: {len(only)} tensors in only one of target and reference, "
+                                f"{len(mismatched)} of different shapes; is the reference the true base model?",
+                                str(component.config_path.name)))
+    relative = {g: (d ** 0.5) / max(b ** 0.5, 1e-12) for g, (d, b) in groups.items()}
+    scores = {f"{component.name}:{g}": round(v, 6) for g, v in sorted(relative.items())}
+    if relative:
+        worst = max(relative, key=relative.__getitem__)
+        scores[f"{component.name}:max_relative_change"] = round(relative[worst], 6)
+        unchanged = sum(v == 0.0 for v in relative.values())
+        findings.append(Finding("weights-diff.summary", "info",
+                                f"{component.name}: {len(shared)} tensors compared; largest relative change "
+                                f"{relative[worst]:.4f} in {worst}; {unchanged} of {len(relative)} layer groups "
+                                f"unchanged"))
+    if embedding_rows and embedding_rows[0][0] > 0:
+        vocab = vocabulary(component)
+        listed = ", ".join(f"{vocab.get(i, f'#{i}')!r} {v:.3f}" for v, i in embedding_rows)
+        findings.append(Finding("weights-diff.token-embeddings", "info",
+                                f"{component.name}: token embeddings that moved most (relative change): {listed}"))
+    return scores, findings
+
+
+class WeightsDiffCheck:
+    """Layer-wise distance of each text encoder from the reference model (needs a reference)."""
+
+    id = "weights-diff"
+    version = "1"
+    description = "which layers and token embeddings moved how far from the reference model"
+
+    def run(self, context: CheckContext) -> CheckResult:
+        """Compare every component with the reference's same-named (or only) component."""
+        if context.reference is None:
+            return CheckResult(self.id, self.version, "skipped",
+                               reason="no reference model (pass --reference, or scan a known base's fine-tune)")
+        ref_components = {c.name: c for c in context.reference.components}
+        scores, findings = {}, []
+        for comp in context.target.components:
+            ref = ref_components.get(comp.name) or context.reference.components[0]
+            if comp.weight_format != "safetensors" or ref.weight_format != "safetensors":
+                return CheckResult(self.id, self.version, "skipped", reason="compares safetensors weights only")
+            s, f = compare(comp, ref)
+            scores.update(s)
+            findings.extend(f)
+        return CheckResult(self.id, self.version, "ran", findings, scores)
