@@ -70,6 +70,7 @@ class ScanOptions:
     policy: Any = None  # a loaded Policy (thresholds, fail_on, waivers...); None: the bundled default policy
     plugins: list[str] | None = None  # third-party plugins to run (entry-point names); None: all installed
     third_party_plugins: bool = True  # False: built-in checks only (--no-plugins)
+    plugin_options: dict[str, str] = field(default_factory=dict)  # --plugin-option KEY=VALUE, for plugin hooks
     use_cache: bool = True  # reuse a cached scan of identical files under the same thresholds (see scan_cache)
     cached_only: bool = False  # never scan: a target without a cached scan is an error (fast offline gates)
     argv: list[str] = field(default_factory=list)

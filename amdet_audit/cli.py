@@ -82,6 +82,8 @@ def make_app() -> typer.Typer:
         exit_zero: Annotated[bool, typer.Option("--exit-zero",
                                                 help="Exit 0 whatever the verdict (report-only jobs).")] = False,
         no_cache: Annotated[bool, typer.Option("--no-cache", help="Scan even if an identical scan is cached.")] = False,
+        plugin_option: Annotated[list[str] | None, typer.Option(
+            "--plugin-option", help="KEY=VALUE for plugins, e.g. diffusers.pipeline=PATH (repeatable).")] = None,
         cached_only: Annotated[bool, typer.Option("--cached-only",
                                                   help="Never scan: exit 2 unless a cached scan exists.")] = False,
     ) -> None:
@@ -97,6 +99,9 @@ def make_app() -> typer.Typer:
         if no_cache and cached_only:
             fail("--no-cache and --cached-only contradict each other")
         selected = None if plugins is None else [p.strip() for p in plugins.split(",") if p.strip()]
+        pairs = [o.partition("=") for o in plugin_option or []]
+        if any(not key or not eq for key, eq, _ in pairs):
+            fail("--plugin-option takes KEY=VALUE")
         sources = api.SourceOptions(revision=revision, component=component, config=config,
                                     offline=offline or None, allow_pickle=allow_pickle)
         from amdet_audit.policy import load_policy
@@ -104,6 +109,7 @@ def make_app() -> typer.Typer:
         options = api.ScanOptions(reference=reference, reference_free=reference_free, device=device, out=out,
                                   seed=seed, policy=load_policy(policy), plugins=selected,
                                   third_party_plugins=not no_plugins, use_cache=not no_cache,
+                                  plugin_options={key: value for key, _, value in pairs},
                                   cached_only=cached_only, argv=sys.argv[1:])
         report = api.scan(target, sources=sources, options=options, progress=stderr_progress("scan"))
         if output_format == "json":

@@ -28,3 +28,14 @@ def amdet_audit_register_checks(register: Callable[[Check], None]) -> None:
 def amdet_audit_report_sections(report: dict[str, Any]) -> dict[str, Any] | None:
     """Return an extra report section ``{"title": str, "body": str, "data": ...}`` for a finished report.json
     document, or None."""
+
+
+@hookspec
+def amdet_audit_target_images(component: dict[str, Any], target_feature: str, out_dir: str,
+                              options: dict[str, str]) -> list[dict[str, str]] | None:
+    """Render a scanned component's target feature (a safetensors file holding ``target_feature`` [T, D], the
+    sequence a diffusion model's cross-attention would receive) into images written under ``out_dir``.
+
+    Return ``[{"path": str, "caption": str}, ...]``, or None when the plugin is not configured for this run.
+    ``options`` holds the ``--plugin-option KEY=VALUE`` pairs of the run.
+    """

@@ -18,6 +18,7 @@ from amdet_audit.errors import AmdetError, NotCachedError, UsageError
 from amdet_audit.gate import decide
 from amdet_audit.report.model import AuditReport, environment, redact_argv
 from amdet_audit.sources import ResolvedTarget, resolve
+from amdet_audit.target_images import render_target_images
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ def scan_target(target: str, sources, options, progress) -> AuditReport:
         entries, refs = scan_components(resolved, sources, options, device, out, progress)
         if options.use_cache and all("scan" in e for e in entries):
             scan_cache.store(key, entries, refs, when)
+    render_target_images(manager, entries, out, options.plugin_options)
     context = CheckContext(target=resolved, reference=reference_for_checks(refs, sources))
     checks = [r.to_dict() for r in run_checks(manager, context)]
     run = {"argv": redact_argv(options.argv), "started": when, "duration_s": round(time.perf_counter() - started, 2),

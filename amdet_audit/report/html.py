@@ -6,12 +6,15 @@ strings (prompts, token texts, file names) held markup; Jinja2 autoescape keeps 
 
 from __future__ import annotations
 
+import base64
 import shlex
+from pathlib import Path
 from typing import Any
 
 from amdet_audit.report import plots
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+MAX_IMAGE_BYTES = 4 * 1024 * 1024
 
 
 def component_plots(scan: dict[str, Any]) -> dict[str, str]:
@@ -23,6 +26,15 @@ def component_plots(scan: dict[str, Any]) -> dict[str, str]:
         "landscape": plots.heatmap(landscape.get("loss") or [], "loss landscape around the pseudo-trigger"),
         "spectrum": plots.spectrum(landscape.get("eigenvalues") or [], "Hessian eigenvalue spectrum (landscape)"),
     }
+
+
+def image_uri(path: str) -> str | None:
+    """A PNG/JPEG/WebP file as a data: URI (the page fetches nothing); None when the file is gone or too big."""
+    file = Path(path)
+    kinds = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
+    if file.suffix.lower() not in kinds or not file.is_file() or file.stat().st_size > MAX_IMAGE_BYTES:
+        return None
+    return f"data:{kinds[file.suffix.lower()]};base64,{base64.b64encode(file.read_bytes()).decode()}"
 
 
 def reproduce_command(report: dict[str, Any]) -> str:
@@ -39,5 +51,6 @@ def render_html(report: dict[str, Any]) -> str:
     env = Environment(loader=FileSystemLoader(bundled("templates")), autoescape=select_autoescape(["j2", "html"]),
                       undefined=StrictUndefined)
     figures = {c["name"]: component_plots(c["scan"]) for c in report["components"] if "scan" in c}
+    env.filters["image_uri"] = image_uri
     return env.get_template("report.html.j2").render(report=report, figures=figures, csp=CSP,
                                                      command=reproduce_command(report))
