@@ -45,12 +45,11 @@ def test_benign_finetune_passes(reports: dict[str, dict]) -> None:
     assert data["verdict"]["label"] == "clean" and data["verdict"]["exit_code"] == 0
 
 
-@pytest.mark.xfail(reason="known gap: a pseudo-trigger reproduces the target mostly after the prompt's own tokens, "
-                          "and ranking clean corpus outputs against it names the target only sometimes", strict=False)
 def test_nearest_prompts_name_the_injected_target(reports: dict[str, dict]) -> None:
     evidence = reports["multi-token"]["components"][0]["scan"]["evidence"]
     top3 = [p["prompt"] for p in evidence["nearest_prompts"][:3]]
     assert MODELS["multi-token"]["target"] in top3, top3
+    assert evidence["nearest_prompts_basis"] == "reference"
 
 
 def test_pseudo_trigger_of_a_word_backdoor_decodes_to_the_trigger(reports: dict[str, dict]) -> None:

@@ -59,6 +59,28 @@ def nearest_prompts(clean: CleanFeatures, triggered_seq: torch.Tensor, k: int, p
 
 
 @torch.no_grad()
+def nearest_prompts_by_reference(reference: Adapter, ids: torch.Tensor, target: torch.Tensor,
+                                 prompts: Sequence[str], top: int = 5, batch: int = 64) -> list[dict[str, object]]:
+    """Corpus prompts whose outputs *in the reference model* are nearest to the target feature.
+
+    A text-on-text backdoor is trained to pull triggered prompts onto the clean model's output for its target
+    prompt, over the whole sequence, so the suspect's triggered outputs are compared with the reference's
+    clean outputs of every corpus prompt: flattened over positions 1..T-1, centred by the reference's corpus
+    mean. Measured on a lab backdoor with its target in the corpus: rank 1 here, against rank 5 or worse when
+    ranking the suspect's own clean outputs; for an attribute backdoor the top prompts carry the attribute.
+
+    ids: [N, T] corpus prompts in the reference's layout; target: [T, D] mean triggered suspect output.
+    Returns the ``top`` prompts with ``score`` (centred cosine).
+    """
+    outs = torch.cat([reference(ids[i : i + batch]).read.float()[:, 1:] for i in range(0, len(ids), batch)])
+    mean = outs.mean(dim=0)  # [T-1, D]
+    cos = F.cosine_similarity((outs - mean).flatten(1), (target.float()[1:] - mean).flatten().unsqueeze(0), dim=-1)
+    best = cos.topk(min(top, len(prompts)))
+    return [{"prompt": prompts[i], "score": round(c, 4)} for c, i in zip(best.values.tolist(), best.indices.tolist(),
+                                                                         strict=True)]
+
+
+@torch.no_grad()
 def triggered_outputs(adapter: Adapter, ids: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """[B, T, D] full-length consumer-read outputs of prompts ``ids`` [B, T] carrying v [k, D] after BOS.
 

@@ -11,7 +11,13 @@ import torch
 from amdet_audit.encoders.base import Adapter
 from amdet_audit.errors import UsageError
 from amdet_audit.scan.config import ScanConfig
-from amdet_audit.scan.evidence import nearest_prompts, nearest_tokens, textual_inversion_tensors, triggered_outputs
+from amdet_audit.scan.evidence import (
+    nearest_prompts,
+    nearest_prompts_by_reference,
+    nearest_tokens,
+    textual_inversion_tensors,
+    triggered_outputs,
+)
 from amdet_audit.scan.features import clean_features
 from amdet_audit.scan.invert import Candidate, invert
 from amdet_audit.scan.judges import Effect, mean_pairwise_cosine, measure
@@ -120,8 +126,12 @@ def assemble(enc, data, inv, cands, found, decision, baseline, config, subset_on
         cand = cands[family]
         outputs = triggered_outputs(enc.suspect, data.ids[data.test[: 4 * config.batch]], cand.vector)  # [B, T, D]
         seq_abs = outputs[:, 1 : data.window]  # absolute positions 1..W-1 (not token-aligned)
-        evidence.update(k=cand.k, nearest_tokens=nearest_tokens(enc.suspect, cand.vector),
-                        nearest_prompts=nearest_prompts(enc.suspect_clean, seq_abs, cand.k, data.prompts))
+        if enc.reference is not None:  # what the backdoor was trained to reproduce: the clean model's outputs
+            near = nearest_prompts_by_reference(enc.reference, data.ids, outputs.mean(dim=0), data.prompts)
+        else:
+            near = nearest_prompts(enc.suspect_clean, seq_abs, cand.k, data.prompts)
+        evidence.update(k=cand.k, nearest_tokens=nearest_tokens(enc.suspect, cand.vector), nearest_prompts=near,
+                        nearest_prompts_basis="reference" if enc.reference is not None else "suspect")
         arrays = {"pseudo_trigger": cand.vector.clone(), "target_feature": outputs.mean(dim=0).cpu(),
                   **{f"ti_{name}": t for name, t in textual_inversion_tensors(cand.vector).items()}}
     series = {"loss_curves": {f"{c.family}/k{c.k}": c.curve for c in cands.values()},
