@@ -58,23 +58,31 @@ def nearest_prompts(clean: CleanFeatures, triggered_seq: torch.Tensor, k: int, p
             for z_i, i in zip(best.values.tolist(), best.indices.tolist(), strict=True)]
 
 
+MIN_TAIL = 4  # fewer padding positions than this after the carriers: compare the whole sequence instead
+
+
 @torch.no_grad()
 def nearest_prompts_by_reference(reference: Adapter, ids: torch.Tensor, target: torch.Tensor,
-                                 prompts: Sequence[str], top: int = 5, batch: int = 64) -> list[dict[str, object]]:
+                                 prompts: Sequence[str], start: int, top: int = 5,
+                                 batch: int = 64) -> list[dict[str, object]]:
     """Corpus prompts whose outputs *in the reference model* are nearest to the target feature.
 
     A text-on-text backdoor is trained to pull triggered prompts onto the clean model's output for its target
-    prompt, over the whole sequence, so the suspect's triggered outputs are compared with the reference's
-    clean outputs of every corpus prompt: flattened over positions 1..T-1, centred by the reference's corpus
-    mean. Measured on a lab backdoor with its target in the corpus: rank 1 here, against rank 5 or worse when
-    ranking the suspect's own clean outputs; for an attribute backdoor the top prompts carry the attribute.
+    prompt, so the suspect's triggered outputs are compared with the reference's clean outputs of every corpus
+    prompt. Only positions ``start``..T-1 count, where every carrier prompt (with the pseudo-trigger) is already
+    in its padding: the carrier's own tokens dominate the earlier positions, while the padding outputs, which
+    attend over the whole prompt, carry the target. Flattened over those positions, centred by the reference's
+    corpus mean. Measured on the canary zoo's text-on-text models, with the true target added to the
+    candidates: see benchmarks/efficacy/NEAREST_PROMPTS.md.
 
     ids: [N, T] corpus prompts in the reference's layout; target: [T, D] mean triggered suspect output.
     Returns the ``top`` prompts with ``score`` (centred cosine).
     """
-    outs = torch.cat([reference(ids[i : i + batch]).read.float()[:, 1:] for i in range(0, len(ids), batch)])
-    mean = outs.mean(dim=0)  # [T-1, D]
-    cos = F.cosine_similarity((outs - mean).flatten(1), (target.float()[1:] - mean).flatten().unsqueeze(0), dim=-1)
+    T = ids.shape[1]
+    lo = start if T - start >= MIN_TAIL else 1
+    outs = torch.cat([reference(ids[i : i + batch]).read.float()[:, lo:] for i in range(0, len(ids), batch)])
+    mean = outs.mean(dim=0)  # [T-lo, D]
+    cos = F.cosine_similarity((outs - mean).flatten(1), (target.float()[lo:] - mean).flatten().unsqueeze(0), dim=-1)
     best = cos.topk(min(top, len(prompts)))
     return [{"prompt": prompts[i], "score": round(c, 4)} for c, i in zip(best.values.tolist(), best.indices.tolist(),
                                                                          strict=True)]

@@ -127,7 +127,8 @@ def assemble(enc, data, inv, cands, found, decision, baseline, config, subset_on
         outputs = triggered_outputs(enc.suspect, data.ids[data.test[: 4 * config.batch]], cand.vector)  # [B, T, D]
         seq_abs = outputs[:, 1 : data.window]  # absolute positions 1..W-1 (not token-aligned)
         if enc.reference is not None:  # what the backdoor was trained to reproduce: the clean model's outputs
-            near = nearest_prompts_by_reference(enc.reference, data.ids, outputs.mean(dim=0), data.prompts)
+            near = nearest_prompts_by_reference(enc.reference, data.ids, outputs.mean(dim=0), data.prompts,
+                                                start=data.window + cand.k)
         else:
             near = nearest_prompts(enc.suspect_clean, seq_abs, cand.k, data.prompts)
         evidence.update(k=cand.k, nearest_tokens=nearest_tokens(enc.suspect, cand.vector), nearest_prompts=near,
