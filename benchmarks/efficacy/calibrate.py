@@ -72,10 +72,21 @@ def figures(rows, thresholds: dict[str, float]) -> dict[str, float]:
     return {"f1": f1, "precision": precision, "recall": recall, "fpr": fp / negatives if negatives else 0.0}
 
 
+def default_thresholds() -> dict[str, float]:
+    """Today's default thresholds, by the check name they apply to."""
+    from dataclasses import asdict
+
+    from run_efficacy import CHECK_OF_THRESHOLD
+
+    from amdet_audit.policy import load_thresholds
+
+    return {CHECK_OF_THRESHOLD[k]: v for k, v in asdict(load_thresholds()).items()}
+
+
 def suggest(rows, max_fpr: float) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]]]:
     """The chosen thresholds, their calibration figures, and each knob's range on the best plateau.
 
-    The recorded (current default) thresholds are kept when they are on the best plateau already.
+    The current default thresholds (policies/default.yaml) are kept when they are on the best plateau already.
     """
     names = list(KNOBS)
     combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*KNOBS.values())]
@@ -84,7 +95,7 @@ def suggest(rows, max_fpr: float) -> tuple[dict[str, float], dict[str, float], d
     best = max(s[1]["f1"] for s in allowed)
     plateau = [s for s in allowed if s[1]["f1"] == best]
     ranges = {k: [min(t[k] for t, _ in plateau), max(t[k] for t, _ in plateau)] for k in names}
-    current = figures(rows, {})
+    current = figures(rows, default_thresholds())
     if current["f1"] >= best and current["fpr"] <= max_fpr:
         return {}, current, ranges
     middle = {k: sorted(t[k] for t, _ in plateau)[len(plateau) // 2] for k in names}
@@ -101,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = load_rows(args.work, args.base)
     thresholds, figs, ranges = suggest(rows, args.max_fpr)
     print(json.dumps({"models": len(rows), "as_scanned": figures(rows, {}),
+                      "with_current_defaults": figures(rows, default_thresholds()),
                       "suggested": thresholds or "keep the current defaults (on the best plateau)",
                       "with_suggested": figs, "best_plateau_ranges": ranges}, indent=2))
     return 0

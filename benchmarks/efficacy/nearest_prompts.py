@@ -45,6 +45,25 @@ def target_rank(folder: Path, reference: str, report_dir: Path, target: str) -> 
     return order.index(target), order[:3]
 
 
+def markdown(summary: dict, base: str) -> str:
+    """NEAREST_PROMPTS.md: the command, the rates and one row per model."""
+    import platform
+    from datetime import date
+
+    lines = ["# Nearest-prompt evidence on text-on-text backdoors", "",
+             f"{date.today().isoformat()}, {platform.machine()}, base `{base}`.", "", "```bash",
+             "python benchmarks/efficacy/nearest_prompts.py", "```", "",
+             "For each scanned text-on-text model of the efficacy zoos, the true target prompt is added to the scan's "
+             "corpus prompts and every candidate is ranked as the scan ranks its nearest prompts, with the "
+             "pseudo-trigger the scan recorded.", ""]
+    if summary["models"]:
+        lines += [f"Models: {summary['models']}; target ranked 1st: {summary['top1']:.0%}; in the top 3: "
+                  f"{summary['top3']:.0%}.", "", "| set | model | target | rank | top 3 |", "|---|---|---|---|---|"]
+        lines += [f"| {r['set']} | {r['model']} | {r['target']} | {r['rank']} | {'; '.join(r['top3'])} |"
+                  for r in summary["rows"]]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=HERE / "work")
@@ -72,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {"models": n, "top1": sum(r["rank"] == 1 for r in rows) / n if n else None,
                "top3": sum(r["rank"] <= 3 for r in rows) / n if n else None, "rows": rows}
     (HERE / "nearest-prompts.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
+    (HERE / "NEAREST_PROMPTS.md").write_text(markdown(summary, args.base), encoding="utf-8")
     print(json.dumps({k: v for k, v in summary.items() if k != "rows"}))
     return 0
 
