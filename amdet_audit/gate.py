@@ -77,9 +77,15 @@ def check_findings(target: dict[str, Any], checks: list[dict[str, Any]], policy:
 
 
 def matches(waiver: Waiver, finding: GatedFinding, target: dict[str, Any]) -> bool:
-    """Whether ``waiver`` names ``finding`` (by fingerprint, or by check/rule id and target)."""
+    """Whether ``waiver`` names ``finding`` (by fingerprint, or by check/rule id and target).
+
+    A backdoor found by the scan is waived only by its fingerprint, which covers every file of the target: a
+    waiver by check and target would still hold after the weights changed.
+    """
     if waiver.fingerprint is not None:
         return waiver.fingerprint == finding.fingerprint
+    if finding.rule == SCAN_RULES["backdoored"][0]:
+        return False
     shas = {f["sha256"] for f in target.get("files", [])}
     return waiver.check in (finding.check, finding.rule) and (waiver.target == target.get("input")
                                                               or waiver.target in shas)
@@ -89,14 +95,15 @@ def apply_waivers(findings: list[GatedFinding], policy: Policy, target: dict[str
                   today: date) -> list[dict[str, Any]]:
     """Attach each finding's waiver; return the policy's waivers with their status (applied/expired/unused)."""
     records = []
-    for waiver in policy.waivers:
-        hits = [f for f in findings if f.waiver is None and matches(waiver, f, target)]
+    for waiver in sorted(policy.waivers, key=lambda w: w.expired(today)):  # live waivers claim findings first
+        hits = [f for f in findings if matches(waiver, f, target)
+                and (f.waiver is None or (f.waiver["status"] == "expired" and not waiver.expired(today)))]
         status = "expired" if waiver.expired(today) else "applied" if hits else "unused"
         for f in hits:
             f.waiver = {**waiver.to_dict(), "status": status}
         records.append({**waiver.to_dict(), "status": status, "line": waiver.line,
                         "findings": [f.fingerprint for f in hits]})
-    return records
+    return sorted(records, key=lambda r: r["line"])
 
 
 def coverage(components: list[dict[str, Any]], checks: list[dict[str, Any]], policy: Policy) -> list[dict[str, Any]]:
@@ -133,6 +140,7 @@ def decide(target: dict[str, Any], components: list[dict[str, Any]], checks: lis
     failing = [f for f in findings if f.blocking and f.check != SCAN_CHECK]
     rows = coverage(components, checks, policy)
     incomplete = [f.message for f in findings if f.rule == SCAN_RULES["inconclusive"][0] and not f.waived]
+    incomplete += [f"{c['name']}: not scanned: {c['error']}" for c in components if "error" in c]
     incomplete += [f"required check {r['check']} did not run ({r['status']}: {r['reason']})"
                    for r in rows if r["required"] and r["status"] != "ran" and r["check"] != SCAN_CHECK]
     incomplete += [f"{r['check']}: check did not complete: {r['reason']}"
@@ -155,7 +163,7 @@ def decide(target: dict[str, Any], components: list[dict[str, Any]], checks: lis
         label, code, reasons = "inconclusive", ExitCode.ERROR, incomplete
     else:
         label, code = "clean", ExitCode.PASS
-        reasons = [f"{c['name']}: {r}" for c in components for r in c["scan"]["reasons"]]
+        reasons = [f"{c['name']}: {r}" for c in components for r in c.get("scan", {}).get("reasons", [])]
     verdict = {"label": label, "status": STATUS[int(code)], "exit_code": int(code),
                "reasons": reasons + expired + waived}
     return {"verdict": verdict, "findings": [asdict(f) for f in findings], "waivers": waivers, "coverage": rows}

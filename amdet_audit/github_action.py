@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,7 +54,9 @@ def run(env: dict[str, str]) -> int:
         return 2
     if fail_on in SEVERITIES:
         policy = replace(policy, fail_on=fail_on)
-    out = Path(env.get("AMDET_OUT") or "amdet-audit-reports")
+    root = Path(env.get("AMDET_OUT") or "amdet-audit-reports")
+    root.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix="run-", dir=root))  # a new folder per invocation: nothing is overwritten
     codes, labels, summaries = [], [], []
     for i, target in enumerate(targets):
         folder = out / f"{i:02d}-{''.join(c if c.isalnum() or c in '-_.' else '-' for c in target)[:60]}"

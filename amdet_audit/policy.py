@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field, fields
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -172,6 +172,8 @@ class PolicyReader:
             if not isinstance(value.get(name), str) or not value[name].strip():
                 raise self.error(f"{key}.{name}" if name in value else key, f"'{name}' is required (non-empty text)")
         expires = value.get("expires")
+        if isinstance(expires, datetime):  # YAML reads "2027-01-31 12:00:00" as a datetime: the day counts
+            expires = expires.date()
         if isinstance(expires, str):
             try:
                 expires = date.fromisoformat(expires)

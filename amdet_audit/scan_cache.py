@@ -52,7 +52,10 @@ def load(key: str) -> dict[str, Any] | None:
         record = json.loads((folder / "scan.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return {**record, "folder": str(folder)} if record.get("format") == CACHE_FORMAT else None
+    files = [folder / rel for comp in record.get("components", []) for rel in comp.get("evidence_files", {}).values()]
+    if record.get("format") != CACHE_FORMAT or not all(f.is_file() for f in files):
+        return None  # another format, or partly deleted: scan again
+    return {**record, "folder": str(folder)}
 
 
 def store(key: str, components: list[dict[str, Any]], reference: dict[str, Any], started: str) -> None:

@@ -143,13 +143,32 @@ def scan_component(resolved: ResolvedTarget, name: str, sources, options, device
     return entry, ref_record
 
 
+def resolve_reference(record: dict[str, Any], sources) -> ResolvedTarget:
+    """A reference record of a scan resolved again, at the commit the scan used (hub references)."""
+    revision = record.get("commit_sha") if "@" not in record["input"] else None
+    return resolve(record["input"], revision=revision, component=record.get("component"), offline=sources.offline,
+                   allow_pickle=sources.allow_pickle)
+
+
+def references_unchanged(refs: dict[str, Any], sources) -> bool:
+    """Whether every reference a cached scan used still has the weights it had (unresolvable: no)."""
+    for record in (r for r in refs.values() if r):
+        try:
+            ref = resolve_reference(record, sources)
+        except AmdetError:
+            return False
+        if weights_digest(ref, ref.components[0].name) != record["weights_digest"]:
+            return False
+    return True
+
+
 def reference_for_checks(refs: dict[str, Any], sources) -> ResolvedTarget | None:
     """The reference model the scan used (the first component's), resolved again for the file checks."""
     record = next((r for r in refs.values() if r), None)
     if record is None:
         return None
     try:
-        return resolve(record["input"], component=record.get("component"), offline=sources.offline)
+        return resolve_reference(record, sources)
     except AmdetError as err:
         log.warning("reference %s not available to the file checks: %s", record["input"], err)
         return None
@@ -189,6 +208,8 @@ def scan_target(target: str, sources, options, progress) -> AuditReport:
     target_record = resolved.to_dict()
     key = scan_cache.scan_key(target_record, options, device)
     cached = scan_cache.load(key) if options.use_cache or options.cached_only else None
+    if cached is not None and not references_unchanged(cached["reference"], sources):
+        cached = None  # the reference model's files changed since: its verdict no longer holds
     nested = len(resolved.components) > 1
     if cached is not None:
         entries, refs = scan_cache.restore(cached, out, nested), cached["reference"]

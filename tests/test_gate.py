@@ -74,8 +74,19 @@ def test_waiver_by_check_and_target_input_or_file_digest() -> None:
     assert decide(TARGET, [component("clean")], [finding_check("high")], elsewhere, TODAY)["verdict"]["exit_code"] == 1
 
 
+def fingerprint_of_backdoor() -> str:
+    return decide(TARGET, [component("backdoored")], [], POLICY, TODAY)["findings"][0]["fingerprint"]
+
+
+def test_a_backdoor_is_waived_only_by_its_fingerprint() -> None:
+    for target in ("./models/enc", "a" * 64):
+        policy = replace(POLICY, waivers=(waiver(check="assimilation", target=target),))
+        out = decide(TARGET, [component("backdoored")], [], policy, TODAY)
+        assert out["verdict"]["exit_code"] == 1 and out["waivers"][0]["status"] == "unused"
+
+
 def test_an_expired_waiver_fails_again_and_stays_listed() -> None:
-    policy = replace(POLICY, waivers=(waiver(check="assimilation", target="./models/enc"),))
+    policy = replace(POLICY, waivers=(waiver(fingerprint=fingerprint_of_backdoor()),))
     out = decide(TARGET, [component("backdoored")], [], policy, date(2027, 1, 1))
     assert out["verdict"]["exit_code"] == 1 and "waiver for assimilation.backdoor expired on 2026-12-31" in \
         out["verdict"]["reasons"]
@@ -105,3 +116,20 @@ def test_a_failure_outranks_an_incomplete_check_and_inconclusive_can_be_waived()
     assert decide(TARGET, [component("inconclusive")], [], POLICY, TODAY)["verdict"]["exit_code"] == 2
     policy = replace(POLICY, waivers=(waiver(check="assimilation.inconclusive", target="./models/enc"),))
     assert decide(TARGET, [component("inconclusive")], [], policy, TODAY)["verdict"]["exit_code"] == 0
+
+
+def test_a_renewed_waiver_after_an_expired_one_applies() -> None:
+    fp = fingerprint_of_backdoor()
+    old = Waiver(reason="first review", owner="alice", expires=date(2026, 1, 1), fingerprint=fp, line=3)
+    new = Waiver(reason="second review", owner="bob", expires=date(2026, 12, 31), fingerprint=fp, line=8)
+    out = decide(TARGET, [component("backdoored")], [], replace(POLICY, waivers=(old, new)), TODAY)
+    assert out["verdict"]["exit_code"] == 0 and out["findings"][0]["waiver"]["owner"] == "bob"
+    assert [w["status"] for w in out["waivers"]] == ["expired", "applied"]
+
+
+def test_a_component_that_could_not_be_scanned_never_passes() -> None:
+    broken = {"name": "text_encoder_2", "error": "unsupported architecture"}
+    policy = replace(POLICY, waivers=(waiver(check="assimilation.inconclusive", target="./models/enc"),))
+    out = decide(TARGET, [component("clean", name="text_encoder"), broken], [], policy, TODAY)
+    assert out["verdict"]["exit_code"] == 2
+    assert "text_encoder_2: not scanned: unsupported architecture" in out["verdict"]["reasons"]

@@ -37,10 +37,13 @@ def test_scan_step_outputs_summary_and_reports(tmp_path: Path, monkeypatch: pyte
            "AMDET_OUT": str(tmp_path / "reports")}
     assert run(env) == 1
     assert run({**env, "AMDET_EXIT_ZERO": "1"}) == 0
-    values = dict(line.split("=", 1) for line in outputs.read_text().splitlines()[:3])
-    assert values == {"verdict": "backdoored", "exit-code": "1", "report-dir": str(tmp_path / "reports")}
-    assert (tmp_path / "reports" / "00-canary-backdoored" / "report.sarif").is_file()
-    error = json.loads((tmp_path / "reports" / "01-.-no-such-model" / "error.json").read_text())
+    lines = outputs.read_text().splitlines()
+    first, second = dict(x.split("=", 1) for x in lines[:3]), dict(x.split("=", 1) for x in lines[3:6])
+    assert first["verdict"] == "backdoored" and first["exit-code"] == "1"
+    run_dir = Path(first["report-dir"])
+    assert run_dir.parent == tmp_path / "reports" and Path(second["report-dir"]) != run_dir  # never reused
+    assert (run_dir / "00-canary-backdoored" / "report.sarif").is_file()
+    error = json.loads((run_dir / "01-.-no-such-model" / "error.json").read_text())
     assert error["target"] == "./no-such-model" and "no-such-model" in error["error"]
     assert "BACKDOORED" in summary.read_text()
 

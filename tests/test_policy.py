@@ -96,6 +96,13 @@ def test_every_key_is_read(tmp_path: Path) -> None:
     assert len(policy.digest) == 64 and policy.source == str(path)
 
 
+def test_a_waiver_date_with_a_time_counts_as_its_day(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("waivers:\n  - {fingerprint: abc, reason: r, owner: o, expires: 2027-01-31 12:00:00}\n")
+    (waiver,) = load_policy(path).waivers
+    assert waiver.expires.isoformat() == "2027-01-31" and waiver.to_dict()["expires"] == "2027-01-31"
+
+
 def test_bundled_policies_are_valid_and_differ() -> None:
     default, strict = load_policy(), load_policy(bundled("policies") / "strict.yaml")
     assert default.fail_on == "high" and default.required == ("assimilation",) and not default.reference_required

@@ -132,8 +132,13 @@ class WeightsDiffCheck:
                                reason="no reference model (pass --reference, or scan a known base's fine-tune)")
         ref_components = {c.name: c for c in context.reference.components}
         scores, findings = {}, []
+        single = len(context.target.components) == 1 and len(context.reference.components) == 1
         for comp in context.target.components:
-            ref = ref_components.get(comp.name) or context.reference.components[0]
+            ref = ref_components.get(comp.name) or (context.reference.components[0] if single else None)
+            if ref is None:  # e.g. SDXL's text_encoder_2 against a reference for the first encoder
+                findings.append(Finding("weights-diff.no-reference-component", "info",
+                                        f"{comp.name}: the reference has no component of this name; not compared"))
+                continue
             if comp.weight_format != "safetensors" or ref.weight_format != "safetensors":
                 return CheckResult(self.id, self.version, "skipped", reason="compares safetensors weights only")
             s, f = compare(comp, ref)
