@@ -115,8 +115,8 @@ def write_evidence(folder: Path, arrays: dict[str, Any]) -> dict[str, str]:
 
 
 def scan_component(resolved: ResolvedTarget, name: str, sources, options, device: str,
-                   folder: Path, progress) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Scan one component; return its report entry and the reference record."""
+                   folder: Path, progress) -> tuple[dict[str, Any], dict[str, Any] | None, ResolvedTarget | None]:
+    """Scan one component; return its report entry, the reference record and the resolved reference."""
     from amdet_audit.encoders import load_component
     from amdet_audit.scan.config import ScanConfig
     from amdet_audit.scan.run import run_scan
@@ -140,7 +140,7 @@ def scan_component(resolved: ResolvedTarget, name: str, sources, options, device
     result = run_scan(suspect, reference, config=config, reference_baseline=baseline, progress=progress)
     entry["scan"] = result.to_dict()
     entry["evidence_files"] = write_evidence(folder, result.arrays)
-    return entry, ref_record
+    return entry, ref_record, ref_target
 
 
 def resolve_reference(record: dict[str, Any], sources) -> ResolvedTarget:
@@ -150,45 +150,40 @@ def resolve_reference(record: dict[str, Any], sources) -> ResolvedTarget:
                    allow_pickle=sources.allow_pickle)
 
 
-def references_unchanged(refs: dict[str, Any], sources) -> bool:
-    """Whether every reference a cached scan used still has the weights it had (unresolvable: no)."""
-    for record in (r for r in refs.values() if r):
+def current_references(refs: dict[str, Any], sources) -> dict[str, ResolvedTarget | None] | None:
+    """The references a cached scan used, resolved again; None when one is gone or its weights changed."""
+    current: dict[str, ResolvedTarget | None] = {}
+    for name, record in refs.items():
+        if not record:
+            current[name] = None
+            continue
         try:
             ref = resolve_reference(record, sources)
         except AmdetError:
-            return False
+            return None
         if weights_digest(ref, ref.components[0].name) != record["weights_digest"]:
-            return False
-    return True
-
-
-def reference_for_checks(refs: dict[str, Any], sources) -> ResolvedTarget | None:
-    """The reference model the scan used (the first component's), resolved again for the file checks."""
-    record = next((r for r in refs.values() if r), None)
-    if record is None:
-        return None
-    try:
-        return resolve_reference(record, sources)
-    except AmdetError as err:
-        log.warning("reference %s not available to the file checks: %s", record["input"], err)
-        return None
+            return None
+        current[name] = ref
+    return current
 
 
 def scan_components(resolved: ResolvedTarget, sources, options, device: str, out: Path,
-                    progress) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Scan every component; one that fails is recorded as an error unless it is the only one."""
-    entries, refs = [], {}
+                    progress) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, ResolvedTarget | None]]:
+    """Scan every component (entries, reference records, resolved references); one that fails is recorded as
+    an error unless it is the only one."""
+    entries, refs, ref_targets = [], {}, {}
     for comp in resolved.components:
         folder = out if len(resolved.components) == 1 else out / comp.name
         try:
-            entry, ref = scan_component(resolved, comp.name, sources, options, device, folder, progress)
+            entry, ref, ref_target = scan_component(resolved, comp.name, sources, options, device, folder, progress)
         except AmdetError as err:
             if len(resolved.components) == 1:
                 raise
-            entry, ref = {"name": comp.name, "error": str(err)}, None
+            entry, ref, ref_target = {"name": comp.name, "error": str(err)}, None, None
         entries.append(entry)
         refs[comp.name] = ref
-    return entries, refs
+        ref_targets[comp.name] = ref_target
+    return entries, refs, ref_targets
 
 
 def scan_target(target: str, sources, options, progress) -> AuditReport:
@@ -208,8 +203,9 @@ def scan_target(target: str, sources, options, progress) -> AuditReport:
     target_record = resolved.to_dict()
     key = scan_cache.scan_key(target_record, options, device)
     cached = scan_cache.load(key) if options.use_cache or options.cached_only else None
-    if cached is not None and not references_unchanged(cached["reference"], sources):
-        cached = None  # the reference model's files changed since: its verdict no longer holds
+    ref_targets = current_references(cached["reference"], sources) if cached is not None else None
+    if ref_targets is None:
+        cached = None  # no cached scan, or the reference model's files changed since: its verdict no longer holds
     nested = len(resolved.components) > 1
     if cached is not None:
         entries, refs = scan_cache.restore(cached, out, nested), cached["reference"]
@@ -217,11 +213,11 @@ def scan_target(target: str, sources, options, progress) -> AuditReport:
         raise NotCachedError(f"{target}: no cached scan of these files under this policy's thresholds; "
                              f"run: amdet-audit scan {target}")
     else:
-        entries, refs = scan_components(resolved, sources, options, device, out, progress)
+        entries, refs, ref_targets = scan_components(resolved, sources, options, device, out, progress)
         if options.use_cache and all("scan" in e for e in entries):
             scan_cache.store(key, entries, refs, when)
     render_target_images(manager, entries, out, options.plugin_options)
-    context = CheckContext(target=resolved, reference=reference_for_checks(refs, sources))
+    context = CheckContext(target=resolved, reference=next((r for r in ref_targets.values() if r), None))
     checks = [r.to_dict() for r in run_checks(manager, context)]
     run = {"argv": redact_argv(options.argv), "started": when, "duration_s": round(time.perf_counter() - started, 2),
            "device": device, "seed": options.seed, "environment": environment(),
