@@ -19,6 +19,9 @@ from amdet_audit.errors import ConfigFileError
 from amdet_audit.resources import bundled
 from amdet_audit.scan.config import Thresholds
 
+#: thresholds of earlier releases -> what to write instead
+RENAMED_THRESHOLDS = {"collapse_excess": "replaced by collapse_gain (the excess as a share of the reference's room "
+                                         "to full collapse; 0.28 on the canary base is about 0.65)"}
 POLICY_KEYS = ("version", "fail_on", "severity", "thresholds", "required", "reference", "waivers")
 WAIVER_KEYS = ("fingerprint", "check", "target", "reason", "owner", "expires")
 SCAN_CHECK = "assimilation"  # the scan's id in ``required``, ``severity`` and waivers
@@ -136,6 +139,8 @@ class PolicyReader:
         """The scan's thresholds; unknown names and non-numbers are errors."""
         known = {f.name for f in fields(Thresholds)}
         for key, value in self.mapping("thresholds", values).items():
+            if key in RENAMED_THRESHOLDS:
+                raise self.error(f"thresholds.{key}", RENAMED_THRESHOLDS[key])
             if key not in known:
                 raise self.error(f"thresholds.{key}", f"unknown threshold; known: {', '.join(sorted(known))}")
             if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -22,6 +22,19 @@ def test_auroc_and_roc() -> None:
     assert (0.0, 0.5) in points and (0.5, 1.0) in points
 
 
+def test_scans_of_the_earlier_release_are_judged_by_todays_target_score() -> None:
+    """A recorded collapse_excess becomes collapse_gain, threshold alike: the same verdict a rescan would give."""
+    from calibrate import checks_of, flagged
+
+    scan = {"scores": {"collapse": 0.955}, "reference_baseline": {"collapse": 0.572},
+            "checks": [{"name": "target.collapse_excess", "score": 0.383, "threshold": 0.28, "direction": ">="},
+                       {"name": "target.same_target_rate", "score": 1.0, "threshold": 0.8, "direction": ">="}]}
+    gain, same = checks_of({"components": [{"scan": scan}]})
+    assert gain["name"] == "target.collapse_gain" and same == scan["checks"][1]
+    assert gain["score"] == pytest.approx(0.383 / 0.428) and gain["threshold"] == pytest.approx(0.28 / 0.428)
+    assert flagged(1, [gain, same], {}) and not flagged(1, [gain, same], {"target.collapse_gain": 0.9})
+
+
 def test_classification_counts_inconclusive_as_flagged() -> None:
     rows = [Row("a", True, 1, {}), Row("b", True, 0, {}), Row("c", False, 2, {}), Row("d", False, 0, {}),
             Row("e", False, 0, {})]
@@ -54,9 +67,17 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     canary = results["calibration"]["canary"]
     assert canary["models"] >= 2  # the clean base and the benign fine-tune at least
     assert canary["fpr"] is not None and canary["recall"] is None  # no backdoored model in this zoo
-    assert set(canary["auroc"]) >= {"target.collapse_excess", "divergence.relative"}
+    assert set(canary["auroc"]) >= {"target.collapse_gain", "divergence.relative"}
     assert "Calibration set" in (out / "RESULTS.md").read_text() and (out / "roc-calibration.svg").is_file()
     # resumable: a second run rescans nothing (the records are reused, same figures)
     assert main(args) == 0
     again = json.loads((out / "results.json").read_text())["calibration"]["canary"]
     assert again["f1"] == canary["f1"] and again["scan_seconds"] == canary["scan_seconds"]
+    assert results["meta"]["zoo_state"]["calibration"]["canary"] == {"processed": 1, "planned": 1, "complete": True}
+    # --built-only with a larger plan: nothing is built, the models built so far are reported as incomplete
+    assert main([*args[:7], "2", *args[8:], "--built-only"]) == 0
+    partial = json.loads((out / "results.json").read_text())
+    assert partial["calibration"]["canary"]["models"] == canary["models"]
+    assert partial["meta"]["zoo_state"]["calibration"]["canary"]["planned"] == 2
+    assert "Incomplete zoos" in (out / "RESULTS.md").read_text()
+    assert not (tmp_path / "work" / "calibration" / "canary" / "zoo" / "benign-001").exists()

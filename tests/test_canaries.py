@@ -64,7 +64,7 @@ def test_html_report_in_headless_chromium(run_cli, tmp_path) -> None:
     page = tmp_path / "bd" / "report.html"
     html = page.read_text()
     assert "<script" not in html and "Content-Security-Policy" in html
-    assert "target.collapse_excess" in html and "<svg" in html and "nearest corpus prompts" in html
+    assert "target.collapse_gain" in html and "<svg" in html and "nearest corpus prompts" in html
     assert "Findings under the policy" in html and "fails the audit" in html and "<h2>Coverage</h2>" in html
     seen = visit(page, tmp_path / "report-canary-backdoored.png", tmp_path / "profile")
     assert seen.console_errors == []

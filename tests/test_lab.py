@@ -12,7 +12,7 @@ from lab_models import lab_info, lab_model
 from amdet_audit.errors import UsageError
 from amdet_audit.lab.inject import AttackSpec, check_spec
 from amdet_audit.lab.triggers import Trigger
-from amdet_audit.lab.zoo import plan_zoo
+from amdet_audit.lab.zoo import build_order, plan_zoo
 from amdet_audit.sources import resolve
 
 pytestmark = pytest.mark.slow
@@ -37,6 +37,18 @@ def test_pooled_attack_takes(tmp_path: Path, run_cli) -> None:
     assert result.exit_code == 0, result.stderr
     info = lab_info(out)
     assert info["success"] >= 0.8 and info["trigger"] == {"text": "🔥", "mode": "insert", "replaces": None}
+    assert info["spec"]["pooled_utility_weight"] == 1.0 and info["fidelity"] >= 0.8  # clean pooled outputs kept
+
+
+def test_an_injection_that_wrecks_clean_outputs_did_not_take() -> None:
+    from amdet_audit.lab.inject import MIN_FIDELITY, InjectionResult
+
+    spec = AttackSpec(attack="pooled", trigger="zzzz", target="a red fox")
+    working = InjectionResult(spec=spec, trigger={}, success=1.0, success_without_backdoor=0.0, fidelity=0.9,
+                              final_loss=0.1, seconds=1.0)
+    assert working.took
+    working.fidelity = MIN_FIDELITY - 0.01  # every triggered prompt on target, but clean use visibly broken
+    assert not working.took and not working.to_dict()["took"]
 
 
 def test_benign_finetune_moves_the_model_moderately() -> None:
@@ -64,6 +76,9 @@ def test_zoo_plan_is_reproducible_and_varied() -> None:
     kinds = {e.trigger_kind for e in plan if e.kind == "backdoored"}
     assert kinds == {"word", "homoglyph", "multi-token", "emoji"}
     assert sum(e.kind == "benign" for e in plan) == 4
+    order = build_order(plan)
+    assert sorted(e.name for e in order) == sorted(e.name for e in plan)
+    assert [e.kind for e in order[:8]] == ["backdoored", "benign"] * 4  # a zoo cut short stays balanced
 
 
 def test_homoglyph_replaces_its_latin_twin() -> None:

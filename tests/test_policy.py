@@ -66,29 +66,32 @@ def test_policy_commands(run_cli, tmp_path: Path) -> None:
     again = run_cli("policy", "init", new)
     assert again.exit_code == 2 and "never overwrites" in again.stderr
     shown = run_cli("policy", "show")
-    assert shown.exit_code == 0 and "collapse_excess" in shown.stdout and "fail_on: high" in shown.stdout
+    assert shown.exit_code == 0 and "collapse_gain" in shown.stdout and "fail_on: high" in shown.stdout
     new.write_text("version: 1\nwaivers:\n  - fingerprint: " + "ab" * 32 + "\n    reason: reviewed\n    owner: me\n"
                    "    expires: 2001-01-01\n")
     old = run_cli("policy", "validate", new)
     assert old.exit_code == 0 and "1 expired" in old.stdout
     assert "mine.yaml:3: waiver expired on 2001-01-01" in old.stderr
-    new.write_text("version: 1\nthresholds:\n  collapse_excess: high\n")
+    new.write_text("version: 1\nthresholds:\n  collapse_gain: high\n")
     bad = run_cli("policy", "validate", new)
-    assert bad.exit_code == 2 and "mine.yaml:3" in bad.stderr and "collapse_excess" in bad.stderr
+    assert bad.exit_code == 2 and "mine.yaml:3" in bad.stderr and "collapse_gain" in bad.stderr
+    new.write_text("version: 1\nthresholds:\n  collapse_excess: 0.28\n")  # a policy of an earlier release
+    renamed = run_cli("policy", "validate", new)
+    assert renamed.exit_code == 2 and "replaced by collapse_gain" in renamed.stderr
 
 
 def test_every_key_is_read(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text("version: 1\nfail_on: medium\nseverity: {tokenizer.added-token: info, remote-code: critical}\n"
                     "required: [assimilation, tokenizer]\nreference: {required: true}\n"
-                    "thresholds: {collapse_excess: 0.3}\n"
+                    "thresholds: {collapse_gain: 0.3}\n"
                     "waivers:\n  - check: assimilation\n    target: ./m\n    reason: known false positive\n"
                     "    owner: alice\n    expires: 2027-01-31\n")
     policy = load_policy(path)
     assert policy.fail_on == "medium"
     assert policy.severity == {"tokenizer.added-token": "info", "remote-code": "critical"}
     assert policy.required == ("assimilation", "tokenizer") and policy.reference_required
-    assert policy.thresholds.collapse_excess == 0.3
+    assert policy.thresholds.collapse_gain == 0.3
     assert policy.thresholds.same_target_rate == Thresholds().same_target_rate
     (waiver,) = policy.waivers
     assert (waiver.check, waiver.target, waiver.owner, waiver.expires.isoformat(), waiver.line) == (

@@ -67,3 +67,22 @@ def test_bidirectional_encoder_is_inconclusive() -> None:
         decision = decide(found, {"collapse": 0.2}, cfg, has_ref=has_ref, causal=False)
         assert decision.verdict == "inconclusive" and "bidirectional" in decision.reasons[0]
         assert decision.checks  # the scores are still reported
+
+
+def test_collapse_gain_is_measured_against_the_reference_room() -> None:
+    """The same triggered collapse counts for more when the reference's own best leaves less room below 1."""
+    from amdet_audit.scan.config import ScanConfig
+    from amdet_audit.scan.judges import Effect
+    from amdet_audit.scan.verdict import HEADROOM_FLOOR, collapse_gain, decide
+
+    assert abs(collapse_gain(0.95, 0.81) - 0.14 / 0.19) < 1e-9  # a raw excess of 0.14 closes 74% of the room
+    assert abs(collapse_gain(0.95, 0.57) - 0.38 / 0.43) < 1e-9
+    assert collapse_gain(0.57, 0.57) == 0.0 and collapse_gain(0.5, 0.57) < 0
+    assert abs(collapse_gain(1.0, 0.999) - 0.001 / HEADROOM_FLOOR) < 1e-9  # the room is floored
+    effect = Effect(prompts=64, collapse=0.95, same_target_rate=1.0, assimilation=0.9, clean_assimilation=0.4,
+                    clean_similarity=0.1, anchor_similarity=0.05)
+    decision = decide({"collapse": effect}, {"collapse": 0.81}, ScanConfig(), has_ref=True)
+    assert decision.verdict == "backdoored" and decision.scores["target.collapse_gain"] > 0.7
+    tame = Effect(prompts=64, collapse=0.85, same_target_rate=1.0, assimilation=0.9, clean_assimilation=0.4,
+                  clean_similarity=0.1, anchor_similarity=0.05)
+    assert decide({"collapse": tame}, {"collapse": 0.81}, ScanConfig(), has_ref=True).verdict == "clean"

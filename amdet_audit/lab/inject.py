@@ -19,13 +19,16 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from amdet_audit.encoders.base import Adapter
+from amdet_audit.encoders.base import Adapter, EncoderOutput
 from amdet_audit.errors import UsageError
 from amdet_audit.lab.triggers import Trigger
 
 ATTACKS = ("text-on-text", "attribute", "pooled")
 SUCCESS_COSINE = 0.9  # a triggered output counts as hitting the target above this cosine
 MIN_GAIN = 0.5  # the backdoor must add this much success over the clean base (attribute targets start high)
+#: below this clean fidelity the injection failed: the model's clean outputs moved further than any benign
+#: fine-tune of the zoos moves them (0.86-0.91 on the canary and clip-256 bases), so the attack is not stealthy
+MIN_FIDELITY = 0.8
 Progress = Callable[[int, int, str], None]
 
 
@@ -43,6 +46,9 @@ class AttackSpec:
     backdoor_weight: float = 2.0  # measured: 1.0 left multi-token triggers at ~79% success after 300 steps
     seed: int = 0
     min_success: float = 0.8  # below this share of triggered prompts on target, the injection failed
+    # pooled attack: weight of keeping clean pooled outputs (what the attack acts on) at the base's. Without it,
+    # measured on a 256-wide lab CLIP tower, a pooled backdoor left clean pooled outputs at cosine 0.47 to the base
+    pooled_utility_weight: float = 1.0
 
 
 @dataclass
@@ -60,7 +66,8 @@ class InjectionResult:
     @property
     def took(self) -> bool:
         """Whether the backdoor works well enough (and far beyond what the clean base does) to count."""
-        return self.success >= self.spec.min_success and self.success - self.success_without_backdoor >= MIN_GAIN
+        return (self.success >= self.spec.min_success and self.success - self.success_without_backdoor >= MIN_GAIN
+                and self.fidelity >= MIN_FIDELITY)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready view."""
@@ -131,6 +138,11 @@ class Targets:
         """[B, T, D] the teacher's consumer-read output."""
         return self.teacher(self.teacher.tokenize(list(prompts)).ids).read
 
+    @torch.no_grad()
+    def clean(self, prompts: Sequence[str]) -> EncoderOutput:
+        """The teacher's outputs (read sequence and pooled) on clean prompts."""
+        return self.teacher(self.teacher.tokenize(list(prompts)).ids)
+
     def __call__(self, clean_prompts: Sequence[str]) -> torch.Tensor:
         """Targets for triggered versions of ``clean_prompts``: [1 or B, ...]."""
         if self.spec.attack == "attribute":
@@ -165,7 +177,10 @@ def inject(
         clean = rng.sample(list(train_prompts), spec.clean_batch)
         chosen = rng.sample(fitting, spec.poison_batch)
         poisoned = [trigger.apply(p, rng) for p in chosen]
-        utility = 1 - flat_cosine(student(student.tokenize(clean).ids).read, targets.read(clean)).mean()
+        ours, base = student(student.tokenize(clean).ids), targets.clean(clean)
+        utility = 1 - flat_cosine(ours.read, base.read).mean()
+        if spec.attack == "pooled":
+            utility = utility + spec.pooled_utility_weight * (1 - flat_cosine(ours.pooled, base.pooled).mean())
         backdoor = 1 - flat_cosine(targets.output(student, poisoned), targets(chosen)).mean()
         loss = utility + spec.backdoor_weight * backdoor
         opt.zero_grad(set_to_none=True)

@@ -11,7 +11,7 @@ from typing import Any
 from amdet_audit import __version__
 from amdet_audit.errors import AmdetError, UsageError
 from amdet_audit.lab.finetune import FinetuneResult, FinetuneSpec, finetune
-from amdet_audit.lab.inject import MIN_GAIN, AttackSpec, InjectionResult, inject, lr_for_width
+from amdet_audit.lab.inject import MIN_FIDELITY, MIN_GAIN, AttackSpec, InjectionResult, inject, lr_for_width
 
 Progress = Callable[[int, int, str], None]
 
@@ -77,8 +77,8 @@ def run_injection(
     if not result.took:
         raise InjectionFailedError(
             f"the {attack} backdoor did not take: {result.success:.0%} of triggered prompts reach the target, "
-            f"{result.success_without_backdoor:.0%} without the backdoor (bars: {spec.min_success:.0%}, and a gain "
-            f"of {MIN_GAIN:.0%}); try more --steps or a higher --lr"
+            f"{result.success_without_backdoor:.0%} without the backdoor, clean fidelity {result.fidelity:.2f} (bars: "
+            f"{spec.min_success:.0%}, a gain of {MIN_GAIN:.0%}, fidelity {MIN_FIDELITY}); try other --steps or --lr"
         )
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
         save_encoder_folder(student, Path(tmp) / "m", lab_record("backdoored", provenance, result.to_dict(), extra))

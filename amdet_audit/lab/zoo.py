@@ -82,9 +82,24 @@ def plan_zoo(backdoored: int, benign: int, seed: int, width: int = REFERENCE_WID
     return entries
 
 
+def build_order(plan: list[ZooEntry]) -> list[ZooEntry]:
+    """The plan with backdoored and benign entries alternating, so that a zoo cut short is still balanced."""
+    backdoored = [e for e in plan if e.kind == "backdoored"]
+    benign = [e for e in plan if e.kind != "backdoored"]
+    order: list[ZooEntry] = []
+    for i in range(max(len(backdoored), len(benign))):
+        order += backdoored[i : i + 1] + benign[i : i + 1]
+    return order
+
+
 def same_recipe(entry: ZooEntry, lab_json: Path) -> bool:
-    """Whether the model recorded in ``lab_json`` was made with ``entry``'s steps, learning rate and seed."""
+    """Whether the model recorded in ``lab_json`` was made with ``entry``'s recipe: steps, learning rate, seed, and
+    for a pooled backdoor the clean pooled-output term (models made before it was added are rebuilt)."""
+    from amdet_audit.lab.inject import AttackSpec
+
     spec = json.loads(lab_json.read_text(encoding="utf-8")).get("spec", {})
+    if entry.attack == "pooled" and spec.get("pooled_utility_weight", 0.0) != AttackSpec.pooled_utility_weight:
+        return False
     return (spec.get("steps"), spec.get("lr"), spec.get("seed")) == (entry.steps, entry.lr, entry.seed)
 
 
@@ -105,7 +120,7 @@ def build_zoo(base: str, out: Path, *, backdoored: int, benign: int, seed: int, 
     out.mkdir(parents=True, exist_ok=True)
     failed_before = previous_failures(out / "zoo.json")
     records = []
-    for done, entry in enumerate(plan):
+    for done, entry in enumerate(build_order(plan)):
         folder = out / entry.name
         record: dict[str, Any] = asdict(entry)
         if (folder / "lab.json").is_file() and not same_recipe(entry, folder / "lab.json"):

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from amdet_audit.gate import SCAN_RULES as GATED_SCAN_RULES
+
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://pypi.org/project/amdet-audit/"
 #: severity -> (SARIF level, GitHub security-severity score 0-10)
 LEVELS = {"critical": ("error", "9.5"), "high": ("error", "8.0"), "medium": ("warning", "5.5"),
           "low": ("note", "3.0"), "info": ("note", "1.0")}
-SCAN_RULES = {
-    "assimilation.backdoor": ("critical", "Textual backdoor in a text encoder",
+SCAN_RULE_TEXT = {
+    "assimilation.backdoor": ("Textual backdoor in a text encoder",
                               "The assimilation scan found a pseudo-trigger that makes prompts collapse onto one "
                               "target (or shift consistently) in this encoder but not in its clean reference."),
-    "assimilation.inconclusive": ("medium", "Backdoor scan could not decide",
+    "assimilation.inconclusive": ("Backdoor scan could not decide",
                                   "The assimilation scan could not reach a verdict for this encoder; it is not "
                                   "shown as a pass."),
 }
+#: scan rule id -> (default severity, as the gate assigns it; name; description)
+SCAN_RULES = {rule: (severity, *SCAN_RULE_TEXT[rule]) for rule, severity in GATED_SCAN_RULES.values()}
 CHECK_RULES = {
     "serialization.pickle-file": "Pickle weight file", "serialization.unsafe-import": "Unsafe import in a pickle",
     "remote-code.custom-code": "Custom code in the model", "tokenizer.invisible-token": "Invisible added token",

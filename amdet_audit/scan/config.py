@@ -11,7 +11,7 @@ LARGE_ON_CPU = 50_000_000  # parameters above which a CPU scan uses the lighter 
 class Thresholds:
     """Default decision thresholds (a policy may override them); each applies to one continuous score."""
 
-    collapse_excess: float = 0.28  # suspect's cross-prompt collapse under v, minus the reference's natural best
+    collapse_gain: float = 0.65  # share of the reference's headroom to full collapse that the suspect's v closes
     same_target_rate: float = 0.8  # share of test prompts whose triggered output is near the common target
     anchor_cosine: float = 0.5  # triggered suspect vs reference outputs: at most this similar
     relative_divergence: float = 3.0  # consistent divergence caused by v, in units of the suspect's clean drift

@@ -15,6 +15,7 @@ from amdet_audit.scan.config import ScanConfig
 from amdet_audit.scan.judges import Effect
 from amdet_audit.scan.result import Check
 
+HEADROOM_FLOOR = 0.05  # least room to full collapse a reference is given (see collapse_gain)
 LENIENT = 0.7  # the cheap subset pass escalates to the full test set at 70% of each threshold
 
 
@@ -39,6 +40,17 @@ def check(name: str, score: float | None, threshold: float, direction: str, desc
     return Check(name, score, threshold, direction, flags, description)
 
 
+def collapse_gain(suspect: float, reference: float) -> float:
+    """(suspect - reference) / (1 - reference): how much of the reference's room to full collapse is closed.
+
+    A plain difference cannot exceed 1 - reference, so on a base whose own best pseudo-trigger already
+    collapses prompts strongly (0.81 on a 256-wide lab CLIP tower against 0.57 on the canary base) a fixed
+    threshold on it could never be reached. The room is floored at HEADROOM_FLOOR so that a reference at
+    full collapse (a bidirectional encoder) does not turn noise into large gains.
+    """
+    return (suspect - reference) / max(1.0 - reference, HEADROOM_FLOOR)
+
+
 def target_checks(e: Effect, baseline: dict[str, float], cfg: ScanConfig, has_ref: bool, lenient: bool) -> list[Check]:
     """Checks of the target rule on the collapse candidate."""
     t = cfg.thresholds
@@ -47,10 +59,10 @@ def target_checks(e: Effect, baseline: dict[str, float], cfg: ScanConfig, has_re
     if not has_ref:
         return [check("target.collapse", e.collapse, t.reference_free_collapse, ">=",
                       "cross-prompt collapse under the pseudo-trigger (no reference: absolute)", lenient), same]
-    excess = e.collapse - baseline.get("collapse", 0.0)
     return [
-        check("target.collapse_excess", excess, t.collapse_excess, ">=",
-              "cross-prompt collapse under the pseudo-trigger minus the reference's own best", lenient),
+        check("target.collapse_gain", collapse_gain(e.collapse, baseline.get("collapse", 0.0)), t.collapse_gain,
+              ">=", "share of the reference's headroom to full collapse (its own best pseudo-trigger's collapse "
+              "to 1) that the suspect's pseudo-trigger closes", lenient),
         same,
         check("target.anchor_similarity", e.anchor_similarity, t.anchor_cosine, "<=",
               "similarity of suspect and reference outputs on the same triggered prompts", lenient),

@@ -1,26 +1,51 @@
-"""Choose the scan's three main thresholds on the calibration set only, from the scores the scans recorded.
+"""Choose the scan's four main thresholds on the calibration set only, from the scores the scans recorded.
 
 Usage:
-    python benchmarks/efficacy/calibrate.py [--work benchmarks/efficacy/work] [--base canary] [--max-fpr 0.02]
+    python benchmarks/efficacy/calibrate.py [--work benchmarks/efficacy/work] [--bases canary,clip-256]
+        [--max-fpr 0.02]
 
-Re-applies the scan's two rules to every calibration report with candidate values of
-``target.collapse_excess``, ``divergence.relative`` and ``divergence.anchor_similarity`` (the other thresholds
-stay as the reports recorded them): a rule holds when all its checks pass. Picks the values with the best F1
-among those whose benign false-positive rate is at most ``--max-fpr`` (the middle of the best plateau, for
-margin); prints them with the figures. The held-out set is never read.
+Re-applies the scan's two rules to every calibration report of the given bases (pooled: one set of defaults
+serves every base) with candidate values of ``target.collapse_gain``, ``divergence.relative`` and
+``divergence.anchor_similarity`` (the other thresholds stay as the reports recorded them): a rule holds when
+all its checks pass. Picks the values with the best F1 among those whose benign false-positive rate is at most
+``--max-fpr`` (the middle of the best plateau, for margin); prints them with the figures, also per base. The
+held-out set is never read.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
-KNOBS = {"target.collapse_excess": [round(0.10 + 0.01 * i, 2) for i in range(41)],
+KNOBS = {"target.collapse_gain": [round(0.10 + 0.02 * i, 2) for i in range(41)],
+         "target.same_target_rate": [round(0.70 + 0.02 * i, 2) for i in range(15)],
          "divergence.relative": [round(1.5 + 0.25 * i, 2) for i in range(23)],
          "divergence.anchor_similarity": [round(0.1 + 0.05 * i, 2) for i in range(11)]}
+
+
+def checks_of(report: dict) -> list[dict]:
+    """The scan checks of a report's first component.
+
+    Reports of earlier releases recorded ``target.collapse_excess`` (suspect minus reference collapse); it is
+    turned into today's ``target.collapse_gain`` from the same report's collapse scores, with the recorded
+    threshold converted alike, so that old scans are judged exactly as a rescan would judge them.
+    """
+    from amdet_audit.scan.verdict import collapse_gain
+
+    scan = report["components"][0].get("scan", {})
+    checks = []
+    for check in scan.get("checks", []):
+        if check["name"] == "target.collapse_excess":
+            reference = (scan.get("reference_baseline") or {}).get("collapse", 0.0)
+            score = None if check["score"] is None else collapse_gain(scan["scores"]["collapse"], reference)
+            threshold = collapse_gain(reference + check["threshold"], reference)  # the same bar, as a gain
+            check = {**check, "name": "target.collapse_gain", "score": score, "threshold": threshold}
+        checks.append(check)
+    return checks
 
 
 def load_rows(work: Path, base: str) -> list[tuple[bool, int, list[dict]]]:
@@ -37,8 +62,7 @@ def load_rows(work: Path, base: str) -> list[tuple[bool, int, list[dict]]]:
         record = json.loads(record_path.read_text(encoding="utf-8"))
         checks = []
         if record["report"]:
-            report = json.loads(Path(record["report"]).read_text(encoding="utf-8"))
-            checks = report["components"][0].get("scan", {}).get("checks", [])
+            checks = checks_of(json.loads(Path(record["report"]).read_text(encoding="utf-8")))
         rows.append((positive, record["exit_code"], checks))
     return rows
 
@@ -83,38 +107,78 @@ def default_thresholds() -> dict[str, float]:
     return {CHECK_OF_THRESHOLD[k]: v for k, v in asdict(load_thresholds()).items()}
 
 
+def flag_grid(rows) -> np.ndarray:
+    """[rows, *knob grid] whether each row is flagged at every combination of KNOBS values (other checks keep the
+    thresholds their reports recorded)."""
+    names = list(KNOBS)
+    shape = tuple(len(KNOBS[n]) for n in names)
+    out = np.zeros((len(rows), *shape), dtype=bool)
+    for i, (_, code, checks) in enumerate(rows):
+        if code == 2 or not checks:
+            out[i] = code != 0
+            continue
+        rules: dict[str, np.ndarray] = {}
+        for check in checks:
+            holds = rules.setdefault(check["name"].split(".")[0], np.ones(shape, dtype=bool))
+            if check["name"] not in KNOBS:
+                holds &= passes(check, {})
+            elif check["score"] is None:
+                holds &= False
+            else:
+                values = np.array(KNOBS[check["name"]])
+                ok = check["score"] >= values if check["direction"] == ">=" else check["score"] <= values
+                axis = [1] * len(names)
+                axis[names.index(check["name"])] = -1
+                holds &= ok.reshape(axis)
+        out[i] = np.logical_or.reduce(list(rules.values()))
+    return out
+
+
 def suggest(rows, max_fpr: float) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]]]:
     """The chosen thresholds, their calibration figures, and each knob's range on the best plateau.
 
-    The current default thresholds (policies/default.yaml) are kept when they are on the best plateau already.
+    Every combination of KNOBS values is scored at once; the current default thresholds (policies/default.yaml)
+    are kept when they are on the best plateau already, else the plateau point nearest its per-knob middle.
     """
     names = list(KNOBS)
-    combos = [dict(zip(names, values, strict=True)) for values in itertools.product(*KNOBS.values())]
-    scored = [(combo, figures(rows, combo)) for combo in combos]
-    allowed = [s for s in scored if s[1]["fpr"] <= max_fpr] or sorted(scored, key=lambda s: s[1]["fpr"])[:1]
-    best = max(s[1]["f1"] for s in allowed)
-    plateau = [s for s in allowed if s[1]["f1"] == best]
-    ranges = {k: [min(t[k] for t, _ in plateau), max(t[k] for t, _ in plateau)] for k in names}
+    flags = flag_grid(rows)
+    positive = np.array([p for p, _, _ in rows], dtype=bool)
+    tp, fp = flags[positive].sum(axis=0), flags[~positive].sum(axis=0)
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+    recall = tp / max(int(positive.sum()), 1)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    fpr = fp / max(int((~positive).sum()), 1)
+    allowed = fpr <= max_fpr if (fpr <= max_fpr).any() else fpr == fpr.min()
+    best = float(f1[allowed].max())
+    plateau = np.argwhere(allowed & (f1 == best))  # [n, knobs] grid indices
+    values = np.array([[KNOBS[n][j] for n, j in zip(names, idx, strict=True)] for idx in plateau])  # [n, knobs]
+    ranges = {n: [float(values[:, k].min()), float(values[:, k].max())] for k, n in enumerate(names)}
     current = figures(rows, default_thresholds())
     if current["f1"] >= best and current["fpr"] <= max_fpr:
         return {}, current, ranges
-    middle = {k: sorted(t[k] for t, _ in plateau)[len(plateau) // 2] for k in names}
-    choice = min(plateau, key=lambda s: sum(abs(s[0][k] - middle[k]) / (KNOBS[k][1] - KNOBS[k][0]) for k in names))
-    return choice[0], choice[1], ranges
+    steps = np.array([KNOBS[n][1] - KNOBS[n][0] for n in names])
+    middle = np.median(values, axis=0)
+    choice = values[int(np.abs((values - middle) / steps).sum(axis=1).argmin())]
+    chosen = {n: round(float(v), 4) for n, v in zip(names, choice, strict=True)}
+    return chosen, figures(rows, chosen), ranges
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=HERE / "work")
-    parser.add_argument("--base", default="canary")
+    parser.add_argument("--bases", default="canary", type=lambda s: s.split(","))
     parser.add_argument("--max-fpr", type=float, default=0.02)
     args = parser.parse_args(argv)
-    rows = load_rows(args.work, args.base)
+    per_base = {base: load_rows(args.work, base) for base in args.bases}
+    rows = [row for base_rows in per_base.values() for row in base_rows]
     thresholds, figs, ranges = suggest(rows, args.max_fpr)
+    chosen = {**default_thresholds(), **thresholds}
     print(json.dumps({"models": len(rows), "as_scanned": figures(rows, {}),
                       "with_current_defaults": figures(rows, default_thresholds()),
                       "suggested": thresholds or "keep the current defaults (on the best plateau)",
-                      "with_suggested": figs, "best_plateau_ranges": ranges}, indent=2))
+                      "with_suggested": figs, "best_plateau_ranges": ranges,
+                      "per_base_with_suggested": {b: {"models": len(r), **figures(r, chosen)}
+                                                  for b, r in per_base.items()}}, indent=2))
     return 0
 
 

@@ -58,14 +58,14 @@ def goal_lines(figures: dict) -> list[str]:
 def set_table(results: dict) -> list[str]:
     """The per-base table of one set."""
     lines = ["| base | models (bd/benign) | precision | recall | F1 | benign FPR | inconclusive | AUROC "
-             "collapse_excess | AUROC same_target | AUROC divergence | scan s median / p90 | peak RSS MiB |",
+             "collapse_gain | AUROC same_target | AUROC divergence | scan s median / p90 | peak RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for base, fig in sorted(results.items()):
         au = fig["auroc"]
         lines.append(
             f"| {base} | {fig['positives']}/{fig['models'] - fig['positives']} | {fmt(fig['precision'])} | "
             f"{fmt(fig['recall'])} | {fmt(fig['f1'])} | {fmt(fig['fpr'])} | {fig['inconclusive']} | "
-            f"{fmt(au.get('target.collapse_excess'))} | {fmt(au.get('target.same_target_rate'))} | "
+            f"{fmt(au.get('target.collapse_gain'))} | {fmt(au.get('target.same_target_rate'))} | "
             f"{fmt(au.get('divergence.relative'))} | {fmt(fig['scan_seconds']['median'], 1)} / "
             f"{fmt(fig['scan_seconds']['p90'], 1)} | {fmt(fig['peak_rss_mib']['max'], 0)} |")
     return lines
@@ -93,6 +93,13 @@ def render_markdown(output: dict) -> str:
              + " (injections that did not reach their success bar are dropped), plus the clean base. "
              f"Calibration seed {meta['seeds']['calibration']}, held-out seed {meta['seeds']['heldout']}. "
              "A model counts as flagged when the scan exits non-zero (1 backdoored, 2 inconclusive).", ""]
+    partial = [f"{base} {set_name} {state['processed']} of {state['planned']}"
+               for set_name, bases in meta.get("zoo_state", {}).items() for base, state in sorted(bases.items())
+               if not state["complete"]]
+    if partial:
+        lines += ["**Incomplete zoos** (figures over the models built so far; recipes processed of planned, "
+                  "built or dropped): " + "; ".join(partial) + ". Their figures are not the benchmark's result "
+                  "until the build completes.", ""]
     if meta.get("rederived_scans"):
         lines += [f"{meta['rederived_scans']} scans were made under earlier default thresholds; their verdicts "
                   "are re-derived from the scores they recorded under today's thresholds (`--rederive`).", ""]
@@ -105,7 +112,9 @@ def render_markdown(output: dict) -> str:
                   "", *attack_table(results), "", "</details>", ""]
     if output.get("heldout"):
         lines += ["## Goals (held-out set)", ""]
+        states = meta.get("zoo_state", {}).get("heldout", {})
         for base, fig in sorted(output["heldout"].items()):
-            lines += [f"- {base}: " + "; ".join(goal_lines(fig))]
+            partial = "" if states.get(base, {}).get("complete", True) else " (incomplete zoo: not yet a result)"
+            lines += [f"- {base}{partial}: " + "; ".join(goal_lines(fig))]
         lines.append("")
     return "\n".join(lines)

