@@ -8,6 +8,7 @@ a held-out zoo.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from amdet_audit.errors import UsageError
-from amdet_audit.lab.inject import REFERENCE_WIDTH, lr_for_width
+from amdet_audit.lab.inject import MIN_FIDELITY, REFERENCE_WIDTH, AttackSpec, lr_for_width
 
 Progress = Callable[[int, int, str], None]
 
@@ -93,14 +94,19 @@ def build_order(plan: list[ZooEntry]) -> list[ZooEntry]:
 
 
 def same_recipe(entry: ZooEntry, lab_json: Path) -> bool:
-    """Whether the model recorded in ``lab_json`` was made with ``entry``'s recipe: steps, learning rate, seed, and
-    for a pooled backdoor the clean pooled-output term (models made before it was added are rebuilt)."""
-    from amdet_audit.lab.inject import AttackSpec
-
-    spec = json.loads(lab_json.read_text(encoding="utf-8")).get("spec", {})
-    if entry.attack == "pooled" and spec.get("pooled_utility_weight", 0.0) != AttackSpec.pooled_utility_weight:
+    """Whether the model recorded in ``lab_json`` was made with ``entry``'s recipe and still counts: steps, learning
+    rate, seed, for a pooled backdoor the clean pooled-output term, and for any backdoor today's fidelity bar
+    (models made before either was added are rebuilt)."""
+    lab = json.loads(lab_json.read_text(encoding="utf-8"))
+    spec = lab.get("spec", {})
+    if entry.kind == "backdoored" and (lab.get("fidelity", 0.0) < MIN_FIDELITY or not current_pooled_term(entry, spec)):
         return False
     return (spec.get("steps"), spec.get("lr"), spec.get("seed")) == (entry.steps, entry.lr, entry.seed)
+
+
+def current_pooled_term(entry: ZooEntry, recorded: dict[str, Any]) -> bool:
+    """Whether a pooled entry's recorded spec or failure has today's clean pooled-output term (other attacks: yes)."""
+    return entry.attack != "pooled" or recorded.get("pooled_utility_weight", 0.0) == AttackSpec.pooled_utility_weight
 
 
 def previous_failures(manifest: Path) -> dict[str, dict[str, Any]]:
@@ -127,7 +133,8 @@ def build_zoo(base: str, out: Path, *, backdoored: int, benign: int, seed: int, 
             shutil.rmtree(folder)  # built by an older plan: the recipe changed since
         if (folder / "lab.json").is_file():
             record.update(status="built", lab=json.loads((folder / "lab.json").read_text(encoding="utf-8")))
-        elif failed_before.get(entry.name, {}).items() >= record.items():  # the same recipe failed already
+        elif (failed_before.get(entry.name, {}).items() >= record.items()  # the same recipe failed already
+              and current_pooled_term(entry, failed_before[entry.name])):
             record = failed_before[entry.name]
         elif entry.kind == "benign":
             result = run_finetune(base, folder, steps=entry.steps, lr=entry.lr, seed=entry.seed, device=device)
@@ -140,9 +147,13 @@ def build_zoo(base: str, out: Path, *, backdoored: int, benign: int, seed: int, 
                 record.update(status="built", lab=result.to_dict())
             except InjectionFailedError as err:
                 record.update(status="did not take", reason=str(err))
+                if entry.attack == "pooled":
+                    record["pooled_utility_weight"] = AttackSpec.pooled_utility_weight
         records.append(record)
         manifest = {"base": base, "seed": seed, "complete": len(records) == len(plan), "models": records}
-        (out / "zoo.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        partial = out / "zoo.json.tmp"  # replaced whole: a reader beside a running build never sees half a file
+        partial.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        os.replace(partial, out / "zoo.json")
         if progress:
             progress(done + 1, len(plan), entry.name)
     return manifest

@@ -5,11 +5,11 @@ Usage:
         [--max-fpr 0.02]
 
 Re-applies the scan's two rules to every calibration report of the given bases (pooled: one set of defaults
-serves every base) with candidate values of ``target.collapse_gain``, ``divergence.relative`` and
-``divergence.anchor_similarity`` (the other thresholds stay as the reports recorded them): a rule holds when
-all its checks pass. Picks the values with the best F1 among those whose benign false-positive rate is at most
-``--max-fpr`` (the middle of the best plateau, for margin); prints them with the figures, also per base. The
-held-out set is never read.
+serves every base) with candidate values of ``target.collapse_gain``, ``target.same_target_rate``,
+``divergence.relative`` and ``divergence.anchor_similarity`` (the other thresholds stay as the reports
+recorded them): a rule holds when all its checks pass. Picks the values with the best F1 among those whose
+benign false-positive rate is at most ``--max-fpr`` (the middle of the best plateau, for margin); prints them
+with the figures, also per base. The held-out set is never read.
 """
 
 from __future__ import annotations

@@ -85,11 +85,16 @@ def build_clip_256(folder: Path) -> Path:
     return folder
 
 
-def base_target(name: str, work: Path) -> str:
-    """The TARGET string of a base (building clip-256 on first use)."""
+def base_target(name: str, work: Path, build: bool = True) -> str:
+    """The TARGET string of a base (building clip-256 on first use, unless ``build`` is off)."""
     if name not in BASES:
         raise SystemExit(f"unknown base {name!r}; choose from {', '.join(BASES)}")
-    return BASES[name] or str(build_clip_256(work / "bases" / name))
+    if BASES[name]:
+        return BASES[name]
+    folder = work / "bases" / name
+    if not build and not (folder / "config.json").is_file():
+        raise SystemExit(f"base {name} is not built in {folder}; run without --built-only first")
+    return str(build_clip_256(folder) if build else folder)
 
 
 def run(cmd: list[str], threads: int, log: Path) -> tuple[int, float, float]:
@@ -196,7 +201,7 @@ def plan_jobs(args, work: Path) -> tuple[list[tuple[str, str, str, str, dict]], 
     for set_name in args.sets:
         seed = seeds[set_name]
         for base in args.bases:
-            zoo_tasks.append((set_name, seed, base, base_target(base, work)))
+            zoo_tasks.append((set_name, seed, base, base_target(base, work, build=not args.built_only)))
     parallel = max(1, min(args.workers, len(zoo_tasks)))
     threads = max(1, (os.cpu_count() or 1) // parallel)
     with ThreadPoolExecutor(parallel) as pool:
