@@ -137,7 +137,7 @@ class Targets:
     @torch.no_grad()
     def read(self, prompts: Sequence[str]) -> torch.Tensor:
         """[B, T, D] the teacher's consumer-read output."""
-        return self.teacher(self.teacher.tokenize(list(prompts)).ids).read
+        return self.clean(prompts).read
 
     @torch.no_grad()
     def clean(self, prompts: Sequence[str]) -> EncoderOutput:

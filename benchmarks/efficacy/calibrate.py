@@ -77,23 +77,27 @@ def passes(check: dict, thresholds: dict[str, float]) -> bool:
 
 def flagged(exit_code: int, checks: list[dict], thresholds: dict[str, float]) -> bool:
     """The verdict under ``thresholds``: a rule holds when all its checks flag; errors stay flagged."""
-    if exit_code == 2 or not checks:
-        return exit_code != 0
-    rules: dict[str, list[bool]] = {}
-    for check in checks:
-        rules.setdefault(check["name"].split(".")[0], []).append(passes(check, thresholds))
-    return any(all(flags) for flags in rules.values())
+    return bool(flag_grid([(False, exit_code, checks)], single(thresholds)).reshape(-1)[0])
+
+
+def single(thresholds: dict[str, float]) -> dict[str, list[float]]:
+    """Thresholds as a one-point grid for :func:`flag_grid`."""
+    return {name: [value] for name, value in thresholds.items()}
+
+
+def rates(flags: np.ndarray, positive: np.ndarray) -> dict[str, np.ndarray]:
+    """F1, precision, recall and benign FPR from flags [rows, *grid] and ground truth [rows] (0 when undefined)."""
+    tp, fp = flags[positive].sum(axis=0), flags[~positive].sum(axis=0)
+    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
+    recall = tp / max(int(positive.sum()), 1)
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
+    return {"f1": f1, "precision": precision, "recall": recall, "fpr": fp / max(int((~positive).sum()), 1)}
 
 
 def figures(rows, thresholds: dict[str, float]) -> dict[str, float]:
     """F1 and benign FPR of the rows under ``thresholds``."""
-    tp = sum(p and flagged(c, ch, thresholds) for p, c, ch in rows)
-    fp = sum(not p and flagged(c, ch, thresholds) for p, c, ch in rows)
-    positives, negatives = sum(p for p, _, _ in rows), sum(not p for p, _, _ in rows)
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / positives if positives else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"f1": f1, "precision": precision, "recall": recall, "fpr": fp / negatives if negatives else 0.0}
+    positive = np.array([p for p, _, _ in rows], dtype=bool)
+    return {k: float(v) for k, v in rates(flag_grid(rows, single(thresholds)).reshape(len(rows)), positive).items()}
 
 
 def default_thresholds() -> dict[str, float]:
@@ -107,11 +111,11 @@ def default_thresholds() -> dict[str, float]:
     return {CHECK_OF_THRESHOLD[k]: v for k, v in asdict(load_thresholds()).items()}
 
 
-def flag_grid(rows) -> np.ndarray:
-    """[rows, *knob grid] whether each row is flagged at every combination of KNOBS values (other checks keep the
-    thresholds their reports recorded)."""
-    names = list(KNOBS)
-    shape = tuple(len(KNOBS[n]) for n in names)
+def flag_grid(rows, knobs: dict[str, list[float]]) -> np.ndarray:
+    """[rows, *knob grid] whether each row is flagged at every combination of ``knobs`` values (other checks keep
+    the thresholds their reports recorded); a rule holds when all its checks flag, errors stay flagged."""
+    names = list(knobs)
+    shape = tuple(len(knobs[n]) for n in names)
     out = np.zeros((len(rows), *shape), dtype=bool)
     for i, (_, code, checks) in enumerate(rows):
         if code == 2 or not checks:
@@ -120,12 +124,12 @@ def flag_grid(rows) -> np.ndarray:
         rules: dict[str, np.ndarray] = {}
         for check in checks:
             holds = rules.setdefault(check["name"].split(".")[0], np.ones(shape, dtype=bool))
-            if check["name"] not in KNOBS:
+            if check["name"] not in knobs:
                 holds &= passes(check, {})
             elif check["score"] is None:
                 holds &= False
             else:
-                values = np.array(KNOBS[check["name"]])
+                values = np.array(knobs[check["name"]])
                 ok = check["score"] >= values if check["direction"] == ">=" else check["score"] <= values
                 axis = [1] * len(names)
                 axis[names.index(check["name"])] = -1
@@ -141,13 +145,9 @@ def suggest(rows, max_fpr: float) -> tuple[dict[str, float], dict[str, float], d
     are kept when they are on the best plateau already, else the plateau point nearest its per-knob middle.
     """
     names = list(KNOBS)
-    flags = flag_grid(rows)
     positive = np.array([p for p, _, _ in rows], dtype=bool)
-    tp, fp = flags[positive].sum(axis=0), flags[~positive].sum(axis=0)
-    precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1), 0.0)
-    recall = tp / max(int(positive.sum()), 1)
-    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-12), 0.0)
-    fpr = fp / max(int((~positive).sum()), 1)
+    grid = rates(flag_grid(rows, KNOBS), positive)
+    f1, fpr = grid["f1"], grid["fpr"]
     allowed = fpr <= max_fpr if (fpr <= max_fpr).any() else fpr == fpr.min()
     best = float(f1[allowed].max())
     plateau = np.argwhere(allowed & (f1 == best))  # [n, knobs] grid indices
