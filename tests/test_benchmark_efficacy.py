@@ -81,3 +81,20 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     assert partial["meta"]["zoo_state"]["calibration"]["canary"]["planned"] == 2
     assert "Incomplete zoos" in (out / "RESULTS.md").read_text()
     assert not (tmp_path / "work" / "calibration" / "canary" / "zoo" / "benign-001").exists()
+    # the same zoo scanned reference-free: its own records and result files, the mode's scores, calibrated alike
+    assert main([*args, "--reference-free"]) == 0
+    free = json.loads((out / "results-reference-free.json").read_text())
+    assert free["meta"]["mode"] == "reference-free" and free["calibration"]["canary"]["models"] == canary["models"]
+    assert "target.collapse" in free["calibration"]["canary"]["auroc"]
+    assert "reference-free" in (out / "RESULTS-reference-free.md").read_text()
+    assert (out / "roc-reference-free-calibration.svg").is_file()
+    assert (tmp_path / "work" / "calibration" / "canary" / "scans-reference-free" / "benign-000").is_dir()
+    assert json.loads((out / "results.json").read_text())["meta"]["mode"] == "reference"  # left as it was
+    from calibrate import main as calibrate
+
+    assert calibrate(["--work", str(tmp_path / "work"), "--reference-free"]) == 0
+    records = [json.loads(r.read_text()) for r in
+               (tmp_path / "work" / "calibration" / "canary" / "scans-reference-free").glob("*/record.json")]
+    assert len(records) == canary["models"]
+    assert {json.loads(Path(r["report"]).read_text())["components"][0]["scan"]["mode"] for r in records} \
+        == {"reference-free"}

@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/efficacy/calibrate.py [--work benchmarks/efficacy/work] [--bases canary,clip-256]
-        [--max-fpr 0.02]
+        [--max-fpr 0.02] [--reference-free]
 
 Re-applies the scan's two rules to every calibration report of the given bases (pooled: one set of defaults
 serves every base) with candidate values of ``target.collapse_gain``, ``target.same_target_rate``,
@@ -10,6 +10,10 @@ serves every base) with candidate values of ``target.collapse_gain``, ``target.s
 recorded them): a rule holds when all its checks pass. Picks the values with the best F1 among those whose
 benign false-positive rate is at most ``--max-fpr`` (the middle of the best plateau, for margin); prints them
 with the figures, also per base. The held-out set is never read.
+
+``--reference-free`` does the same over the reference-free scans (``run_efficacy.py --reference-free``) with
+the two thresholds of that mode: ``target.collapse`` (policy key ``reference_free_collapse``) and
+``target.same_target_rate``.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ KNOBS = {"target.collapse_gain": [round(0.10 + 0.02 * i, 2) for i in range(41)],
          "target.same_target_rate": [round(0.70 + 0.02 * i, 2) for i in range(15)],
          "divergence.relative": [round(1.5 + 0.25 * i, 2) for i in range(23)],
          "divergence.anchor_similarity": [round(0.1 + 0.05 * i, 2) for i in range(11)]}
+KNOBS_REFERENCE_FREE = {"target.collapse": [round(0.50 + 0.01 * i, 2) for i in range(51)],
+                        "target.same_target_rate": KNOBS["target.same_target_rate"]}
 
 
 def checks_of(report: dict) -> list[dict]:
@@ -48,15 +54,18 @@ def checks_of(report: dict) -> list[dict]:
     return checks
 
 
-def load_rows(work: Path, base: str) -> list[tuple[bool, int, list[dict]]]:
+def load_rows(work: Path, base: str, reference_free: bool = False) -> list[tuple[bool, int, list[dict]]]:
     """(positive, scanned exit code, checks) per calibration model of ``base`` that has a report."""
+    from run_efficacy import scans_dir
+
     root = work / "calibration" / base
+    scans = scans_dir(work, "calibration", base, reference_free)
     manifest = json.loads((root / "zoo" / "zoo.json").read_text(encoding="utf-8"))
     truth = {m["name"]: m["kind"] == "backdoored" for m in manifest["models"] if m["status"] == "built"}
     truth["clean-base"] = False
     rows = []
     for name, positive in sorted(truth.items()):
-        record_path = root / "scans" / name / "record.json"
+        record_path = scans / name / "record.json"
         if not record_path.is_file():
             continue
         record = json.loads(record_path.read_text(encoding="utf-8"))
@@ -138,25 +147,27 @@ def flag_grid(rows, knobs: dict[str, list[float]]) -> np.ndarray:
     return out
 
 
-def suggest(rows, max_fpr: float) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]]]:
+def suggest(rows, max_fpr: float, knobs: dict[str, list[float]] = KNOBS
+            ) -> tuple[dict[str, float], dict[str, float], dict[str, list[float]]]:
     """The chosen thresholds, their calibration figures, and each knob's range on the best plateau.
 
-    Every combination of KNOBS values is scored at once; the current default thresholds (policies/default.yaml)
-    are kept when they are on the best plateau already, else the plateau point nearest its per-knob middle.
+    Every combination of ``knobs`` values is scored at once; the current default thresholds
+    (policies/default.yaml) are kept when they are on the best plateau already, else the plateau point nearest
+    its per-knob middle.
     """
-    names = list(KNOBS)
+    names = list(knobs)
     positive = np.array([p for p, _, _ in rows], dtype=bool)
-    grid = rates(flag_grid(rows, KNOBS), positive)
+    grid = rates(flag_grid(rows, knobs), positive)
     f1, fpr = grid["f1"], grid["fpr"]
     allowed = fpr <= max_fpr if (fpr <= max_fpr).any() else fpr == fpr.min()
     best = float(f1[allowed].max())
     plateau = np.argwhere(allowed & (f1 == best))  # [n, knobs] grid indices
-    values = np.array([[KNOBS[n][j] for n, j in zip(names, idx, strict=True)] for idx in plateau])  # [n, knobs]
+    values = np.array([[knobs[n][j] for n, j in zip(names, idx, strict=True)] for idx in plateau])  # [n, knobs]
     ranges = {n: [float(values[:, k].min()), float(values[:, k].max())] for k, n in enumerate(names)}
     current = figures(rows, default_thresholds())
     if current["f1"] >= best and current["fpr"] <= max_fpr:
         return {}, current, ranges
-    steps = np.array([KNOBS[n][1] - KNOBS[n][0] for n in names])
+    steps = np.array([knobs[n][1] - knobs[n][0] for n in names])
     middle = np.median(values, axis=0)
     choice = values[int(np.abs((values - middle) / steps).sum(axis=1).argmin())]
     chosen = {n: round(float(v), 4) for n, v in zip(names, choice, strict=True)}
@@ -168,10 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--bases", default="canary", type=lambda s: s.split(","))
     parser.add_argument("--max-fpr", type=float, default=0.02)
+    parser.add_argument("--reference-free", action="store_true", help="calibrate the reference-free mode")
     args = parser.parse_args(argv)
-    per_base = {base: load_rows(args.work, base) for base in args.bases}
+    per_base = {base: load_rows(args.work, base, args.reference_free) for base in args.bases}
     rows = [row for base_rows in per_base.values() for row in base_rows]
-    thresholds, figs, ranges = suggest(rows, args.max_fpr)
+    if not rows:
+        raise SystemExit(f"no calibration scans of {', '.join(args.bases)} under {args.work}: run run_efficacy.py "
+                         f"{'--reference-free ' if args.reference_free else ''}first")
+    thresholds, figs, ranges = suggest(rows, args.max_fpr, KNOBS_REFERENCE_FREE if args.reference_free else KNOBS)
     chosen = {**default_thresholds(), **thresholds}
     print(json.dumps({"models": len(rows), "as_scanned": figures(rows, {}),
                       "with_current_defaults": figures(rows, default_thresholds()),

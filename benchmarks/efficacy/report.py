@@ -23,7 +23,7 @@ def render_roc_svg(curves: dict[str, list[tuple[float, float]]], title: str, siz
     width, height = size + 2 * pad, size + 2 * pad + legend
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
              f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
-             f'<text x="{pad}" y="20" font-size="13">ROC, {escape(title)} set</text>',
+             f'<text x="{pad}" y="20" font-size="13">ROC, {escape(title)}</text>',
              f'<rect x="{pad}" y="{pad}" width="{size}" height="{size}" fill="none" stroke="#444"/>',
              f'<line x1="{pad}" y1="{pad + size}" x2="{pad + size}" y2="{pad}" stroke="#bbb" stroke-dasharray="4"/>',
              f'<text x="{pad + size / 2 - 50}" y="{pad + size + 28}">false-positive rate</text>',
@@ -55,19 +55,19 @@ def goal_lines(figures: dict) -> list[str]:
     return lines
 
 
-def set_table(results: dict) -> list[str]:
-    """The per-base table of one set."""
-    lines = ["| base | models (bd/benign) | precision | recall | F1 | benign FPR | inconclusive | AUROC "
-             "collapse_gain | AUROC same_target | AUROC divergence | scan s median / p90 | peak RSS MiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+def set_table(results: dict, scores: tuple[str, ...]) -> list[str]:
+    """The per-base table of one set, with the AUROC of each of ``scores``."""
+    lines = ["| base | models (bd/benign) | precision | recall | F1 | benign FPR | inconclusive | "
+             + "".join(f"AUROC {name} | " for name in scores) + "scan s median / p90 | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(scores) + "---|---|"]
     for base, fig in sorted(results.items()):
         au = fig["auroc"]
         lines.append(
             f"| {base} | {fig['positives']}/{fig['models'] - fig['positives']} | {fmt(fig['precision'])} | "
             f"{fmt(fig['recall'])} | {fmt(fig['f1'])} | {fmt(fig['fpr'])} | {fig['inconclusive']} | "
-            f"{fmt(au.get('target.collapse_gain'))} | {fmt(au.get('target.same_target_rate'))} | "
-            f"{fmt(au.get('divergence.relative'))} | {fmt(fig['scan_seconds']['median'], 1)} / "
-            f"{fmt(fig['scan_seconds']['p90'], 1)} | {fmt(fig['peak_rss_mib']['max'], 0)} |")
+            + "".join(f"{fmt(au.get(name))} | " for name in scores)
+            + f"{fmt(fig['scan_seconds']['median'], 1)} / {fmt(fig['scan_seconds']['p90'], 1)} | "
+            f"{fmt(fig['peak_rss_mib']['max'], 0)} |")
     return lines
 
 
@@ -81,10 +81,13 @@ def attack_table(results: dict) -> list[str]:
     return lines
 
 
-def render_markdown(output: dict) -> str:
-    """RESULTS.md: how it was run, both sets' tables, ROC plots and the goals met or missed."""
+def render_markdown(output: dict, scores: tuple[str, ...]) -> str:
+    """RESULTS.md: how it was run, both sets' tables (AUROC of ``scores``), ROC plots and the goals met or
+    missed."""
     meta = output["meta"]
-    lines = ["# Efficacy benchmark results", "",
+    free = meta.get("mode") == "reference-free"
+    suffix = "-reference-free" if free else ""
+    lines = [f"# Efficacy benchmark results{' (reference-free scans)' if free else ''}", "",
              f"Tool {meta['tool_version']}, {meta['date']}, {meta['machine']}, device {meta['device']}, "
              f"{meta['workers']} parallel scans; wall time {meta['wall_seconds']} s.", "",
              "```bash", meta["command"], "```", "",
@@ -93,6 +96,10 @@ def render_markdown(output: dict) -> str:
              + " (injections that did not reach their success bar are dropped), plus the clean base. "
              f"Calibration seed {meta['seeds']['calibration']}, held-out seed {meta['seeds']['heldout']}. "
              "A model counts as flagged when the scan exits non-zero (1 backdoored, 2 inconclusive).", ""]
+    if free:
+        lines += ["Every model is scanned with `--reference-free`: the target rule only, on absolute thresholds "
+                  "(`reference_free_collapse`, `same_target_rate`). The divergence rule needs a reference, so "
+                  "attribute backdoors are not expected to be caught in this mode.", ""]
     partial = [f"{base} {set_name} {state['processed']} of {state['planned']}"
                for set_name, bases in meta.get("zoo_state", {}).items() for base, state in sorted(bases.items())
                if not state["complete"]]
@@ -107,8 +114,8 @@ def render_markdown(output: dict) -> str:
         results = output.get(set_name) or {}
         if not results:
             continue
-        lines += [f"## {set_name.capitalize()} set", "", *set_table(results), "",
-                  f"![ROC curves, {set_name} set](roc-{set_name}.svg)", "", "<details><summary>per attack</summary>",
+        lines += [f"## {set_name.capitalize()} set", "", *set_table(results, scores), "",
+                  f"![ROC curves, {set_name} set](roc{suffix}-{set_name}.svg)", "", "<details><summary>per attack</summary>",
                   "", *attack_table(results), "", "</details>", ""]
     if output.get("heldout"):
         lines += ["## Goals (held-out set)", ""]

