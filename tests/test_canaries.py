@@ -56,6 +56,16 @@ def test_readme_demo_verdicts(run_cli, tmp_path) -> None:
     assert rerendered.exit_code == 0 and json.loads(rerendered.stdout) == sarif
 
 
+def test_reference_free_scan_flags_the_backdoored_canary(run_cli, tmp_path) -> None:
+    """Without a reference only the target rule on absolute thresholds applies; the canary backdoor passes it."""
+    result = run_cli("scan", "canary:backdoored", "--reference-free", "--out", tmp_path / "free")
+    assert result.exit_code == 1, result.stderr
+    scan = json.loads((tmp_path / "free" / "report.json").read_text())["components"][0]["scan"]
+    assert scan["mode"] == "reference-free"
+    collapse = next(c for c in scan["checks"] if c["name"] == "target.collapse")
+    assert collapse["flags"] and collapse["threshold"] == Thresholds().reference_free_collapse
+
+
 def test_html_report_in_headless_chromium(run_cli, tmp_path) -> None:
     """The reviewer's page: self-contained (no request leaves the file), no console errors, evidence shown."""
     from browser import visit

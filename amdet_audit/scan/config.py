@@ -17,7 +17,7 @@ class Thresholds:
     relative_divergence: float = 3.0  # consistent divergence caused by v, in units of the suspect's clean drift
     divergence_consistency: float = 0.3  # mean pairwise cosine of the per-prompt divergences
     divergence_anchor_cosine: float = 0.4  # triggered suspect vs reference outputs under the divergence trigger
-    reference_free_collapse: float = 0.6  # without a reference: absolute cross-prompt collapse under v
+    reference_free_collapse: float = 0.82  # without a reference: absolute cross-prompt collapse under v
 
     def to_dict(self) -> dict[str, float]:
         """JSON-ready view."""

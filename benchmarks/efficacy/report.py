@@ -119,6 +119,9 @@ def render_markdown(output: dict, scores: tuple[str, ...]) -> str:
                   "", *attack_table(results), "", "</details>", ""]
     if output.get("heldout"):
         lines += ["## Goals (held-out set)", ""]
+        if free:
+            lines += ["The goals are set for scans with a reference; reference-free figures are held against them "
+                      "for comparison only.", ""]
         states = meta.get("zoo_state", {}).get("heldout", {})
         for base, fig in sorted(output["heldout"].items()):
             partial = "" if states.get(base, {}).get("complete", True) else " (incomplete zoo: not yet a result)"
