@@ -115,8 +115,8 @@ def render_markdown(output: dict, scores: tuple[str, ...]) -> str:
         if not results:
             continue
         lines += [f"## {set_name.capitalize()} set", "", *set_table(results, scores), "",
-                  f"![ROC curves, {set_name} set](roc{suffix}-{set_name}.svg)", "", "<details><summary>per attack</summary>",
-                  "", *attack_table(results), "", "</details>", ""]
+                  f"![ROC curves, {set_name} set](roc{suffix}-{set_name}.svg)", "",
+                  "<details><summary>per attack</summary>", "", *attack_table(results), "", "</details>", ""]
     if output.get("heldout"):
         lines += ["## Goals (held-out set)", ""]
         if free:
