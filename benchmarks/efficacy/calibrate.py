@@ -53,12 +53,12 @@ def checks_of(report: dict) -> list[dict]:
     return checks
 
 
-def load_rows(work: Path, base: str, reference_free: bool = False) -> list[tuple[bool, int, list[dict]]]:
+def load_rows(work: Path, base: str, mode: str = "reference") -> list[tuple[bool, int, list[dict]]]:
     """(positive, scanned exit code, checks) per calibration model of ``base`` that has a report."""
     from run_efficacy import scans_dir
 
     root = work / "calibration" / base
-    scans = scans_dir(work, "calibration", base, reference_free)
+    scans = scans_dir(work, "calibration", base, mode)
     manifest = json.loads((root / "zoo" / "zoo.json").read_text(encoding="utf-8"))
     truth = {m["name"]: m["kind"] == "backdoored" for m in manifest["models"] if m["status"] == "built"}
     truth["clean-base"] = False
@@ -180,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-fpr", type=float, default=0.02)
     parser.add_argument("--reference-free", action="store_true", help="calibrate the reference-free mode")
     args = parser.parse_args(argv)
-    per_base = {base: load_rows(args.work, base, args.reference_free) for base in args.bases}
+    mode = "reference-free" if args.reference_free else "reference"
+    per_base = {base: load_rows(args.work, base, mode) for base in args.bases}
     rows = [row for base_rows in per_base.values() for row in base_rows]
     if not rows:
         raise SystemExit(f"no calibration scans of {', '.join(args.bases)} under {args.work}: run run_efficacy.py "

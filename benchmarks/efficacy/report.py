@@ -81,12 +81,18 @@ def attack_table(results: dict) -> list[str]:
     return lines
 
 
+def mode_suffix(mode: str) -> str:
+    """What a scan mode adds to the names of its scan folder and result files: nothing with a reference,
+    ``-reference-free`` without."""
+    return "" if mode == "reference" else f"-{mode}"
+
+
 def render_markdown(output: dict, scores: tuple[str, ...]) -> str:
     """RESULTS.md: how it was run, both sets' tables (AUROC of ``scores``), ROC plots and the goals met or
     missed."""
     meta = output["meta"]
-    free = meta.get("mode") == "reference-free"
-    suffix = "-reference-free" if free else ""
+    suffix = mode_suffix(meta.get("mode", "reference"))
+    free = bool(suffix)
     lines = [f"# Efficacy benchmark results{' (reference-free scans)' if free else ''}", "",
              f"Tool {meta['tool_version']}, {meta['date']}, {meta['machine']}, device {meta['device']}, "
              f"{meta['workers']} parallel scans; wall time {meta['wall_seconds']} s.", "",

@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibrate import checks_of, flagged  # noqa: E402
 from metrics import Row, roc_curve, summarize  # noqa: E402
-from report import render_markdown, render_roc_svg  # noqa: E402
+from report import mode_suffix, render_markdown, render_roc_svg  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CLI = [str(Path(sys.executable).parent / "amdet-audit")]  # the console script of this environment
@@ -46,9 +46,9 @@ HEADLINE_SCORES = {"reference": ("target.collapse_gain", "target.same_target_rat
                    "reference-free": ("target.collapse", "target.same_target_rate")}
 
 
-def scans_dir(work: Path, set_name: str, base: str, reference_free: bool) -> Path:
-    """Where one set and base's scan records live, per scan mode."""
-    return work / set_name / base / ("scans-reference-free" if reference_free else "scans")
+def scans_dir(work: Path, set_name: str, base: str, mode: str) -> Path:
+    """Where one set and base's scan records live, per scan mode (a key of ``HEADLINE_SCORES``)."""
+    return work / set_name / base / f"scans{mode_suffix(mode)}"
 
 
 def tool_version() -> str:
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     with Progress(transient=False) as bar, ThreadPoolExecutor(args.workers) as pool:
         task = bar.add_task("scanning", total=len(jobs))
         futures = {pool.submit(scan_one, target, None if args.reference_free else ref,
-                               scans_dir(work, s, b, args.reference_free) / truth["name"], args.device, threads,
+                               scans_dir(work, s, b, mode) / truth["name"], args.device, threads,
                                args.rederive):
                    (s, b, truth) for s, b, target, ref, truth in jobs}
         for future in as_completed(futures):
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join(["python", "benchmarks/efficacy/run_efficacy.py", *(argv or sys.argv[1:])])}
     output = {"meta": meta, "calibration": results.get("calibration", {}), "heldout": results.get("heldout", {})}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "-reference-free" if args.reference_free else ""
+    suffix = mode_suffix(mode)
     (args.out_dir / f"results{suffix}.json").write_text(json.dumps(output, indent=2), encoding="utf-8")
     for set_name, bases in rows.items():
         curves = {f"{base} {score}": roc_curve([r.scores.get(score, 0.0) for r in rs if r.positive],
