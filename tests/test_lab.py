@@ -81,18 +81,13 @@ def test_zoo_plan_is_reproducible_and_varied() -> None:
     assert [e.kind for e in order[:8]] == ["backdoored", "benign"] * 4  # a zoo cut short stays balanced
 
 
-def test_zoo_rebuilds_models_made_under_older_bars(tmp_path: Path) -> None:
-    import json
-
+def test_zoo_rebuilds_models_made_under_older_bars() -> None:
     pooled = next(e for e in plan_zoo(20, 0, seed=3) if e.attack == "pooled")
     spec = {"steps": pooled.steps, "lr": pooled.lr, "seed": pooled.seed, "pooled_utility_weight": 1.0}
-    lab = tmp_path / "lab.json"
-    lab.write_text(json.dumps({"spec": spec, "fidelity": 0.95}))
-    assert same_recipe(pooled, lab)
-    lab.write_text(json.dumps({"spec": {**spec, "pooled_utility_weight": None}, "fidelity": 0.95}))
-    assert not same_recipe(pooled, lab)  # made before pooled backdoors kept clean pooled outputs
-    lab.write_text(json.dumps({"spec": spec, "fidelity": 0.5}))
-    assert not same_recipe(pooled, lab)  # below today's fidelity bar: not a stealthy backdoor
+    assert same_recipe(pooled, {"spec": spec, "fidelity": 0.95})
+    # made before pooled backdoors kept clean pooled outputs
+    assert not same_recipe(pooled, {"spec": {**spec, "pooled_utility_weight": None}, "fidelity": 0.95})
+    assert not same_recipe(pooled, {"spec": spec, "fidelity": 0.5})  # below today's fidelity bar: not stealthy
 
 
 def test_homoglyph_replaces_its_latin_twin() -> None:

@@ -93,11 +93,10 @@ def build_order(plan: list[ZooEntry]) -> list[ZooEntry]:
     return order
 
 
-def same_recipe(entry: ZooEntry, lab_json: Path) -> bool:
-    """Whether the model recorded in ``lab_json`` was made with ``entry``'s recipe and still counts: steps, learning
-    rate, seed, for a pooled backdoor the clean pooled-output term, and for any backdoor today's fidelity bar
-    (models made before either was added are rebuilt)."""
-    lab = json.loads(lab_json.read_text(encoding="utf-8"))
+def same_recipe(entry: ZooEntry, lab: dict[str, Any]) -> bool:
+    """Whether the model a ``lab.json`` (read into ``lab``) records was made with ``entry``'s recipe and still
+    counts: steps, learning rate, seed, for a pooled backdoor the clean pooled-output term, and for any backdoor
+    today's fidelity bar (models made before either was added are rebuilt)."""
     spec = lab.get("spec", {})
     if entry.kind == "backdoored" and (lab.get("fidelity", 0.0) < MIN_FIDELITY or not current_pooled_term(entry, spec)):
         return False
@@ -129,10 +128,12 @@ def build_zoo(base: str, out: Path, *, backdoored: int, benign: int, seed: int, 
     for done, entry in enumerate(build_order(plan)):
         folder = out / entry.name
         record: dict[str, Any] = asdict(entry)
-        if (folder / "lab.json").is_file() and not same_recipe(entry, folder / "lab.json"):
+        lab = json.loads((folder / "lab.json").read_text(encoding="utf-8")) if (folder / "lab.json").is_file() else None
+        if lab is not None and not same_recipe(entry, lab):
             shutil.rmtree(folder)  # built by an older plan: the recipe changed since
-        if (folder / "lab.json").is_file():
-            record.update(status="built", lab=json.loads((folder / "lab.json").read_text(encoding="utf-8")))
+            lab = None
+        if lab is not None:
+            record.update(status="built", lab=lab)
         elif (failed_before.get(entry.name, {}).items() >= record.items()  # the same recipe failed already
               and current_pooled_term(entry, failed_before[entry.name])):
             record = failed_before[entry.name]
