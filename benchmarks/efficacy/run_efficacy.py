@@ -205,6 +205,12 @@ def zoo_size(args: argparse.Namespace, set_name: str) -> tuple[int, int]:
     return args.backdoored, args.benign
 
 
+def zoo_plan(args: argparse.Namespace, set_name: str) -> dict[str, int]:
+    """What a set's zoo plans in all: backdoored (``--top-up`` included), benign, and the top-up alone."""
+    backdoored, benign = zoo_size(args, set_name)
+    return {"backdoored": backdoored + args.top_up, "benign": benign, "top_up": args.top_up}
+
+
 def read_zoo(base: str, out: Path, *_: object) -> dict:
     """zoo.json as an earlier or still running ``lab zoo`` left it (``--built-only``)."""
     manifest = out / "zoo.json"
@@ -230,7 +236,8 @@ def plan_jobs(args, work: Path) -> tuple[list[tuple[str, str, str, str, dict]], 
         for future in as_completed(futures):
             set_name, base, target = futures[future]
             manifest = future.result()
-            planned = sum(zoo_size(args, set_name)) + args.top_up
+            plan = zoo_plan(args, set_name)
+            planned = plan["backdoored"] + plan["benign"]
             states.setdefault(set_name, {})[base] = {
                 "processed": len(manifest["models"]), "planned": planned,
                 "complete": bool(manifest.get("complete")) and len(manifest["models"]) >= planned}
@@ -301,8 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"tool_version": tool_version(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
             "seeds": {"calibration": args.calibration_seed, "heldout": args.heldout_seed},
-            "zoo": {s: {"backdoored": zoo_size(args, s)[0] + args.top_up, "benign": zoo_size(args, s)[1],
-                        "top_up": args.top_up} for s in args.sets},
+            "zoo": {s: zoo_plan(args, s) for s in args.sets},
             "workers": args.workers,
             "device": args.device, "wall_seconds": round(time.perf_counter() - started, 1),
             "rederived_scans": rederived, "zoo_state": zoo_states, "mode": mode,
