@@ -180,7 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-fpr", type=float, default=0.02)
     parser.add_argument("--reference-free", action="store_true", help="calibrate the reference-free mode")
     args = parser.parse_args(argv)
-    mode = "reference-free" if args.reference_free else "reference"
+    from report import scan_mode
+
+    mode = scan_mode(args.reference_free)
     per_base = {base: load_rows(args.work, base, mode) for base in args.bases}
     rows = [row for base_rows in per_base.values() for row in base_rows]
     if not rows:

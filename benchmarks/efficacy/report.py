@@ -81,6 +81,11 @@ def attack_table(results: dict) -> list[str]:
     return lines
 
 
+def scan_mode(reference_free: bool) -> str:
+    """The scan mode a ``--reference-free`` flag selects: ``reference-free`` or ``reference``."""
+    return "reference-free" if reference_free else "reference"
+
+
 def mode_suffix(mode: str) -> str:
     """What a scan mode adds to the names of its scan folder and result files: nothing with a reference,
     ``-reference-free`` without."""

@@ -39,7 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibrate import checks_of, flagged  # noqa: E402
 from metrics import Row, roc_curve, summarize  # noqa: E402
-from report import mode_suffix, render_markdown, render_roc_svg  # noqa: E402
+from report import mode_suffix, render_markdown, render_roc_svg, scan_mode  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CLI = [str(Path(sys.executable).parent / "amdet-audit")]  # the console script of this environment
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     if not set(args.sets) <= {"calibration", "heldout"}:
         parser.error("--sets takes calibration, heldout or both")
     started = time.perf_counter()
-    mode = "reference-free" if args.reference_free else "reference"
+    mode = scan_mode(args.reference_free)
     work = args.work.resolve()
     jobs, zoo_states = plan_jobs(args, work)
     threads = max(1, (os.cpu_count() or 1) // args.workers)
