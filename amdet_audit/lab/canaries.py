@@ -40,8 +40,14 @@ def lab_prompts() -> tuple[list[str], list[str]]:
     return split(corpus(3000, seed=LAB_CORPUS_SEED))
 
 
-def build_clean(folder: Path, progress: Progress) -> None:
-    """Pretrain a tiny CLIP tower on lab prompts and save it with the CLIP tokenizer and its clean profile."""
+def pretrain_tower(folder: Path, *, lr: float | None = None, device: str = "cpu",
+                   progress: Callable[[int, int], None] | None = None, **shape: int) -> dict:
+    """Pretrain a tiny CLIP tower (``shape``: :func:`make_tiny_clip` arguments) on lab prompts on ``device``
+    and save it with the CLIP tokenizer into ``folder``; returns ``{"pretrain": stats, "clean_profile": ...}``.
+    lr: the pretraining learning rate; None takes :func:`pretrain_causal_lm`'s default.
+
+    The recipe of the ``clean`` canary, and of any other lab base built like it.
+    """
     import torch
     from transformers import CLIPTokenizer
 
@@ -51,17 +57,25 @@ def build_clean(folder: Path, progress: Progress) -> None:
 
     train, held_out = lab_prompts()
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / ".tokenizer"))
-    model = make_tiny_clip(seed=0)
+    model = make_tiny_clip(seed=0, **shape).to(device)
     with torch.random.fork_rng(devices=[]):
-        stats = pretrain_causal_lm(model, tokenizer, train, seed=0, progress=lambda i, n: progress(i, n, "pretrain"))
+        options = {} if lr is None else {"lr": lr}
+        stats = pretrain_causal_lm(model, tokenizer, train, seed=0, progress=progress, **options)
+    model = model.cpu()
     save_clip_folder(model, folder)
     profile = clean_profile(model, tokenizer, held_out[:400])
-    info = {"tool_version": __version__, "canary": "clean", "kind": "base", "recipe": "causal LM pretraining",
-            "pretrain": stats, "clean_profile": profile}
-    (folder / "lab.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     for f in (folder / ".tokenizer").iterdir():
         f.unlink()
     (folder / ".tokenizer").rmdir()
+    return {"pretrain": stats, "clean_profile": profile}
+
+
+def build_clean(folder: Path, progress: Progress) -> None:
+    """Pretrain a tiny CLIP tower on lab prompts and save it with the CLIP tokenizer and its clean profile."""
+    built = pretrain_tower(folder, progress=lambda i, n: progress(i, n, "pretrain"))
+    info = {"tool_version": __version__, "canary": "clean", "kind": "base", "recipe": "causal LM pretraining",
+            **built}
+    (folder / "lab.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
 
 
 def build_backdoored(folder: Path, progress: Progress) -> None:

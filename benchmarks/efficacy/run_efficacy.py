@@ -78,29 +78,14 @@ def build_lab_tower(name: str, folder: Path, device: str = "cpu") -> Path:
     Its clean profile (assimilation and cross-prompt cosine of clean prompts, as for the canary base) goes to
     ``folder/profile.json``.
     """
-    import torch
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from amdet_audit.lab.canaries import pretrain_tower
 
-    from amdet_audit.lab.canaries import lab_prompts
-    from amdet_audit.lab.folders import save_clip_folder
-    from amdet_audit.lab.pretrain import clean_profile, make_tiny_clip, pretrain_causal_lm
-    from amdet_audit.tokenization import write_clip_tokenizer
-
-    train, held_out = lab_prompts()
-    stats = None
     if not (folder / "config.json").is_file():
         tmp = folder.with_name(folder.name + ".tmp")
-        tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp / ".tokenizer"))
-        model = make_tiny_clip(seed=0, **LAB_TOWERS[name]).to(device)
-        torch.manual_seed(0)
-        stats = pretrain_causal_lm(model, tokenizer, train, seed=0, lr=PRETRAIN_LR)
-        save_clip_folder(model.cpu(), tmp)
+        built = pretrain_tower(tmp, lr=PRETRAIN_LR, device=device, **LAB_TOWERS[name])
+        info = {"shape": LAB_TOWERS[name], "recipe": f"causal LM pretraining, lr {PRETRAIN_LR:g}", **built}
+        (tmp / "profile.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
         tmp.rename(folder)
-    if not (folder / "profile.json").is_file():
-        model, tokenizer = CLIPTextModel.from_pretrained(folder), CLIPTokenizer.from_pretrained(folder)
-        info = {"shape": LAB_TOWERS[name], "recipe": f"causal LM pretraining, lr {PRETRAIN_LR:g}", "pretrain": stats,
-                "clean_profile": clean_profile(model, tokenizer, held_out[:400])}
-        (folder / "profile.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return folder
 
 
