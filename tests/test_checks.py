@@ -13,7 +13,8 @@ import torch
 from schema_check import assert_valid_report, assert_valid_sarif
 
 from amdet_audit.checks.base import CheckContext, CheckResult
-from amdet_audit.checks.hygiene import RemoteCodeCheck, SerializationCheck, TokenizerCheck, pickle_globals
+from amdet_audit.checks.hygiene import RemoteCodeCheck, TokenizerCheck
+from amdet_audit.checks.serialization import SerializationCheck, analyse_file
 from amdet_audit.errors import UsageError
 from amdet_audit.gate import decide
 from amdet_audit.hookspecs import hookimpl
@@ -57,10 +58,20 @@ def test_pickle_beside_safetensors_is_reported_and_unsafe_imports_found(model_fo
     assert result.scores["pickle_files"] == 2.0
 
 
-def test_pickle_globals_reads_both_global_opcodes() -> None:
-    assert any(g.endswith(".system") for g in pickle_globals(pickle.dumps(Payload(Path("x")), protocol=0)))
-    assert any(g.endswith(".system") for g in pickle_globals(pickle.dumps(Payload(Path("x")), protocol=4)))
-    assert pickle_globals(b"not a pickle") == {"<unparseable pickle stream>"}
+@pytest.mark.parametrize("protocol", range(6))
+def test_pickle_imports_are_read_for_every_protocol(protocol: int, tmp_path: Path) -> None:
+    path = tmp_path / "payload.pkl"
+    path.write_bytes(pickle.dumps(Payload(tmp_path / "ran"), protocol=protocol))
+    analysis = analyse_file(path)
+    assert [g for _, g in analysis.dangerous] == ["posix.system"] and not analysis.problems
+
+
+def test_a_pickle_that_cannot_be_parsed_is_a_high_finding(model_folder: Path) -> None:
+    (model_folder / "broken.pkl").write_bytes(b"(Vunterminated")
+    result = SerializationCheck().run(context(model_folder))
+    assert result.status == "ran"
+    unparsed = [f for f in result.findings if f.rule == "serialization.unanalysable"]
+    assert unparsed and unparsed[0].severity == "high" and "could not be fully analysed" in unparsed[0].message
 
 
 def test_remote_code_is_a_high_finding(model_folder: Path) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from amdet_audit.checks.base import Check
-from amdet_audit.checks.hygiene import RemoteCodeCheck, SerializationCheck, TokenizerCheck
+from amdet_audit.checks.hygiene import RemoteCodeCheck, TokenizerCheck
+from amdet_audit.checks.serialization import SerializationCheck
 from amdet_audit.checks.weights_diff import WeightsDiffCheck
 from amdet_audit.hookspecs import hookimpl
 

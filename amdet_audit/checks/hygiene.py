@@ -1,90 +1,15 @@
-"""Built-in file checks that need no model run: unsafe serialization, custom code, suspicious tokenizer entries.
+"""Built-in file checks that need no model run: custom code and suspicious tokenizer entries.
 
-They see every file of the target (used or not), because a file that this tool does not load may still be
-loaded by the target's consumer.
+The serialization check, which like these needs no model run, lives in :mod:`amdet_audit.checks.serialization`.
 """
 
 from __future__ import annotations
 
 import json
-import pickletools
 import unicodedata
-import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from amdet_audit.checks.base import CheckContext, CheckResult, Finding
-from amdet_audit.sources.model import PICKLE_SUFFIXES
-
-#: module prefixes a torch / numpy checkpoint legitimately references while unpickling
-SAFE_GLOBALS = ("torch.", "collections.OrderedDict", "numpy.core.multiarray._reconstruct", "numpy.dtype",
-                "numpy.ndarray", "numpy._core.multiarray._reconstruct", "_codecs.encode", "builtins.set",
-                "builtins.slice", "builtins.frozenset")
-MAX_PICKLE_BYTES = 64 * 1024 * 1024  # a checkpoint's pickle stream is small; larger ones are not parsed
-
-
-def target_files(context: CheckContext) -> list[str]:
-    """Every file of the target, relative to its root: those used and those present but not used."""
-    return sorted({f.path for f in context.target.files} | set(context.target.other_files))
-
-
-def pickle_streams(path: Path) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each pickle stream in a file: the ``*.pkl`` members of a torch zip, else the file."""
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                if info.filename.endswith(".pkl") and info.file_size <= MAX_PICKLE_BYTES:
-                    yield info.filename, archive.read(info)
-        return
-    with path.open("rb") as handle:
-        yield path.name, handle.read(MAX_PICKLE_BYTES)
-
-
-def pickle_globals(data: bytes) -> set[str]:
-    """``module.name`` of every global a pickle stream imports (GLOBAL and STACK_GLOBAL), without running it."""
-    found, strings = set(), []
-    try:
-        for opcode, arg, _ in pickletools.genops(data):
-            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
-                strings = [*strings[-1:], str(arg)]
-            elif opcode.name == "GLOBAL":
-                found.add(str(arg).replace(" ", "."))
-            elif opcode.name == "STACK_GLOBAL" and len(strings) == 2:
-                found.add(".".join(strings))
-            elif opcode.name == "STOP":
-                break
-    except Exception:  # a truncated or non-pickle stream: report what was read so far
-        found.add("<unparseable pickle stream>")
-    return found
-
-
-class SerializationCheck:
-    """Pickle-based weight files (they can run code when loaded), and the imports inside them."""
-
-    id = "serialization"
-    version = "1"
-    description = "pickle weight files present in the target, and unsafe imports inside them"
-
-    def run(self, context: CheckContext) -> CheckResult:
-        result = CheckResult(check=self.id, version=self.version, status="ran")
-        loaded = {str(p) for c in context.target.components if c.weight_format == "pickle" for p in c.weight_files}
-        pickles = [f for f in target_files(context) if f.lower().endswith(PICKLE_SUFFIXES)]
-        for rel in pickles:
-            path = context.target.root / rel
-            used = str(path) in loaded
-            result.findings.append(Finding(
-                "serialization.pickle-file", "high" if used else "medium",
-                f"pickle file {'loaded (--allow-pickle)' if used else 'present (not loaded by this audit)'}: "
-                "unpickling can run arbitrary code; prefer safetensors", rel))
-            if not path.is_file():
-                continue
-            for stream, data in pickle_streams(path):
-                unsafe = sorted(g for g in pickle_globals(data) if not g.startswith(SAFE_GLOBALS))
-                if unsafe:
-                    result.findings.append(Finding("serialization.unsafe-import", "critical",
-                                                   f"{stream} imports {', '.join(unsafe[:5])} when unpickled", rel))
-        result.scores["pickle_files"] = float(len(pickles))
-        return result
 
 
 class RemoteCodeCheck:

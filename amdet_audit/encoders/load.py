@@ -137,11 +137,19 @@ def read_weight_file(
 
 
 def _read_pickle(path: Path) -> Mapping[str, torch.Tensor]:
-    """A pickle state dict, unpickled with weights_only=True (tensors and plain containers only)."""
+    """A pickle state dict, unpickled with weights_only=True (tensors and plain containers only), and only when
+    the serialization check finds nothing but known-safe checkpoint imports in it."""
+    from amdet_audit.checks.serialization import refusal_reason
+
+    reason = refusal_reason(path)
+    if reason:
+        raise WeightsError(f"{path}: refused to unpickle, even with --allow-pickle: {reason}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # unpickling raises many types; none may escape as a crash
-        raise WeightsError(f"{path}: not a readable weights-only pickle checkpoint: {exc}") from exc
+    except Exception as exc:  # unpickling raises many types; none may escape as a crash, none spans lines
+        why = next((ln.split("error:", 1)[1].strip()[:160] for ln in str(exc).splitlines() if "Unpickler error:" in ln),
+                   type(exc).__name__)
+        raise WeightsError(f"{path}: not a readable weights-only pickle checkpoint ({why})") from exc
     if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
         data = data["state_dict"]
     if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
