@@ -47,3 +47,8 @@ class HubError(AmdetError, ConnectionError):
 
 class NotCachedError(AmdetError, LookupError):
     """Raised by a cached-only gate when the target has no cached scan under the current policy's thresholds."""
+
+
+class UnsafeFileError(AmdetError, PermissionError):
+    """Raised when a file of the target is refused unread: it lies or links outside the target folder, is not a
+    regular file (a FIFO, device or socket), or a name in the target would point outside it."""

@@ -8,7 +8,9 @@ Keys: ``version``, ``fail_on`` (the lowest finding severity that fails), ``sever
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import math
 from dataclasses import asdict, dataclass, field, fields
 from datetime import date, datetime
 from pathlib import Path
@@ -18,6 +20,7 @@ from amdet_audit.checks.base import SEVERITIES
 from amdet_audit.errors import ConfigFileError
 from amdet_audit.resources import bundled
 from amdet_audit.scan.config import Thresholds
+from amdet_audit.sources.safe_files import MAX_CONFIG_BYTES, MAX_DEPTH, read_bytes
 
 #: thresholds of earlier releases -> what to write instead
 RENAMED_THRESHOLDS = {"collapse_excess": "replaced by collapse_gain (the excess as a share of the reference's room "
@@ -25,6 +28,7 @@ RENAMED_THRESHOLDS = {"collapse_excess": "replaced by collapse_gain (the excess 
 POLICY_KEYS = ("version", "fail_on", "severity", "thresholds", "required", "reference", "waivers")
 WAIVER_KEYS = ("fingerprint", "check", "target", "reason", "owner", "expires")
 SCAN_CHECK = "assimilation"  # the scan's id in ``required``, ``severity`` and waivers
+MAX_NUMBER_CHARS = 64  # longer YAML numbers are refused (1:2:3... sexagesimal ones grow quadratically to convert)
 
 
 @dataclass(frozen=True)
@@ -87,25 +91,91 @@ def key_lines(node: Any, prefix: str = "") -> dict[str, int]:
 
 
 def load_yaml(path: Path) -> tuple[dict, dict[str, int], str]:
-    """Parse a YAML mapping; return it, the line of each key path, and the sha256 of the file."""
+    """Parse a YAML mapping; return it, the line of each key path, and the sha256 of the file.
+
+    The file is a regular file of at most 1 MiB; anchors and aliases are refused (no alias bombs), nesting is
+    capped at 64 levels, numbers at 64 characters, and a malformed date stays text for the reader to name.
+    """
     import yaml
 
+    raw = read_bytes(path, limit=MAX_CONFIG_BYTES, error=ConfigFileError)
     try:
-        raw = path.read_bytes()
         text = raw.decode("utf-8")
-        node = yaml.compose(text)
-        data = yaml.safe_load(text)
-    except OSError as err:
-        raise ConfigFileError(f"{path}: cannot be read ({err.strerror})") from err
+        check_yaml_events(text, path)
+        node, data = compose_and_construct(text)
+    except ConfigFileError:
+        raise
     except UnicodeDecodeError as err:
         raise ConfigFileError(f"{path}: not UTF-8 text") from err
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        problem = " ".join(str(getattr(err, "problem", "") or "").split())[:100]
+        where = f" (line {mark.line + 1}{': ' + problem if problem else ''})" if mark else ""
         raise ConfigFileError(f"{path}: not valid YAML{where}") from err
+    except (ValueError, TypeError, OverflowError, RecursionError) as err:
+        raise ConfigFileError(f"{path}: not valid YAML ({type(err).__name__})") from err
     if not isinstance(data, dict) or node is None:
         raise ConfigFileError(f"{path}: a policy must be a YAML mapping")
     return data, key_lines(node), hashlib.sha256(raw).hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def yaml_loader() -> type:
+    """A safe YAML loader (libyaml's when present) whose numbers are length-capped and whose invalid dates
+    (``2099-13-45``) stay strings, so that the policy reader reports them at their key and line."""
+    import yaml
+    from yaml.constructor import ConstructorError, SafeConstructor
+
+    base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+    class PolicyLoader(base):  # type: ignore[valid-type, misc]
+        """The loader policies are read with."""
+
+    def number(kind: Any) -> Any:
+        def construct(loader: Any, node: Any) -> Any:
+            if len(node.value) > MAX_NUMBER_CHARS:
+                raise ConstructorError(None, None, "number too long", node.start_mark)
+            return kind(loader, node)
+        return construct
+
+    def timestamp(loader: Any, node: Any) -> Any:
+        try:
+            return SafeConstructor.construct_yaml_timestamp(loader, node)
+        except (ValueError, OverflowError):
+            return str(node.value)
+
+    PolicyLoader.add_constructor("tag:yaml.org,2002:int", number(SafeConstructor.construct_yaml_int))
+    PolicyLoader.add_constructor("tag:yaml.org,2002:float", number(SafeConstructor.construct_yaml_float))
+    PolicyLoader.add_constructor("tag:yaml.org,2002:timestamp", timestamp)
+    return PolicyLoader
+
+
+def check_yaml_events(text: str, path: Path) -> None:
+    """Walk the YAML event stream (no tree is built): refuse anchors, aliases and nesting deeper than 64."""
+    import yaml
+
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml_loader()):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            line = event.start_mark.line + 1 if event.start_mark else 1
+            raise ConfigFileError(f"{path}:{line}: YAML anchors and aliases (&, *) are not accepted in a policy")
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                line = event.start_mark.line + 1 if event.start_mark else 1
+                raise ConfigFileError(f"{path}:{line}: YAML nested deeper than {MAX_DEPTH} levels")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
+def compose_and_construct(text: str) -> tuple[Any, Any]:
+    """The node tree (for key lines) and the data of a single YAML document, parsed once."""
+    loader = yaml_loader()(text)
+    try:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+    finally:
+        loader.dispose()
 
 
 class PolicyReader:
@@ -144,7 +214,9 @@ class PolicyReader:
             if key not in known:
                 raise self.error(f"thresholds.{key}", f"unknown threshold; known: {', '.join(sorted(known))}")
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise self.error(f"thresholds.{key}", f"must be a number, not {value!r}")
+                raise self.error(f"thresholds.{key}", f"must be a number, not {shown(value)}")
+            if not math.isfinite(as_float(value)):
+                raise self.error(f"thresholds.{key}", f"must be a finite number, not {shown(value)}")
         return Thresholds(**{k: float(v) for k, v in self.mapping("thresholds", values).items()})
 
     def required(self, value: Any) -> tuple[str, ...]:
@@ -183,7 +255,8 @@ class PolicyReader:
             try:
                 expires = date.fromisoformat(expires)
             except ValueError:
-                expires = None
+                raise self.error(f"{key}.expires", "'expires' is required, as a date YYYY-MM-DD, not "
+                                 f"{shown(expires)}") from None
         if not isinstance(expires, date):
             raise self.error(f"{key}.expires" if "expires" in value else key,
                              "'expires' is required, as a date YYYY-MM-DD")
@@ -205,6 +278,23 @@ class PolicyReader:
         if not isinstance(value, list):
             raise self.error("waivers", "must be a list")
         return tuple(self.waiver(i, v) for i, v in enumerate(value))
+
+
+def as_float(value: float) -> float:
+    """``float(value)``, with integers too large for a float as infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """A short repr of a policy value for a message."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer with more digits than Python prints
+        return "a number too large"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_policy(path: Path | None = None) -> Policy:

@@ -242,7 +242,7 @@ def test_other_configs_are_refused(tmp_path: Path, config: dict, message: str) -
 
 def test_invalid_json_config(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "clip_text_model",')
-    with pytest.raises(ConfigFileError, match=r"config\.json: not a valid JSON config"):
+    with pytest.raises(ConfigFileError, match=r"config\.json: not valid JSON \(line 1"):
         load_component(component(tmp_path))
     (tmp_path / "config.json").write_text("[1, 2]")
     with pytest.raises(ConfigFileError, match="JSON object"):

@@ -41,7 +41,7 @@ def test_bundled_default_policy_equals_the_scan_defaults() -> None:
          ":2: waivers[0].fingerprint: use either"),
         ("waivers:\n  - fingerprint: a\n    reason: r\n    owner: o\n    expires: 2027-01-01\n    ticket: 1\n",
          ":6: waivers[0].ticket: unknown key"),
-        ("thresholds: [\n", "not valid YAML (line 2)"),
+        ("thresholds: [\n", "not valid YAML (line 2"),
         ("- a\n- b\n", "must be a YAML mapping"),
     ],
 )

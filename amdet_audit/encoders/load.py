@@ -10,7 +10,9 @@ a model built on the meta device.
 
 from __future__ import annotations
 
-import json
+import copy
+import math
+import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,9 @@ from torch import nn
 from amdet_audit.encoders.base import Adapter
 from amdet_audit.encoders.bert import BertTextAdapter
 from amdet_audit.encoders.clip import ClipTextAdapter
-from amdet_audit.errors import ConfigFileError, NotATextEncoderError, TokenizerError, WeightsError
+from amdet_audit.errors import AmdetError, ConfigFileError, NotATextEncoderError, TokenizerError, WeightsError
+from amdet_audit.sources import safe_files
+from amdet_audit.sources.config_limits import check_config
 from amdet_audit.sources.model import Component
 
 Tensors = dict[str, tuple[torch.Tensor, Path]]  # key -> (tensor, file it came from)
@@ -45,20 +49,20 @@ CLIP_PREFIX = "text_model."
 OTHER_TOWER_PREFIXES = ("vision_model.", "visual_projection.", "logit_scale")
 FULL_CLIP_HEAD_PREFIXES = ("text_projection.",)  # the joint head of a full CLIPModel, not part of the text tower
 POSITION_IDS = "embeddings.position_ids"
+LAYER_INDEX = re.compile(r"\.(\d+)\.")  # the layer number in a state-dict key: encoder.layers.3.mlp...
+Shapes = dict[str, tuple[tuple[int, ...], Path]]  # key -> (shape, file it is declared in)
 
 
 def read_config(path: Path | str) -> dict[str, Any]:
-    """Parse a config.json into a dict; a missing, non-JSON or non-object file raises ConfigFileError."""
+    """Parse a config.json into a dict (a regular file of at most 1 MiB, nested at most 64 deep) and check its
+    names and sizes (:func:`~amdet_audit.sources.config_limits.check_config`); ConfigFileError otherwise."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigFileError(f"{path}: config file not found") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigFileError(f"{path}: not a valid JSON config ({exc})") from exc
-    if not isinstance(data, dict):
-        raise ConfigFileError(f"{path}: config must be a JSON object, got {type(data).__name__}")
-    return data
+        config = safe_files.read_json(path)
+    except ConfigFileError as exc:
+        raise ConfigFileError(str(exc).replace(f"{path}: not found", f"{path}: config file not found")) from exc
+    check_config(config, path)
+    return config
 
 
 def detect_family(config: Mapping[str, Any], where: str) -> str:
@@ -121,8 +125,10 @@ def read_weight_file(
 ) -> Mapping[str, torch.Tensor]:
     """One file's tensors (those whose key passes ``keep``): safetensors, or, only when weight_format is
     "pickle", ``torch.load(weights_only=True)``."""
-    if not path.is_file():
-        raise WeightsError(f"{path}: weight file not found")
+    try:
+        safe_files.check_regular(path)  # a FIFO or device is refused here, never opened
+    except FileNotFoundError as exc:
+        raise WeightsError(f"{path}: weight file not found") from exc
     if weight_format == "pickle":
         return {k: v for k, v in _read_pickle(path).items() if keep(k)}
     if weight_format != "safetensors":
@@ -172,23 +178,120 @@ def match_tensors(
     Keys for which ``ignorable(canonical_key)`` holds (another tower, position_ids) are dropped; any other key the
     model lacks, any key it expects but the files lack, and any shape differing from the config raise WeightsError.
     """
-    expected = {canonical(k): k for k in model.state_dict() if not canonical(k).endswith(POSITION_IDS)}
-    provided: dict[str, tuple[torch.Tensor, Path, str]] = {}
-    for key, (tensor, path) in tensors.items():
+    shapes = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    declared = {key: (tuple(tensor.shape), path) for key, (tensor, path) in tensors.items()}
+    mapping = check_planned(shapes, declared, canonical=canonical, ignorable=ignorable, model_name=type(model).__name__)
+    return {model_key: tensors[key][0] for key, model_key in mapping.items()}
+
+
+def check_planned(
+    expected_shapes: Mapping[str, tuple[int, ...]],
+    declared: Shapes,
+    *,
+    canonical: Callable[[str], str],
+    ignorable: Callable[[str], bool],
+    model_name: str,
+) -> dict[str, str]:
+    """Check declared tensors (key -> (shape, file)) against a model's state-dict shapes; return file key -> model
+    key for the tensors the model takes. WeightsError names a missing, unexpected or mis-shaped tensor."""
+    expected = {canonical(k): k for k in expected_shapes if not canonical(k).endswith(POSITION_IDS)}
+    provided: dict[str, tuple[tuple[int, ...], Path, str]] = {}
+    for key, (shape, path) in declared.items():
         name = canonical(key)
         if ignorable(name):
             continue
         if name in provided:
             raise WeightsError(f"{path}: tensors {provided[name][2]} and {key} both map to {name}")
-        provided[name] = (tensor, path, key)
-    _check_names(expected, provided, type(model).__name__)
-    shapes = model.state_dict()
-    for name, (tensor, path, key) in provided.items():
-        want = tuple(shapes[expected[name]].shape)
-        if tuple(tensor.shape) != want:
-            got = list(tensor.shape)
-            raise WeightsError(f"{path}: tensor {key} has shape {got} but the config implies {list(want)}")
-    return {expected[name]: tensor for name, (tensor, _, _) in provided.items()}
+        provided[name] = (tuple(shape), path, key)
+    _check_names(expected, provided, model_name)
+    for name, (shape, path, key) in provided.items():
+        want = tuple(expected_shapes[expected[name]])
+        if shape != want:
+            raise WeightsError(f"{path}: tensor {key} has shape {list(shape)} but the config implies {list(want)}")
+    return {key: expected[name] for name, (_, _, key) in provided.items()}
+
+
+def declared_shapes(component: Component, keep: Callable[[str], bool], tensors: Tensors | None = None) -> Shapes:
+    """key -> (shape, file) of the component's tensors that pass ``keep``: from ``tensors`` when already read
+    (pickle), else from the safetensors headers alone (no tensor is read)."""
+    if tensors is not None:
+        return {key: (tuple(tensor.shape), path) for key, (tensor, path) in tensors.items()}
+    if not component.weight_files:
+        raise WeightsError(f"{component.name}: no weight files")
+    shapes: Shapes = {}
+    for path in map(Path, component.weight_files):
+        for key, (_, shape) in safe_files.safetensors_header(path).items():
+            if not keep(key):
+                continue
+            if key in shapes:
+                raise WeightsError(f"{path}: tensor {key} also in {shapes[key][1]}")
+            shapes[key] = (shape, path)
+    return shapes
+
+
+def planned_shapes(
+    make: Callable[[int], nn.Module], layers: int, where: Path
+) -> tuple[dict[str, tuple[int, ...]], str]:
+    """State-dict key -> shape of the model ``make(layers)`` would be, and its class name, from a one-layer build
+    on the meta device whose layer keys are repeated ``layers`` times: nothing the config's size is built."""
+    one = build_on_meta(lambda: make(1), where)
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, value in one.state_dict().items():
+        match = LAYER_INDEX.search(key)
+        if match is None or match.group(1) != "0":
+            shapes[key] = tuple(value.shape)
+            continue
+        for i in range(layers):
+            shapes[f"{key[:match.start(1)]}{i}{key[match.end(1):]}"] = tuple(value.shape)
+    return shapes, type(one).__name__
+
+
+def check_budget(
+    make: Callable[[int], nn.Module],
+    layers: int,
+    declared: Shapes,
+    *,
+    canonical: Callable[[str], str],
+    ignorable: Callable[[str], bool],
+    where: Path,
+) -> int:
+    """Before a model is built: the parameter count the config implies must equal what the weight files declare
+    (another tower, a full CLIPModel's joint head and position ids excluded: ``ignorable``). A mismatch is refused,
+    naming the first missing, unexpected or mis-shaped tensor where there is one. Returns the count."""
+    shapes, model_name = planned_shapes(make, layers, where)
+    implied = sum(math.prod(s) for k, s in shapes.items() if not canonical(k).endswith(POSITION_IDS))
+    given = sum(math.prod(shape) for key, (shape, _) in declared.items() if not ignorable(canonical(key)))
+    if implied != given:
+        check_planned(shapes, declared, canonical=canonical, ignorable=ignorable, model_name=model_name)
+        files = ", ".join(sorted({str(p) for _, p in declared.values()})) or "(no tensors)"
+        raise WeightsError(f"{files}: the weights declare {given:,} parameters but {where} implies {implied:,} "
+                           f"({model_name}); refused before building the model")
+    return implied
+
+
+def with_layers(config: Any, layers: int) -> Any:
+    """A copy of a transformers config with ``num_hidden_layers`` set."""
+    changed = copy.deepcopy(config)
+    changed.num_hidden_layers = layers
+    return changed
+
+
+def build_on_meta(make: Callable[[], nn.Module], where: Path) -> nn.Module:
+    """``make()`` on the meta device; a config transformers cannot build a model from raises ConfigFileError."""
+    try:
+        with torch.device("meta"):
+            return make()
+    except AmdetError:
+        raise
+    except (ValueError, TypeError, AttributeError, RuntimeError, ZeroDivisionError) as exc:
+        raise ConfigFileError(f"{where}: the config does not describe a buildable model ({one_line(exc)})") from exc
+
+
+def one_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, cut to ``limit`` characters."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_names(expected: Mapping[str, str], provided: Mapping[str, tuple], model_name: str) -> None:
@@ -229,7 +332,7 @@ def local_tokenizer(cls: Any, folder: Path | None, what: str) -> Any:
     try:
         return cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except Exception as exc:  # tokenizer loading raises many types for bad files
-        raise TokenizerError(f"{folder}: unreadable {what}: {exc}") from exc
+        raise TokenizerError(f"{folder}: unreadable {what}: {one_line(exc)}") from exc
 
 
 def clip_text_config(config: Mapping[str, Any], where: Path) -> tuple[Any, bool]:
@@ -240,11 +343,11 @@ def clip_text_config(config: Mapping[str, Any], where: Path) -> tuple[Any, bool]
     try:
         text = CLIPConfig.from_dict(dict(config)).text_config if full else CLIPTextConfig.from_dict(dict(config))
     except Exception as exc:  # transformers raises TypeError, ValueError or strict-dataclass errors
-        raise ConfigFileError(f"{where}: not a valid CLIP text config ({exc})") from exc
+        raise ConfigFileError(f"{where}: not a valid CLIP text config ({one_line(exc)})") from exc
     return text, full
 
 
-def clip_class_name(config: Mapping[str, Any], component: Component, tensors: Tensors, full: bool) -> str:
+def clip_class_name(config: Mapping[str, Any], component: Component, tensors: Mapping[str, Any], full: bool) -> str:
     """Which CLIP text class the weights belong to: the config's architecture, else the component's, else the
     presence of a ``text_projection`` tensor decides."""
     if full:
@@ -296,11 +399,21 @@ def build_clip(
     text_config, full = clip_text_config(config, component.config_path)
     tokenizer = load_clip_tokenizer(component, int(text_config.max_position_embeddings))
     ignorable = clip_ignorable(full)
-    tensors = read_weights(component, keep=lambda key: not ignorable(key.removeprefix(CLIP_PREFIX)))
-    cls = getattr(transformers, clip_class_name(config, component, tensors, full))
-    with torch.device("meta"):
-        model = cls(text_config)
-    state = match_tensors(model, tensors, canonical=lambda k: k.removeprefix(CLIP_PREFIX), ignorable=ignorable)
+
+    def keep(key: str) -> bool:
+        return not ignorable(key.removeprefix(CLIP_PREFIX))
+
+    def canonical(key: str) -> str:
+        return key.removeprefix(CLIP_PREFIX)
+
+    tensors = read_weights(component, keep=keep) if component.weight_format == "pickle" else None
+    declared = declared_shapes(component, keep, tensors)
+    cls = getattr(transformers, clip_class_name(config, component, declared, full))
+    check_budget(lambda n: cls(with_layers(text_config, n)), int(text_config.num_hidden_layers), declared,
+                 canonical=canonical, ignorable=ignorable, where=component.config_path)
+    tensors = tensors if tensors is not None else read_weights(component, keep=keep)
+    model = build_on_meta(lambda: cls(text_config), component.config_path)
+    state = match_tensors(model, tensors, canonical=canonical, ignorable=ignorable)
     model = load_strict(model, state).to(device=device, dtype=dtype or torch.float32)
     return ClipTextAdapter(model, tokenizer, read_layer=read_layer)
 
@@ -342,17 +455,27 @@ def build_bert(
     try:
         bert_config = BertConfig.from_dict(dict(config))
     except Exception as exc:  # transformers raises TypeError, ValueError or strict-dataclass errors
-        raise ConfigFileError(f"{component.config_path}: not a valid BERT config ({exc})") from exc
+        raise ConfigFileError(f"{component.config_path}: not a valid BERT config ({one_line(exc)})") from exc
     tokenizer = load_bert_tokenizer(component)
 
     def ignorable(name: str) -> bool:
         return name.startswith(BERT_IGNORED_PREFIXES) or name == POSITION_IDS
 
-    tensors = read_weights(component, keep=lambda key: not ignorable(key.removeprefix(BERT_PREFIX)))
-    has_pooler = any(k.removeprefix(BERT_PREFIX).startswith("pooler.") for k in tensors)
-    with torch.device("meta"):
-        model = BertModel(bert_config, add_pooling_layer=has_pooler)
-    state = match_tensors(model, tensors, canonical=lambda k: k.removeprefix(BERT_PREFIX), ignorable=ignorable)
+    def keep(key: str) -> bool:
+        return not ignorable(key.removeprefix(BERT_PREFIX))
+
+    def canonical(key: str) -> str:
+        return key.removeprefix(BERT_PREFIX)
+
+    tensors = read_weights(component, keep=keep) if component.weight_format == "pickle" else None
+    declared = declared_shapes(component, keep, tensors)
+    has_pooler = any(canonical(k).startswith("pooler.") for k in declared)
+    check_budget(lambda n: BertModel(with_layers(bert_config, n), add_pooling_layer=has_pooler),
+                 int(bert_config.num_hidden_layers), declared, canonical=canonical, ignorable=ignorable,
+                 where=component.config_path)
+    tensors = tensors if tensors is not None else read_weights(component, keep=keep)
+    model = build_on_meta(lambda: BertModel(bert_config, add_pooling_layer=has_pooler), component.config_path)
+    state = match_tensors(model, tensors, canonical=canonical, ignorable=ignorable)
     model = load_strict(model, state).to(device=device, dtype=dtype or torch.float32)
     return BertTextAdapter(model, tokenizer, read_layer=read_layer)
 

@@ -170,7 +170,8 @@ def resolve_hub(
     from amdet_audit.sources.local import inspect_folder
 
     asked = repo_id if revision is None else f"{repo_id}@{revision}"
-    target = inspect_folder(snapshot, input=input or asked, kind="hub", component=component, allow_pickle=allow_pickle)
+    target = inspect_folder(snapshot, input=input or asked, kind="hub", component=component, allow_pickle=allow_pickle,
+                            link_roots=(storage / "blobs",))
     target.repo_id, target.revision, target.commit_sha = repo_id, request.revision, sha
     py_files = [p for p in listing if p.endswith(".py")]
     target.custom_code = sorted(set(target.custom_code) | set(py_files))
@@ -339,7 +340,8 @@ def _fetch_json(request: _Request, sha: str, path: str, cache_dir: Path | None) 
         token=_token(),
         tqdm_class=_progress_class(),
     )
-    return read_json(Path(local))
+    storage = _storage_folder(request.repo_id, cache_dir)
+    return read_json(Path(local), storage, (storage / "blobs",))
 
 
 def _download(request: _Request, sha: str, paths: list[str], cache_dir: Path | None) -> Path:

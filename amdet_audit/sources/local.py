@@ -3,48 +3,53 @@
 from __future__ import annotations
 
 import fnmatch
-import json
+import os
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from amdet_audit.errors import (
-    ConfigFileError,
     NotATextEncoderError,
     PickleRefusedError,
     SourceNotFoundError,
+    TokenizerError,
+    UnsafeFileError,
     UsageError,
     WeightsError,
 )
+from amdet_audit.sources import safe_files
+from amdet_audit.sources.config_limits import check_config
 from amdet_audit.sources.digest import file_record
 from amdet_audit.sources.model import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, Component, ResolvedTarget
 
 TEXT_ENCODER_CLASSES = ("*TextModel*", "T5EncoderModel")
 TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("vocab.txt",), ("spiece.model",))
 TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+#: files a tokenizer loader may open by name in its folder
+LOADER_READS = (*sorted({f for files in TOKENIZER_FILE_SETS for f in files}), *TOKENIZER_EXTRAS, "config.json",
+                "tokenizer.model", "chat_template.json", "chat_template.jinja", "processor_config.json")
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    """Parse a JSON object file; ConfigFileError names the file and the position of a syntax error."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ConfigFileError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}: {err.msg})") from err
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigFileError(f"{path}: cannot be read ({err})") from err
-    if not isinstance(data, dict):
-        raise ConfigFileError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return data
+def read_json(path: Path, root: Path | None = None, link_roots: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Parse a JSON object file of the target (a regular file inside ``root`` when given, at most 1 MiB, nested at
+    most 64 deep); ConfigFileError names the file and the position of a syntax error, UnsafeFileError a refusal."""
+    return safe_files.read_json(path, root=root, link_roots=link_roots)
 
 
-def text_encoder_components(model_index: dict[str, Any]) -> list[tuple[str, str]]:
-    """(component, class) for every transformers text encoder listed in a diffusers model_index.json."""
+def text_encoder_components(model_index: dict[str, Any], where: str = "model_index.json") -> list[tuple[str, str]]:
+    """(component, class) for every transformers text encoder listed in a diffusers model_index.json.
+
+    Raises:
+        UnsafeFileError: a text encoder's name is not a plain folder name (a path, ``..``, absolute).
+    """
     found = []
     for name, entry in model_index.items():
         if name.startswith("_") or not isinstance(entry, list) or len(entry) != 2:
             continue
         library, cls = entry
         if library == "transformers" and any(fnmatch.fnmatch(str(cls), pat) for pat in TEXT_ENCODER_CLASSES):
+            if not safe_files.is_plain_name(name):
+                raise UnsafeFileError(f"{where}: component name {name[:80]!r} is not a plain folder name; refused")
             found.append((name, str(cls)))
     return sorted(found)
 
@@ -65,6 +70,25 @@ def tokenizer_files(folder: Path) -> list[Path]:
     return sorted(folder / n for n in names if (folder / n).is_file())
 
 
+def check_tokenizer(folder: Path, jail: safe_files.Jail, *, whole_folder: bool = True) -> None:
+    """The tokenizer folder a loader will read: every entry safe (:meth:`Jail.check_folder`; with ``whole_folder``
+    false only the names a tokenizer loader opens), each tokenizer file at most 64 MiB, and each JSON one
+    parseable within the nesting limit. TokenizerError or UnsafeFileError names the file."""
+    if whole_folder:
+        jail.check_folder(folder)
+    else:
+        jail.contained(folder)
+        for name in LOADER_READS:
+            if os.path.lexists(folder / name):
+                jail.regular(folder / name)
+    for path in tokenizer_files(folder):
+        if path.suffix == ".json":
+            jail.json(path, limit=safe_files.MAX_TOKENIZER_BYTES, error=TokenizerError, want=(dict, list))
+        elif jail.regular(path).st_size > safe_files.MAX_TOKENIZER_BYTES:
+            raise TokenizerError(f"{path}: larger than the {safe_files.MAX_TOKENIZER_BYTES} bytes a tokenizer "
+                                 "file may have")
+
+
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 
 
@@ -77,7 +101,10 @@ def select_weights(
     allow_pickle) a lone pickle file. Returns (names, "safetensors" | "pickle"); the index itself is not listed.
     """
     if SAFETENSORS_INDEX in names:
-        shards = sorted({str(v) for v in read_index().get("weight_map", {}).values()})
+        weight_map = read_index().get("weight_map", {})
+        if not isinstance(weight_map, dict):
+            raise WeightsError(f"{label}: {SAFETENSORS_INDEX}: weight_map must be an object")
+        shards = sorted({str(v) for v in weight_map.values()})
         missing = [s for s in shards if s not in names]
         if not shards or missing:
             raise WeightsError(f"{label}: {SAFETENSORS_INDEX} lists missing shards: {', '.join(missing[:3]) or 'none'}")
@@ -100,82 +127,123 @@ def select_weights(
     raise WeightsError(f"{label}: no weight files (*.safetensors)")
 
 
-def weight_files(folder: Path, *, allow_pickle: bool, label: str) -> tuple[tuple[Path, ...], str]:
-    """The weight files of one model folder on disk (see :func:`select_weights`)."""
+
+def weight_files(
+    folder: Path, jail: safe_files.Jail, *, allow_pickle: bool, label: str
+) -> tuple[tuple[Path, ...], str]:
+    """The weight files of one model folder on disk (see :func:`select_weights`), each a regular file in the target."""
     names = {p.name for p in folder.iterdir() if p.is_file()}
-    chosen, fmt = select_weights(names, lambda: read_json(folder / SAFETENSORS_INDEX), allow_pickle=allow_pickle,
+    chosen, fmt = select_weights(names, lambda: jail.json(folder / SAFETENSORS_INDEX), allow_pickle=allow_pickle,
                                  label=label)
-    return tuple(folder / n for n in chosen), fmt
+    files = tuple(folder / n for n in chosen)
+    for path in files:
+        jail.regular(path)
+    return files, fmt
 
 
-def model_component(name: str, folder: Path, tokenizer: Path, *, allow_pickle: bool) -> Component:
+def read_model_config(path: Path, jail: safe_files.Jail | None) -> dict[str, Any]:
+    """A config.json, read safely (inside ``jail`` when given) and checked for types and sizes."""
+    config = safe_files.read_json(path) if jail is None else jail.json(path)
+    check_config(config, path)
+    return config
+
+
+def describe_config(config: dict[str, Any]) -> tuple[str, str]:
+    """(architecture, model_type) of a checked config, ``"?"`` where absent."""
+    return str((config.get("architectures") or ["?"])[0]), str(config.get("model_type") or "?")
+
+
+def model_component(
+    name: str, folder: Path, tokenizer: Path, jail: safe_files.Jail, *, allow_pickle: bool
+) -> Component:
     """Describe the encoder in ``folder`` (config.json + weights); tokenizer files are looked up in ``tokenizer``."""
+    jail.check_folder(folder)
     config_path = folder / "config.json"
-    if not config_path.is_file():
+    if not os.path.lexists(config_path):
         raise NotATextEncoderError(f"{folder}: no config.json, not a transformers model folder")
-    config = read_json(config_path)
-    files, fmt = weight_files(folder, allow_pickle=allow_pickle, label=str(folder))
+    config = read_model_config(config_path, jail)
+    files, fmt = weight_files(folder, jail, allow_pickle=allow_pickle, label=str(folder))
+    if tokenizer.is_dir() or tokenizer.is_symlink():
+        check_tokenizer(tokenizer, jail)
+    architecture, model_type = describe_config(config)
     return Component(
         name=name,
         config_path=config_path,
         weight_files=files,
         tokenizer_path=tokenizer if has_tokenizer(tokenizer) else None,
-        architecture=str((config.get("architectures") or ["?"])[0]),
-        model_type=str(config.get("model_type", "?")),
+        architecture=architecture,
+        model_type=model_type,
         weight_format=fmt,
     )
 
 
-def pipeline_components(root: Path, component: str | None, *, allow_pickle: bool) -> tuple[list[Component], str]:
+def pipeline_components(
+    root: Path, component: str | None, jail: safe_files.Jail, *, allow_pickle: bool
+) -> tuple[list[Component], str]:
     """Text-encoder components of a diffusers pipeline folder, and the pipeline class."""
-    index = read_json(root / "model_index.json")
-    found = text_encoder_components(index)
+    index = jail.json(root / "model_index.json")
+    found = text_encoder_components(index, str(root / "model_index.json"))
     if not found:
         raise NotATextEncoderError(f"{root}: the pipeline's model_index.json lists no text encoder")
     names = [name for name, _ in found]
     if component is not None and component not in names:
         raise UsageError(f"component {component!r} not in this pipeline; it has: {', '.join(names)}")
-    chosen = [component] if component else names
     comps = []
-    for name in chosen:
+    for name in [component] if component else names:
         if not (root / name).is_dir():
             raise SourceNotFoundError(f"{root}: component folder {name}/ is missing")
-        comps.append(model_component(name, root / name, root / tokenizer_for(name), allow_pickle=allow_pickle))
+        comps.append(model_component(name, root / name, root / tokenizer_for(name), jail, allow_pickle=allow_pickle))
     return comps, str(index.get("_class_name", "?"))
 
 
-def custom_code(root: Path, configs: list[Path]) -> list[str]:
-    """Files and config keys that would run code if a loader trusted them (never executed here)."""
-    found = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.py"))
-    tokenizer_configs = sorted(root.rglob("tokenizer_config.json"))
+def custom_code(root: Path, configs: list[Path], jail: safe_files.Jail, entries: list[Path]) -> list[str]:
+    """Files and config keys that would run code if a loader trusted them (never executed here).
+
+    ``entries`` lists the target's files (:func:`safe_files.walk`); each tokenizer_config.json among them is read
+    safely (a FIFO or a link out of the target is refused).
+    """
+    found = sorted(p.relative_to(root).as_posix() for p in entries if p.suffix == ".py")
+    tokenizer_configs = sorted(p for p in entries if p.name == "tokenizer_config.json")
     for path in [*configs, *tokenizer_configs]:
-        if "auto_map" in read_json(path):
+        if "auto_map" in jail.json(path, limit=safe_files.MAX_TOKENIZER_BYTES):
             found.append(f"{path.relative_to(root).as_posix()}: auto_map")
     return found
 
 
 def inspect_folder(
-    root: Path, *, input: str, kind: str = "local", component: str | None = None, allow_pickle: bool = False
+    root: Path,
+    *,
+    input: str,
+    kind: str = "local",
+    component: str | None = None,
+    allow_pickle: bool = False,
+    link_roots: tuple[Path, ...] = (),
 ) -> ResolvedTarget:
     """Inspect a transformers model folder or a diffusers pipeline folder and record what will be used.
+
+    Every file read lies in ``root`` (a symlink may lead elsewhere in ``root`` or into one of ``link_roots``, a hub
+    snapshot's blob store) and is a regular file.
 
     Raises:
         SourceNotFoundError: the folder does not exist.
         NotATextEncoderError: no config.json / no text encoder in the pipeline.
-        PickleRefusedError, WeightsError, ConfigFileError, UsageError: see :func:`weight_files`.
+        UnsafeFileError: a file that leaves the folder or is not a regular file; a component name that is a path.
+        PickleRefusedError, WeightsError, ConfigFileError, TokenizerError, UsageError: see :func:`weight_files`.
     """
     if not root.exists():
         raise SourceNotFoundError(f"{input}: no such file or folder")
     if not root.is_dir():
         raise UsageError(f"{input}: not a folder")
+    jail = safe_files.Jail(root, link_roots)
     pipeline_class = None
-    if (root / "model_index.json").is_file():
-        comps, pipeline_class = pipeline_components(root, component, allow_pickle=allow_pickle)
+    if os.path.lexists(root / "model_index.json"):
+        comps, pipeline_class = pipeline_components(root, component, jail, allow_pickle=allow_pickle)
     else:
         if component not in (None, "model"):
             raise UsageError(f"--component {component!r} given, but {input} is a single model, not a pipeline")
-        comps = [model_component("model", root, root, allow_pickle=allow_pickle)]
+        comps = [model_component("model", root, root, jail, allow_pickle=allow_pickle)]
     used = used_files(root, comps)
+    entries = list(safe_files.walk(root))
     return ResolvedTarget(
         input=input,
         kind=kind,
@@ -183,8 +251,8 @@ def inspect_folder(
         components=comps,
         files=[file_record(p, root) for p in used],
         pipeline_class=pipeline_class,
-        custom_code=custom_code(root, [c.config_path for c in comps]),
-        other_files=unused_weight_files(root, set(used)),
+        custom_code=custom_code(root, [c.config_path for c in comps], jail, entries),
+        other_files=unused_weight_files(root, set(used), jail, entries),
     )
 
 
@@ -199,10 +267,19 @@ def used_files(root: Path, comps: list[Component]) -> list[Path]:
     return sorted(set(used))
 
 
-def unused_weight_files(root: Path, used: set[Path]) -> list[str]:
-    """Weight-like files in the target that the audit does not load (e.g. a pickle twin of the safetensors)."""
+def unused_weight_files(root: Path, used: set[Path], jail: safe_files.Jail, entries: list[Path]) -> list[str]:
+    """Weight-like files in the target that the audit does not load (e.g. a pickle twin of the safetensors).
+
+    A consumer may load them and the file checks read them, so each must be a regular file inside the target
+    (UnsafeFileError otherwise).
+    """
     suffixes = (*PICKLE_SUFFIXES, SAFETENSORS_SUFFIX)
-    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.suffix in suffixes and p not in used)
+    found = []
+    for path in entries:
+        if path.suffix in suffixes and path not in used:
+            jail.regular(path)
+            found.append(path.relative_to(root).as_posix())
+    return sorted(found)
 
 
 def resolve_file(path: Path, *, input: str, config: Path | None = None, allow_pickle: bool = False) -> ResolvedTarget:
@@ -212,9 +289,12 @@ def resolve_file(path: Path, *, input: str, config: Path | None = None, allow_pi
         SourceNotFoundError: the file or the config does not exist.
         UsageError: no config given and none beside the file.
         PickleRefusedError: a pickle file without allow_pickle.
+        UnsafeFileError: the file, the config or a tokenizer file is not a regular file, or a file found beside
+            the weights links out of their folder.
     """
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise SourceNotFoundError(f"{input}: no such file")
+    safe_files.check_regular(path)
     if path.suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise PickleRefusedError(f"{input}: pickle weights can run code; pass --allow-pickle to accept that risk")
@@ -224,18 +304,21 @@ def resolve_file(path: Path, *, input: str, config: Path | None = None, allow_pi
     else:
         raise UsageError(f"{input}: expected a .safetensors file (or pickle with --allow-pickle)")
     config_path = config or path.parent / "config.json"
-    if not config_path.is_file():
+    if not os.path.lexists(config_path):
         hint = "" if config else "; pass --config CONFIG.json"
         raise SourceNotFoundError(f"{config_path}: config not found{hint}")
-    data = read_json(config_path)
+    data = read_model_config(config_path, None if config else safe_files.Jail(path.parent))
     tok = next((d for d in (path.parent, config_path.parent) if has_tokenizer(d)), None)
+    if tok is not None:
+        check_tokenizer(tok, safe_files.Jail(tok), whole_folder=False)
+    architecture, model_type = describe_config(data)
     comp = Component(
         name="model",
         config_path=config_path,
         weight_files=(path,),
         tokenizer_path=tok,
-        architecture=str((data.get("architectures") or ["?"])[0]),
-        model_type=str(data.get("model_type", "?")),
+        architecture=architecture,
+        model_type=model_type,
         weight_format=fmt,
     )
     root = path.parent
