@@ -318,7 +318,8 @@ def test_refused_zip_members_are_reported_as_not_fully_analysed(tmp_path: Path) 
 @pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
 def test_real_torch_checkpoints_give_no_unsafe_finding(zip_format: bool, model_folder: Path) -> None:
     state = {"w": torch.zeros(2, 3), "b": torch.ones(3, dtype=torch.float16), "i": torch.arange(4),
-             "p": torch.nn.Parameter(torch.zeros(2)), "h": torch.zeros(2, dtype=torch.bfloat16)}
+             "p": torch.nn.Parameter(torch.zeros(2)), "h": torch.zeros(2, dtype=torch.bfloat16),
+             "u": torch.tensor([128, 2, 7, 9], dtype=torch.uint8)}  # raw storage bytes that look like a pickle header
     checkpoint = {"state_dict": state, "epoch": 3, "size": torch.Size([2, 3]), "device": torch.device("cpu"),
                   "dtype": torch.float32, "meta": {"tags": {"a", "b"}, "blob": b"xy", "when": (1, 2.5, None)}}
     written = []
@@ -422,3 +423,31 @@ def test_allow_pickle_loads_a_real_torch_checkpoint(run_cli, tiny_clip: Path, tm
     (folder / "model.safetensors").unlink()
     result = run_cli("inspect", folder, "--allow-pickle")
     assert result.exit_code == 0, result.stderr
+
+
+def test_a_symlink_leaving_the_target_is_not_read(model_folder: Path, tmp_path: Path) -> None:
+    outside = place(tmp_path, "elsewhere.pkl", pickle.dumps(["not", "read"]))
+    context = CheckContext(target=resolve(str(model_folder)))  # the link appears after the target was resolved
+    link = model_folder / "extra.pkl"
+    link.symlink_to(outside)
+    try:
+        result = SerializationCheck().run(context)
+    finally:
+        link.unlink()
+    found = [f for f in result.findings if f.location == "extra.pkl"]
+    assert [f.severity for f in found] == ["high"] and "symlink leaving the target" in found[0].message
+
+
+def test_the_check_wide_budget_fails_closed(model_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from amdet_audit.checks import serialization
+
+    monkeypatch.setattr(serialization, "MAX_CHECK_READS", 60)
+    placed = [place(model_folder, f"part{i}.pkl", pickle.dumps(list(range(10)), protocol=0)) for i in range(4)]
+    try:
+        result = run_check(model_folder)
+    finally:
+        for path in placed:
+            path.unlink()
+    over = [f for f in result.findings if f.rule == "serialization.unanalysable"]
+    assert over and all(f.severity == "high" and "budget" in f.message for f in over)
+    assert len(over) < 4  # the first files were analysed in full

@@ -35,6 +35,7 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 MAX_CHECK_BYTES = 1024 * 1024 * 1024
 #: reads per file (each opcode takes at least one): bounds the opcode list kept in memory while parsing
 MAX_FILE_READS = 2_000_000
+MAX_CHECK_READS = 10_000_000
 MAX_ZIP_MEMBERS = 20_000
 MAX_ZIP_DEPTH = 2
 MAX_FILES = 20_000
@@ -99,12 +100,22 @@ class Budget:
     reads_left: int = MAX_FILE_READS
     exceeded: str | None = None
 
+    def share(self) -> Budget:
+        """A per-file budget drawn from this check-wide one; hand it back with :meth:`settle`."""
+        return Budget(min(MAX_FILE_BYTES, max(self.bytes_left, 0)), min(MAX_FILE_READS, max(self.reads_left, 0)))
+
+    def settle(self, share: Budget) -> None:
+        """Charge what ``share`` (from :meth:`share`, untouched since but for its use) spent."""
+        granted = self.share()
+        self.bytes_left -= granted.bytes_left - max(share.bytes_left, 0)
+        self.reads_left -= granted.reads_left - max(share.reads_left, 0)
+
     def take(self, count: int) -> None:
         """Account for one read of ``count`` bytes; raise BudgetExceeded when the budget is spent."""
         self.reads_left -= 1
         self.bytes_left -= count
         if self.reads_left < 0:
-            self.exceeded = f"more than {MAX_FILE_READS} opcodes"
+            self.exceeded = "more opcodes than the analysis budget"
         elif self.bytes_left < 0:
             self.exceeded = "more pickle content than the analysis budget"
         if self.exceeded:
@@ -177,6 +188,7 @@ class StreamReport:
     label: str
     imports: set[tuple[str, str]] = field(default_factory=set)
     problem: str | None = None
+    over_budget: bool = False
 
 
 @dataclass
@@ -256,7 +268,7 @@ def sniff(head: bytes, name: str) -> str | None:
         return "npy"
     if len(head) >= 2 and head[0] == 0x80 and head[1] <= 5:
         return "pickle"
-    if not name.lower().endswith(PICKLE_LIKE_SUFFIXES):
+    if not named(name):
         return None
     if head[257:262] == b"ustar":
         return "tar"
@@ -300,7 +312,7 @@ def scan_pickle(raw: IO[bytes], size: int, label: str, budget: Budget) -> Stream
     except Exception as err:  # a read error of the container (CRC, decryption) or an opcode picklescan rejects
         report.problem = describe(err)
     if stream.exceeded:
-        report.problem = f"{stream.exceeded}: not parsed to its end"
+        report.problem, report.over_budget = f"{stream.exceeded}: not parsed to its end", True
     report.imports = {(str(m), str(n)) for m, n in report.imports}
     return report
 
@@ -349,8 +361,16 @@ def scan_content(raw: IO[bytes], size: int, label: str, kind: str, budget: Budge
     if kind == "tar":
         return [StreamReport(label, problem="a tar archive (the legacy torch format): its pickles are not analysed")]
     if kind == "pickle":
-        return [scan_pickle(raw, size, label, budget)]
+        report = scan_pickle(raw, size, label, budget)
+        if report.problem and not report.imports and not report.over_budget and not named(label):
+            return []  # found by magic bytes only and no pickle: raw data (a tensor storage starting 0x80 0x02...)
+        return [report]
     return []
+
+
+def named(label: str) -> bool:
+    """Whether a file or member name has a suffix that a pickle loader is used on."""
+    return label.lower().endswith(PICKLE_LIKE_SUFFIXES)
 
 
 def relaxed_imports(raw: IO[bytes], info: zipfile.ZipInfo, label: str, budget: Budget) -> list[StreamReport]:
@@ -441,7 +461,10 @@ def target_files(context: CheckContext) -> list[str]:
 
 def allowed_link(path: Path, root: Path, hub: bool) -> bool:
     """Whether a symlink resolves inside the target (or, for a hub snapshot, inside its repo's blob store)."""
-    resolved = path.resolve()
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        return False
     if resolved.is_relative_to(root.resolve()):
         return True
     return hub and len(root.parents) > 1 and resolved.is_relative_to((root.parents[1] / "blobs").resolve())
@@ -523,7 +546,7 @@ class SerializationCheck:
         if truncated:
             result.findings.append(Finding("serialization.unanalysable", "high", f"more than {MAX_FILES} files: "
                                            "the rest were not examined for pickle content", None))
-        left, count = MAX_CHECK_BYTES, 0
+        total, count = Budget(MAX_CHECK_BYTES, MAX_CHECK_READS), 0
         for rel in names:
             path = context.target.root / rel
             link = link_finding(path, context, rel)
@@ -538,9 +561,13 @@ class SerializationCheck:
                 continue
             if not path.is_file() or rel.lower().endswith(".safetensors") and not suspicious_safetensors(path):
                 continue
-            budget = Budget(min(MAX_FILE_BYTES, max(left, 0)))
-            analysis = analyse_file(path, rel, budget)
-            left -= min(MAX_FILE_BYTES, max(left, 0)) - max(budget.bytes_left, 0)
+            budget = total.share()
+            try:
+                analysis = analyse_file(path, rel, budget)
+            except Exception as err:  # fail closed: an unforeseen error is a finding, never a crashed check
+                analysis = FileAnalysis([StreamReport(rel, problem=f"unexpected {type(err).__name__}: "
+                                                                    f"{describe(err)}")], is_pickle=True)
+            total.settle(budget)
             findings = file_findings(analysis, rel, str(path) in loaded)
             count += bool(findings)
             result.findings.extend(findings)
