@@ -141,8 +141,11 @@ def make_app() -> typer.Typer:
 
         from amdet_audit import api
         from amdet_audit.policy import load_policy
-        from amdet_audit.verify import gate_exit_code, targets_of
+        from amdet_audit.verify import gate_exit_code, targets_of, unusable_path
 
+        problem = unusable_path(paths or [])
+        if problem is not None:
+            fail(problem)
         targets = targets_of(paths or [])
         if not targets:
             typer.echo("amdet-audit verify: no model files among the given paths")

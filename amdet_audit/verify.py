@@ -25,6 +25,27 @@ def model_root(path: Path) -> Path | None:
     return path if path.suffix == ".safetensors" else None
 
 
+def holds_model(folder: Path) -> bool:
+    """Whether a folder is a model target: a config.json, a model_index.json or a .safetensors file in it."""
+    if any((folder / name).is_file() for name in ("config.json", "model_index.json")):
+        return True
+    return any(p.suffix == ".safetensors" and p.is_file() for p in folder.iterdir())
+
+
+def unusable_path(paths: list[Path]) -> str | None:
+    """Why the gate cannot judge ``paths`` (no path, a path that does not exist, a folder that holds no model),
+    as one line; None when every path can be mapped. Files that belong to no model are fine: pre-commit passes
+    every changed file that matches its pattern, models or not."""
+    if not paths:
+        return "no paths given: name model folders or files in them"
+    for path in paths:
+        if not path.exists():
+            return f"{path}: no such file or folder"
+        if path.is_dir() and not holds_model(path):
+            return f"{path}: holds no model (no config.json, model_index.json or .safetensors file)"
+    return None
+
+
 def targets_of(paths: list[Path]) -> list[Path]:
     """The distinct targets of ``paths``, in the order first seen (relative to the cwd when inside it)."""
     seen: list[Path] = []

@@ -5,11 +5,12 @@ The serialization check, which like these needs no model run, lives in :mod:`amd
 
 from __future__ import annotations
 
-import json
 import unicodedata
 from pathlib import Path
 
 from amdet_audit.checks.base import CheckContext, CheckResult, Finding
+from amdet_audit.errors import TokenizerError
+from amdet_audit.sources.safe_files import MAX_TOKENIZER_BYTES, read_json
 
 
 class RemoteCodeCheck:
@@ -42,12 +43,14 @@ def added_tokens(folder: Path) -> list[tuple[str, bool]]:
     """(content, special) of the tokens a tokenizer adds beyond its base vocabulary."""
     tokens: dict[str, bool] = {}
     tokenizer_json = folder / "tokenizer.json"
-    if tokenizer_json.is_file():
-        for entry in json.loads(tokenizer_json.read_text(encoding="utf-8")).get("added_tokens") or []:
-            tokens[str(entry.get("content", ""))] = bool(entry.get("special", False))
+    if tokenizer_json.is_file():  # read safely: a regular file, size- and depth-capped (TokenizerError otherwise)
+        entries = read_json(tokenizer_json, limit=MAX_TOKENIZER_BYTES, error=TokenizerError).get("added_tokens")
+        for entry in entries if isinstance(entries, list) else []:
+            if isinstance(entry, dict):
+                tokens[str(entry.get("content", ""))] = bool(entry.get("special", False))
     added_json = folder / "added_tokens.json"
     if added_json.is_file():
-        for content in json.loads(added_json.read_text(encoding="utf-8")):
+        for content in read_json(added_json, limit=MAX_TOKENIZER_BYTES, error=TokenizerError, want=(dict, list)):
             tokens.setdefault(str(content), False)
     return sorted(tokens.items())
 
