@@ -4,14 +4,17 @@ The corpus covers the classes a pickle scanner is known to be evaded with: every
 STACK_GLOBAL, REDUCE / OBJ / NEWOBJ / BUILD, imports reached through the memo, several pickles in one file,
 bytes after STOP, nested pickles, wrong or missing suffixes, torch zip and legacy layouts, zips that a strict
 reader refuses (encrypted, patched, CRC-broken, a central directory that disagrees with the local header,
-truncated), numpy object arrays, and the imports of published advisories. Every sample must give a high or
-critical finding without crashing the check; real torch checkpoints must give none. No payload ever runs: each
-would create a canary file.
+truncated), numpy object arrays, compressed pickles (joblib), and the imports of published advisories. Every
+sample must give a high or critical finding without crashing the check; real torch checkpoints must give none.
+No payload ever runs: each would create a canary file.
 """
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
+import lzma
 import os
 import pickle
 import shutil
@@ -20,6 +23,7 @@ import tarfile
 import time
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -200,6 +204,11 @@ def corpus(canary: Path) -> dict[str, tuple[str, bytes]]:
     samples["pickle-as-txt"] = ("notes.txt", malicious4)
     samples["pickle-as-safetensors"] = ("extra.safetensors", malicious4)
     samples["protocol-0-as-pth"] = ("model.pth", pickle.dumps(system, protocol=0))
+    packers = {"gzip": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress, "zlib": zlib.compress}
+    for method, pack in packers.items():
+        samples[f"compressed-{method}-joblib"] = ("model.joblib", pack(malicious4))
+    samples["compressed-gzip-pkl-gz"] = ("state.pkl.gz", gzip.compress(malicious4))
+    samples["compressed-lz4-joblib"] = ("model.joblib", b"\x04\x22\x4d\x18" + malicious4)  # not readable here: high
     samples |= zip_samples(malicious4, pickle.dumps(["benign"], protocol=4))
     for module, name in ADVISORY_IMPORTS:
         samples[f"import-{module}.{name}"] = ("extra.pkl", call4(module, name, cmd))
@@ -273,7 +282,7 @@ def test_corpus_is_broad() -> None:
     assert len(SAMPLE_NAMES) >= 40
     classes = ("protocol-", "memo-", "inst-", "obj-", "newobj-", "build-", "two-pickles", "invalid-bytes",
                "nested", "plain-pickle-as", "pickle-without-suffix", "zip-encrypted", "zip-crc", "zip-central",
-               "zip-patched", "zip-strong", "npy-", "legacy-torch", "import-")
+               "zip-patched", "zip-strong", "npy-", "legacy-torch", "compressed-", "import-")
     assert all(any(c in n for n in SAMPLE_NAMES) for c in classes)
 
 

@@ -10,11 +10,16 @@ that can run code (os, subprocess, builtins.eval, runpy...) is critical. Nothing
 from __future__ import annotations
 
 import ast
+import bz2
+import gzip
+import io
+import lzma
 import os
 import pickletools
 import stat
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +49,8 @@ HEAD_BYTES = 512
 #: the first pickle of a legacy (non-zip) torch.save file holds this number; four more pickles follow, then raw data
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 TORCH_LEGACY_PICKLES = 5
+COMPRESSION_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"\x5d\x00\x00", "lzma"),
+                     (b"\x04\x22\x4d\x18", "lz4"), (b"\x28\xb5\x2f\xfd", "zstd"))
 
 TORCH_DTYPES = frozenset({
     "float32", "float", "float64", "double", "float16", "half", "bfloat16", "complex32", "complex64", "cfloat",
@@ -75,7 +82,7 @@ DANGEROUS_MODULES = frozenset({
     "shutil", "socket", "ctypes", "_ctypes", "code", "codeop", "pty", "commands", "multiprocessing", "webbrowser",
     "pip", "setuptools", "distutils", "asyncio", "pydoc", "timeit", "cProfile", "profile", "pdb", "bdb", "trace",
     "doctest", "venv", "ensurepip", "urllib", "http", "httplib", "requests", "ftplib", "smtplib", "telnetlib",
-    "types", "cloudpickle", "dill", "joblib", "signal", "_posixsubprocess", "tempfile", "glob", "io", "_io",
+    "types", "cloudpickle", "dill", "signal", "_posixsubprocess", "tempfile", "glob", "io", "_io",
     "pathlib", "platform", "ssl", "uuid", "imaplib", "idlelib", "lib2to3", "pkgutil", "zipimport", "__main__",
 })
 #: names of the builtins module that run code or reach arbitrary attributes
@@ -272,9 +279,58 @@ def sniff(head: bytes, name: str) -> str | None:
         return None
     if head[257:262] == b"ustar":
         return "tar"
+    if compression(head):
+        return "compressed"  # joblib.load and friends decompress, then unpickle
     if not head or chr(head[0]) not in pickletools.code2op:
         return "not-pickle"  # unpickling fails on its first byte: nothing can run
     return "pickle"
+
+
+def compression(head: bytes) -> str | None:
+    """The compression a file's first bytes announce (gzip, bz2, xz, lzma, zlib, lz4, zstd), else None."""
+    for magic, name in COMPRESSION_MAGIC:
+        if head.startswith(magic):
+            return name
+    if len(head) >= 2 and head[0] == 0x78 and (head[0] << 8 | head[1]) % 31 == 0:
+        return "zlib"
+    return None
+
+
+def decompressed(raw: IO[bytes], method: str) -> tuple[bytes, bool]:
+    """(the first MAX_STREAM_BYTES decompressed bytes, whether there were more) of a compressed stream."""
+    if method in ("gzip", "bz2", "xz", "lzma"):
+        opener = {"gzip": lambda: gzip.GzipFile(fileobj=raw), "bz2": lambda: bz2.BZ2File(raw),
+                  "xz": lambda: lzma.LZMAFile(raw), "lzma": lambda: lzma.LZMAFile(raw)}[method]
+        with opener() as stream:
+            data = stream.read(MAX_STREAM_BYTES + 1)
+        return data[:MAX_STREAM_BYTES], len(data) > MAX_STREAM_BYTES
+    if method != "zlib":
+        raise ValueError(f"compressed with {method}, which this check cannot read")
+    inflater, parts, size = zlib.decompressobj(), [], 0
+    while size <= MAX_STREAM_BYTES and not inflater.eof:
+        chunk = inflater.unconsumed_tail or raw.read(1 << 20)
+        if not chunk:
+            break
+        parts.append(inflater.decompress(chunk, MAX_STREAM_BYTES + 1 - size))
+        size += len(parts[-1])
+    data = b"".join(parts)
+    return data[:MAX_STREAM_BYTES], size > MAX_STREAM_BYTES
+
+
+def scan_compressed(raw: IO[bytes], label: str, budget: Budget) -> list[StreamReport]:
+    """The pickle inside a compressed file (decompressed in memory, at most MAX_STREAM_BYTES)."""
+    try:
+        start = raw.tell()
+        method = compression(raw.read(HEAD_BYTES)) or "unknown"
+        raw.seek(start)
+        data, more = decompressed(raw, method)
+    except Exception as err:  # corrupt archives raise many types
+        return [StreamReport(label, problem=f"compressed content that cannot be read ({describe(err)})")]
+    report = scan_pickle(io.BytesIO(data), len(data), label, budget)
+    if more:
+        report.problem = f"decompressed content longer than {MAX_STREAM_BYTES // 2**20} MiB: not parsed to its end"
+        report.over_budget = True
+    return [report]
 
 
 def legacy_torch_end(stream: BoundedStream) -> int | None:
@@ -358,6 +414,8 @@ def scan_content(raw: IO[bytes], size: int, label: str, kind: str, budget: Budge
         return scan_zip(raw, label, budget, depth)
     if kind == "npy":
         return scan_npy(raw, size, label, budget)
+    if kind == "compressed":
+        return scan_compressed(raw, label, budget)
     if kind == "tar":
         return [StreamReport(label, problem="a tar archive (the legacy torch format): its pickles are not analysed")]
     if kind == "pickle":
