@@ -179,6 +179,7 @@ def corpus(canary: Path) -> dict[str, tuple[str, bytes]]:
                                      + code.encode() + b"tRX"),
         "huge-length-field": ("extra.pkl", b"\x80\x04" + stack_global("posix", "system")
                               + b"\x8e" + struct.pack("<Q", 2**60) + b"x"),
+        "extension-registry-code": ("extra.pkl", b"\x80\x02\x82\x01)R."),  # EXT1: a global from copyreg's registry
         "nested-pickle-loads": ("extra.pkl", pickle.dumps(Runs(pickle.loads, pickle.dumps(system)), protocol=4)),
         "partial-torch-load": ("extra.pkl", b"\x80\x04" + stack_global("functools", "partial")
                                + stack_global("torch", "load") + text_arg("other.bin") + b"\x86R)R."),
@@ -450,7 +451,7 @@ def test_a_symlink_leaving_the_target_is_not_read(model_folder: Path, tmp_path: 
 def test_the_check_wide_budget_fails_closed(model_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from amdet_audit.checks import serialization
 
-    monkeypatch.setattr(serialization, "MAX_CHECK_READS", 60)
+    monkeypatch.setattr(serialization, "MAX_CHECK_READS", 100)
     placed = [place(model_folder, f"part{i}.pkl", pickle.dumps(list(range(10)), protocol=0)) for i in range(4)]
     try:
         result = run_check(model_folder)

@@ -35,12 +35,12 @@ from amdet_audit.sources.model import PICKLE_SUFFIXES
 PICKLE_LIKE_SUFFIXES = (*PICKLE_SUFFIXES, ".joblib", ".npy", ".npz", ".dat", ".data", ".pkl.gz")
 #: bytes of one pickle stream that are parsed at most (a checkpoint's pickle is kilobytes; its tensors lie outside)
 MAX_STREAM_BYTES = 128 * 1024 * 1024
-#: bytes of pickle content parsed per file and per check run, all streams together
-MAX_FILE_BYTES = 256 * 1024 * 1024
-MAX_CHECK_BYTES = 1024 * 1024 * 1024
-#: reads per file (each opcode takes at least one): bounds the opcode list kept in memory while parsing
-MAX_FILE_READS = 2_000_000
-MAX_CHECK_READS = 10_000_000
+#: bytes of pickle content read per file and per check run, all streams and both passes together
+MAX_FILE_BYTES = 512 * 1024 * 1024
+MAX_CHECK_BYTES = 2048 * 1024 * 1024
+#: reads per file, both passes (each opcode takes at least one): bounds the opcode list kept in memory while parsing
+MAX_FILE_READS = 4_000_000
+MAX_CHECK_READS = 20_000_000
 MAX_ZIP_MEMBERS = 20_000
 MAX_ZIP_DEPTH = 2
 MAX_FILES = 20_000
@@ -333,40 +333,44 @@ def scan_compressed(raw: IO[bytes], label: str, budget: Budget) -> list[StreamRe
     return [report]
 
 
-def legacy_torch_end(stream: BoundedStream) -> int | None:
-    """Where the pickles of a legacy torch.save file end (its raw tensor bytes follow), or None if not one."""
+def survey(stream: BoundedStream) -> tuple[int | None, set[tuple[str, str]]]:
+    """One opcode pass over a stream's pickles, before picklescan's: (where the pickles of a legacy torch.save
+    file end, its raw tensor bytes following, or None if not one; imports through the copyreg extension registry
+    (EXT1/2/4 opcodes), which cannot be resolved from the stream)."""
+    extensions: set[tuple[str, str]] = set()
+    values: list[object] = []
     try:
-        values = []
-        for op, arg, _ in pickletools.genops(stream):
-            if op.name not in ("PROTO", "FRAME", "STOP"):
-                values.append(arg)
-            if len(values) > 1:
-                return None
-        if values != [TORCH_LEGACY_MAGIC]:
-            return None
-        for _ in range(TORCH_LEGACY_PICKLES - 1):
-            for _op in pickletools.genops(stream):
-                pass
-        return stream.tell()
-    except Exception:  # not a legacy file, or a broken one: the full parse below reports it
-        return None
+        for count in range(1, MAX_FILE_READS):
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ("EXT1", "EXT2", "EXT4"):
+                    extensions.add(("<copyreg extension registry>", f"code {arg}"))
+                elif count == 1 and op.name not in ("PROTO", "FRAME", "STOP") and len(values) < 2:
+                    values.append(arg)
+            if values == [TORCH_LEGACY_MAGIC] and count == TORCH_LEGACY_PICKLES:
+                return stream.tell(), extensions
+            if not stream.read(1):
+                break
+            stream.seek(-1, 1)
+    except Exception:  # a broken stream, or over budget: the picklescan pass reports it
+        pass
+    return None, extensions
 
 
 def scan_pickle(raw: IO[bytes], size: int, label: str, budget: Budget) -> StreamReport:
     """The imports of every pickle in ``size`` bytes of ``raw`` (from its current position), via picklescan."""
     stream = BoundedStream(raw, size, budget)
-    report = StreamReport(label)
+    report, extensions = StreamReport(label), set()
     try:
-        end = legacy_torch_end(stream)
+        end, extensions = survey(stream)
         stream.seek(0)
         if end is not None:
             stream.limit(end)
-        report.imports = set(_list_globals(stream, multiple_pickles=True))
+        report.imports = extensions | set(_list_globals(stream, multiple_pickles=True))
     except GenOpsError as err:
-        report.imports = set(err.globals or ())
+        report.imports = extensions | set(err.globals or ())
         report.problem = f"unparseable pickle ({describe(err)})"
     except Exception as err:  # a read error of the container (CRC, decryption) or an opcode picklescan rejects
-        report.problem = describe(err)
+        report.imports, report.problem = extensions, describe(err)
     if stream.exceeded:
         report.problem, report.over_budget = f"{stream.exceeded}: not parsed to its end", True
     report.imports = {(str(m), str(n)) for m, n in report.imports}
