@@ -124,6 +124,23 @@ def test_symlink_inside_the_folder_is_followed(run_cli, model: Path) -> None:
     assert result.exit_code == 0, result.stderr
 
 
+def test_hub_cache_snapshot_links_into_its_blob_store_only(run_cli, tiny_clip: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "hub" / "models--org--tiny"
+    snapshot, blobs = repo / "snapshots" / ("a" * 40), repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for file in sorted(tiny_clip.iterdir()):
+        blob = blobs / hashlib.sha256(file.read_bytes()).hexdigest()
+        shutil.copy(file, blob)
+        (snapshot / file.name).symlink_to(Path("..", "..", "blobs", blob.name))
+    assert run_cli("inspect", snapshot).exit_code == 0  # the cache layout, pointed at as a local folder
+    (tmp_path / "hub" / "other.json").write_text("{}")
+    (snapshot / "special_tokens_map.json").unlink()
+    (snapshot / "special_tokens_map.json").symlink_to(Path("..", "..", "..", "other.json"))
+    result = run_cli("inspect", snapshot)
+    assert_refused(result.exit_code, result.stderr, "special_tokens_map.json", "outside the target folder")
+
+
 def test_symlinked_folder_out_of_the_pipeline_is_refused(run_cli, tiny_pipeline: Path, tmp_path: Path) -> None:
     pipe = Path(shutil.copytree(tiny_pipeline, tmp_path / "pipe"))
     shutil.move(pipe / "tokenizer", tmp_path / "outside-tokenizer")

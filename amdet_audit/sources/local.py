@@ -234,7 +234,7 @@ def inspect_folder(
         raise SourceNotFoundError(f"{input}: no such file or folder")
     if not root.is_dir():
         raise UsageError(f"{input}: not a folder")
-    jail = safe_files.Jail(root, link_roots)
+    jail = safe_files.Jail(root, link_roots or safe_files.hub_blob_store(root))
     pipeline_class = None
     if os.path.lexists(root / "model_index.json"):
         comps, pipeline_class = pipeline_components(root, component, jail, allow_pickle=allow_pickle)
@@ -307,10 +307,11 @@ def resolve_file(path: Path, *, input: str, config: Path | None = None, allow_pi
     if not os.path.lexists(config_path):
         hint = "" if config else "; pass --config CONFIG.json"
         raise SourceNotFoundError(f"{config_path}: config not found{hint}")
-    data = read_model_config(config_path, None if config else safe_files.Jail(path.parent))
+    beside = safe_files.Jail(path.parent, safe_files.hub_blob_store(path.parent))
+    data = read_model_config(config_path, None if config else beside)
     tok = next((d for d in (path.parent, config_path.parent) if has_tokenizer(d)), None)
     if tok is not None:
-        check_tokenizer(tok, safe_files.Jail(tok), whole_folder=False)
+        check_tokenizer(tok, safe_files.Jail(tok, safe_files.hub_blob_store(tok)), whole_folder=False)
     architecture, model_type = describe_config(data)
     comp = Component(
         name="model",

@@ -268,3 +268,13 @@ class Jail:
                 self.regular(entry)
             except FileNotFoundError:  # a dangling link inside the folder: nothing can be read through it
                 continue
+
+
+def hub_blob_store(folder: Path, levels: int = 8) -> tuple[Path, ...]:
+    """The blob store of a Hugging Face cache snapshot that ``folder`` lies in (``<repo>/snapshots/<sha>/...``,
+    whose files link to ``<repo>/blobs/<hash>``), as a one-element tuple; empty for any other folder."""
+    absolute = Path(os.path.abspath(folder))
+    for ancestor in [absolute, *absolute.parents][:levels]:
+        if ancestor.parent.name == "snapshots" and (ancestor.parent.parent / "blobs").is_dir():
+            return (ancestor.parent.parent / "blobs",)
+    return ()
