@@ -347,7 +347,7 @@ def test_real_torch_checkpoints_give_no_unsafe_finding(zip_format: bool, model_f
 
 
 def test_benign_content_gives_no_high_finding(model_folder: Path) -> None:
-    placed = [place(model_folder, "list.pkl", pickle.dumps(["a", "b", "c"], protocol=0)),
+    placed = [place(model_folder, "list.pkl", pickle.dumps([f"token{i}" for i in range(20000)], protocol=0)),
               place(model_folder, "numbers.npy", npy_header("<f4") + b"\0" * 8),
               place(model_folder, "raw_weights.bin", b"\x00\x00\x80\x3f" * 16)]
     try:

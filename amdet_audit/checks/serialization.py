@@ -84,7 +84,13 @@ DANGEROUS_MODULES = frozenset({
     "doctest", "venv", "ensurepip", "urllib", "http", "httplib", "requests", "ftplib", "smtplib", "telnetlib",
     "types", "cloudpickle", "dill", "signal", "_posixsubprocess", "tempfile", "glob", "io", "_io",
     "pathlib", "platform", "ssl", "uuid", "imaplib", "idlelib", "lib2to3", "pkgutil", "zipimport", "__main__",
+    "torch.hub", "torch.serialization", "torch._inductor", "torch.utils.cpp_extension", "torch.package",
+    "torch.jit", "torch._dynamo", "numpy.f2py", "numpy.testing", "numpy.distutils", "numpy.lib.npyio",
 })
+#: single names elsewhere that reach code: a loader of more pickles, callables that apply other callables
+DANGEROUS_GLOBALS = frozenset({("torch", "load"), ("numpy", "load"), ("functools", "partial"),
+                               ("operator", "attrgetter"), ("operator", "methodcaller"), ("_operator", "attrgetter"),
+                               ("_operator", "methodcaller")})
 #: names of the builtins module that run code or reach arbitrary attributes
 DANGEROUS_BUILTINS = frozenset({
     "eval", "exec", "execfile", "compile", "getattr", "setattr", "delattr", "__import__", "open", "globals",
@@ -143,33 +149,37 @@ class BoundedStream:
         self.exceeded: str | None = None
 
     def _room(self, wanted: int) -> int:
-        """How many of ``wanted`` bytes may be read now."""
+        """How many of ``wanted`` bytes may be asked of ``raw`` now."""
         if wanted > self.end - self.pos:
             if self.over:
-                self.exceeded = f"a pickle stream longer than {MAX_STREAM_BYTES // 2**20} MiB"
-                raise BudgetExceeded(self.exceeded)
+                self._exceed(f"a pickle stream longer than {MAX_STREAM_BYTES // 2**20} MiB")
             wanted = self.end - self.pos
-        try:
-            self.budget.take(wanted)
-        except BudgetExceeded:
-            self.exceeded = self.budget.exceeded
-            raise
         return wanted
+
+    def _exceed(self, why: str) -> None:
+        """Record why the stream was not read to its end, and stop the parse."""
+        self.exceeded = why
+        raise BudgetExceeded(why)
+
+    def _charge(self, data: bytes) -> bytes:
+        """Account for bytes read (after reading: a text opcode's line is charged for its length only)."""
+        self.pos += len(data)
+        try:
+            self.budget.take(len(data))
+        except BudgetExceeded:
+            self._exceed(self.budget.exceeded or "over budget")
+        return data
 
     def read(self, n: int | None = -1) -> bytes:
         """Up to ``n`` bytes (all that remain when n is negative)."""
-        data = self.raw.read(self._room(self.end - self.pos if n is None or n < 0 else n))
-        self.pos += len(data)
-        return data
+        return self._charge(self.raw.read(self._room(self.end - self.pos if n is None or n < 0 else n)))
 
     def readline(self, limit: int = -1) -> bytes:
         """One line, ending at the stream's end at most."""
-        room = self._room(self.end - self.pos if limit is None or limit < 0 else limit)
-        line = self.raw.readline(room)
-        self.pos += len(line)
+        line = self._charge(self.raw.readline(self._room(self.end - self.pos if limit is None or limit < 0
+                                                         else limit)))
         if self.over and self.pos >= self.end and not line.endswith(b"\n"):
-            self.exceeded = f"a pickle stream longer than {MAX_STREAM_BYTES // 2**20} MiB"
-            raise BudgetExceeded(self.exceeded)
+            self._exceed(f"a pickle stream longer than {MAX_STREAM_BYTES // 2**20} MiB")
         return line
 
     def tell(self) -> int:
@@ -230,17 +240,16 @@ def dotted(item: tuple[str, str]) -> str:
 
 
 def picklescan_flags(module: str, name: str) -> bool:
-    """Whether picklescan's own deny list marks ``module.name`` dangerous (a module, or a parent, with '*')."""
+    """Whether picklescan's own deny list marks ``module.name`` dangerous (the module or a parent with '*')."""
     parts = module.split(".")
     for depth in range(len(parts), 0, -1):
         names = _unsafe_globals.get(".".join(parts[:depth]))
-        if names is None:
-            continue
         if names == "*":
             return True
-        if depth == len(parts):
+        if names is not None and depth == len(parts):
             listed = {names} if isinstance(names, str) else set(names)
-            return name in listed or name.split(".")[0] in listed
+            if name in listed or name.split(".")[0] in listed:
+                return True
     return False
 
 
@@ -250,13 +259,12 @@ def classify(module: str, name: str) -> str:
         return "unknown"
     if (module, name) in SAFE_GLOBALS or (module == "torch" and name.endswith("Storage") and name.isidentifier()):
         return "safe"
-    root = module.split(".")[0]
-    if root in DANGEROUS_MODULES or picklescan_flags(module, name):
+    parts = module.split(".")
+    if any(".".join(parts[:depth]) in DANGEROUS_MODULES for depth in range(1, len(parts) + 1)):
+        return "dangerous"
+    if picklescan_flags(module, name) or (module, name) in DANGEROUS_GLOBALS:
         return "dangerous"
     if module in BUILTIN_MODULES and name.split(".")[0] in DANGEROUS_BUILTINS:
-        return "dangerous"
-    if (module, name) in (("torch", "load"), ("numpy", "load"), ("torch", "hub"), ("functools", "partial"),
-                          ("operator", "attrgetter"), ("operator", "methodcaller"), ("copyreg", "_reconstructor")):
         return "dangerous"
     return "unknown"
 
