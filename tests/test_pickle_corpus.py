@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from amdet_audit.checks.base import CheckContext, CheckResult
-from amdet_audit.checks.serialization import SerializationCheck, analyse_file, classify
+from amdet_audit.checks.serialization import SerializationCheck, allowed_link, analyse_file, classify
 from amdet_audit.sources import resolve
 
 HIGH = ("high", "critical")
@@ -179,6 +179,7 @@ def corpus(canary: Path) -> dict[str, tuple[str, bytes]]:
                                      + code.encode() + b"tRX"),
         "huge-length-field": ("extra.pkl", b"\x80\x04" + stack_global("posix", "system")
                               + b"\x8e" + struct.pack("<Q", 2**60) + b"x"),
+        "stack-global-without-arguments": ("extra.pkl", b"\x80\x04\x93" + pickle.dumps(system, protocol=4)[2:]),
         "extension-registry-code": ("extra.pkl", b"\x80\x02\x82\x01)R."),  # EXT1: a global from copyreg's registry
         "nested-pickle-loads": ("extra.pkl", pickle.dumps(Runs(pickle.loads, pickle.dumps(system)), protocol=4)),
         "partial-torch-load": ("extra.pkl", b"\x80\x04" + stack_global("functools", "partial")
@@ -461,3 +462,15 @@ def test_the_check_wide_budget_fails_closed(model_folder: Path, monkeypatch: pyt
     over = [f for f in result.findings if f.rule == "serialization.unanalysable"]
     assert over and all(f.severity == "high" and "budget" in f.message for f in over)
     assert len(over) < 4  # the first files were analysed in full
+
+
+def test_hub_snapshot_links_into_the_blob_store_are_read(tmp_path: Path) -> None:
+    repo = tmp_path / "models--org--tiny"
+    snapshot, blobs = repo / "snapshots" / ("a" * 40), repo / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    blob = place(blobs, "0123abcd", memo_chain("posix", "system", f"touch {tmp_path / 'ran'}"))
+    link = snapshot / "pytorch_model.bin"
+    link.symlink_to(blob)
+    assert allowed_link(link, snapshot, hub=True) and not allowed_link(link, snapshot, hub=False)
+    assert [g for _, g in analyse_file(link).dangerous] == ["posix.system"]
