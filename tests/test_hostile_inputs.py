@@ -124,6 +124,15 @@ def test_symlink_inside_the_folder_is_followed(run_cli, model: Path) -> None:
     assert result.exit_code == 0, result.stderr
 
 
+def test_dangling_and_looping_links(run_cli, model: Path) -> None:
+    (model / "pytorch_model.bin").symlink_to(model / "gone.bin")  # loads nothing: listed, not read
+    assert run_cli("inspect", model).exit_code == 0
+    (model / "tokenizer_config.json").unlink()
+    (model / "tokenizer_config.json").symlink_to("tokenizer_config.json")
+    result = run_cli("inspect", model)
+    assert_refused(result.exit_code, result.stderr, "tokenizer_config.json")
+
+
 def test_hub_cache_snapshot_links_into_its_blob_store_only(run_cli, tiny_clip: Path, tmp_path: Path) -> None:
     repo = tmp_path / "hub" / "models--org--tiny"
     snapshot, blobs = repo / "snapshots" / ("a" * 40), repo / "blobs"

@@ -79,7 +79,7 @@ def check_tokenizer(folder: Path, jail: safe_files.Jail, *, whole_folder: bool =
     else:
         jail.contained(folder)
         for name in LOADER_READS:
-            if os.path.lexists(folder / name):
+            if os.path.lexists(folder / name) and os.path.exists(folder / name):  # dangling links read nothing
                 jail.regular(folder / name)
     for path in tokenizer_files(folder):
         if path.suffix == ".json":
@@ -132,7 +132,10 @@ def weight_files(
     folder: Path, jail: safe_files.Jail, *, allow_pickle: bool, label: str
 ) -> tuple[tuple[Path, ...], str]:
     """The weight files of one model folder on disk (see :func:`select_weights`), each a regular file in the target."""
-    names = {p.name for p in folder.iterdir() if p.is_file()}
+    try:
+        names = {p.name for p in folder.iterdir() if p.is_file()}
+    except OSError as err:
+        raise UnsafeFileError(f"{folder}: cannot be listed ({err.strerror or err})") from err
     chosen, fmt = select_weights(names, lambda: jail.json(folder / SAFETENSORS_INDEX), allow_pickle=allow_pickle,
                                  label=label)
     files = tuple(folder / n for n in chosen)
@@ -277,7 +280,8 @@ def unused_weight_files(root: Path, used: set[Path], jail: safe_files.Jail, entr
     found = []
     for path in entries:
         if path.suffix in suffixes and path not in used:
-            jail.regular(path)
+            if os.path.exists(path):  # a dangling link cannot be loaded by anyone
+                jail.regular(path)
             found.append(path.relative_to(root).as_posix())
     return sorted(found)
 

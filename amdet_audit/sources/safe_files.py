@@ -73,7 +73,12 @@ def check_regular(path: Path, root: Path | None = None, link_roots: tuple[Path, 
         FileNotFoundError: the path does not exist (a plain OSError, for callers that treat absence themselves).
     """
     real = contained(path, root, link_roots) if root is not None else path
-    info = os.stat(real)
+    try:
+        info = os.stat(real)
+    except FileNotFoundError:
+        raise
+    except OSError as err:  # permission denied, a symlink loop, a name too long...
+        raise UnsafeFileError(f"{path}: cannot be read ({err.strerror or err})") from err
     if not stat.S_ISREG(info.st_mode):
         raise UnsafeFileError(f"{path}: {kind_of(info.st_mode)}, not a regular file; refused")
     return info
@@ -258,7 +263,13 @@ class Jail:
         """A model or tokenizer folder a loader reads by name: it lies in the target, and each entry is a folder,
         a regular file, or a symlink to one of them inside the target. UnsafeFileError otherwise."""
         self.contained(folder)
-        for entry in sorted(folder.iterdir()):
+        if not folder.is_dir():
+            return
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as err:
+            raise UnsafeFileError(f"{folder}: cannot be listed ({err.strerror or err})") from err
+        for entry in entries:
             if entry.is_symlink():
                 if os.path.isdir(self.contained(entry)):
                     continue
