@@ -31,6 +31,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_cache_verify_and_waivers_end_to_end(run_cli, repo: Path, tmp_path: Path) -> None:
+    (repo / "README.md").write_text("a changed file of no model: skipped\n")
     before = run_cli("verify", "models/enc/model.safetensors", "models/enc/config.json", "README.md")
     assert before.exit_code == 2 and "no cached scan" in before.stdout and before.stdout.count("\n") == 1
 
