@@ -73,6 +73,7 @@ class ScanOptions:
     plugin_options: dict[str, str] = field(default_factory=dict)  # --plugin-option KEY=VALUE, for plugin hooks
     use_cache: bool = True  # reuse a cached scan of identical files under the same thresholds (see scan_cache)
     cached_only: bool = False  # never scan: a target without a cached scan is an error (fast offline gates)
+    checks: list[str] | None = None  # run only these check ids ("assimilation" is the scan); also the required set
     argv: list[str] = field(default_factory=list)
 
 
@@ -80,10 +81,13 @@ def scan(target: str, *, sources: SourceOptions | None = None, options: ScanOpti
          progress: Any = None) -> Any:
     """Audit every text encoder of ``target`` with the assimilation scan; write report.json and evidence.
 
+    ``options.checks`` selects what runs: without ``assimilation`` no model is loaded (file checks only).
+    The report folder is created exclusively and every file in it is new (see :mod:`amdet_audit.outputs`).
+
     Returns an :class:`amdet_audit.report.model.AuditReport`.
 
     Raises:
-        AmdetError: bad input (target, reference, output folder) -- nothing is written then.
+        AmdetError: bad input (target, reference, output folder) -- no report is written then.
     """
     from amdet_audit.scanning import scan_target
 

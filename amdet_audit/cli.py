@@ -29,10 +29,33 @@ Format = Annotated[str, typer.Option("--format", help="text (a table) or json (o
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
 
 
+Checks = Annotated[str | None, typer.Option(
+    "--checks", help="Run only these checks (comma list of check ids; 'assimilation' is the backdoor scan). "
+    "E.g. serialization,remote-code,tokenizer runs the file checks only: no model is loaded, seconds. The "
+    "selection replaces the policy's required checks: what you select must run, what you leave out is not "
+    "required.")]
+
+
+class VisibleFormatter(logging.Formatter):
+    """Log lines with hidden characters (terminal escapes, bidi controls) of model strings shown as escapes."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from amdet_audit.report.escaping import visible
+
+        return visible(super().format(record), keep_lines=True)
+
+
 def fail(message: str, code: ExitCode = ExitCode.ERROR) -> None:
-    """Print one line on stderr and leave with ``code``."""
-    typer.echo(f"amdet-audit: error: {message}", err=True)
+    """Print one line on stderr and leave with ``code`` (hidden characters of the message shown as escapes)."""
+    from amdet_audit.report.escaping import visible
+
+    typer.echo(f"amdet-audit: error: {visible(message)}", err=True)
     raise typer.Exit(int(code))
+
+
+def split_list(value: str | None) -> list[str] | None:
+    """A comma list as a list of its non-empty items; None stays None."""
+    return None if value is None else [item.strip() for item in value.split(",") if item.strip()]
 
 
 def version_callback(value: bool) -> None:
@@ -58,8 +81,9 @@ def make_app() -> typer.Typer:
                                               help="Show the version and exit.")] = False,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details on stderr.")] = False,
     ) -> None:
-        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                            format="%(levelname)s %(name)s: %(message)s")
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(VisibleFormatter("%(levelname)s %(name)s: %(message)s"))
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
 
     @app.command()
     def scan(
@@ -86,8 +110,12 @@ def make_app() -> typer.Typer:
             "--plugin-option", help="KEY=VALUE for plugins, e.g. diffusers.pipeline=PATH (repeatable).")] = None,
         cached_only: Annotated[bool, typer.Option("--cached-only",
                                                   help="Never scan: exit 2 unless a cached scan exists.")] = False,
+        checks: Checks = None,
     ) -> None:
-        """Scan TARGET's text encoders for a textual backdoor; exit 0 clean, 1 backdoored, 2 error/inconclusive."""
+        """Scan TARGET's text encoders for a textual backdoor; exit 0 clean, 1 backdoored, 2 error/inconclusive.
+
+        Reports go into a new folder (--out, or amdet-audit-TARGET-TIME): existing files are never overwritten.
+        """
         from amdet_audit import api
         from amdet_audit.progress import stderr_progress
 
@@ -98,7 +126,9 @@ def make_app() -> typer.Typer:
             fail("--plugins and --no-plugins contradict each other")
         if no_cache and cached_only:
             fail("--no-cache and --cached-only contradict each other")
-        selected = None if plugins is None else [p.strip() for p in plugins.split(",") if p.strip()]
+        selected = split_list(plugins)
+        if checks is not None and not split_list(checks):
+            fail("--checks takes a comma list of check ids, e.g. serialization,remote-code,tokenizer")
         pairs = [o.partition("=") for o in plugin_option or []]
         if any(not key or not eq for key, eq, _ in pairs):
             fail("--plugin-option takes KEY=VALUE")
@@ -110,10 +140,12 @@ def make_app() -> typer.Typer:
                                   seed=seed, policy=load_policy(policy), plugins=selected,
                                   third_party_plugins=not no_plugins, use_cache=not no_cache,
                                   plugin_options={key: value for key, _, value in pairs},
-                                  cached_only=cached_only, argv=sys.argv[1:])
+                                  cached_only=cached_only, argv=sys.argv[1:], checks=split_list(checks))
         report = api.scan(target, sources=sources, options=options, progress=stderr_progress("scan"))
         if output_format == "json":
-            typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+            from amdet_audit.report.escaping import json_text
+
+            typer.echo(json_text(report.to_dict()))
         elif output_format == "md":
             from amdet_audit.report.markdown import render_markdown
 
@@ -122,6 +154,8 @@ def make_app() -> typer.Typer:
             from amdet_audit.console import print_report
 
             print_report(report)
+        if report.exit_code == int(ExitCode.ERROR):
+            say_incomplete(report.verdict["reasons"])
         raise typer.Exit(0 if exit_zero else report.exit_code)
 
     @app.command()
@@ -135,12 +169,14 @@ def make_app() -> typer.Typer:
         reference: Annotated[str | None, typer.Option(help="The clean base model (any TARGET form).")] = None,
         reference_free: Annotated[bool, typer.Option("--reference-free", help="Scan without a reference.")] = False,
         device: Device = "cpu",
+        checks: Checks = None,
     ) -> None:
         """Gate model files on their audit: one line per model; exit 0 all pass, 1 any fails, 2 any unknown."""
         import tempfile
 
         from amdet_audit import api
         from amdet_audit.policy import load_policy
+        from amdet_audit.report.escaping import visible
         from amdet_audit.verify import gate_exit_code, targets_of, unusable_path
 
         problem = unusable_path(paths or [])
@@ -159,17 +195,18 @@ def make_app() -> typer.Typer:
             for i, target in enumerate(targets):
                 options = api.ScanOptions(reference=reference, reference_free=reference_free, device=device,
                                           out=root / f"{i:03d}-{target.name}", policy=loaded,
-                                          cached_only=not scan_missing, argv=["scan", str(target)])
+                                          cached_only=not scan_missing, argv=["scan", str(target)],
+                                          checks=split_list(checks))
                 try:
                     report = api.scan(str(target), options=options)
                 except AmdetError as err:
-                    typer.echo(f"{target}: error: {err}")
+                    typer.echo(visible(f"{target}: error: {err}"))
                     codes.append(err.exit_code)
                     continue
                 verdict = report.verdict
                 cached = " (cached)" if report.run["cache"]["hit"] else ""
-                typer.echo(f"{target}: {verdict['label']}{cached}" + (f": {verdict['reasons'][0]}"
-                                                                     if verdict["exit_code"] else ""))
+                reason = f": {verdict['reasons'][0]}" if verdict["exit_code"] else ""
+                typer.echo(visible(f"{target}: {verdict['label']}{cached}{reason}"))
                 codes.append(report.exit_code)
         raise typer.Exit(gate_exit_code(codes))
 
@@ -192,7 +229,9 @@ def make_app() -> typer.Typer:
                                     offline=offline or None, allow_pickle=allow_pickle)
         description = api.describe(target, sources=sources, device=device)
         if output_format == "json":
-            typer.echo(json.dumps(description.to_dict(), indent=2))
+            from amdet_audit.report.escaping import json_text, strict_json
+
+            typer.echo(json_text(strict_json(description.to_dict())[0]))
         else:
             from amdet_audit.console import print_description
 
@@ -202,19 +241,21 @@ def make_app() -> typer.Typer:
     def report_command(
         report_file: Annotated[Path, typer.Argument(help="A report.json written by amdet-audit scan.")],
         output_format: Annotated[str, typer.Option("--format", help="html, sarif, md or json.")] = "html",
-        out: Annotated[Path | None, typer.Option(help="New file to write (default: stdout).")] = None,
+        out: Annotated[Path | None, typer.Option(help="New file to write (default: stdout); never an existing "
+                                                      "file or symlink.")] = None,
     ) -> None:
         """Render an existing report.json again (HTML, SARIF, Markdown) without rescanning."""
+        from amdet_audit.outputs import describe_existing, write_new
         from amdet_audit.report.render import load_report, render
 
         check_format(output_format, ("html", "sarif", "md", "json"))
-        if out is not None and out.exists():
-            fail(f"--out {out} already exists; reports never overwrite")
+        if out is not None and (out.exists() or out.is_symlink()):
+            fail(f"--out {out} already exists ({describe_existing(out)}); reports never overwrite")
         text = render(load_report(report_file), output_format)
         if out is None:
             typer.echo(text)
         else:
-            out.write_text(text, encoding="utf-8")
+            write_new(out, text)
 
     policy_app = typer.Typer(help="Policies: what fails an audit (thresholds, severities, waivers) in YAML.",
                              no_args_is_help=True)
@@ -252,12 +293,12 @@ def make_app() -> typer.Typer:
         strict: Annotated[bool, typer.Option("--strict", help="Start from the strict policy.")] = False,
     ) -> None:
         """Write a copy of the bundled default (or strict) policy to a new file, to edit."""
+        from amdet_audit.outputs import describe_existing, write_new
         from amdet_audit.resources import bundled
 
-        if path.exists():
-            fail(f"{path} already exists; policy init never overwrites")
-        path.write_text((bundled("policies") / ("strict.yaml" if strict else "default.yaml")).read_text("utf-8"),
-                        encoding="utf-8")
+        if path.exists() or path.is_symlink():
+            fail(f"{path} already exists ({describe_existing(path)}); policy init never overwrites")
+        write_new(path, (bundled("policies") / ("strict.yaml" if strict else "default.yaml")).read_text("utf-8"))
         typer.echo(f"wrote {path}")
 
     app.add_typer(policy_app, name="policy")
@@ -287,6 +328,14 @@ def make_app() -> typer.Typer:
     return app
 
 
+def say_incomplete(reasons: list[str]) -> None:
+    """The reasons an audit could not complete (exit 2), as one line on stderr."""
+    from amdet_audit.report.escaping import visible
+
+    typer.echo(f"amdet-audit: inconclusive: {visible('; '.join(reasons) or 'the audit could not complete')}",
+               err=True)
+
+
 def check_format(value: str, allowed: tuple[str, ...] = ("text", "json")) -> None:
     """Reject unknown --format values."""
     if value not in allowed:
@@ -303,6 +352,8 @@ def usage_errors() -> tuple[type[Exception], ...]:
 
 def main() -> None:
     """Console-script entry point: run the app, turning known errors into one line and exit code 2."""
+    from amdet_audit.report.escaping import visible
+
     app = make_app()
     try:
         result = app(standalone_mode=False)
@@ -310,7 +361,7 @@ def main() -> None:
         err.show()
         sys.exit(int(ExitCode.ERROR))
     except AmdetError as err:
-        typer.echo(f"amdet-audit: error: {err}", err=True)
+        typer.echo(f"amdet-audit: error: {visible(err)}", err=True)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         typer.echo("amdet-audit: interrupted", err=True)
@@ -320,7 +371,7 @@ def main() -> None:
     except Exception as err:  # a bug: say so in one line; the traceback only on request
         if os.environ.get("AMDET_AUDIT_DEBUG"):
             raise
-        typer.echo(f"amdet-audit: internal error: {type(err).__name__}: {err} (set AMDET_AUDIT_DEBUG=1 "
+        typer.echo(f"amdet-audit: internal error: {type(err).__name__}: {visible(err)} (set AMDET_AUDIT_DEBUG=1 "
                    "for a traceback)", err=True)
         sys.exit(int(ExitCode.ERROR))
     sys.exit(result if isinstance(result, int) else 0)

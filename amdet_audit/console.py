@@ -1,4 +1,9 @@
-"""Human-readable terminal output (rich); machine output is JSON and lives elsewhere."""
+"""Human-readable terminal output (rich); machine output is JSON and lives elsewhere.
+
+Every string that comes from a model or its files (names, tokens, prompts, file names, messages) passes
+through :func:`amdet_audit.report.escaping.terminal` before it reaches rich: control and bidi characters are
+shown as escapes and rich markup in it is never interpreted.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
+
+from amdet_audit.report.escaping import terminal as esc
 
 if TYPE_CHECKING:
     from amdet_audit.api import TargetDescription
@@ -19,65 +26,74 @@ def stdout_console() -> Console:
     """A console on stdout; rich itself drops colour outside a terminal and under NO_COLOR."""
     import sys
 
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 120)
+    return Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 120)
 
 
 def print_description(description: TargetDescription, console: Console | None = None) -> None:
     """Print provenance and one table row per text-encoder component."""
     console = console or stdout_console()
     target = description.target
-    console.print(f"target   {target.input}  ({target.kind})")
+    console.print(f"target   {esc(target.input)}  ({esc(target.kind)})")
     if target.repo_id:
-        console.print(f"repo     {target.repo_id}  revision {target.revision or 'main'}  commit {target.commit_sha}")
+        console.print(f"repo     {esc(target.repo_id)}  revision {esc(target.revision or 'main')}  "
+                      f"commit {esc(target.commit_sha)}")
     if target.pipeline_class:
-        console.print(f"pipeline {target.pipeline_class}")
+        console.print(f"pipeline {esc(target.pipeline_class)}")
     table = Table(title=None, show_edge=False)
     for column in ("component", "architecture", "width", "layers", "tokens", "pad", "reads", "params"):
         table.add_column(column)
     for name, info in description.components.items():
         reads = "last+norm" if info.get("read_layer") == -1 else f"hidden[{info.get('read_layer')}]"
-        table.add_row(name, str(info.get("architecture")), str(info.get("hidden_size")), str(info.get("layers")),
-                      str(info.get("max_length")), repr(info.get("pad_token")), reads, f"{info.get('parameters'):,}")
+        params = info.get("parameters")
+        table.add_row(*(esc(v) for v in (name, info.get("architecture"), info.get("hidden_size"), info.get("layers"),
+                                         info.get("max_length"), repr(info.get("pad_token")), reads,
+                                         f"{params:,}" if isinstance(params, int) else params)))
     console.print(table)
     console.print(f"files    {len(target.files)} used, sha256 recorded (--format json lists them)")
     for item in target.custom_code:
-        console.print(f"[yellow]custom code present (not executed): {item}[/]")
+        console.print(f"[yellow]custom code present (not executed): {esc(item)}[/]")
     for item in target.other_files:
-        console.print(f"unused weight file: {item}")
+        console.print(f"unused weight file: {esc(item)}")
+
+
+def score_text(value: object) -> str:
+    """A score or threshold with three decimals; n/a when missing."""
+    return "n/a" if not isinstance(value, (int, float)) else f"{value:.3f}"
 
 
 def print_report(report: AuditReport, console: Console | None = None) -> None:
     """Verdict banner, one row per check, the evidence that matters, and where the files are."""
     console = console or stdout_console()
     verdict = report.verdict
-    console.print(f"[{VERDICT_STYLE[verdict['label']]}]{verdict['label'].upper()}[/]  {report.target['input']}"
+    console.print(f"[{VERDICT_STYLE[verdict['label']]}]{verdict['label'].upper()}[/]  {esc(report.target['input'])}"
                   f"  (exit {verdict['exit_code']})")
     for entry in report.components:
         if "scan" not in entry:
-            console.print(f"{entry['name']}: [yellow]not scanned: {entry.get('error')}[/]")
+            console.print(f"{esc(entry['name'])}: [yellow]not scanned: {esc(entry.get('error'))}[/]")
             continue
         scan = entry["scan"]
         ref = (report.reference or {}).get(entry["name"])
-        console.print(f"\n{entry['name']}: {scan['verdict']}  mode {scan['mode']}"
-                      + (f"  reference {ref['input']} ({ref['chosen']})" if ref else ""))
+        console.print(f"\n{esc(entry['name'])}: {esc(scan['verdict'])}  mode {esc(scan['mode'])}"
+                      + (f"  reference {esc(ref['input'])} ({esc(ref['chosen'])})" if ref else ""))
         table = Table(show_edge=False)
         for column in ("check", "score", "threshold", "flags"):
             table.add_column(column)
         for check in scan["checks"]:
-            score = "n/a" if check["score"] is None else f"{check['score']:.3f}"
-            table.add_row(check["name"], score, f"{check['direction']} {check['threshold']:.3f}",
+            table.add_row(esc(check["name"]), score_text(check["score"]),
+                          f"{esc(check['direction'])} {score_text(check['threshold'])}",
                           "yes" if check["flags"] else "no")
         console.print(table)
         evidence = scan["evidence"]
         if scan["verdict"] == "backdoored" and evidence.get("nearest_tokens"):
-            tokens = " | ".join(", ".join(t["token"] for t in row[:4]) for row in evidence["nearest_tokens"])
+            tokens = " | ".join(", ".join(esc(t["token"]) for t in row[:4]) for row in evidence["nearest_tokens"])
             console.print(f"pseudo-trigger nearest tokens: {tokens}")
-            console.print("target resembles: " + "; ".join(p["prompt"] for p in evidence["nearest_prompts"][:3]))
+            prompts = "; ".join(esc(p["prompt"]) for p in evidence.get("nearest_prompts", [])[:3])
+            console.print(f"target resembles: {prompts}")
     findings = [(c["check"], f) for c in report.checks for f in c["findings"] if f["severity"] != "info"]
     for name, finding in findings:
-        where = f" ({finding['location']})" if finding.get("location") else ""
-        console.print(f"{finding['severity'].upper()} {name}: {finding['message']}{where}", markup=False)
+        where = f" ({esc(finding['location'])})" if finding.get("location") else ""
+        console.print(f"{esc(finding['severity'].upper())} {esc(name)}: {esc(finding['message'])}{where}")
     for check in report.checks:
         if check["status"] != "ran":
-            console.print(f"{check['check']}: {check['status']}: {check['reason']}", markup=False)
-    console.print(f"\nreport: {report.out_dir}/report.json")
+            console.print(f"{esc(check['check'])}: {esc(check['status'])}: {esc(check['reason'])}")
+    console.print(f"\nreport: {esc(report.out_dir)}/report.json")

@@ -8,6 +8,7 @@ exactly that finding. Waived findings stay listed; an expired waiver no longer a
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timezone
 from typing import Any
@@ -45,16 +46,35 @@ def fingerprint(rule: str, identity: str) -> str:
     return hashlib.sha256(f"{rule}\0{identity}".encode()).hexdigest()
 
 
+def nonfinite_scores(scan: dict[str, Any]) -> list[str]:
+    """Names of the scan's scores that are NaN or infinite (or null in a report.json that replaced them)."""
+    bad = [name for name, value in (scan.get("scores") or {}).items()
+           if isinstance(value, float) and not math.isfinite(value)]
+    bad += [c["name"] for c in scan.get("checks") or [] if isinstance(c.get("score"), float)
+            and not math.isfinite(c["score"]) and c["name"] not in bad]
+    return bad
+
+
+def scan_outcome(comp: dict[str, Any]) -> tuple[str, list[str]]:
+    """(verdict, reasons) of one component: a clean scan with a non-finite score cannot decide."""
+    if "scan" not in comp:
+        return "inconclusive", [comp.get("error", "not scanned")]
+    scan = comp["scan"]
+    bad = nonfinite_scores(scan)
+    if scan["verdict"] == "clean" and bad:
+        return "inconclusive", [*scan["reasons"], f"non-finite scores (NaN or infinity): {', '.join(bad)}"]
+    return scan["verdict"], list(scan["reasons"])
+
+
 def scan_findings(target: dict[str, Any], components: list[dict[str, Any]]) -> list[GatedFinding]:
     """One finding per component whose scan said backdoored or could not decide."""
     files = "".join(sorted(f["sha256"] for f in target.get("files", [])))
     out = []
     for comp in components:
-        verdict = comp["scan"]["verdict"] if "scan" in comp else "inconclusive"
+        verdict, reasons = scan_outcome(comp)
         if verdict not in SCAN_RULES:
             continue
         rule, severity = SCAN_RULES[verdict]
-        reasons = comp["scan"]["reasons"] if "scan" in comp else [comp.get("error", "not scanned")]
         out.append(GatedFinding(fingerprint=fingerprint(rule, f"{comp['name']}\0{files}"), rule=rule,
                                 check=SCAN_CHECK, severity=severity, component=comp["name"],
                                 message=f"{comp['name']}: {verdict}: " + "; ".join(reasons), location=None))
@@ -106,13 +126,17 @@ def apply_waivers(findings: list[GatedFinding], policy: Policy, target: dict[str
     return sorted(records, key=lambda r: r["line"])
 
 
-def coverage(components: list[dict[str, Any]], checks: list[dict[str, Any]], policy: Policy) -> list[dict[str, Any]]:
+def coverage(components: list[dict[str, Any]], checks: list[dict[str, Any]], policy: Policy,
+             scan_selected: bool = True) -> list[dict[str, Any]]:
     """What ran: the scan and every check, with status, reason and whether the policy requires it."""
     scanned = bool(components) and all("scan" in c for c in components)
     errors = [f"{c['name']}: {c['error']}" for c in components if "error" in c]
-    rows = [{"check": SCAN_CHECK, "status": "ran" if scanned else "error",
-             "reason": "; ".join(errors) or (None if components else "nothing was scanned"),
-             "required": SCAN_CHECK in policy.required}]
+    if scan_selected:
+        rows = [{"check": SCAN_CHECK, "status": "ran" if scanned else "error",
+                 "reason": "; ".join(errors) or (None if components else "nothing was scanned"),
+                 "required": SCAN_CHECK in policy.required}]
+    else:
+        rows = [{"check": SCAN_CHECK, "status": "skipped", "reason": "not selected (--checks)", "required": False}]
     rows += [{"check": c["check"], "status": c["status"], "reason": c["reason"],
               "required": c["check"] in policy.required} for c in checks]
     listed = {r["check"] for r in rows}
@@ -122,12 +146,14 @@ def coverage(components: list[dict[str, Any]], checks: list[dict[str, Any]], pol
 
 
 def decide(target: dict[str, Any], components: list[dict[str, Any]], checks: list[dict[str, Any]],
-           policy: Policy, today: date | None = None) -> dict[str, Any]:
+           policy: Policy, today: date | None = None, scan_selected: bool = True) -> dict[str, Any]:
     """The verdict and the policy's record: ``{"verdict", "findings", "waivers", "coverage"}``.
 
     Exit 1 when a backdoor or a finding at or above ``fail_on`` stands unwaived; otherwise exit 2 when anything
-    could not complete (an inconclusive scan, a required check that did not run, a check that errored, a
-    reference-free scan under ``reference: {required: true}``); otherwise exit 0.
+    could not complete (an inconclusive scan, a scan with a non-finite score, a required check that did not
+    run, a check that errored, a reference-free scan under ``reference: {required: true}``); otherwise exit 0.
+    ``scan_selected`` False: a file-checks-only audit (``--checks`` without the scan), where nothing scanned is
+    expected; the caller passes the selection as the policy's ``required``.
     """
     today = today or datetime.now(timezone.utc).date()
     findings = scan_findings(target, components) + check_findings(target, checks, policy)
@@ -138,8 +164,10 @@ def decide(target: dict[str, Any], components: list[dict[str, Any]], checks: lis
         f.blocking = decisive and not f.waived and f.rule != SCAN_RULES["inconclusive"][0]
     backdoors = [f for f in findings if f.blocking and f.check == SCAN_CHECK]
     failing = [f for f in findings if f.blocking and f.check != SCAN_CHECK]
-    rows = coverage(components, checks, policy)
-    incomplete = [f.message for f in findings if f.rule == SCAN_RULES["inconclusive"][0] and not f.waived]
+    rows = coverage(components, checks, policy, scan_selected)
+    errored = {c["name"] for c in components if "error" in c}  # listed once below, as "not scanned"
+    incomplete = [f.message for f in findings
+                  if f.rule == SCAN_RULES["inconclusive"][0] and not f.waived and f.component not in errored]
     incomplete += [f"{c['name']}: not scanned: {c['error']}" for c in components if "error" in c]
     incomplete += [f"required check {r['check']} did not run ({r['status']}: {r['reason']})"
                    for r in rows if r["required"] and r["status"] != "ran" and r["check"] != SCAN_CHECK]
@@ -148,7 +176,7 @@ def decide(target: dict[str, Any], components: list[dict[str, Any]], checks: lis
     if policy.reference_required:
         incomplete += [f"{c['name']}: the policy requires a reference model; this scan ran reference-free"
                        for c in components if c.get("scan", {}).get("mode") == "reference-free"]
-    if not components:
+    if not components and scan_selected:
         incomplete.insert(0, "nothing was scanned")
     waived = [f"{f.rule} waived by {f.waiver['owner']} until {f.waiver['expires']}: {f.waiver['reason']}"
               for f in findings if f.waived]
@@ -164,6 +192,8 @@ def decide(target: dict[str, Any], components: list[dict[str, Any]], checks: lis
     else:
         label, code = "clean", ExitCode.PASS
         reasons = [f"{c['name']}: {r}" for c in components for r in c.get("scan", {}).get("reasons", [])]
+        if not scan_selected:
+            reasons.append("file checks only: the backdoor scan (assimilation) was not selected")
     verdict = {"label": label, "status": STATUS[int(code)], "exit_code": int(code),
                "reasons": reasons + expired + waived}
     return {"verdict": verdict, "findings": [asdict(f) for f in findings], "waivers": waivers, "coverage": rows}

@@ -16,6 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from amdet_audit.errors import AmdetError
+from amdet_audit.outputs import OutputError, make_new_dir, write_new
+from amdet_audit.report.escaping import markdown, visible
 from amdet_audit.verify import gate_exit_code
 
 VERDICT_ORDER = ("backdoored", "findings", "inconclusive", "clean")
@@ -68,7 +70,8 @@ def run(env: dict[str, str]) -> int:
         codes.append(code)
         labels.append(label)
         md = folder / "report.md"
-        summaries.append(md.read_text(encoding="utf-8") if md.is_file() else f"## amdet-audit: `{target}`: {label}\n")
+        summaries.append(md.read_text(encoding="utf-8") if md.is_file()
+                         else f"## amdet-audit: {markdown(target)}: {label}\n")
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a", encoding="utf-8") as handle:
@@ -88,11 +91,15 @@ def scan_one(target: str, options) -> tuple[int, str]:
     try:
         report = api.scan(target, options=options)
     except AmdetError as err:
-        print(f"{target}: error: {err}", file=sys.stderr)
-        options.out.mkdir(parents=True, exist_ok=True)
-        (options.out / "error.json").write_text(json.dumps({"target": target, "error": str(err)}), encoding="utf-8")
+        print(visible(f"{target}: error: {err}"), file=sys.stderr)
+        try:
+            if not options.out.exists():
+                make_new_dir(options.out)
+            write_new(options.out / "error.json", json.dumps({"target": target, "error": str(err)}))
+        except OutputError as exc:
+            print(visible(f"{target}: error.json not written: {exc}"), file=sys.stderr)
         return 2, "inconclusive"
-    print(f"{target}: {report.verdict['label']} (exit {report.exit_code})")
+    print(visible(f"{target}: {report.verdict['label']} (exit {report.exit_code})"))
     return report.exit_code, report.verdict["label"]
 
 

@@ -83,15 +83,18 @@ def store(key: str, components: list[dict[str, Any]], reference: dict[str, Any],
 
 
 def restore(cached: dict[str, Any], out: Path, nested: bool) -> list[dict[str, Any]]:
-    """The cached components with their evidence files copied into the new report folder ``out``."""
+    """The cached components with their evidence files copied into the new report folder ``out`` (new files
+    only: nothing there is overwritten or followed)."""
+    from amdet_audit.outputs import copy_new, make_new_dir
+
     source = Path(cached["folder"])
     components = []
     for comp in cached["components"]:
         dest = out / comp["name"] if nested else out
         files = {}
+        if nested and comp.get("evidence_files"):
+            make_new_dir(dest, "evidence folder")
         for name, rel in comp.get("evidence_files", {}).items():
-            dest.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source / rel, dest / Path(rel).name)
-            files[name] = str(dest / Path(rel).name)
+            files[name] = str(copy_new(source / rel, dest / Path(rel).name))
         components.append({**comp, "evidence_files": files})
     return components

@@ -16,6 +16,7 @@ from amdet_audit import __version__, scan_cache
 from amdet_audit.cache import cache_root
 from amdet_audit.errors import AmdetError, NotCachedError, UsageError
 from amdet_audit.gate import decide
+from amdet_audit.outputs import OutputError, claim_out, make_new_dir, new_report_folder, remove_if_empty, write_new
 from amdet_audit.report.model import AuditReport, environment, redact_argv
 from amdet_audit.sources import ResolvedTarget, resolve
 from amdet_audit.target_images import render_target_images
@@ -36,15 +37,15 @@ def resolve_device(device: str) -> str:
     raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, not {device!r}")
 
 
-def output_folder(out: Path | None, target: str) -> Path:
-    """A new folder for this report: ``out`` if new or empty, else a fresh timestamped one in the cwd."""
+def output_folder(out: Path | None, target: str) -> tuple[Path, bool]:
+    """This report's folder, created now: ``out`` (new, or an existing empty real folder, never a symlink),
+    else a new ``amdet-audit-<target>-<UTC time>`` in the cwd (``-2``, ``-3``... when that name is taken).
+
+    Returns (folder, whether it was created here).
+    """
     if out is not None:
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise UsageError(f"--out {out} already exists and is not empty; reports never overwrite")
-        return out
-    slug = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in target).strip("-")[:60] or "target"
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return Path(f"amdet-audit-{slug}-{stamp}")
+        return out, claim_out(out)
+    return new_report_folder(target), True
 
 
 def weights_digest(resolved: ResolvedTarget, component: str) -> str:
@@ -98,24 +99,29 @@ def cached_baseline(reference, ref_digest: str, config, progress) -> dict[str, f
     return baseline
 
 
-def write_evidence(folder: Path, arrays: dict[str, Any]) -> dict[str, str]:
-    """Write the pseudo-trigger, its Textual-Inversion export and the target feature as safetensors."""
-    from safetensors.torch import save_file
+def write_evidence(folder: Path, arrays: dict[str, Any], new_folder: bool = False) -> dict[str, str]:
+    """Write the pseudo-trigger, its Textual-Inversion export and the target feature as new safetensors files
+    (``new_folder``: in a folder created for them); an existing file or symlink there fails the run."""
+    from safetensors.torch import save
 
     if not arrays:
         return {}
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {"pseudo_trigger": folder / "pseudo_trigger.safetensors",
-             "pseudo_trigger_ti": folder / "pseudo_trigger_ti.safetensors",
-             "target_feature": folder / "target_feature.safetensors"}
-    save_file({"pseudo_trigger": arrays["pseudo_trigger"].contiguous()}, files["pseudo_trigger"])
-    save_file({"emb_params": arrays["ti_emb_params"].contiguous()}, files["pseudo_trigger_ti"])
-    save_file({"target_feature": arrays["target_feature"].contiguous()}, files["target_feature"])
-    return {k: str(v) for k, v in files.items()}
+    if new_folder:
+        make_new_dir(folder, "evidence folder")
+    tensors = {"pseudo_trigger": ("pseudo_trigger", arrays["pseudo_trigger"]),
+               "pseudo_trigger_ti": ("emb_params", arrays["ti_emb_params"]),
+               "target_feature": ("target_feature", arrays["target_feature"])}
+    files = {}
+    for kind, (tensor_name, tensor) in tensors.items():
+        files[kind] = str(write_new(folder / f"{kind}.safetensors", save({tensor_name: tensor.contiguous()})))
+    return files
+
+
+ComponentScan = tuple[dict[str, Any], dict[str, Any] | None, ResolvedTarget | None]
 
 
 def scan_component(resolved: ResolvedTarget, name: str, sources, options, device: str,
-                   folder: Path, progress) -> tuple[dict[str, Any], dict[str, Any] | None, ResolvedTarget | None]:
+                   folder: Path, progress, new_folder: bool = False) -> ComponentScan:
     """Scan one component; return its report entry, the reference record and the resolved reference."""
     from amdet_audit.encoders import load_component
     from amdet_audit.scan.config import ScanConfig
@@ -139,7 +145,7 @@ def scan_component(resolved: ResolvedTarget, name: str, sources, options, device
             baseline = cached_baseline(reference, ref_digest, config, progress)
     result = run_scan(suspect, reference, config=config, reference_baseline=baseline, progress=progress)
     entry["scan"] = result.to_dict()
-    entry["evidence_files"] = write_evidence(folder, result.arrays)
+    entry["evidence_files"] = write_evidence(folder, result.arrays, new_folder)
     return entry, ref_record, ref_target
 
 
@@ -170,44 +176,87 @@ def current_references(refs: dict[str, Any], sources) -> dict[str, ResolvedTarge
 def scan_components(resolved: ResolvedTarget, sources, options, device: str, out: Path,
                     progress) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, ResolvedTarget | None]]:
     """Scan every component (entries, reference records, resolved references); one that fails is recorded as
-    an error unless it is the only one."""
+    an error (the others are still scanned and reported) unless it is the only one. An output that would
+    overwrite something always fails the run."""
     entries, refs, ref_targets = [], {}, {}
     for comp in resolved.components:
         folder = out if len(resolved.components) == 1 else out / comp.name
         try:
-            entry, ref, ref_target = scan_component(resolved, comp.name, sources, options, device, folder, progress)
-        except AmdetError as err:
+            entry, ref, ref_target = scan_component(resolved, comp.name, sources, options, device, folder, progress,
+                                                    new_folder=folder != out)
+        except OutputError:
+            raise
+        except Exception as err:  # one broken component must not hide the others' results
             if len(resolved.components) == 1:
                 raise
-            entry, ref, ref_target = {"name": comp.name, "error": str(err)}, None, None
+            log.info("component %s could not be scanned: %s", comp.name, err)
+            message = str(err) if isinstance(err, AmdetError) else f"{type(err).__name__}: {err}"
+            entry, ref, ref_target = {"name": comp.name, "error": message}, None, None
         entries.append(entry)
         refs[comp.name] = ref
         ref_targets[comp.name] = ref_target
     return entries, refs, ref_targets
 
 
+def check_selection(options, manager) -> tuple[Any, bool]:
+    """Apply ``options.checks`` (the explicit --checks selection): unknown ids are a UsageError; the selection
+    becomes the policy's required set. Returns (options, whether the assimilation scan runs)."""
+    from amdet_audit.plugins import check_ids
+    from amdet_audit.policy import SCAN_CHECK
+
+    if options.checks is None:
+        return options, True
+    selection = list(dict.fromkeys(options.checks))
+    known = [SCAN_CHECK, *check_ids(manager)]
+    unknown = [c for c in selection if c not in known]
+    if not selection or unknown:
+        raise UsageError(f"--checks: {'unknown check ' + ', '.join(unknown) if unknown else 'nothing selected'}; "
+                         f"known: {', '.join(known)}")
+    policy = replace(options.policy, required=tuple(selection))
+    return replace(options, checks=selection, policy=policy), SCAN_CHECK in selection
+
+
 def scan_target(target: str, sources, options, progress) -> AuditReport:
     """Resolve, scan every component, write report.json; see :func:`amdet_audit.api.scan`."""
+    from amdet_audit.plugins import make_manager
+
     started, when = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     if options.policy is None:
         from amdet_audit.policy import load_policy
 
         options = replace(options, policy=load_policy())
-    device = resolve_device(options.device)
-    out = output_folder(options.out, target)
-    from amdet_audit.checks.base import CheckContext
-    from amdet_audit.plugins import make_manager, plugin_infos, run_checks
-
     manager = make_manager(options.plugins, third_party=options.third_party_plugins)
+    options, scan_selected = check_selection(options, manager)
+    device = resolve_device(options.device) if scan_selected else "none (file checks only)"
+    out, created = output_folder(options.out, target)
+    try:
+        return audit(target, sources, options, progress, manager, out, scan_selected, device, (started, when))
+    except BaseException:
+        if created:
+            remove_if_empty(out)  # a run that failed before writing anything leaves no empty folder behind
+        raise
+
+
+def audit(target: str, sources, options, progress, manager, out: Path, scan_selected: bool, device: str,
+          clock: tuple[float, str]) -> AuditReport:
+    """The audit proper, into the folder ``out`` this run owns: scan (or reuse a cached scan), run the
+    checks, apply the policy, write every report format."""
+    from amdet_audit.checks.base import CheckContext
+    from amdet_audit.plugins import plugin_infos, run_checks
+
+    started, when = clock
     resolved = sources.resolve(target)
     target_record = resolved.to_dict()
     key = scan_cache.scan_key(target_record, options, device)
-    cached = scan_cache.load(key) if options.use_cache or options.cached_only else None
+    use_cache = scan_selected and (options.use_cache or options.cached_only)
+    cached = scan_cache.load(key) if use_cache else None
     ref_targets = current_references(cached["reference"], sources) if cached is not None else None
     if ref_targets is None:
         cached = None  # no cached scan, or the reference model's files changed since: its verdict no longer holds
     nested = len(resolved.components) > 1
-    if cached is not None:
+    if not scan_selected:
+        entries, refs, ref_targets = [], {}, {}
+    elif cached is not None:
         entries, refs = scan_cache.restore(cached, out, nested), cached["reference"]
     elif options.cached_only:
         raise NotCachedError(f"{target}: no cached scan of these files under this policy's thresholds; "
@@ -218,11 +267,11 @@ def scan_target(target: str, sources, options, progress) -> AuditReport:
             scan_cache.store(key, entries, refs, when)
     render_target_images(manager, entries, out, options.plugin_options)
     context = CheckContext(target=resolved, reference=next((r for r in ref_targets.values() if r), None))
-    checks = [r.to_dict() for r in run_checks(manager, context)]
+    checks = [r.to_dict() for r in run_checks(manager, context, options.checks)]
     run = {"argv": redact_argv(options.argv), "started": when, "duration_s": round(time.perf_counter() - started, 2),
            "device": device, "seed": options.seed, "environment": environment(),
            "cache": {"key": key, "hit": cached is not None, "scanned": cached["started"] if cached else when}}
-    gated = decide(target_record, entries, checks, options.policy)
+    gated = decide(target_record, entries, checks, options.policy, scan_selected=scan_selected)
     report = AuditReport(target=target_record, components=entries, verdict=gated["verdict"], run=run,
                          reference=refs or None, out_dir=str(out), checks=checks,
                          plugins=[asdict(p) for p in plugin_infos(manager)],
@@ -232,14 +281,24 @@ def scan_target(target: str, sources, options, progress) -> AuditReport:
         report.sections = [s for s in manager.hook.amdet_audit_report_sections(report=report.to_dict()) if s]
     except Exception as err:  # third-party code: a failing section is reported, the audit stands
         report.sections = [{"title": "plugin error", "body": f"a report section hook failed: {err}", "data": None}]
-    out.mkdir(parents=True, exist_ok=True)
     write_reports(report.to_dict(), out)
     return report
 
 
 def write_reports(document: dict[str, Any], out: Path) -> None:
-    """report.json (the source of truth) and its renderings report.sarif, report.md, report.html into ``out``."""
+    """report.json (the source of truth) and its renderings report.sarif, report.md, report.html into ``out``,
+    each a new file. A rendering that fails does not keep the others from being written; its error is raised
+    after them."""
     from amdet_audit.report.render import render
 
+    failure: BaseException | None = None
     for fmt in ("json", "sarif", "md", "html"):
-        (out / f"report.{fmt}").write_text(render(document, fmt), encoding="utf-8")
+        try:
+            text = render(document, fmt)
+        except Exception as err:  # write the other formats first, then report this one
+            log.error("report.%s could not be rendered: %s", fmt, err)
+            failure = failure or err
+            continue
+        write_new(out / f"report.{fmt}", text)
+    if failure is not None:
+        raise failure

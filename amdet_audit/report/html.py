@@ -1,7 +1,8 @@
 """report.json -> one self-contained HTML file for a reviewer (inline CSS and SVG, no scripts, no fetches).
 
 A Content-Security-Policy meta tag forbids every network load, so the page cannot reach out even if a model's
-strings (prompts, token texts, file names) held markup; Jinja2 autoescape keeps them text.
+strings (prompts, token texts, file names) held markup; Jinja2 autoescape keeps them text, and every printed
+string first shows its hidden characters (bidi overrides, controls) as visible escapes.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from amdet_audit.report import plots
+from amdet_audit.report.escaping import visible
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 MAX_IMAGE_BYTES = 4 * 1024 * 1024
@@ -42,6 +44,15 @@ def reproduce_command(report: dict[str, Any]) -> str:
     return shlex.join(["amdet-audit", *report["run"]["argv"]])
 
 
+def finalize(value: Any) -> Any:
+    """Strings printed by the template with hidden characters made visible; markup built here (plots) as is."""
+    from markupsafe import Markup
+
+    if isinstance(value, Markup) or not isinstance(value, str):
+        return value
+    return visible(value, keep_lines=True)
+
+
 def render_html(report: dict[str, Any]) -> str:
     """Render report.json content with templates/report.html.j2."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
@@ -49,7 +60,7 @@ def render_html(report: dict[str, Any]) -> str:
     from amdet_audit.resources import bundled
 
     env = Environment(loader=FileSystemLoader(bundled("templates")), autoescape=select_autoescape(["j2", "html"]),
-                      undefined=StrictUndefined)
+                      undefined=StrictUndefined, finalize=finalize)
     figures = {c["name"]: component_plots(c["scan"]) for c in report["components"] if "scan" in c}
     env.filters["image_uri"] = image_uri
     return env.get_template("report.html.j2").render(report=report, figures=figures, csp=CSP,

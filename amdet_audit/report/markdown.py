@@ -1,13 +1,25 @@
-"""A short Markdown summary of a report (for $GITHUB_STEP_SUMMARY and pull-request comments)."""
+"""A short Markdown summary of a report (for $GITHUB_STEP_SUMMARY and pull-request comments).
+
+Every value the template prints passes through :func:`amdet_audit.report.escaping.markdown` (the
+environment's ``finalize``), so no model string (token, prompt, file or component name, message) can add
+HTML, links, images or formatting to the summary.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from amdet_audit.report.escaping import markdown
+
 
 def cell(value: object) -> str:
-    """Text safe inside a Markdown table cell or inline code: no pipes, backticks or line breaks."""
-    return str(value).replace("|", "\\|").replace("`", "'").replace("\n", " ")
+    """Text safe inside a Markdown table cell: no pipes, HTML, links or line breaks (see escaping.markdown)."""
+    return markdown(value)
+
+
+def finalize(value: object) -> str:
+    """Every printed value escaped for Markdown; None prints as nothing."""
+    return "" if value is None else markdown(value)
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -17,6 +29,5 @@ def render_markdown(report: dict[str, Any]) -> str:
     from amdet_audit.resources import bundled
 
     env = Environment(loader=FileSystemLoader(bundled("templates")), autoescape=False, undefined=StrictUndefined,
-                      keep_trailing_newline=True)
-    env.filters["cell"] = cell
+                      keep_trailing_newline=True, finalize=finalize)
     return env.get_template("summary.md.j2").render(**report)

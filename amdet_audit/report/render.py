@@ -7,18 +7,24 @@ from pathlib import Path
 from typing import Any
 
 from amdet_audit.errors import ConfigFileError
+from amdet_audit.report.escaping import json_text
 from amdet_audit.report.model import SCHEMA_VERSION
 
 REQUIRED = ("schema_version", "tool", "run", "target", "components", "checks", "verdict")
 
 
+def refuse_constant(name: str) -> None:
+    """report.json is strict JSON: NaN, Infinity and -Infinity are refused."""
+    raise ValueError(f"{name} is not valid JSON (report.json writes null for non-finite numbers)")
+
+
 def load_report(path: Path) -> dict[str, Any]:
     """A report.json document; ConfigFileError when unreadable, not a report, or of another schema version."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=refuse_constant)
     except FileNotFoundError as exc:
         raise ConfigFileError(f"{path}: no such report file") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad UTF-8, bad JSON, NaN/Infinity
         raise ConfigFileError(f"{path}: not a readable JSON report ({exc})") from exc
     if not isinstance(data, dict) or any(key not in data for key in REQUIRED):
         raise ConfigFileError(f"{path}: not an amdet-audit report.json (missing keys)")
@@ -29,7 +35,7 @@ def load_report(path: Path) -> dict[str, Any]:
 
 
 def render(report: dict[str, Any], fmt: str) -> str:
-    """The report in ``fmt``: sarif, md, html or json."""
+    """The report in ``fmt``: sarif, md, html or json (strict JSON; hidden characters escaped)."""
     if fmt == "html":
         from amdet_audit.report.html import render_html
 
@@ -37,9 +43,9 @@ def render(report: dict[str, Any], fmt: str) -> str:
     if fmt == "sarif":
         from amdet_audit.report.sarif import render_sarif
 
-        return json.dumps(render_sarif(report), indent=2, ensure_ascii=False)
+        return json_text(render_sarif(report))
     if fmt == "md":
         from amdet_audit.report.markdown import render_markdown
 
         return render_markdown(report)
-    return json.dumps(report, indent=2, ensure_ascii=False)
+    return json_text(report)

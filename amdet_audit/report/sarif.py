@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from amdet_audit.gate import SCAN_RULES as GATED_SCAN_RULES
+from amdet_audit.report.escaping import uri_path, visible
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 INFORMATION_URI = "https://pypi.org/project/amdet-audit/"
@@ -42,9 +43,10 @@ def drop_nulls(value: Any) -> Any:
 
 
 def artifact_uri(report: dict[str, Any], path: str) -> str:
-    """A relative URI for a file of the target: ``<target as given>/<path>`` (``:`` becomes ``/``)."""
+    """A relative URI for a file of the target: ``<target as given>/<path>`` (``:`` becomes ``/``),
+    percent-encoded per RFC 3986 (file names come from the model and may hold anything)."""
     prefix = str(report["target"]["input"]).replace("hf://", "").replace(":", "/").strip("/")
-    return f"{prefix}/{path}" if prefix and prefix != "." else path
+    return uri_path(f"{prefix}/{path}" if prefix and prefix != "." else path)
 
 
 def rule(rule_id: str, severity: str, name: str, text: str) -> dict[str, Any]:
@@ -59,15 +61,15 @@ def rule(rule_id: str, severity: str, name: str, text: str) -> dict[str, Any]:
 def result(finding: dict[str, Any], uri: str) -> dict[str, Any]:
     """One SARIF result with a location, the finding's fingerprint and, when waived, an accepted suppression."""
     res = {"ruleId": finding["rule"], "level": LEVELS[finding["severity"]][0],
-           "message": {"text": f"{finding['check']}: {finding['message']}" if finding["check"] != "assimilation"
-                       else finding["message"]},
+           "message": {"text": visible(f"{finding['check']}: {finding['message']}"
+                                       if finding["check"] != "assimilation" else finding["message"])},
            "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri}}}],
            "partialFingerprints": {"amdetFinding/v1": finding["fingerprint"]}}
     waiver = finding.get("waiver")
     if waiver and waiver["status"] == "applied":
         res["suppressions"] = [{"kind": "external", "status": "accepted",
-                                "justification": f"{waiver['reason']} (owner {waiver['owner']}, "
-                                                 f"expires {waiver['expires']})"}]
+                                "justification": visible(f"{waiver['reason']} (owner {waiver['owner']}, "
+                                                         f"expires {waiver['expires']})")}]
     return res
 
 
@@ -107,9 +109,9 @@ def render_sarif(report: dict[str, Any]) -> dict[str, Any]:
     verdict = report["verdict"]
     run = {"tool": {"driver": {"name": "amdet-audit", "version": report["tool"]["version"],
                                "informationUri": INFORMATION_URI, "rules": rules}},
-           "automationDetails": {"id": f"amdet-audit/{report['target']['input']}/"},
+           "automationDetails": {"id": visible(f"amdet-audit/{report['target']['input']}/")},
            "invocations": [{"executionSuccessful": verdict["exit_code"] != 2, "exitCode": verdict["exit_code"],
-                            "arguments": list(report["run"]["argv"])}],
+                            "arguments": [visible(a) for a in report["run"]["argv"]]}],
            "results": results,
            "properties": {"verdict": verdict["label"], "status": verdict["status"]}}
     return drop_nulls({"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]})
