@@ -13,8 +13,13 @@ log = logging.getLogger(__name__)
 
 def render_target_images(pm: pluggy.PluginManager, entries: list[dict[str, Any]], out: Path,
                          options: dict[str, str]) -> None:
-    """Add ``target_images`` (images per plugin, or the plugin's error) to every scanned component entry."""
+    """Add ``target_images`` (images per plugin, or the plugin's error) to every scanned component entry.
+
+    Each plugin writes into ``target-images/<component>/<plugin>/``, a folder created new for it."""
+    from amdet_audit.outputs import make_new_dir
+
     impls = pm.hook.amdet_audit_target_images.get_hookimpls()
+    created: set[Path] = set()
     for entry in entries:
         feature = (entry.get("evidence_files") or {}).get("target_feature")
         if not feature or not impls:
@@ -22,6 +27,10 @@ def render_target_images(pm: pluggy.PluginManager, entries: list[dict[str, Any]]
         rendered = []
         for impl in impls:
             folder = out / "target-images" / entry["name"] / impl.plugin_name
+            for path in (folder.parent.parent, folder.parent, folder):  # new folders, made here: none followed
+                if path not in created:
+                    make_new_dir(path, "image folder")
+                    created.add(path)
             try:
                 images = impl.function(component=entry, target_feature=feature, out_dir=str(folder),
                                        options=options)

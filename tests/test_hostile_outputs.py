@@ -141,6 +141,35 @@ def test_evidence_files_are_new_files(tmp_path: Path) -> None:
                                                             "target_feature.safetensors"]
 
 
+def test_image_plugins_write_only_into_folders_made_for_them(tmp_path: Path) -> None:
+    import pluggy
+
+    from amdet_audit import hookspecs
+    from amdet_audit.target_images import render_target_images
+
+    class Painter:
+        @hookspecs.hookimpl
+        def amdet_audit_target_images(self, component, target_feature, out_dir, options):
+            image = Path(out_dir) / "target-0.png"
+            image.write_bytes(b"png")
+            return [{"path": str(image), "caption": "x"}]
+
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    pm.register(Painter(), name="painter")
+    entries = [{"name": "model", "evidence_files": {"target_feature": "t.safetensors"}}]
+    out = tmp_path / "ok"
+    out.mkdir()
+    render_target_images(pm, entries, out, {})
+    assert (out / "target-images" / "model" / "painter" / "target-0.png").read_bytes() == b"png"
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "target-images").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OutputError, match="target-images already exists"):
+        render_target_images(pm, [{"name": "model", "evidence_files": {"target_feature": "t"}}], planted, {})
+    assert not (tmp_path / "elsewhere").exists()
+
+
 @pytest.mark.parametrize("kind", ["dangling", "to-empty-folder", "file", "non-empty"])
 def test_out_that_is_a_symlink_or_not_empty_is_refused(run_cli, model: Path, tmp_path: Path, kind: str) -> None:
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
