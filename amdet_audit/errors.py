@@ -52,3 +52,8 @@ class NotCachedError(AmdetError, LookupError):
 class UnsafeFileError(AmdetError, PermissionError):
     """Raised when a file of the target is refused unread: it lies or links outside the target folder, is not a
     regular file (a FIFO, device or socket), or a name in the target would point outside it."""
+
+
+class OutputError(AmdetError, FileExistsError):
+    """Raised when an output (report folder, report file, evidence file, policy file) already exists in any
+    form, a symlink included, or cannot be created: amdet-audit never overwrites or follows one."""

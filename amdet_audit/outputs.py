@@ -13,14 +13,13 @@ import stat
 from datetime import datetime, timezone
 from pathlib import Path
 
-from amdet_audit.errors import AmdetError
+from amdet_audit.errors import OutputError
+
+__all__ = ["OutputError", "claim_out", "copy_new", "make_new_dir", "new_report_folder", "remove_if_empty",
+           "write_new"]
 
 MAX_NAME_TRIES = 1000
 EXCLUSIVE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-
-
-class OutputError(AmdetError, FileExistsError):
-    """Raised when an output path already exists (as a file, folder or symlink) or cannot be created."""
 
 
 def describe_existing(path: Path) -> str:
