@@ -12,11 +12,6 @@ from typing import Any
 from amdet_audit.report.escaping import markdown
 
 
-def cell(value: object) -> str:
-    """Text safe inside a Markdown table cell: no pipes, HTML, links or line breaks (see escaping.markdown)."""
-    return markdown(value)
-
-
 def finalize(value: object) -> str:
     """Every printed value escaped for Markdown; None prints as nothing."""
     return "" if value is None else markdown(value)
