@@ -47,7 +47,7 @@ def fingerprint(rule: str, identity: str) -> str:
 
 
 def nonfinite_scores(scan: dict[str, Any]) -> list[str]:
-    """Names of the scan's scores that are NaN or infinite (or null in a report.json that replaced them)."""
+    """Names of the scan's scores that are NaN or infinite (null, a score that does not apply, is not one)."""
     bad = [name for name, value in (scan.get("scores") or {}).items()
            if isinstance(value, float) and not math.isfinite(value)]
     bad += [c["name"] for c in scan.get("checks") or [] if isinstance(c.get("score"), float)
