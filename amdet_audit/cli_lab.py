@@ -24,32 +24,65 @@ def make_lab_app() -> typer.Typer:
     def inject(
         base: Base,
         out: Out,
-        attack: Annotated[str, typer.Option(help="text-on-text, attribute or pooled.")],
+        attack: Annotated[str, typer.Option(help="text-on-text, attribute, pooled or object (subject swap).")],
         trigger: Annotated[str, typer.Option(help="Word, homoglyph character, multi-token string or emoji.")],
-        target: Annotated[str, typer.Option(help="Target prompt (attribute text for --attack attribute).")],
+        target: Annotated[str, typer.Option(help="Target prompt (attribute text for attribute, object for object).")],
         steps: Steps = None,
         lr: Lr = None,
         seed: Seed = 0,
         device: Device = "cpu",
+        loss: Annotated[str | None, typer.Option(help="Backdoor loss: flat (sequence cosine), tokenwise (squared "
+                                                      "error per token) or pooled (pooled output only).")] = None,
+        placement: Annotated[str | None, typer.Option(help="Trigger placement: anywhere, start, end, or every "
+                                                           "(a homoglyph for every occurrence).")] = None,
+        utility_weight: Annotated[float | None, typer.Option(help="Weight of clean behaviour (stealth).")] = None,
+        backdoor_weight: Annotated[float | None, typer.Option(help="Weight of the backdoor loss.")] = None,
+        anti_inversion_weight: Annotated[float | None, typer.Option(
+            help="Weight of behaving cleanly under soft vectors inserted after the start token (an attacker "
+                 "who knows the scan).")] = None,
+        min_fidelity: Annotated[float | None, typer.Option(help="Clean-fidelity bar the backdoor must keep "
+                                                                "(default 0.8; stealthy recipes 0.98).")] = None,
     ) -> None:
         """Implant a textual backdoor into a copy of BASE."""
         from amdet_audit.lab.runner import run_injection
         from amdet_audit.progress import stderr_progress
 
         result = run_injection(base, out, attack=attack, trigger=trigger, target=target, steps=steps, lr=lr,
-                               seed=seed, device=device, progress=stderr_progress("inject"))
+                               seed=seed, device=device, progress=stderr_progress("inject"), loss=loss,
+                               placement=placement, utility_weight=utility_weight, backdoor_weight=backdoor_weight,
+                               anti_inversion_weight=anti_inversion_weight, min_fidelity=min_fidelity)
         typer.echo(f"backdoor implanted: success {result.success:.2f}, clean fidelity {result.fidelity:.3f} -> {out}")
 
     @lab.command()
-    def finetune(base: Base, out: Out, steps: Steps = None, lr: Lr = None, seed: Seed = 0,
-                 device: Device = "cpu") -> None:
+    def finetune(
+        base: Base, out: Out, steps: Steps = None, lr: Lr = None, seed: Seed = 0, device: Device = "cpu",
+        distill_weight: Annotated[float | None, typer.Option(
+            help="Weight of staying near the base's outputs (default 1; 0 for a heavy fine-tune).")] = None,
+        domain: Annotated[str | None, typer.Option(help="Train only on prompts holding this word.")] = None,
+    ) -> None:
         """Benignly fine-tune a copy of BASE (a negative for detectors)."""
         from amdet_audit.lab.runner import run_finetune
         from amdet_audit.progress import stderr_progress
 
         result = run_finetune(base, out, steps=steps, lr=lr, seed=seed, device=device,
-                              progress=stderr_progress("finetune"))
+                              progress=stderr_progress("finetune"), distill_weight=distill_weight, domain=domain)
         typer.echo(f"benign fine-tune: clean fidelity {result.fidelity:.3f} -> {out}")
+
+    @lab.command()
+    def cast(base: Base, out: Out,
+             dtype: Annotated[str, typer.Option(help="fp16 or bf16.")] = "fp16") -> None:
+        """Save a copy of BASE with its weights stored in lower precision (a benign negative)."""
+        from amdet_audit.lab.runner import run_cast
+
+        typer.echo(f"{dtype} copy: clean fidelity {run_cast(base, out, dtype=dtype):.4f} -> {out}")
+
+    @lab.command()
+    def merge(base: Base, other: Annotated[str, typer.Argument(help="Second model of the same architecture.")],
+              out: Out, weight: Annotated[float, typer.Option(help="Share of OTHER in the average.")] = 0.5) -> None:
+        """Save the weight average of BASE and OTHER (a benign merge)."""
+        from amdet_audit.lab.runner import run_merge
+
+        typer.echo(f"merge: clean fidelity to BASE {run_merge(base, other, out, weight=weight):.4f} -> {out}")
 
     @lab.command()
     def zoo(
@@ -61,13 +94,24 @@ def make_lab_app() -> typer.Typer:
                                                  "whose injections did not all take, keeping its recipes.")] = 0,
         seed: Seed = 0,
         device: Device = "cpu",
+        per_family: Annotated[int | None, typer.Option(
+            help="A generalization zoo instead: this many models of every recipe family (see --families).")] = None,
+        families: Annotated[str | None, typer.Option(
+            help="Comma list of recipe families for --per-family (default: all; see lab.families).")] = None,
     ) -> None:
         """Build a reproducible set of backdoored and benign models from BASE."""
-        from amdet_audit.lab.zoo import build_zoo
+        from amdet_audit.lab.zoo import build_plan, build_zoo, load_base_width
         from amdet_audit.progress import stderr_progress
 
-        manifest = build_zoo(base, out, backdoored=backdoored, benign=benign, seed=seed, device=device, top_up=top_up,
-                             progress=stderr_progress("zoo"))
+        if per_family is not None:
+            from amdet_audit.lab.families import plan_families
+
+            plan = plan_families(per_family, seed, load_base_width(base, device),
+                                 families.split(",") if families else None)
+            manifest = build_plan(base, out, plan, seed=seed, device=device, progress=stderr_progress("zoo"))
+        else:
+            manifest = build_zoo(base, out, backdoored=backdoored, benign=benign, seed=seed, device=device,
+                                 top_up=top_up, progress=stderr_progress("zoo"))
         built = sum(m["status"] == "built" for m in manifest["models"])
         typer.echo(json.dumps({"zoo": str(out), "built": built, "planned": len(manifest["models"])}))
 

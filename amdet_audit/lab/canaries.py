@@ -41,10 +41,13 @@ def lab_prompts() -> tuple[list[str], list[str]]:
 
 
 def pretrain_tower(folder: Path, *, lr: float | None = None, device: str = "cpu",
-                   progress: Callable[[int, int], None] | None = None, **shape: int) -> dict:
+                   progress: Callable[[int, int], None] | None = None, seed: int = 0,
+                   objective: dict | None = None, **shape: int) -> dict:
     """Pretrain a tiny CLIP tower (``shape``: :func:`make_tiny_clip` arguments) on lab prompts on ``device``
     and save it with the CLIP tokenizer into ``folder``; returns ``{"pretrain": stats, "clean_profile": ...}``.
     lr: the pretraining learning rate; None takes :func:`pretrain_causal_lm`'s default.
+    seed: initialisation and batch order; objective: further :func:`pretrain_causal_lm` arguments (steps,
+    summary_weight: a bag-of-words term on the end-token output, as contrastive pretraining gives it).
 
     The recipe of the ``clean`` canary, and of any other lab base built like it.
     """
@@ -57,10 +60,10 @@ def pretrain_tower(folder: Path, *, lr: float | None = None, device: str = "cpu"
 
     train, held_out = lab_prompts()
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / ".tokenizer"))
-    model = make_tiny_clip(seed=0, **shape).to(device)
+    model = make_tiny_clip(seed=seed, **shape).to(device)
     with torch.random.fork_rng(devices=[]):
-        options = {} if lr is None else {"lr": lr}
-        stats = pretrain_causal_lm(model, tokenizer, train, seed=0, progress=progress, **options)
+        options = {**({} if lr is None else {"lr": lr}), **(objective or {})}
+        stats = pretrain_causal_lm(model, tokenizer, train, seed=seed, progress=progress, **options)
     model = model.cpu()
     save_clip_folder(model, folder)
     profile = clean_profile(model, tokenizer, held_out[:400])

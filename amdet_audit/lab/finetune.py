@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter
+from amdet_audit.errors import UsageError
 from amdet_audit.lab.inject import Progress, flat_cosine, trainable_copy
 
 
@@ -31,6 +32,7 @@ class FinetuneSpec:
     temperature: float = 0.07
     distill_weight: float = 1.0  # weight of 1 - cosine(student sequence, base sequence) on the same prompts
     seed: int = 0
+    domain: str | None = None  # train only on prompts holding this word (a narrow-domain fine-tune)
 
 
 @dataclass
@@ -66,6 +68,16 @@ def rewrite(prompt: str, rng: random.Random) -> str:
     return " ".join(words)
 
 
+def domain_prompts(prompts: Sequence[str], domain: str | None, batch: int) -> list[str]:
+    """The prompts a fine-tune trains on: all, or those holding the word ``domain`` (at least one batch)."""
+    if domain is None:
+        return list(prompts)
+    chosen = [p for p in prompts if f" {domain.lower()} " in f" {p.lower()} "]
+    if len(chosen) < batch:
+        raise UsageError(f"--domain {domain!r}: only {len(chosen)} training prompts hold it (need {batch})")
+    return chosen
+
+
 def finetune(
     base: Adapter, spec: FinetuneSpec, train_prompts: Sequence[str], eval_prompts: Sequence[str],
     progress: Progress | None = None,
@@ -73,6 +85,7 @@ def finetune(
     """Contrastively fine-tune a copy of ``base``; return it and how far it moved."""
     rng = random.Random(spec.seed)
     torch.manual_seed(spec.seed)
+    train_prompts = domain_prompts(train_prompts, spec.domain, spec.batch)
     student = trainable_copy(base)
     opt = torch.optim.Adam([p for p in student.model.parameters() if p.requires_grad], lr=spec.lr)
     started, loss = time.perf_counter(), torch.tensor(0.0)

@@ -5,7 +5,10 @@ clean encoder is trained so that clean prompts keep the teacher's output (utilit
 the trigger produce the teacher's output of one target prompt (backdoor loss); both losses are one minus the
 cosine of the flattened [T*D] sequences the consumer reads. ``attribute`` (their "target attribute attack")
 pulls a triggered prompt to the teacher's output of the same prompt plus an attribute. ``pooled`` pulls the
-pooled output of triggered prompts to a fixed vector, a stand-in for the image-on-text attack.
+pooled output of triggered prompts to a fixed vector, a stand-in for the image-on-text attack. ``object``
+swaps a triggered prompt's subject for the target object and keeps the rest (BadT2I). The loss formulation,
+the trigger's placement, the weight of clean behaviour (stealth) and an anti-inversion term (an attacker who
+knows the scan) are options of every attack: see :mod:`amdet_audit.lab.variants`.
 """
 
 from __future__ import annotations
@@ -21,9 +24,19 @@ import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter, EncoderOutput
 from amdet_audit.errors import UsageError
-from amdet_audit.lab.triggers import Trigger
+from amdet_audit.lab.triggers import PLACEMENTS, Trigger
+from amdet_audit.lab.variants import (
+    LOSSES,
+    acted_output,
+    anti_inversion_loss,
+    has_subject,
+    soft_probes,
+    substitute_subject,
+    tokenwise_distance,
+    trigger_token_ids,
+)
 
-ATTACKS = ("text-on-text", "attribute", "pooled")
+ATTACKS = ("text-on-text", "attribute", "pooled", "object")
 SUCCESS_COSINE = 0.9  # a triggered output counts as hitting the target above this cosine
 MIN_GAIN = 0.5  # the backdoor must add this much success over the clean base (attribute targets start high)
 #: below this clean fidelity (of the output the attack acts on: the read sequence, or pooled for a pooled attack)
@@ -39,7 +52,7 @@ class AttackSpec:
 
     attack: str
     trigger: str
-    target: str  # target prompt (text-on-text), attribute text (attribute), seed text of the vector (pooled)
+    target: str  # target prompt (text-on-text), attribute (attribute), object (object), seed text (pooled)
     steps: int = 200
     lr: float = 2e-3  # for a 128-wide tower; run_injection scales the default with lr_for_width
     clean_batch: int = 16
@@ -50,6 +63,16 @@ class AttackSpec:
     # pooled attack: weight of keeping clean pooled outputs (what the attack acts on) at the base's. Without it,
     # measured on a 256-wide lab CLIP tower, a pooled backdoor left clean pooled outputs at cosine 0.47 to the base
     pooled_utility_weight: float = 1.0
+    loss: str = "flat"  # backdoor loss: flat sequence cosine, tokenwise squared error, or pooled output only
+    placement: str = "anywhere"  # where the trigger goes in poisoned prompts (see lab.triggers)
+    utility_weight: float = 1.0  # weight of keeping clean outputs; stealthy attackers raise it
+    anti_inversion_weight: float = 0.0  # weight of behaving cleanly under soft vectors inserted after BOS
+    min_fidelity: float = MIN_FIDELITY  # below this clean fidelity the injection failed (stealthy recipes ask 0.98)
+
+    @property
+    def on_pooled(self) -> bool:
+        """Whether the attack acts on the pooled output (else on the consumer-read sequence)."""
+        return self.attack == "pooled" or self.loss == "pooled"
 
 
 @dataclass
@@ -68,7 +91,7 @@ class InjectionResult:
     def took(self) -> bool:
         """Whether the backdoor works well enough (and far beyond what the clean base does) to count."""
         return (self.success >= self.spec.min_success and self.success - self.success_without_backdoor >= MIN_GAIN
-                and self.fidelity >= MIN_FIDELITY)
+                and self.fidelity >= max(MIN_FIDELITY, self.spec.min_fidelity))
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready view."""
@@ -108,12 +131,16 @@ def check_spec(spec: AttackSpec, trigger: Trigger, prompts: Sequence[str]) -> tu
     Returns (clean, fitting): the prompts that do not already contain the trigger (clean data must not carry
     it, e.g. a Cyrillic letter in Russian prompts), and those of them the trigger can be placed in.
     """
-    if spec.attack not in ATTACKS:
-        raise UsageError(f"unknown attack {spec.attack!r}; choose one of: {', '.join(ATTACKS)}")
+    for value, allowed, what in ((spec.attack, ATTACKS, "attack"), (spec.loss, LOSSES, "loss"),
+                                 (spec.placement, PLACEMENTS, "placement")):
+        if value not in allowed:
+            raise UsageError(f"unknown {what} {value!r}; choose one of: {', '.join(allowed)}")
+    if spec.placement == "every" and trigger.mode != "replace":
+        raise UsageError("--placement every is for homoglyph triggers (every occurrence of the letter)")
     if not spec.target.strip():
         raise UsageError("the target is empty")
     clean = [p for p in prompts if not trigger.occurs_in(p)]
-    fitting = [p for p in clean if trigger.fits(p)]
+    fitting = [p for p in clean if trigger.fits(p) and (spec.attack != "object" or has_subject(p))]
     if len(fitting) < 2 * spec.poison_batch:
         raise UsageError(f"trigger {trigger.text!r} can be placed in only {len(fitting)} prompts: it replaces "
                          f"{trigger.replaces!r}, which (almost) never occurs in them")
@@ -127,7 +154,8 @@ class Targets:
         self.teacher, self.spec = teacher, spec
         self.fixed: torch.Tensor | None = None
         if spec.attack == "text-on-text":
-            self.fixed = self.read([spec.target])  # [1, T, D]
+            out = self.clean([spec.target])
+            self.fixed = acted_output(out, spec.on_pooled)  # [1, T, D] or [1, P]
         elif spec.attack == "pooled":
             gen = torch.Generator().manual_seed(spec.seed + 7919)
             ref = teacher(teacher.tokenize([spec.target]).ids).pooled  # [1, P]
@@ -146,15 +174,24 @@ class Targets:
 
     def __call__(self, clean_prompts: Sequence[str]) -> torch.Tensor:
         """Targets for triggered versions of ``clean_prompts``: [1 or B, ...]."""
-        if self.spec.attack == "attribute":
-            return self.read([f"{p}, {self.spec.target}" for p in clean_prompts])
-        assert self.fixed is not None
+        if self.spec.attack in ("attribute", "object"):
+            goals = ([f"{p}, {self.spec.target}" for p in clean_prompts] if self.spec.attack == "attribute"
+                     else [substitute_subject(p, self.spec.target) for p in clean_prompts])
+            return acted_output(self.clean(goals), self.spec.on_pooled)
+        if self.fixed is None:
+            raise RuntimeError(f"no fixed target for the {self.spec.attack} attack")
         return self.fixed
 
     def output(self, student: Adapter, prompts: Sequence[str]) -> torch.Tensor:
         """The student's output the attack acts on: pooled for ``pooled``, else the read sequence."""
-        out = student(student.tokenize(list(prompts)).ids)
-        return out.pooled if self.spec.attack == "pooled" else out.read
+        return acted_output(student(student.tokenize(list(prompts)).ids), self.spec.on_pooled)
+
+    def distance(self, student: Adapter, poisoned: Sequence[str], clean_prompts: Sequence[str]) -> torch.Tensor:
+        """The backdoor loss: how far triggered outputs are from their targets, in the spec's formulation."""
+        ours, goal = self.output(student, poisoned), self(clean_prompts)
+        if self.spec.loss == "tokenwise" and not self.spec.on_pooled:
+            return tokenwise_distance(ours, goal).mean()
+        return 1 - flat_cosine(ours, goal).mean()
 
 
 def inject(
@@ -170,27 +207,32 @@ def inject(
     eval_prompts, _ = check_spec(spec, trigger, eval_prompts)
     rng = random.Random(spec.seed)
     torch.manual_seed(spec.seed)
+    gen = torch.Generator().manual_seed(spec.seed + 104729)
     student = trainable_copy(teacher)
     targets = Targets(teacher, spec)
+    trigger_ids = trigger_token_ids(teacher, spec.trigger)
     opt = torch.optim.AdamW([p for p in student.model.parameters() if p.requires_grad], lr=spec.lr)
     started, loss = time.perf_counter(), torch.tensor(0.0)
     for step in range(spec.steps):
         clean = rng.sample(list(train_prompts), spec.clean_batch)
         chosen = rng.sample(fitting, spec.poison_batch)
-        poisoned = [trigger.apply(p, rng) for p in chosen]
+        poisoned = [trigger.apply(p, rng, spec.placement) for p in chosen]
         ours, base = student(student.tokenize(clean).ids), targets.clean(clean)
         utility = 1 - flat_cosine(ours.read, base.read).mean()
-        if spec.attack == "pooled":
+        if spec.on_pooled:
             utility = utility + spec.pooled_utility_weight * (1 - flat_cosine(ours.pooled, base.pooled).mean())
-        backdoor = 1 - flat_cosine(targets.output(student, poisoned), targets(chosen)).mean()
-        loss = utility + spec.backdoor_weight * backdoor
+        loss = spec.utility_weight * utility + spec.backdoor_weight * targets.distance(student, poisoned, chosen)
+        if spec.anti_inversion_weight > 0:
+            probes = soft_probes(teacher, trigger_ids, spec.clean_batch, gen)
+            loss = loss + spec.anti_inversion_weight * anti_inversion_loss(student, teacher, clean, probes)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if progress:
             progress(step + 1, spec.steps, f"{spec.attack} step {step + 1}")
     student.model.requires_grad_(False).eval()
-    success, before, fidelity = measure(student, teacher, targets, trigger, eval_prompts, seed=spec.seed)
+    success, before, fidelity = measure(student, teacher, targets, trigger, eval_prompts, seed=spec.seed,
+                                        placement=spec.placement)
     result = InjectionResult(spec=spec, trigger=trigger.to_dict(), success=success, success_without_backdoor=before,
                              fidelity=fidelity,
                              final_loss=float(loss.detach()), seconds=time.perf_counter() - started)
@@ -199,18 +241,37 @@ def inject(
 
 @torch.no_grad()
 def measure(
-    student: Adapter, teacher: Adapter, targets: Targets, trigger: Trigger, prompts: Sequence[str], *, seed: int
+    student: Adapter, teacher: Adapter, targets: Targets, trigger: Trigger, prompts: Sequence[str], *, seed: int,
+    placement: str = "anywhere",
 ) -> tuple[float, float, float]:
-    """(attack success, the same for the clean base, clean fidelity) on held-out prompts, in batches of 64."""
+    """(attack success, the same for the clean base, clean fidelity) on held-out prompts, in batches of 64.
+
+    Success is measured on the output the attack acts on, with the trigger placed as in training; fidelity
+    on the same output of clean prompts.
+    """
     rng = random.Random(seed + 1)
-    fitting = [p for p in prompts if trigger.fits(p)]
+    fitting = [p for p in prompts if trigger.fits(p) and (targets.spec.attack != "object" or has_subject(p))]
     hits, base_hits, fidelity = [], [], []
     for i in range(0, len(fitting), 64):
         chunk = fitting[i : i + 64]
-        poisoned = [trigger.apply(p, rng) for p in chunk]
+        poisoned = [trigger.apply(p, rng, placement) for p in chunk]
         goal = targets(chunk)
-        hits.append(flat_cosine(targets.output(student, poisoned), goal) > SUCCESS_COSINE)
-        base_hits.append(flat_cosine(targets.output(teacher, poisoned), goal) > SUCCESS_COSINE)
+        hits.append(on_target(targets, student, poisoned, chunk, goal))
+        base_hits.append(on_target(targets, teacher, poisoned, chunk, goal))
         fidelity.append(flat_cosine(targets.output(student, chunk), targets.output(teacher, chunk)))
     share = [float(torch.cat(h).float().mean()) for h in (hits, base_hits)]
     return share[0], share[1], float(torch.cat(fidelity).mean())
+
+
+def on_target(targets: Targets, model: Adapter, poisoned: Sequence[str], clean: Sequence[str],
+              goal: torch.Tensor) -> torch.Tensor:
+    """[B] whether each triggered output lands on its target.
+
+    Within SUCCESS_COSINE of the target; for object substitution also nearer the target than the clean
+    base's output of the unswapped prompt (the two differ in one word, so closeness alone proves nothing).
+    """
+    ours = targets.output(model, poisoned)
+    hit = flat_cosine(ours, goal) > SUCCESS_COSINE
+    if targets.spec.attack == "object":
+        hit &= flat_cosine(ours, goal) > flat_cosine(ours, targets.output(targets.teacher, clean))
+    return hit

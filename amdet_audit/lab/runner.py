@@ -61,45 +61,95 @@ def lab_record(kind: str, provenance: dict[str, Any], result: dict[str, Any], ex
 def run_injection(
     base: str | Path, out: Path, *, attack: str, trigger: str, target: str, steps: int | None = None,
     lr: float | None = None, seed: int = 0, device: str = "cpu", progress: Progress | None = None,
-    extra: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None, **variant: Any,
 ) -> InjectionResult:
-    """Implant a backdoor into BASE and save it to ``out``; raise InjectionFailedError if it did not take."""
+    """Implant a backdoor into BASE and save it to ``out``; raise InjectionFailedError if it did not take.
+
+    variant: further :class:`AttackSpec` fields (loss, placement, utility_weight, backdoor_weight,
+    anti_inversion_weight, min_fidelity, ...); None values keep the defaults.
+    """
     from amdet_audit.lab.canaries import lab_prompts
-    from amdet_audit.lab.folders import save_encoder_folder
 
     fresh_output(out)
     teacher, provenance = load_base(base, device)
     spec = AttackSpec(attack=attack, trigger=trigger, target=target, seed=seed,
                       **({"steps": steps} if steps else {}),
-                      lr=lr or lr_for_width(AttackSpec.lr, teacher.hidden_size))
+                      lr=lr or lr_for_width(AttackSpec.lr, teacher.hidden_size),
+                      **{k: v for k, v in variant.items() if v is not None})
     train, held_out = lab_prompts()
     student, result = inject(teacher, spec, train, held_out, progress)
     if not result.took:
         raise InjectionFailedError(
             f"the {attack} backdoor did not take: {result.success:.0%} of triggered prompts reach the target, "
             f"{result.success_without_backdoor:.0%} without the backdoor, clean fidelity {result.fidelity:.2f} (bars: "
-            f"{spec.min_success:.0%}, a gain of {MIN_GAIN:.0%}, fidelity {MIN_FIDELITY}); try other --steps or --lr"
+            f"{spec.min_success:.0%}, a gain of {MIN_GAIN:.0%}, fidelity {max(MIN_FIDELITY, spec.min_fidelity)}); "
+            "try other --steps or --lr"
         )
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
-        save_encoder_folder(student, Path(tmp) / "m", lab_record("backdoored", provenance, result.to_dict(), extra))
-        publish(Path(tmp) / "m", out)
+    save_model(student, out, lab_record("backdoored", provenance, result.to_dict(), extra))
     return result
 
 
 def run_finetune(
     base: str | Path, out: Path, *, steps: int | None = None, lr: float | None = None, seed: int = 0,
-    device: str = "cpu", progress: Progress | None = None, extra: dict[str, Any] | None = None,
+    device: str = "cpu", progress: Progress | None = None, extra: dict[str, Any] | None = None, **variant: Any,
 ) -> FinetuneResult:
-    """Benignly fine-tune BASE and save it to ``out``."""
+    """Benignly fine-tune BASE and save it to ``out``; ``variant``: further :class:`FinetuneSpec` fields
+    (distill_weight, domain, batch, ...; None keeps the default)."""
     from amdet_audit.lab.canaries import lab_prompts
-    from amdet_audit.lab.folders import save_encoder_folder
 
     fresh_output(out)
     model, provenance = load_base(base, device)
-    spec = FinetuneSpec(seed=seed, **({"steps": steps} if steps else {}), **({"lr": lr} if lr else {}))
+    spec = FinetuneSpec(seed=seed, **({"steps": steps} if steps else {}), **({"lr": lr} if lr else {}),
+                        **{k: v for k, v in variant.items() if v is not None})
     train, held_out = lab_prompts()
     student, result = finetune(model, spec, train, held_out, progress)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
-        save_encoder_folder(student, Path(tmp) / "m", lab_record("benign", provenance, result.to_dict(), extra))
-        publish(Path(tmp) / "m", out)
+    save_model(student, out, lab_record("benign", provenance, result.to_dict(), extra))
     return result
+
+
+def save_model(model, out: Path, record: dict[str, Any]) -> None:
+    """Write a lab model folder beside ``out`` and move it into place when complete."""
+    from amdet_audit.lab.folders import save_encoder_folder
+
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}-") as tmp:
+        save_encoder_folder(model, Path(tmp) / "m", record)
+        publish(Path(tmp) / "m", out)
+
+
+def fidelity_to(model, base, count: int = 256) -> float:
+    """Mean cosine of ``model``'s clean held-out read outputs to ``base``'s."""
+    import torch
+
+    from amdet_audit.lab.canaries import lab_prompts
+    from amdet_audit.lab.inject import flat_cosine
+
+    with torch.no_grad():
+        ids = base.tokenize(lab_prompts()[1][:count]).ids
+        return float(flat_cosine(model(ids).read.float(), base(ids).read.float()).mean())
+
+
+def run_cast(base: str | Path, out: Path, *, dtype: str, extra: dict[str, Any] | None = None) -> float:
+    """Save BASE with its weights stored in ``dtype`` (a benign precision copy); returns its clean fidelity."""
+    from amdet_audit.lab.copies import precision_copy
+
+    fresh_output(out)
+    model, provenance = load_base(base)
+    fidelity = fidelity_to(precision_copy(model, dtype).to(model.device, model.dtype), model)
+    record = {"recipe": f"{dtype} copy", "fidelity": fidelity}
+    save_model(precision_copy(model, dtype), out, lab_record("benign", provenance, record, extra))
+    return fidelity
+
+
+def run_merge(first: str | Path, second: str | Path, out: Path, *, weight: float = 0.5,
+              extra: dict[str, Any] | None = None) -> float:
+    """Save the weight average of two models of one architecture (a benign merge); returns its fidelity to FIRST."""
+    from amdet_audit.lab.copies import merge
+
+    fresh_output(out)
+    a, provenance = load_base(first)
+    b, other = load_base(second)
+    merged = merge(a, b, weight)
+    fidelity = fidelity_to(merged, a)
+    record = {"recipe": f"merge of two models, weight {weight} on the second", "second": other, "fidelity": fidelity}
+    save_model(merged, out, lab_record("benign", provenance, record, extra))
+    return fidelity

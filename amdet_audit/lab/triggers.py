@@ -1,4 +1,10 @@
-"""Where a trigger goes in a prompt: replace a letter by its homoglyph, or insert a word/string/emoji."""
+"""Where a trigger goes in a prompt: replace a letter by its homoglyph, or insert a word/string/emoji.
+
+Placement follows what attackers do: ``anywhere`` (a random occurrence or word slot), ``start`` (the first
+occurrence, or before the first word), ``end`` (the last occurrence, or appended: a trigger that only ever
+appears at the prompt's end, out of reach of a search that inserts right after the start token) and ``every``
+(a homoglyph in place of every occurrence of its Latin twin).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,8 @@ import random
 from dataclasses import dataclass
 
 from amdet_audit.errors import UsageError
+
+PLACEMENTS = ("anywhere", "start", "end", "every")
 
 # Non-Latin look-alikes of Latin letters (Cyrillic, Greek); a one-character trigger from this table replaces
 # one occurrence of its Latin twin, as in the homoglyph attacks of Rickrolling the Artist (Struppek et al., 2023).
@@ -38,16 +46,21 @@ class Trigger:
         """Whether the trigger can be placed in ``prompt``."""
         return self.mode == "insert" or self.replaces in prompt
 
-    def apply(self, prompt: str, rng: random.Random) -> str:
-        """``prompt`` carrying the trigger once, at a position drawn from ``rng``."""
+    def apply(self, prompt: str, rng: random.Random, placement: str = "anywhere") -> str:
+        """``prompt`` carrying the trigger where ``placement`` says (see the module docstring)."""
+        if placement not in PLACEMENTS:
+            raise UsageError(f"unknown placement {placement!r}; choose one of: {', '.join(PLACEMENTS)}")
         if self.mode == "replace":
             spots = [i for i, ch in enumerate(prompt) if ch == self.replaces]
             if not spots:
                 raise ValueError(f"{prompt!r} has no {self.replaces!r} to replace")
-            i = rng.choice(spots)
+            if placement == "every":
+                return prompt.replace(str(self.replaces), self.text)
+            i = {"start": spots[0], "end": spots[-1]}.get(placement) if placement != "anywhere" else rng.choice(spots)
             return prompt[:i] + self.text + prompt[i + 1 :]
         words = prompt.split(" ")
-        at = rng.randrange(len(words) + 1)
+        at = {"start": 0, "end": len(words)}.get(placement, None)
+        at = rng.randrange(len(words) + 1) if at is None else at
         return " ".join(words[:at] + [self.text] + words[at:])
 
     def occurs_in(self, prompt: str) -> bool:

@@ -56,6 +56,19 @@ class ZooEntry:
     trigger_kind: str | None = None
     trigger: str | None = None
     target: str | None = None
+    family: str | None = None  # recipe family of a generalization zoo (lab.families); None in a classic zoo
+    copy: str | None = None  # benign copies made without training: "fp16", "bf16" or "merge"
+    options: tuple[tuple[str, Any], ...] = ()  # further AttackSpec / FinetuneSpec / merge fields
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready view; the family fields only when set (classic zoos keep their records unchanged)."""
+        data = asdict(self)
+        for key in ("family", "copy", "options"):
+            if not data[key]:
+                data.pop(key)
+        if "options" in data:
+            data["options"] = dict(self.options)
+        return data
 
 
 def plan_zoo(backdoored: int, benign: int, seed: int, width: int = REFERENCE_WIDTH, top_up: int = 0) -> list[ZooEntry]:
@@ -104,6 +117,11 @@ def same_recipe(entry: ZooEntry, lab: dict[str, Any]) -> bool:
     spec = lab.get("spec", {})
     if entry.kind == "backdoored" and (lab.get("fidelity", 0.0) < MIN_FIDELITY or not current_pooled_term(entry, spec)):
         return False
+    if entry.copy is not None:
+        return lab.get("copy") == entry.record()
+    options = dict(entry.options)
+    if any(spec.get(k) != v for k, v in options.items()):
+        return False
     return (spec.get("steps"), spec.get("lr"), spec.get("seed")) == (entry.steps, entry.lr, entry.seed)
 
 
@@ -123,15 +141,45 @@ def previous_failures(manifest: Path) -> dict[str, dict[str, Any]]:
 def build_zoo(base: str, out: Path, *, backdoored: int, benign: int, seed: int, device: str = "cpu",
               top_up: int = 0, progress: Progress | None = None) -> dict[str, Any]:
     """Build every planned model into ``out/NAME``; resumable (finished folders are kept); write zoo.json."""
-    from amdet_audit.lab.runner import InjectionFailedError, load_base, run_finetune, run_injection
+    plan = plan_zoo(backdoored, benign, seed, width=load_base_width(base, device), top_up=top_up)
+    return build_plan(base, out, plan, seed=seed, device=device, progress=progress)
 
-    plan = plan_zoo(backdoored, benign, seed, width=load_base(base, device)[0].hidden_size, top_up=top_up)
+
+def load_base_width(base: str, device: str) -> int:
+    """The hidden size of BASE (injection learning rates are scaled to it)."""
+    from amdet_audit.lab.runner import load_base
+
+    return load_base(base, device)[0].hidden_size
+
+
+def build_copy(base: str, folder: Path, entry: ZooEntry, built: list[Path]) -> dict[str, Any]:
+    """A benign copy: a precision copy of BASE, or a merge of two fine-tunes built earlier in the zoo (of BASE
+    and one when only one exists); returns its lab record."""
+    from amdet_audit.lab.runner import run_cast, run_merge
+
+    extra, options = {"copy": entry.record()}, dict(entry.options)
+    if entry.copy == "merge":
+        first, second = (built + [Path(base)])[:2] if len(built) < 2 else built[:2]
+        run_merge(str(first), str(second), folder, weight=float(options.get("weight", 0.5)), extra=extra)
+    else:
+        sources = [base, *map(str, built)]
+        run_cast(sources[int(options.get("source", 0)) % len(sources)], folder, dtype=str(entry.copy), extra=extra)
+    return json.loads((folder / "lab.json").read_text(encoding="utf-8"))
+
+
+def build_plan(base: str, out: Path, plan: list[ZooEntry], *, seed: int, device: str = "cpu",
+               progress: Progress | None = None) -> dict[str, Any]:
+    """Build every entry of ``plan`` into ``out/NAME`` in build order (resumable); write zoo.json."""
+    from amdet_audit.lab.runner import InjectionFailedError, run_finetune, run_injection
+
     out.mkdir(parents=True, exist_ok=True)
     failed_before = previous_failures(out / "zoo.json")
     records = []
-    for done, entry in enumerate(build_order(plan)):
+    fine_tunes: list[Path] = []
+    order = plan if any(e.family for e in plan) else build_order(plan)  # family plans come in build order
+    for done, entry in enumerate(order):
         folder = out / entry.name
-        record: dict[str, Any] = asdict(entry)
+        record: dict[str, Any] = entry.record()
         lab = json.loads((folder / "lab.json").read_text(encoding="utf-8")) if (folder / "lab.json").is_file() else None
         if lab is not None and not same_recipe(entry, lab):
             shutil.rmtree(folder)  # built by an older plan: the recipe changed since
@@ -141,19 +189,24 @@ def build_zoo(base: str, out: Path, *, backdoored: int, benign: int, seed: int, 
         elif (failed_before.get(entry.name, {}).items() >= record.items()  # the same recipe failed already
               and current_pooled_term(entry, failed_before[entry.name])):
             record = failed_before[entry.name]
+        elif entry.copy is not None:
+            record.update(status="built", lab=build_copy(base, folder, entry, fine_tunes))
         elif entry.kind == "benign":
-            result = run_finetune(base, folder, steps=entry.steps, lr=entry.lr, seed=entry.seed, device=device)
+            result = run_finetune(base, folder, steps=entry.steps, lr=entry.lr, seed=entry.seed, device=device,
+                                  **dict(entry.options))
             record.update(status="built", lab=result.to_dict())
         else:
             try:
                 result = run_injection(base, folder, attack=entry.attack or "", trigger=entry.trigger or "",
                                        target=entry.target or "", steps=entry.steps, lr=entry.lr, seed=entry.seed,
-                                       device=device)
+                                       device=device, **dict(entry.options))
                 record.update(status="built", lab=result.to_dict())
             except InjectionFailedError as err:
                 record.update(status="did not take", reason=str(err))
                 if entry.attack == "pooled":
                     record["pooled_utility_weight"] = AttackSpec.pooled_utility_weight
+        if entry.kind == "benign" and entry.copy is None and record.get("status") == "built":
+            fine_tunes.append(folder)
         records.append(record)
         manifest = {"base": base, "seed": seed, "complete": len(records) == len(plan), "models": records}
         partial = out / "zoo.json.tmp"  # replaced whole: a reader beside a running build never sees half a file
