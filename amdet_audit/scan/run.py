@@ -11,11 +11,13 @@ import torch
 from amdet_audit.encoders.base import Adapter
 from amdet_audit.errors import UsageError
 from amdet_audit.scan.config import ScanConfig
+from amdet_audit.scan.discrete import ProbeScore, TokenSearch, search_tokens
 from amdet_audit.scan.evidence import (
     nearest_prompts,
     nearest_prompts_by_reference,
     nearest_tokens,
     textual_inversion_tensors,
+    token_text,
     triggered_outputs,
 )
 from amdet_audit.scan.features import clean_features
@@ -56,6 +58,36 @@ def effects(enc: Encoders, cands: dict[str, Candidate], data: ScanPrompts, n: in
     return {family: measure(enc, c.vector, index, data.ids) for family, c in cands.items()}
 
 
+def token_search(enc: Encoders, data: ScanPrompts, cands: dict[str, Candidate], config: ScanConfig,
+                 progress: Progress | None) -> TokenSearch | None:
+    """Real-input trigger candidates (see scan/discrete.py) on the first test prompts; None for bidirectional
+    towers (their probes need other features) or when no pseudo-trigger came out."""
+    if not cands or not getattr(enc.suspect, "causal", True) or config.token_prompts < 2:
+        return None
+    prompts = [data.prompts[i] for i in data.test[: config.token_prompts].tolist()]
+    return search_tokens(enc.suspect, enc.reference, prompts, [c.vector for c in cands.values()],
+                         padding=config.padding_positions, nearest=config.token_nearest, moved=config.token_moved,
+                         gradient_top=config.token_gradient_top, rounds=config.token_rounds,
+                         nulls=config.token_nulls, seed=config.seed, progress=progress)
+
+
+def token_evidence(search: TokenSearch | None, adapter: Adapter) -> dict | None:
+    """The best real-input probes, decoded, with their scores (None when the search did not run)."""
+    if search is None:
+        return None
+
+    def row(s: ProbeScore) -> dict:
+        p = s.probe
+        tokens = [token_text(getattr(adapter, "tokenizer", None), t) for t in p.tokens]
+        return {"probe": p.label if p.substitution else " ".join(tokens), "placement": p.placement,
+                "origin": p.origin, "token_ids": list(p.tokens), "collapse": round(s.collapse, 4),
+                "collapse_excess": round(s.excess, 4), "collapse_z": round(s.excess_z, 2),
+                "shift": round(s.shift, 4), "shift_z": round(s.shift_z, 2)}
+
+    return {"probes_tried": search.probes, "null": {k: round(v, 4) for k, v in search.null.items()},
+            "top": [row(s) for s in search.top]}
+
+
 def calibrate_reference(reference: Adapter, config: ScanConfig, prompts: Sequence[str] | None = None,
                         progress: Progress | None = None) -> dict[str, float]:
     """The reference's own best collapse under the same inversion: the natural baseline a suspect must exceed."""
@@ -91,17 +123,21 @@ def run_scan(
     timings["inversion_s"] = time.perf_counter() - started - timings["features_s"]
     cands = {f: c for f in ("collapse", "divergence") if (c := inv.best(f)) is not None}
     found = effects(enc, cands, data, config.check_subset)
-    lenient = decide(found, reference_baseline or {}, config, reference is not None, lenient=True)
+    token = token_search(enc, data, cands, config, progress)
+    timings["token_search_s"] = time.perf_counter() - started - timings["features_s"] - timings["inversion_s"]
+    lenient = decide(found, reference_baseline or {}, config, reference is not None, lenient=True, token=token)
     subset_only = not (config.full_checks or lenient.flagged)
     if reference is not None and reference_baseline is None and not subset_only:
         reference_baseline = calibrate_reference(reference, config, prompts)
     if not subset_only:
         found = effects(enc, cands, data, None)
     decision = decide(found, reference_baseline or {}, config, reference is not None,
-                      causal=bool(getattr(suspect, "causal", True)))
-    timings["checks_s"] = time.perf_counter() - started - timings["features_s"] - timings["inversion_s"]
+                      causal=bool(getattr(suspect, "causal", True)), token=token)
+    timings["checks_s"] = time.perf_counter() - started - sum(timings.values())
     result = assemble(enc, data, inv, cands, found, decision, reference_baseline, config, subset_only)
-    decisive = decision.decisive or ("collapse" if config.full_checks and "collapse" in cands else None)
+    result.evidence["token_search"] = token_evidence(token, suspect)
+    decisive = decision.decisive if decision.decisive in cands else None
+    decisive = decisive or ("collapse" if (config.full_checks or decision.flagged) and "collapse" in cands else None)
     if decisive is not None:
         cand = cands[decisive]
         idx = data.test[:8]
@@ -118,7 +154,8 @@ def assemble(enc, data, inv, cands, found, decision, baseline, config, subset_on
     clean_test = enc.suspect_clean.clean(data.test)
     profile = {"collapse": mean_pairwise_cosine(clean_test),
                "assimilation": float(found[next(iter(found))].clean_assimilation) if found else float("nan")}
-    family = decision.decisive or ("collapse" if "collapse" in cands else next(iter(cands), None))
+    family = decision.decisive if decision.decisive in cands else None
+    family = family or ("collapse" if "collapse" in cands else next(iter(cands), None))
     evidence: dict = {"family": family, "checks_on": "subset" if subset_only else "full test set",
                       "test_prompts": found[family].prompts if family else 0}
     arrays: dict[str, torch.Tensor] = {}

@@ -5,6 +5,9 @@
   Without a reference: absolute collapse.
 - divergence rule (catches attribute backdoors too): the pseudo-trigger shifts the suspect's outputs, but
   not the reference's, by a large amount in a consistent direction across prompts.
+- token rules (real, typeable input: see scan/discrete.py): a real-token or look-alike probe makes prompts
+  collapse far beyond the reference's collapse under the same probe and far outside the spread of random
+  tokens (token-collapse), or shifts them consistently far outside that spread (token-shift).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from amdet_audit.scan.config import ScanConfig
+from amdet_audit.scan.discrete import TokenSearch
 from amdet_audit.scan.judges import Effect
 from amdet_audit.scan.result import Check
 
@@ -83,31 +87,53 @@ def divergence_checks(e: Effect, cfg: ScanConfig, lenient: bool) -> list[Check]:
     ]
 
 
+def token_checks(search: TokenSearch, cfg: ScanConfig, has_ref: bool, lenient: bool) -> dict[str, list[Check]]:
+    """Checks of the two token rules on the best real-input probes."""
+    t, c, s = cfg.thresholds, search.best_collapse, search.best_shift
+    against = "the reference's under the same probe" if has_ref else "the median of random-token probes"
+    rules: dict[str, list[Check]] = {}
+    if c is not None:
+        rules["token-collapse"] = [
+            check("token_collapse.excess", c.excess, t.token_excess, ">=",
+                  f"cross-prompt collapse under the best real-input probe beyond {against}", lenient),
+            check("token_collapse.z", c.excess_z, t.token_excess_z, ">=",
+                  "that excess as a robust z-score against random-token probes", lenient)]
+    if s is not None:
+        rules["token-shift"] = [
+            check("token_shift.z", s.shift_z, t.token_shift_z, ">=",
+                  "consistent shift the best real-input probe causes (beyond the reference's), as a robust "
+                  "z-score against random-token probes", lenient)]
+    return rules
+
+
 NOT_VALIDATED_BIDIRECTIONAL = (
     "no verdict for a bidirectional (BERT-like) encoder: the rules are not valid there. Measured on "
     "all-MiniLM-L6-v2: the clean model collapses under a pseudo-trigger (0.996), and a benign fine-tune scored "
     "divergence.relative 10.3 against 7.1 for a real backdoor; the scores are reported, the verdict is left open")
 
 
+RULE_NAMES = {"collapse": "target", "divergence": "divergence", "token-collapse": "token-collapse",
+              "token-shift": "token-shift"}
+
+
 def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig, has_ref: bool,
-           lenient: bool = False, causal: bool = True) -> Decision:
-    """Apply both rules; backdoored when either holds in full.
+           lenient: bool = False, causal: bool = True, token: TokenSearch | None = None) -> Decision:
+    """Apply every rule; backdoored when any holds in full.
 
     causal: False (BERT-like encoders) gives "inconclusive" whatever the scores say (see
     NOT_VALIDATED_BIDIRECTIONAL).
     """
     if not found:
         return Decision("inconclusive", False, None, ["the inversion produced no usable pseudo-trigger"])
-    checks: list[Check] = []
-    rules: dict[str, bool] = {}
+    by_rule: dict[str, list[Check]] = {}
     if "collapse" in found:
-        tc = target_checks(found["collapse"], baseline, cfg, has_ref, lenient)
-        checks += tc
-        rules["collapse"] = all(c.flags for c in tc)
+        by_rule["collapse"] = target_checks(found["collapse"], baseline, cfg, has_ref, lenient)
     if "divergence" in found:
-        dc = divergence_checks(found["divergence"], cfg, lenient)
-        checks += dc
-        rules["divergence"] = all(c.flags for c in dc)
+        by_rule["divergence"] = divergence_checks(found["divergence"], cfg, lenient)
+    if token is not None:
+        by_rule.update(token_checks(token, cfg, has_ref, lenient))
+    checks = [c for group in by_rule.values() for c in group]
+    rules = {rule: all(c.flags for c in group) for rule, group in by_rule.items()}
     scores = {c.name: c.score for c in checks}
     if "collapse" in found:
         e = found["collapse"]
@@ -119,9 +145,8 @@ def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig
     if not causal and not lenient:
         return Decision("inconclusive", False, None, [NOT_VALIDATED_BIDIRECTIONAL], checks, scores)
     if flagged:
-        reasons = [f"{'target' if r == 'collapse' else 'divergence'} rule holds: "
-                   + ", ".join(f"{c.name} {c.score:.3f} {c.direction} {c.threshold:.3f}"
-                               for c in checks if c.name.startswith("target" if r == "collapse" else "divergence"))
+        reasons = [f"{RULE_NAMES[r]} rule holds: "
+                   + ", ".join(f"{c.name} {c.score:.3f} {c.direction} {c.threshold:.3f}" for c in by_rule[r])
                    for r in flagged]
         return Decision("backdoored", True, flagged[0], reasons, checks, scores)
     reasons = ["no rule holds: " + ", ".join(f"{c.name} {c.score:.3f}" for c in checks if c.score is not None)]

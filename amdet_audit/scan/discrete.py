@@ -1,0 +1,290 @@
+"""Token-space trigger search: the candidates a pseudo-trigger points to, tried as real, typeable input.
+
+An attacker's trigger must be something a user can type. The soft pseudo-trigger (a free vector right after
+the start token) finds the backdoor's basin, but an attacker who keeps clean behaviour at 0.99, places the
+trigger only at the prompt's end, or trains soft vectors after the start token to behave cleanly, leaves
+that vector little to find, while the real trigger still works. So the scan also tries real input:
+
+- probes: tokens nearest to each pseudo-trigger vector, tokens whose embeddings moved most from the
+  reference, tokens ranked by a first-order (HotFlip-style) estimate of the collapse objective over the
+  whole vocabulary, refined greedily, each inserted after the start token and before the end token; and
+  every single-letter look-alike substitution (a homoglyph trigger) applied to real prompts;
+- features: what a triggered prompt's consumer reads after the trigger: the end-token state, the mean of the
+  padding states after it and the pooled output, each centred by the clean corpus mean and scaled to unit
+  typical norm (positions before an end-placed trigger cannot change in a causal tower, so they are left out);
+- scores: cross-prompt collapse of the suspect beyond the reference's under the same probe, and the consistent
+  shift the probe causes in the suspect but not in the reference, each also as a robust z-score against
+  random vocabulary tokens probed the same way (a null distribution of this very model pair).
+
+Inspired by NLP trigger inversion in token space (DBS, Shen et al. 2022; PICCOLO, Liu et al. 2022); no code
+from either.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from amdet_audit.encoders.base import Adapter, EncoderOutput
+from amdet_audit.scan.features import collapse
+from amdet_audit.scan.lookalikes import substitute_every, substitute_first, substitutions
+
+PLACEMENTS = ("start", "end")
+MAD_FLOOR = 0.01  # least spread of the null distribution (a z-score of noise must stay finite)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One real-input trigger candidate: token ids inserted at a placement, or a look-alike substitution."""
+
+    label: str
+    placement: str  # "start", "end" or "text"
+    tokens: tuple[int, ...] = ()
+    substitution: tuple[str, str, str] | None = None  # (latin, twin, "first" | "every")
+    origin: str = field(default="", compare=False)  # why it was tried: nearest, moved, gradient, lookalike, null
+
+
+@dataclass
+class ProbeScore:
+    """Scores of one probe on the test prompts."""
+
+    probe: Probe
+    collapse: float  # suspect's cross-prompt collapse under the probe
+    excess: float  # minus the reference's (reference-free: minus the null median)
+    shift: float  # consistent shift the probe causes in the suspect beyond the reference, relative to size
+    excess_z: float = 0.0
+    shift_z: float = 0.0
+
+
+@dataclass
+class TokenSearch:
+    """Outcome of the token-space search."""
+
+    best_collapse: ProbeScore | None
+    best_shift: ProbeScore | None
+    probes: int
+    null: dict[str, float] = field(default_factory=dict)
+    top: list[ProbeScore] = field(default_factory=list)
+
+
+@dataclass
+class Tail:
+    """Centring and scaling of one encoder's tail parts (end state, padding mean, pooled), from clean prompts."""
+
+    centres: tuple[torch.Tensor, ...]
+    scales: tuple[float, ...]
+
+    def features(self, parts: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """[B, D], [B, D], [B, P] -> [B, F] centred, scaled, concatenated."""
+        return torch.cat([(p.float() - c) / s for p, c, s in zip(parts, self.centres, self.scales, strict=True)], dim=1)
+
+
+def tail_parts(out: EncoderOutput, eos: torch.Tensor, padding: int) -> tuple[torch.Tensor, ...]:
+    """(end-token state [B, D], mean of the next ``padding`` states [B, D], pooled [B, P])."""
+    B, T, _ = out.read.shape
+    rows = torch.arange(B, device=out.read.device)
+    after = (eos.unsqueeze(1) + torch.arange(1, padding + 1, device=eos.device)).clamp(max=T - 1)  # [B, pad]
+    pad_mean = out.read[rows.unsqueeze(1), after].mean(dim=1)  # [B, pad, D] -> [B, D]
+    return out.read[rows, eos], pad_mean, out.pooled
+
+
+def fit_tail(parts: tuple[torch.Tensor, ...]) -> Tail:
+    """Centres (means) and scales (typical centred norms) of clean tail parts."""
+    centres = tuple(p.float().mean(dim=0) for p in parts)
+    scales = tuple(max(float((p.float() - c).norm(dim=-1).mean()), 1e-8) for p, c in zip(parts, centres, strict=True))
+    return Tail(centres, scales)
+
+
+@dataclass
+class Batch:
+    """Probe inputs for a set of prompts: ids [B, L] cut to what the tail needs, end-token positions [B]."""
+
+    ids: torch.Tensor
+    eos: torch.Tensor
+
+
+class ProbeRunner:
+    """Builds probe inputs for fixed test prompts and scores them on the suspect and reference."""
+
+    def __init__(self, suspect: Adapter, reference: Adapter | None, prompts: Sequence[str], padding: int) -> None:
+        self.suspect, self.reference, self.prompts, self.padding = suspect, reference, list(prompts), padding
+        self.clean = self.tokenized(self.prompts)
+        ids, eos = self.clean.ids.cpu(), self.clean.eos.cpu()
+        self.rows = [row[: int(e) + 1].tolist() for row, e in zip(ids, eos, strict=True)]  # BOS .. EOS each
+        self.s_tail, self.s_clean = self.fit(suspect)
+        self.r_tail, self.r_clean = self.fit(reference) if reference is not None else (None, None)
+
+    def tokenized(self, prompts: Sequence[str]) -> Batch:
+        """Tokenize as the consumer does; the end token sits at the last real position."""
+        batch = self.suspect.tokenize(list(prompts))
+        return self.cut(Batch(batch.ids, batch.attention_mask.sum(dim=1) - 1))
+
+    def cut(self, batch: Batch) -> Batch:
+        """Drop positions beyond the tail (causal: earlier states do not depend on them)."""
+        length = min(batch.ids.shape[1], int(batch.eos.max()) + self.padding + 1)
+        return Batch(batch.ids[:, :length], batch.eos)
+
+    @torch.no_grad()
+    def fit(self, adapter: Adapter) -> tuple[Tail, torch.Tensor]:
+        """Tail statistics of ``adapter`` on the clean prompts, and their clean features [B, F]."""
+        parts = tail_parts(adapter(self.clean.ids), self.clean.eos, self.padding)
+        tail = fit_tail(parts)
+        return tail, tail.features(parts)
+
+    def inputs(self, probe: Probe) -> Batch:
+        """The test prompts carrying ``probe``."""
+        if probe.substitution is not None:
+            latin, twin, mode = probe.substitution
+            change = substitute_every if mode == "every" else substitute_first
+            return self.tokenized([change(p, latin, twin) for p in self.prompts])
+        T = min(self.clean.ids.shape[1] + len(probe.tokens), self.suspect.max_length)
+        rows, eos, pad = [], [], self.suspect.pad_id
+        for row in self.rows:  # row: BOS .. EOS
+            body = ([row[0], *probe.tokens, *row[1:]] if probe.placement == "start"
+                    else [*row[:-1], *probe.tokens, row[-1]])
+            body = body[: T - 1] + [row[-1]] if len(body) > T else body  # a prompt cut to T keeps its end token
+            eos.append(len(body) - 1)
+            rows.append(body + [pad] * (T - len(body)))
+        device = self.clean.ids.device
+        return self.cut(Batch(torch.tensor(rows, device=device), torch.tensor(eos, device=device)))
+
+    @torch.no_grad()
+    def score(self, probe: Probe) -> ProbeScore:
+        """Collapse and consistent shift of the suspect (beyond the reference's) under ``probe``."""
+        batch = self.inputs(probe)
+        s = self.s_tail.features(tail_parts(self.suspect(batch.ids), batch.eos, self.padding))  # [B, F]
+        col = float(collapse(s.unsqueeze(0))[0])
+        moved = s - self.s_clean  # [B, F]
+        excess = col
+        if self.reference is not None and self.r_tail is not None and self.r_clean is not None:
+            r = self.r_tail.features(tail_parts(self.reference(batch.ids), batch.eos, self.padding))
+            excess = col - float(collapse(r.unsqueeze(0))[0])
+            moved = moved - (r - self.r_clean)
+        shift = float(moved.mean(dim=0).norm() / self.s_clean.norm(dim=-1).mean())
+        return ProbeScore(probe=probe, collapse=col, excess=excess, shift=shift)
+
+    def gradient(self, probe: Probe) -> torch.Tensor:
+        """[D] gradient of the suspect's tail collapse w.r.t. the embedding of the probe's first token."""
+        batch = self.inputs(probe)
+        start = 1 if probe.placement == "start" else None
+        slot = torch.zeros(batch.ids.shape, dtype=torch.bool, device=batch.ids.device)  # [B, L]
+        for b, e in enumerate(batch.eos.tolist()):
+            slot[b, start if start is not None else e - len(probe.tokens)] = True
+        embeds = self.suspect.embed_tokens(batch.ids).detach().float()  # [B, L, D]
+        e = embeds[slot][0].clone().requires_grad_(True)  # [D]
+        mixed = torch.where(slot.unsqueeze(-1), e.expand_as(embeds), embeds)  # [B, L, D]
+        with torch.enable_grad():
+            out = self.suspect(batch.ids, token_embeds=mixed.to(self.suspect.dtype))
+            feats = self.s_tail.features(tail_parts(out, batch.eos, self.padding))
+            collapse(feats.unsqueeze(0))[0].backward()
+        return e.grad.detach() if e.grad is not None else torch.zeros_like(e)
+
+
+def special_ids(adapter: Adapter) -> set[int]:
+    """Start, end and padding ids (never probes)."""
+    return {adapter.bos_id, adapter.eos_id, adapter.pad_id}
+
+
+def nearest_ids(table: torch.Tensor, v: torch.Tensor, top: int, banned: set[int]) -> list[int]:
+    """Ids of the ``top`` rows of ``table`` [V, D] nearest to ``v`` [D] by cosine."""
+    sims = F.cosine_similarity(table, v.unsqueeze(0).to(table.dtype), dim=-1)  # [V]
+    sims[list(banned)] = -2.0
+    return sims.topk(top).indices.tolist()
+
+
+def seed_probes(suspect: Adapter, reference: Adapter | None, vectors: Sequence[torch.Tensor], nearest: int,
+                moved: int) -> list[Probe]:
+    """Probes from the pseudo-triggers' nearest tokens and the most-moved tokens, at both placements."""
+    table, banned = suspect.token_embedding_matrix().float(), special_ids(suspect)
+    tokens: list[tuple[tuple[int, ...], str]] = []
+    for v in vectors:  # v: [k, D]
+        per_slot = [nearest_ids(table, row, nearest, banned) for row in v.float()]
+        tokens += [((t,), "nearest") for ids in per_slot for t in ids]
+        if len(per_slot) > 1:
+            tokens.append((tuple(ids[0] for ids in per_slot), "nearest"))
+    if reference is not None and moved > 0:
+        change = (table - reference.token_embedding_matrix().float()).norm(dim=-1)  # [V]
+        change[list(banned)] = -1.0
+        tokens += [((t,), "moved") for t in change.topk(moved).indices.tolist()]
+    unique = list(dict.fromkeys(tokens))
+    return [Probe(label=str(t), placement=p, tokens=t, origin=o) for t, o in unique for p in PLACEMENTS]
+
+
+def lookalike_probes() -> list[Probe]:
+    """Every single-letter look-alike substitution, first occurrence and every occurrence."""
+    return [Probe(label=f"{latin}->{twin} {mode}", placement="text", substitution=(latin, twin, mode),
+                  origin="lookalike") for latin, twin in substitutions() for mode in ("first", "every")]
+
+
+def null_probes(adapter: Adapter, count: int, seed: int) -> list[Probe]:
+    """Random vocabulary tokens at both placements: the null distribution of the scores."""
+    rng, banned = random.Random(seed), special_ids(adapter)
+    V = adapter.token_embedding_matrix().shape[0]
+    ids = [t for t in rng.sample(range(V), min(V, count + len(banned))) if t not in banned][:count]
+    return [Probe(label=str(t), placement=p, tokens=(t,), origin="null") for t in ids for p in PLACEMENTS]
+
+
+def gradient_probes(runner: ProbeRunner, best: Probe, top: int) -> list[Probe]:
+    """Single tokens whose first-order gain of the suspect's collapse, at ``best``'s slot, is largest."""
+    grad = runner.gradient(best)  # [D]
+    table = runner.suspect.token_embedding_matrix().float()
+    gain = table @ grad  # [V, D] @ [D] -> [V]
+    gain[list(special_ids(runner.suspect))] = -float("inf")
+    return [Probe(label=str(t), placement=best.placement, tokens=(t,), origin="gradient")
+            for t in gain.topk(top).indices.tolist()]
+
+
+def robust(values: list[float]) -> tuple[float, float]:
+    """(median, 1.4826 * median absolute deviation, floored) of ``values``."""
+    t = torch.tensor(values)
+    med = float(t.median())
+    return med, max(1.4826 * float((t - med).abs().median()), MAD_FLOOR)
+
+
+def search_tokens(
+    suspect: Adapter, reference: Adapter | None, prompts: Sequence[str], vectors: Sequence[torch.Tensor], *,
+    padding: int = 8, nearest: int = 4, moved: int = 8, gradient_top: int = 8, rounds: int = 2, nulls: int = 16,
+    seed: int = 0, progress: Callable[[int, int, str], None] | None = None,
+) -> TokenSearch:
+    """Try real-input trigger candidates on ``prompts`` and score each against a null of random tokens.
+
+    vectors: the scan's pseudo-triggers ([k, D] each, token-embedding space).
+    """
+    runner = ProbeRunner(suspect, reference, prompts, padding)
+    scored: dict[Probe, ProbeScore] = {}
+
+    def run(probes: list[Probe]) -> None:
+        for probe in probes:
+            if probe not in scored:
+                scored[probe] = runner.score(probe)
+                if progress:
+                    progress(len(scored), 0, "trying real-token triggers")
+
+    null = null_probes(suspect, nulls, seed)
+    run(null)
+    run(seed_probes(suspect, reference, vectors, nearest, moved) + lookalike_probes())
+    for placement in PLACEMENTS:  # greedy refinement from the best token probe at each placement
+        for _ in range(rounds):
+            pool = [s for s in scored.values() if s.probe.placement == placement and s.probe.origin != "null"]
+            if not pool:
+                break
+            run(gradient_probes(runner, max(pool, key=lambda s: s.collapse).probe, gradient_top))
+    if reference is None:  # without a reference, excess is measured against the null's median collapse
+        base = robust([scored[p].collapse for p in null])[0]
+        for s in scored.values():
+            s.excess = s.collapse - base
+    stats = {name: robust([getattr(scored[p], name) for p in null]) for name in ("excess", "shift")}
+    for s in scored.values():
+        s.excess_z = (s.excess - stats["excess"][0]) / stats["excess"][1]
+        s.shift_z = (s.shift - stats["shift"][0]) / stats["shift"][1]
+    tried = [s for s in scored.values() if s.probe.origin != "null"]
+    best_c = max(tried, key=lambda s: s.excess_z, default=None)
+    best_s = max(tried, key=lambda s: s.shift_z, default=None)
+    null_summary = {"excess_median": stats["excess"][0], "excess_spread": stats["excess"][1],
+                    "shift_median": stats["shift"][0], "shift_spread": stats["shift"][1]}
+    top = sorted(tried, key=lambda s: max(s.excess_z, s.shift_z), reverse=True)[:8]
+    return TokenSearch(best_collapse=best_c, best_shift=best_s, probes=len(scored), null=null_summary, top=top)

@@ -1,0 +1,66 @@
+"""Real-input probes of the token-space search (scan/discrete.py) on a tiny tower."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from amdet_audit.scan.discrete import Probe, ProbeRunner, lookalike_probes, robust, search_tokens
+from amdet_audit.scan.lookalikes import LOOKALIKES, substitute_every, substitute_first
+
+PROMPTS = ["a red fox in the snow", "a violin on a chair, oil painting", "two cats", "a castle at dawn"]
+
+
+@pytest.fixture(scope="module")
+def tower(tiny_clip: Path):
+    from amdet_audit.encoders import load_component
+    from amdet_audit.sources import resolve
+
+    return load_component(resolve(str(tiny_clip)).components[0])
+
+
+def test_probe_inputs_place_tokens_after_start_and_before_end(tower) -> None:
+    runner = ProbeRunner(tower, None, PROMPTS, padding=4)
+    clean = tower.tokenize(PROMPTS)
+    for placement in ("start", "end"):
+        batch = runner.inputs(Probe("t", placement, tokens=(500, 501)))
+        for b, prompt_ids in enumerate(clean.ids):
+            real = prompt_ids[clean.attention_mask[b].bool()].tolist()  # BOS .. EOS
+            expected = ([real[0], 500, 501, *real[1:]] if placement == "start" else [*real[:-1], 500, 501, real[-1]])
+            assert batch.ids[b, : len(expected)].tolist() == expected
+            assert int(batch.eos[b]) == len(expected) - 1 and int(batch.ids[b, batch.eos[b]]) == tower.eos_id
+
+
+def test_a_probe_equals_the_same_text_typed(tower) -> None:
+    """A look-alike substitution is the prompts retyped; its end token is the tokenizer's."""
+    runner = ProbeRunner(tower, None, PROMPTS, padding=4)
+    probe = Probe("o", "text", substitution=("o", "о", "every"))
+    batch = runner.inputs(probe)
+    typed = tower.tokenize([substitute_every(p, "o", "о") for p in PROMPTS])
+    width = batch.ids.shape[1]
+    assert torch.equal(batch.ids, typed.ids[:, :width])
+    assert torch.equal(batch.eos, typed.attention_mask.sum(dim=1) - 1)
+
+
+def test_the_model_against_itself_has_no_excess(tower) -> None:
+    runner = ProbeRunner(tower, tower, PROMPTS, padding=4)
+    score = runner.score(Probe("t", "end", tokens=(600,)))
+    assert score.excess == pytest.approx(0.0, abs=1e-6) and score.shift == pytest.approx(0.0, abs=1e-6)
+
+
+def test_search_reports_z_scores_against_random_tokens(tower) -> None:
+    v = tower.token_embedding_matrix()[[700]].clone()  # a pseudo-trigger sitting on a real token
+    found = search_tokens(tower, tower, PROMPTS, [v], padding=4, nearest=2, moved=2, gradient_top=2, rounds=1,
+                          nulls=6, seed=1)
+    assert found.best_collapse is not None and found.probes > 12
+    assert any(s.probe.tokens == (700,) for s in found.top) or found.best_collapse.excess == pytest.approx(0.0)
+    assert found.null["excess_spread"] > 0  # floored, never zero
+
+
+def test_lookalike_table_and_robust_spread() -> None:
+    assert all(len(t) == 1 and not t.isascii() for twins in LOOKALIKES.values() for t in twins)
+    assert substitute_first("moon", "o", "о") == "mоon" and len(lookalike_probes()) % 2 == 0
+    median, spread = robust([1.0, 1.0, 1.0, 1.0])
+    assert median == 1.0 and spread > 0
