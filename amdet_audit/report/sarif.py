@@ -28,6 +28,9 @@ SCAN_RULE_TEXT = {
 SCAN_RULES = {rule: (severity, *SCAN_RULE_TEXT[rule]) for rule, severity in GATED_SCAN_RULES.values()}
 CHECK_RULES = {
     "serialization.pickle-file": "Pickle weight file", "serialization.unsafe-import": "Unsafe import in a pickle",
+    "serialization.unknown-import": "Unrecognised import in a pickle",
+    "serialization.unanalysable": "Pickle that could not be fully analysed",
+    "serialization.outside-link": "Link leaving the model folder",
     "remote-code.custom-code": "Custom code in the model", "tokenizer.invisible-token": "Invisible added token",
     "tokenizer.mixed-script-token": "Mixed-script added token", "tokenizer.added-token": "Added token",
 }
