@@ -133,6 +133,12 @@ def test_dangling_and_looping_links(run_cli, model: Path) -> None:
     assert_refused(result.exit_code, result.stderr, "tokenizer_config.json")
 
 
+def test_dangling_weights_file_target_is_one_line(run_cli, model: Path) -> None:
+    (model / "x.safetensors").symlink_to(model / "gone.safetensors")
+    result = run_cli("inspect", model / "x.safetensors")
+    assert_refused(result.exit_code, result.stderr, "x.safetensors", "does not exist")
+
+
 def test_hub_cache_snapshot_links_into_its_blob_store_only(run_cli, tiny_clip: Path, tmp_path: Path) -> None:
     repo = tmp_path / "hub" / "models--org--tiny"
     snapshot, blobs = repo / "snapshots" / ("a" * 40), repo / "blobs"

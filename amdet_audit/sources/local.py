@@ -298,7 +298,10 @@ def resolve_file(path: Path, *, input: str, config: Path | None = None, allow_pi
     """
     if not os.path.lexists(path):
         raise SourceNotFoundError(f"{input}: no such file")
-    safe_files.check_regular(path)
+    try:
+        safe_files.check_regular(path)
+    except FileNotFoundError as err:  # a symlink whose target is gone
+        raise SourceNotFoundError(f"{input}: a symbolic link to a file that does not exist") from err
     if path.suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise PickleRefusedError(f"{input}: pickle weights can run code; pass --allow-pickle to accept that risk")
