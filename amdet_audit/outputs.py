@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import IO
 
 from amdet_audit.errors import OutputError
 
@@ -65,7 +67,11 @@ def claim_out(out: Path) -> bool:
         raise OutputError(f"--out {out}: cannot use it ({exc.strerror or exc})") from exc
     if stat.S_ISLNK(mode):
         raise OutputError(f"--out {out} is a symbolic link; give a new folder (outputs never follow links)")
-    if not stat.S_ISDIR(mode) or any(Path(out).iterdir()):
+    try:
+        occupied = not stat.S_ISDIR(mode) or any(Path(out).iterdir())
+    except OSError as exc:
+        raise OutputError(f"--out {out}: cannot list it ({exc.strerror or exc})") from exc
+    if occupied:
         raise OutputError(f"--out {out} already exists and is not an empty folder; reports never overwrite")
     return False
 
@@ -102,9 +108,7 @@ def write_new(path: Path, data: str | bytes) -> Path:
         raise OutputError(f"{path} already exists ({describe_existing(path)}); outputs never overwrite") from exc
     except OSError as exc:
         raise OutputError(f"{path}: cannot create it ({exc.strerror or exc})") from exc
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(payload)
-    return Path(path)
+    return fill_new(fd, path, lambda handle: handle.write(payload))
 
 
 def copy_new(source: Path, path: Path) -> Path:
@@ -115,8 +119,27 @@ def copy_new(source: Path, path: Path) -> Path:
         raise OutputError(f"{path} already exists ({describe_existing(path)}); outputs never overwrite") from exc
     except OSError as exc:
         raise OutputError(f"{path}: cannot create it ({exc.strerror or exc})") from exc
-    with os.fdopen(fd, "wb") as handle, open(source, "rb") as src:
-        shutil.copyfileobj(src, handle)
+
+    def copy(handle: IO[bytes]) -> None:
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, handle)
+
+    return fill_new(fd, path, copy)
+
+
+def fill_new(fd: int, path: Path, writer: Callable[[IO[bytes]], object]) -> Path:
+    """Run ``writer`` on the new file open at ``fd``; when writing fails (a full disk, a quota, a source that
+    cannot be read) the partial file is removed and OutputError names it."""
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            writer(handle)
+    except OSError as exc:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+        raise OutputError(f"{path}: could not be written ({exc.strerror or exc}); the partial file was removed"
+                          ) from exc
     return Path(path)
 
 

@@ -4,25 +4,51 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MODEL_SUFFIXES = (".safetensors", ".bin", ".pt", ".ckpt", ".json", ".txt", ".model")
+#: files a consumer may unpickle (torch.load, pickle, joblib, numpy with allow_pickle) or run (custom model code)
+RISKY_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz", ".dat", ".data",
+                  ".pkl.gz", ".py")
+MODEL_SUFFIXES = (".safetensors", ".json", ".txt", ".model", *RISKY_SUFFIXES)
 
 
 def model_root(path: Path) -> Path | None:
     """The target a file belongs to: the nearest folder up with a model_index.json (a pipeline), else the
-    file's folder when it holds a config.json, else a lone .safetensors file itself; None for other files."""
+    file's folder when it holds a config.json, else a lone .safetensors file itself. A pickle-like or Python
+    file elsewhere belongs to the nearest folder up (the working folder at most) that holds a model. None for
+    other files."""
     path = path.resolve()
     if path.is_dir():
         return path
-    if not path.is_file() or path.suffix not in MODEL_SUFFIXES:
+    name = path.name.lower()
+    if not path.is_file() or not name.endswith(MODEL_SUFFIXES):
         return None
+    cwd = Path.cwd().resolve()
     for parent in path.parents:
         if (parent / "model_index.json").is_file():
             return parent
-        if parent == Path.cwd().resolve():
+        if parent == cwd:
             break
     if (path.parent / "config.json").is_file():
         return path.parent
-    return path if path.suffix == ".safetensors" else None
+    if name.endswith(".safetensors"):
+        return path
+    return holder(path, cwd) if name.endswith(RISKY_SUFFIXES) else None
+
+
+def holder(path: Path, cwd: Path) -> Path | None:
+    """The nearest folder above ``path`` that holds a model, looking no higher than ``cwd`` when ``path`` lies in
+    it (else no higher than its own folder); None when there is none."""
+    parents = list(path.parents)
+    if path.is_relative_to(cwd):
+        parents = parents[:parents.index(cwd) + 1]
+    else:
+        parents = parents[:1]
+    for parent in parents:
+        try:
+            if holds_model(parent):
+                return parent
+        except OSError:
+            continue
+    return None
 
 
 def holds_model(folder: Path) -> bool:
@@ -30,6 +56,16 @@ def holds_model(folder: Path) -> bool:
     if any((folder / name).is_file() for name in ("config.json", "model_index.json")):
         return True
     return any(p.suffix == ".safetensors" and p.is_file() for p in folder.iterdir())
+
+
+def folder_problem(folder: Path) -> str | None:
+    """Why ``folder`` cannot be gated (it holds no model, or cannot be listed), as one line; None when it can."""
+    try:
+        if holds_model(folder):
+            return None
+    except OSError as exc:
+        return f"{folder}: cannot be listed ({exc.strerror or exc})"
+    return f"{folder}: holds no model (no config.json, model_index.json or .safetensors file)"
 
 
 def unusable_path(paths: list[Path]) -> str | None:
@@ -41,8 +77,9 @@ def unusable_path(paths: list[Path]) -> str | None:
     for path in paths:
         if not path.exists():
             return f"{path}: no such file or folder"
-        if path.is_dir() and not holds_model(path):
-            return f"{path}: holds no model (no config.json, model_index.json or .safetensors file)"
+        problem = folder_problem(path) if path.is_dir() else None
+        if problem is not None:
+            return problem
     return None
 
 

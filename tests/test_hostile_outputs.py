@@ -446,3 +446,62 @@ def test_pre_commit_manifest_has_the_file_checks_hook() -> None:
     hook = hooks["amdet-audit-file-checks"]
     assert hook["entry"].split()[:2] == ["amdet-audit", "verify"] and f"--checks {FILE_CHECKS}" in hook["entry"]
     assert hook["language"] == "python" and "pre-commit" in hook["stages"]
+
+
+@pytest.mark.parametrize("name", ["evil.pkl", "model.pth", "x.pickle", "x.joblib", "x.npy", "code/modeling_x.py"])
+def test_file_checks_hook_fires_on_pickles_and_code(run_cli, model: Path, name: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    import yaml
+
+    hook = {h["id"]: h for h in yaml.safe_load((Path(__file__).parents[1] / ".pre-commit-hooks.yaml").read_text())
+            }["amdet-audit-file-checks"]
+    assert re.search(hook["files"], name), hook["files"]
+    added = model / name
+    added.parent.mkdir(exist_ok=True)
+    if name.endswith(".py"):
+        added.write_text("import os\nos.system('id')\n", encoding="utf-8")
+    else:
+        added.write_bytes(pickle.dumps(os.system, protocol=2))
+    monkeypatch.chdir(model.parent)  # pre-commit runs in the repository root and passes paths relative to it
+    result = run_cli("verify", added.relative_to(model.parent), "--checks", FILE_CHECKS)
+    assert result.exit_code == 1, (result.exit_code, result.stdout, result.stderr)
+
+
+def test_a_failed_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    script = (
+        "import resource, signal, sys\n"
+        "from pathlib import Path\n"
+        "from amdet_audit.outputs import OutputError, copy_new, write_new\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, resource.RLIM_INFINITY))\n"
+        "out = Path(sys.argv[1])\n"
+        "for name, call in (('w.txt', lambda p: write_new(p, 'x' * 100_000)),\n"
+        "                   ('c.bin', lambda p: copy_new(out / 'src.bin', p))):\n"
+        "    try:\n"
+        "        call(out / name)\n"
+        "    except OutputError as err:\n"
+        "        print('refused', name, (out / name).exists(), str(err).count(chr(10)))\n")
+    (tmp_path / "src.bin").write_bytes(b"y" * 3000)
+    with (tmp_path / "src.bin").open("ab") as handle:  # grown past the limit before the child lowers it
+        handle.write(b"y" * 100_000)
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["refused w.txt False 0", "refused c.bin False 0"], done.stdout
+
+
+def test_an_unreadable_out_or_verify_folder_is_one_line(run_cli, model: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    listing = Path.iterdir
+
+    def refuse_locked(self: Path):  # what a folder without read permission does (root reads every folder)
+        if self.name == "locked":
+            raise PermissionError(13, "Permission denied")
+        return listing(self)
+
+    monkeypatch.setattr(Path, "iterdir", refuse_locked)
+    one_line_error(run_cli("scan", model, "--checks", FILE_CHECKS, "--out", locked), "--out", "cannot list")
+    one_line_error(run_cli("verify", locked, "--checks", FILE_CHECKS), "cannot be listed")
