@@ -251,7 +251,7 @@ def make_app() -> typer.Typer:
         check_format(output_format, ("html", "sarif", "md", "json"))
         if out is not None and (out.exists() or out.is_symlink()):
             fail(f"--out {out} already exists ({describe_existing(out)}); reports never overwrite")
-        text = render(load_report(report_file), output_format)
+        text = render(load_report(report_file), output_format, folder=report_file.parent)
         if out is None:
             typer.echo(text)
         else:

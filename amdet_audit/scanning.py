@@ -287,18 +287,16 @@ def audit(target: str, sources, options, progress, manager, out: Path, scan_sele
 
 def write_reports(document: dict[str, Any], out: Path) -> None:
     """report.json (the source of truth) and its renderings report.sarif, report.md, report.html into ``out``,
-    each a new file. A rendering that fails does not keep the others from being written; its error is raised
-    after them."""
+    each a new file. A rendering or write that fails does not keep the others from being written; the first
+    failure is raised after them as one OutputError line naming its format."""
     from amdet_audit.report.render import render
 
-    failure: BaseException | None = None
+    failure: str | None = None
     for fmt in ("json", "sarif", "md", "html"):
         try:
-            text = render(document, fmt)
+            write_new(out / f"report.{fmt}", render(document, fmt, folder=out))
         except Exception as err:  # write the other formats first, then report this one
-            log.error("report.%s could not be rendered: %s", fmt, err)
-            failure = failure or err
-            continue
-        write_new(out / f"report.{fmt}", text)
+            reason = " ".join(str(err).split()) or type(err).__name__
+            failure = failure or f"report.{fmt} could not be written: {reason[:300]}"
     if failure is not None:
-        raise failure
+        raise OutputError(failure)

@@ -505,3 +505,45 @@ def test_an_unreadable_out_or_verify_folder_is_one_line(run_cli, model: Path, tm
     monkeypatch.setattr(Path, "iterdir", refuse_locked)
     one_line_error(run_cli("scan", model, "--checks", FILE_CHECKS, "--out", locked), "--out", "cannot list")
     one_line_error(run_cli("verify", locked, "--checks", FILE_CHECKS), "cannot be listed")
+
+
+def test_a_failing_renderer_keeps_the_other_reports_and_is_one_line(run_cli, model: Path, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from amdet_audit.report import render as render_module
+
+    real = render_module.render
+
+    def broken_markdown(document, fmt, folder=None):
+        if fmt == "md":
+            raise RuntimeError("template\nexploded")
+        return real(document, fmt, folder)
+
+    monkeypatch.setattr(render_module, "render", broken_markdown)
+    out = tmp_path / "r"
+    line = one_line_error(run_cli("scan", model, "--checks", FILE_CHECKS, "--out", out), "report.md",
+                          "template exploded")
+    assert "internal error" not in line
+    assert sorted(p.name for p in out.iterdir()) == ["report.html", "report.json", "report.sarif"]
+
+
+def test_report_rerender_reads_only_a_regular_report_and_embeds_only_its_own_images(run_cli, model: Path,
+                                                                                    tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    assert run_cli("scan", model, "--checks", FILE_CHECKS, "--out", out).exit_code == 0
+    fifo = tmp_path / "report-fifo.json"
+    os.mkfifo(fifo)
+    start = time.monotonic()
+    one_line_error(run_cli("report", fifo), "not a regular file")
+    assert time.monotonic() - start < 20
+    secret = tmp_path / "secret.png"
+    secret.write_bytes(b"\x89PNG SECRET-OUTSIDE")
+    (out / "inside.png").write_bytes(b"\x89PNG MINE")
+    (out / "link.png").symlink_to(secret)
+    import base64
+
+    from amdet_audit.report.html import image_uri
+
+    assert image_uri(str(secret), out) is None and image_uri(str(out / "link.png"), out) is None
+    assert image_uri(str(out / "inside.png"), out) == "data:image/png;base64," + base64.b64encode(
+        b"\x89PNG MINE").decode()
+    assert run_cli("report", out / "report.json").exit_code == 0

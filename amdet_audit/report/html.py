@@ -8,12 +8,15 @@ string first shows its hidden characters (bidi overrides, controls) as visible e
 from __future__ import annotations
 
 import base64
+import os
 import shlex
 from pathlib import Path
 from typing import Any
 
+from amdet_audit.errors import AmdetError
 from amdet_audit.report import plots
 from amdet_audit.report.escaping import visible
+from amdet_audit.sources import safe_files
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 MAX_IMAGE_BYTES = 4 * 1024 * 1024
@@ -30,13 +33,21 @@ def component_plots(scan: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def image_uri(path: str) -> str | None:
-    """A PNG/JPEG/WebP file as a data: URI (the page fetches nothing); None when the file is gone or too big."""
-    file = Path(path)
+def image_uri(path: str, folder: Path | None) -> str | None:
+    """A PNG/JPEG/WebP file as a data: URI (the page fetches nothing). Only a regular file inside ``folder`` (the
+    report's own folder; a symlink must resolve inside it too) of at most MAX_IMAGE_BYTES is embedded: None for
+    anything else, so a report.json naming another file never copies it into the page."""
     kinds = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
-    if file.suffix.lower() not in kinds or not file.is_file() or file.stat().st_size > MAX_IMAGE_BYTES:
+    file = Path(str(path))
+    if folder is None or file.suffix.lower() not in kinds:
         return None
-    return f"data:{kinds[file.suffix.lower()]};base64,{base64.b64encode(file.read_bytes()).decode()}"
+    if not file.is_absolute() and not os.path.lexists(file):  # a report re-rendered from another folder
+        file = folder / file
+    try:
+        data = safe_files.read_bytes(file, limit=MAX_IMAGE_BYTES, root=folder)
+    except (AmdetError, OSError):
+        return None
+    return f"data:{kinds[file.suffix.lower()]};base64,{base64.b64encode(data).decode()}"
 
 
 def reproduce_command(report: dict[str, Any]) -> str:
@@ -53,8 +64,8 @@ def finalize(value: Any) -> Any:
     return visible(value, keep_lines=True)
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """Render report.json content with templates/report.html.j2."""
+def render_html(report: dict[str, Any], folder: Path | None = None) -> str:
+    """Render report.json content with templates/report.html.j2; images only from ``folder`` (:func:`image_uri`)."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
     from amdet_audit.resources import bundled
@@ -62,6 +73,6 @@ def render_html(report: dict[str, Any]) -> str:
     env = Environment(loader=FileSystemLoader(bundled("templates")), autoescape=select_autoescape(["j2", "html"]),
                       undefined=StrictUndefined, finalize=finalize)
     figures = {c["name"]: component_plots(c["scan"]) for c in report["components"] if "scan" in c}
-    env.filters["image_uri"] = image_uri
+    env.filters["image_uri"] = lambda path: image_uri(path, folder)
     return env.get_template("report.html.j2").render(report=report, figures=figures, csp=CSP,
                                                      command=reproduce_command(report))
