@@ -16,20 +16,35 @@ import io
 import lzma
 import os
 import pickletools
-import stat
 import struct
 import zipfile
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import IO
 
-from picklescan.relaxed_zipfile import RelaxedZipFile
-from picklescan.scanner import GenOpsError, _list_globals, _unsafe_globals
-
 from amdet_audit.checks.base import CheckContext, CheckResult, Finding
+from amdet_audit.errors import UnsafeFileError
+from amdet_audit.sources import safe_files
 from amdet_audit.sources.model import PICKLE_SUFFIXES
+
+
+class PicklescanMissing(Exception):
+    """Stands in for picklescan's GenOpsError when picklescan cannot be imported (never raised)."""
+
+    globals: tuple = ()
+
+
+try:  # picklescan's opcode walk is private API: a release that renames it disables this check, nothing else
+    from picklescan.relaxed_zipfile import RelaxedZipFile
+    from picklescan.scanner import GenOpsError, _list_globals, _unsafe_globals
+    PICKLESCAN_PROBLEM: str | None = None
+except Exception as import_error:  # ImportError for a renamed module or name; anything a broken install raises
+    RelaxedZipFile, GenOpsError, _list_globals, _unsafe_globals = None, PicklescanMissing, None, {}
+    PICKLESCAN_PROBLEM = ("picklescan's opcode walk (picklescan.scanner._list_globals, _unsafe_globals, GenOpsError)"
+                          f" could not be imported ({type(import_error).__name__}: "
+                          f"{' '.join(str(import_error).split())[:160]}); install picklescan>=1.0,<2")
 
 #: suffixes whose files a consumer may unpickle (torch.load, pickle.load, joblib.load, np.load(allow_pickle=True))
 PICKLE_LIKE_SUFFIXES = (*PICKLE_SUFFIXES, ".joblib", ".npy", ".npz", ".dat", ".data", ".pkl.gz")
@@ -482,22 +497,21 @@ def scan_zip(raw: IO[bytes], label: str, budget: Budget, depth: int) -> list[Str
     return reports
 
 
-def open_regular(path: Path) -> IO[bytes]:
-    """``path`` opened for reading without blocking on a FIFO or device; OSError unless a regular file."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError("not a regular file")
-    return os.fdopen(fd, "rb")
+def open_file(path: Path, jail: safe_files.Jail | None = None) -> IO[bytes]:
+    """``path`` opened by :func:`safe_files.open_regular` (a regular file, inside ``jail`` when given, never
+    blocking); OSError (UnsafeFileError is one) otherwise."""
+    root, links = (jail.root, jail.link_roots) if jail is not None else (None, ())
+    return os.fdopen(safe_files.open_regular(path, root, links), "rb")
 
 
-def analyse_file(path: Path, label: str | None = None, budget: Budget | None = None) -> FileAnalysis:
+def analyse_file(path: Path, label: str | None = None, budget: Budget | None = None,
+                 jail: safe_files.Jail | None = None) -> FileAnalysis:
     """The pickle content of one file (detected by suffix and by magic bytes) and what it imports."""
     label = label or path.name
     budget = budget or Budget(MAX_FILE_BYTES)
     suffixed = path.name.lower().endswith(PICKLE_SUFFIXES)
     try:
-        with open_regular(path) as handle:
+        with open_file(path, jail) as handle:
             size = os.fstat(handle.fileno()).st_size
             kind = sniff(handle.read(HEAD_BYTES), path.name)
             handle.seek(0)
@@ -513,6 +527,8 @@ def refusal_reason(path: Path) -> str | None:
 
     The reason names the first dangerous import, unknown import or analysis problem found.
     """
+    if PICKLESCAN_PROBLEM is not None:
+        return f"could not be analysed: {PICKLESCAN_PROBLEM}"
     analysis = analyse_file(path)
     for items, says in ((analysis.dangerous, "imports {}, which can run code"),
                         (analysis.unknown, "imports {}, not a known-safe checkpoint global"),
@@ -529,37 +545,19 @@ def target_files(context: CheckContext) -> list[str]:
     return sorted({f.path for f in context.target.files} | set(context.target.other_files))
 
 
-def allowed_link(path: Path, root: Path, hub: bool) -> bool:
-    """Whether a symlink resolves inside the target (or, for a hub snapshot, inside its repo's blob store)."""
-    try:
-        resolved = path.resolve()
-    except (OSError, RuntimeError):  # a symlink loop
-        return False
-    if resolved.is_relative_to(root.resolve()):
-        return True
-    return hub and len(root.parents) > 1 and resolved.is_relative_to((root.parents[1] / "blobs").resolve())
-
-
-def walk_files(root: Path, limit: int) -> Iterator[str]:
-    """Files under ``root`` as relative POSIX paths (not in .git, symlinked folders not entered), ``limit`` at most."""
-    count = 0
-    for base, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d != ".git")
-        for name in sorted(files):
-            count += 1
-            if count > limit:
-                return
-            yield (Path(base) / name).relative_to(root).as_posix()
-
-
-def candidate_files(context: CheckContext) -> tuple[list[str], bool]:
-    """Files to examine, and whether the folder held more than MAX_FILES (the rest not examined)."""
+def candidate_files(context: CheckContext) -> tuple[list[str], bool, list[str]]:
+    """Files to examine, whether the folder held more than MAX_FILES (the rest not examined), and the folders
+    that could not be listed (relative POSIX paths)."""
     names = set(target_files(context))
     root = context.target.root
     if context.target.kind == "file" or not root.is_dir():
-        return sorted(names), False
-    walked = list(walk_files(root, MAX_FILES + 1))
-    return sorted(names | set(walked[:MAX_FILES])), len(walked) > MAX_FILES
+        return sorted(names), False, []
+    unreadable: list[Path] = []
+    walked = [p.relative_to(root).as_posix()
+              for p in islice(safe_files.walk(root, MAX_FILES + 1, unreadable=unreadable, skip=frozenset({".git"})),
+                              MAX_FILES + 1)]
+    folders = sorted({Path(os.path.abspath(f)).relative_to(os.path.abspath(root)).as_posix() for f in unreadable})
+    return sorted(names | set(walked[:MAX_FILES])), len(walked) > MAX_FILES, folders
 
 
 def some(items: list[tuple[str, str]], limit: int = 5) -> str:
@@ -592,9 +590,12 @@ def file_findings(analysis: FileAnalysis, rel: str, used: bool) -> list[Finding]
     return findings
 
 
-def link_finding(path: Path, context: CheckContext, rel: str) -> Finding | None:
-    """A finding for a file that is a symlink leaving the target (it is not read), else None."""
-    if path.is_symlink() and not allowed_link(path, context.target.root, context.target.kind == "hub"):
+def link_finding(path: Path, jail: safe_files.Jail, rel: str) -> Finding | None:
+    """A finding for a file that is written or resolves outside the target (or, for a Hugging Face cache
+    snapshot, outside its blob store), which is not read; else None."""
+    try:
+        jail.contained(path)
+    except UnsafeFileError:
         if rel.lower().endswith(PICKLE_LIKE_SUFFIXES):
             return Finding("serialization.unanalysable", "high",
                            "pickle could not be fully analysed: a symlink leaving the target (not read)", rel)
@@ -610,16 +611,23 @@ class SerializationCheck:
     description = "pickle content in the target, and imports inside it that are not known-safe (fails closed)"
 
     def run(self, context: CheckContext) -> CheckResult:
+        if PICKLESCAN_PROBLEM is not None:  # fail closed: an audit without its pickle analysis is not a pass
+            return CheckResult(check=self.id, version=self.version, status="error", reason=PICKLESCAN_PROBLEM)
         result = CheckResult(check=self.id, version=self.version, status="ran")
         loaded = {str(p) for c in context.target.components if c.weight_format == "pickle" for p in c.weight_files}
-        names, truncated = candidate_files(context)
+        names, truncated, unreadable = candidate_files(context)
         if truncated:
             result.findings.append(Finding("serialization.unanalysable", "high", f"more than {MAX_FILES} files: "
                                            "the rest were not examined for pickle content", None))
+        for folder in unreadable:  # fail closed: what cannot be listed may hold a pickle
+            result.findings.append(Finding("serialization.unanalysable", "high", "folder could not be read: its "
+                                           "files were not examined for pickle content", folder))
+        root = context.target.root
+        jail = safe_files.Jail(root, safe_files.hub_blob_store(root))
         total, count = Budget(MAX_CHECK_BYTES, MAX_CHECK_READS), 0
         for rel in names:
-            path = context.target.root / rel
-            link = link_finding(path, context, rel)
+            path = root / rel
+            link = link_finding(path, jail, rel)
             if link is not None:
                 result.findings.append(link)
                 continue
@@ -633,7 +641,7 @@ class SerializationCheck:
                 continue
             budget = total.share()
             try:
-                analysis = analyse_file(path, rel, budget)
+                analysis = analyse_file(path, rel, budget, jail)
             except Exception as err:  # fail closed: an unforeseen error is a finding, never a crashed check
                 analysis = FileAnalysis([StreamReport(rel, problem=f"unexpected {type(err).__name__}: "
                                                                     f"{describe(err)}")], is_pickle=True)
@@ -648,7 +656,7 @@ class SerializationCheck:
 def suspicious_safetensors(path: Path) -> bool:
     """Whether a ``.safetensors`` file does not start like one (8-byte header length, then a JSON object)."""
     try:
-        with open_regular(path) as handle:
+        with open_file(path) as handle:
             head = handle.read(9)
     except OSError:
         return False

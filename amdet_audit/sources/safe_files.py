@@ -177,14 +177,25 @@ def read_json(
     return value
 
 
-def walk(root: Path, limit: int = MAX_WALK_ENTRIES) -> Iterator[Path]:
-    """Every entry under ``root`` (files, symlinks, special files), without following symlinked folders.
+def walk(root: Path, limit: int = MAX_WALK_ENTRIES, *, unreadable: list[Path] | None = None,
+         skip: frozenset[str] = frozenset()) -> Iterator[Path]:
+    """Every entry under ``root`` (files, symlinks, special files), without following symlinked folders and
+    without entering folders named in ``skip``.
 
-    Raises UnsafeFileError when the tree holds more than ``limit`` entries.
+    A folder that cannot be listed fails closed: it is appended to ``unreadable`` when a list is given (for the
+    caller to report), else UnsafeFileError names it. UnsafeFileError also when the tree holds more than
+    ``limit`` entries.
     """
+
+    def refuse(err: OSError) -> None:
+        folder = Path(err.filename) if err.filename else root
+        if unreadable is None:
+            raise UnsafeFileError(f"{folder}: cannot be listed ({err.strerror or err})") from err
+        unreadable.append(folder)
+
     count = 0
-    for folder, dirs, files in os.walk(root, followlinks=False):
-        dirs.sort()
+    for folder, dirs, files in os.walk(root, onerror=refuse, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if d not in skip or os.path.islink(os.path.join(folder, d)))
         for name in [*sorted(files), *(d for d in dirs if os.path.islink(os.path.join(folder, d)))]:
             count += 1
             if count > limit:
