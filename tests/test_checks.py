@@ -204,3 +204,34 @@ def test_weights_diff_names_the_moved_layer_and_token(model_folder: Path, tiny_c
     same = check.run(CheckContext(target=resolve(str(tiny_clip)), reference=resolve(str(tiny_clip))))
     assert same.scores["model:max_relative_change"] == 0.0
     assert not any(f.rule == "weights-diff.token-embeddings" for f in same.findings)
+
+
+@pytest.mark.parametrize("how", ["bad-id", "outside-link", "fifo"])
+def test_weights_diff_reads_the_vocabulary_safely(model_folder: Path, tiny_clip: Path, tmp_path: Path,
+                                                  how: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from amdet_audit.checks.weights_diff import WeightsDiffCheck
+
+    state = load_file(model_folder / "model.safetensors")
+    key = next(k for k in state if k.endswith("token_embedding.weight"))
+    state[key][100] += 5.0  # a moved row, so the check decodes it through the vocabulary
+    save_file(state, model_folder / "model.safetensors")
+    target = resolve(str(model_folder))  # the vocabulary changes after the target was resolved
+    name = "tokenizer.json" if (model_folder / "tokenizer.json").is_file() else "vocab.json"
+    vocab_file = model_folder / name
+    document = json.loads(vocab_file.read_text(encoding="utf-8"))
+    vocab_file.unlink()
+    if how == "bad-id":
+        vocab = document["model"]["vocab"] if name == "tokenizer.json" else document
+        vocab["hello</w>"] = "not-a-number"
+        vocab_file.write_text(json.dumps(document), encoding="utf-8")
+    elif how == "outside-link":
+        outside = tmp_path / "outside.json"
+        outside.write_text(json.dumps(document), encoding="utf-8")
+        vocab_file.symlink_to(outside)
+    else:
+        os.mkfifo(vocab_file)
+    result = WeightsDiffCheck().run(CheckContext(target=target, reference=resolve(str(tiny_clip))))
+    assert result.status == "error" and name in result.reason, (result.status, result.reason)
+    assert "\n" not in result.reason

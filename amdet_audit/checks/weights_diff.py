@@ -9,11 +9,13 @@ information for the reviewer (severity info), except an encoder whose tensors do
 
 from __future__ import annotations
 
-import json
+import os
 import re
 from pathlib import Path
 
 from amdet_audit.checks.base import CheckContext, CheckResult, Finding
+from amdet_audit.errors import AmdetError, TokenizerError
+from amdet_audit.sources import safe_files
 from amdet_audit.sources.model import Component
 
 PREFIXES = ("text_model.", "bert.", "model.", "transformer.")  # wrappers around the same tensors
@@ -56,24 +58,49 @@ def load(where: tuple[Path, str]):
         return handle.get_tensor(where[1]).float()
 
 
-def vocabulary(component: Component) -> dict[int, str]:
-    """Token id -> token text from tokenizer.json, vocab.json (BPE) or vocab.txt (WordPiece); empty if none."""
+def vocabulary(component: Component, jail: safe_files.Jail) -> dict[int, str]:
+    """Token id -> token text from tokenizer.json, vocab.json (BPE) or vocab.txt (WordPiece); empty if none.
+
+    Each file is read through ``jail`` (a capped regular file inside the target); TokenizerError or
+    UnsafeFileError names a file that is refused or a vocabulary entry whose id is not an integer.
+    """
     folder = component.tokenizer_path
     if folder is None:
         return {}
-    if (folder / "tokenizer.json").is_file():
-        vocab = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("model", {}).get("vocab")
+    if os.path.lexists(folder / "tokenizer.json"):
+        path = folder / "tokenizer.json"
+        document = jail.json(path, limit=safe_files.MAX_TOKENIZER_BYTES, error=TokenizerError)
+        model = document.get("model")
+        vocab = model.get("vocab") if isinstance(model, dict) else None
         if isinstance(vocab, dict):
-            return {int(i): tok for tok, i in vocab.items()}
-    if (folder / "vocab.json").is_file():
-        return {int(i): tok for tok, i in json.loads((folder / "vocab.json").read_text(encoding="utf-8")).items()}
-    if (folder / "vocab.txt").is_file():
-        return dict(enumerate((folder / "vocab.txt").read_text(encoding="utf-8").splitlines()))
+            return id_map(vocab, path)
+    if os.path.lexists(folder / "vocab.json"):
+        path = folder / "vocab.json"
+        return id_map(jail.json(path, limit=safe_files.MAX_TOKENIZER_BYTES, error=TokenizerError), path)
+    if os.path.lexists(folder / "vocab.txt"):
+        path = folder / "vocab.txt"
+        data = safe_files.read_bytes(path, limit=safe_files.MAX_TOKENIZER_BYTES, root=jail.root,
+                                     link_roots=jail.link_roots, error=TokenizerError)
+        try:
+            return dict(enumerate(data.decode("utf-8").splitlines()))
+        except UnicodeDecodeError as err:
+            raise TokenizerError(f"{path}: not UTF-8 text") from err
     return {}
 
 
-def compare(component: Component, reference: Component) -> tuple[dict[str, float], list[Finding]]:
-    """Scores and findings for one component against its reference component."""
+def id_map(vocab: dict[str, object], path: Path) -> dict[int, str]:
+    """id -> token of a token -> id mapping; TokenizerError names the first id that is not an integer."""
+    mapping = {}
+    for token, index in vocab.items():
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TokenizerError(f"{path}: token {token[:40]!r} has the id {str(index)[:40]!r}, not an integer")
+        mapping[index] = token
+    return mapping
+
+
+def compare(component: Component, reference: Component, jail: safe_files.Jail) -> tuple[dict[str, float],
+                                                                                       list[Finding]]:
+    """Scores and findings for one component against its reference component (the target's files in ``jail``)."""
     import torch
 
     mine, theirs = tensor_names(component.weight_files), tensor_names(reference.weight_files)
@@ -111,7 +138,7 @@ def compare(component: Component, reference: Component) -> tuple[dict[str, float
                                 f"{relative[worst]:.4f} in {worst}; {unchanged} of {len(relative)} layer groups "
                                 f"unchanged"))
     if embedding_rows and embedding_rows[0][0] > 0:
-        vocab = vocabulary(component)
+        vocab = vocabulary(component, jail)
         listed = ", ".join(f"{vocab.get(i, f'#{i}')!r} {v:.3f}" for v, i in embedding_rows)
         findings.append(Finding("weights-diff.token-embeddings", "info",
                                 f"{component.name}: token embeddings that moved most (relative change): {listed}"))
@@ -133,6 +160,7 @@ class WeightsDiffCheck:
         ref_components = {c.name: c for c in context.reference.components}
         scores, findings = {}, []
         single = len(context.target.components) == 1 and len(context.reference.components) == 1
+        jail = safe_files.Jail(context.target.root, safe_files.hub_blob_store(context.target.root))
         for comp in context.target.components:
             ref = ref_components.get(comp.name) or (context.reference.components[0] if single else None)
             if ref is None:  # e.g. SDXL's text_encoder_2 against a reference for the first encoder
@@ -141,7 +169,10 @@ class WeightsDiffCheck:
                 continue
             if comp.weight_format != "safetensors" or ref.weight_format != "safetensors":
                 return CheckResult(self.id, self.version, "skipped", reason="compares safetensors weights only")
-            s, f = compare(comp, ref)
+            try:
+                s, f = compare(comp, ref, jail)
+            except AmdetError as err:  # a refused or malformed file of the target: the check could not complete
+                return CheckResult(self.id, self.version, "error", reason=str(err))
             scores.update(s)
             findings.extend(f)
         return CheckResult(self.id, self.version, "ran", findings, scores)
