@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from schema_check import assert_valid_report, assert_valid_sarif
 
-from amdet_audit.outputs import OutputError, new_report_folder, write_new
+from amdet_audit.outputs import OutputError, write_new
 from amdet_audit.report.escaping import markdown, uri_path, visible
 
 FILE_CHECKS = "serialization,remote-code,tokenizer"
@@ -92,9 +92,26 @@ def test_an_existing_default_report_folder_is_never_reused(run_cli, model: Path,
     assert json.loads((new / "report.json").read_text())["verdict"]["exit_code"] == 0
 
 
-def test_parallel_runs_get_distinct_folders(tmp_path: Path) -> None:
-    folders = {new_report_folder("same/target", tmp_path) for _ in range(5)}
-    assert len(folders) == 5 and all(f.is_dir() for f in folders)
+def test_parallel_runs_get_distinct_folders(model: Path, tmp_path: Path) -> None:
+    runs = 4
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "AMDET_AUDIT_CACHE_SCANS": str(tmp_path / "scans"), "OMP_NUM_THREADS": "1",
+           "HF_HUB_OFFLINE": "1", "NO_COLOR": "1"}
+    procs = [subprocess.Popen([sys.executable, "-m", "amdet_audit", "scan", str(model), "--checks", FILE_CHECKS],
+                              cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(runs)]  # all started before any finishes: same cwd, same target, same second
+    try:
+        outcomes = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill() if p.poll() is None else None
+    assert [p.returncode for p in procs] == [0] * runs, outcomes
+    folders = sorted(work.iterdir())
+    assert len(folders) == runs and all(f.name.startswith("amdet-audit-") for f in folders), folders
+    for folder in folders:
+        assert sorted(p.name for p in folder.iterdir()) == ["report.html", "report.json", "report.md", "report.sarif"]
+        assert json.loads((folder / "report.json").read_text(encoding="utf-8"))["verdict"]["exit_code"] == 0
 
 
 def test_a_file_planted_in_out_after_the_check_is_never_followed(run_cli, model: Path, tmp_path: Path,
