@@ -1,6 +1,7 @@
 """Property tests: the config loader, the tokenizer-file readers and the policy parser, fed random and hostile
 documents, either succeed or raise an AmdetError (exit 2 with one line on the command line), never anything else,
-and never slowly.
+never slowly (a per-example deadline) and never with much memory (a per-example cap on the Python memory
+allocated while parsing, measured with tracemalloc).
 
 Documents: random JSON/YAML trees over the keys these files really use, wrong types, unicode, numbers too large
 for a float or an int, NaN, deep nesting, YAML anchors and aliases, and raw random text.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,9 @@ from hypothesis import strategies as st
 from amdet_audit.errors import AmdetError
 
 SETTINGS = settings(max_examples=120, deadline=3000, suppress_health_check=[HealthCheck.too_slow])
+#: Python memory one parse may allocate at its peak: documents here are at most a few hundred kilobytes, so a
+#: reader that expands them (YAML aliases, huge integers, deep trees) shows far above this
+MEMORY_CAP_BYTES = 64 << 20
 
 CONFIG_KEYS = ["model_type", "architectures", "_class_name", "text_config", "hidden_size", "num_hidden_layers",
                "num_attention_heads", "intermediate_size", "vocab_size", "max_position_embeddings", "projection_dim",
@@ -69,14 +74,25 @@ def json_document(keys: list[str]) -> st.SearchStrategy[bytes]:
 
 
 def outcome(call: Callable[[], Any]) -> str:
-    """'ok' or 'refused' (an AmdetError); any other exception fails the test."""
+    """'ok' or 'refused' (an AmdetError); any other exception fails the test, and so does a call whose peak
+    Python memory exceeds MEMORY_CAP_BYTES."""
+    tracemalloc.start()
     try:
         call()
     except AmdetError as err:
         message = str(err)
         assert message and "\n" not in message, message
         return "refused"
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak <= MEMORY_CAP_BYTES, f"{peak} bytes allocated at the peak, over the {MEMORY_CAP_BYTES} cap"
     return "ok"
+
+
+def test_the_memory_cap_sees_an_expanding_reader() -> None:
+    with pytest.raises(AssertionError, match="over the"):
+        outcome(lambda: [0] * (MEMORY_CAP_BYTES // 4))
 
 
 @SETTINGS
@@ -115,6 +131,42 @@ def test_tokenizer_file_readers_succeed_or_refuse(config: bytes, tokenizer: byte
         (folder / "added_tokens.json").write_bytes(added)
         outcome(lambda: check_tokenizer(folder, Jail(folder)))
         outcome(lambda: added_tokens(folder))
+
+
+vocab_lines = st.lists(st.text(max_size=20) | st.sampled_from(["[PAD]", "[UNK]", "##s", "\u202e", "a b c", ""]),
+                      max_size=60).map("\n".join)
+merges_text = st.one_of(
+    st.lists(st.tuples(st.text(max_size=6), st.text(max_size=6)).map(" ".join), max_size=60).map(
+        lambda lines: "\n".join(["#version: 0.2", *lines])),
+    st.text(max_size=300),
+    st.integers(min_value=1000, max_value=50_000).map(lambda n: "a" * n),
+)
+
+
+@SETTINGS
+@given(vocab=json_document(["hello</w>", "a", "</w>", "<|endoftext|>"]), merges=merges_text, wordpiece=vocab_lines,
+       raw=st.binary(max_size=200), which=st.sampled_from(["text", "bytes"]))
+def test_vocab_and_merges_readers_succeed_or_refuse(vocab: bytes, merges: str, wordpiece: str, raw: bytes,
+                                                    which: str) -> None:
+    from amdet_audit.checks.weights_diff import vocabulary
+    from amdet_audit.sources.local import check_tokenizer
+    from amdet_audit.sources.model import Component
+    from amdet_audit.sources.safe_files import Jail
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "vocab.json").write_bytes(vocab)
+        (folder / "merges.txt").write_bytes(merges.encode("utf-8", "surrogatepass") if which == "text" else raw)
+        (folder / "vocab.txt").write_bytes(wordpiece.encode("utf-8", "surrogatepass") if which == "text" else raw)
+        component = Component(name="model", config_path=folder / "config.json", weight_files=(),
+                              tokenizer_path=folder, architecture="CLIPTextModel", model_type="clip_text_model",
+                              weight_format="safetensors")
+        jail = Jail(folder)
+        outcome(lambda: check_tokenizer(folder, jail))
+        if outcome(lambda: vocabulary(component, jail)) == "ok":
+            assert all(isinstance(i, int) for i in vocabulary(component, jail))
+        (folder / "vocab.json").unlink()  # the WordPiece reader: vocab.txt alone
+        outcome(lambda: vocabulary(component, jail))
 
 
 def policy_trees() -> st.SearchStrategy[Any]:

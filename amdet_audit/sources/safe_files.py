@@ -118,8 +118,10 @@ def read_bytes(
         size = os.fstat(fd).st_size
         if size > limit:
             raise error(f"{path}: {size} bytes, more than the {limit} this file may have")
-        try:
-            data = handle.read(limit + 1)
+        try:  # sized to the file (a read of limit + 1 bytes would allocate that much up front)
+            data = handle.read(size + 1)
+            if len(data) > size:  # grew since the stat: read on, to the limit at most
+                data += handle.read(limit + 1 - len(data))
         except OSError as err:
             raise error(f"{path}: cannot be read ({err.strerror or err})") from err
     if len(data) > limit:
