@@ -6,6 +6,8 @@ Each class also inherits the builtin a Python caller would expect (``FileNotFoun
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class AmdetError(Exception):
     """Root of the errors amdet-audit raises for bad input or an audit it could not complete."""
@@ -57,3 +59,19 @@ class UnsafeFileError(AmdetError, PermissionError):
 class OutputError(AmdetError, FileExistsError):
     """Raised when an output (report folder, report file, evidence file, policy file) already exists in any
     form, a symlink included, or cannot be created: amdet-audit never overwrites or follows one."""
+
+
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """An exception's message on one line (whitespace and line breaks collapsed), cut to ``limit`` characters;
+    the exception's type name when it has no message."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def shown(value: Any, limit: int = 40) -> str:
+    """A short repr of a value from an input file, for a message (long values cut)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer with more digits than Python prints
+        return "a number too large"
+    return text if len(text) <= limit else text[: limit - 3] + "..."

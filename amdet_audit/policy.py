@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from amdet_audit.checks.base import SEVERITIES
-from amdet_audit.errors import ConfigFileError
+from amdet_audit.errors import ConfigFileError, shown
 from amdet_audit.resources import bundled
 from amdet_audit.scan.config import Thresholds
 from amdet_audit.sources.safe_files import MAX_CONFIG_BYTES, MAX_DEPTH, read_bytes
@@ -286,15 +286,6 @@ def as_float(value: float) -> float:
         return float(value)
     except OverflowError:
         return math.inf
-
-
-def shown(value: Any, limit: int = 40) -> str:
-    """A short repr of a policy value for a message."""
-    try:
-        text = repr(value)
-    except ValueError:  # an integer with more digits than Python prints
-        return "a number too large"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_policy(path: Path | None = None) -> Policy:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from amdet_audit.checks.base import CheckContext, CheckResult, Finding
 from amdet_audit.errors import TokenizerError
+from amdet_audit.report.escaping import hidden
 from amdet_audit.sources.safe_files import MAX_TOKENIZER_BYTES, read_json
 
 
@@ -27,11 +28,6 @@ class RemoteCodeCheck:
                                            f"custom code: {item} (never run by this audit)", item))
         result.scores["custom_code_items"] = float(len(context.target.custom_code))
         return result
-
-
-def is_invisible(ch: str) -> bool:
-    """Format characters (zero-width, bidi controls), odd spaces and other non-printing characters."""
-    return unicodedata.category(ch) in ("Cf", "Cc", "Co", "Cn") or (unicodedata.category(ch) == "Zs" and ch != " ")
 
 
 def scripts(text: str) -> set[str]:
@@ -80,7 +76,7 @@ class TokenizerCheck:
                 if special:
                     continue
                 count += 1
-                if any(is_invisible(ch) for ch in content):
+                if any(hidden(ch) for ch in content):
                     result.findings.append(Finding("tokenizer.invisible-token", "high",
                                                    f"added token {content!r} holds invisible characters", where))
                 elif len(scripts(content)) > 1:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO
 
 from amdet_audit.checks.base import CheckContext, CheckResult, Finding
-from amdet_audit.errors import UnsafeFileError
+from amdet_audit.errors import UnsafeFileError, one_line
 from amdet_audit.sources import safe_files
 from amdet_audit.sources.model import PICKLE_SUFFIXES
 
@@ -284,12 +284,6 @@ def classify(module: str, name: str) -> str:
     return "unknown"
 
 
-def describe(error: BaseException) -> str:
-    """A one-line description of an error, at most 160 characters."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
-
-
 def sniff(head: bytes, name: str) -> str | None:
     """What a file or member holds by content, else by suffix: zip, npy, tar, pickle, not-pickle, or None."""
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
@@ -348,7 +342,7 @@ def scan_compressed(raw: IO[bytes], label: str, budget: Budget) -> list[StreamRe
         raw.seek(start)
         data, more = decompressed(raw, method)
     except Exception as err:  # corrupt archives raise many types
-        return [StreamReport(label, problem=f"compressed content that cannot be read ({describe(err)})")]
+        return [StreamReport(label, problem=f"compressed content that cannot be read ({one_line(err)})")]
     report = scan_pickle(io.BytesIO(data), len(data), label, budget)
     if more:
         report.problem = f"decompressed content longer than {MAX_STREAM_BYTES // 2**20} MiB: not parsed to its end"
@@ -391,9 +385,9 @@ def scan_pickle(raw: IO[bytes], size: int, label: str, budget: Budget) -> Stream
         report.imports = extensions | set(_list_globals(stream, multiple_pickles=True))
     except GenOpsError as err:
         report.imports = extensions | set(err.globals or ())
-        report.problem = f"unparseable pickle ({describe(err)})"
+        report.problem = f"unparseable pickle ({one_line(err)})"
     except Exception as err:  # a read error of the container (CRC, decryption) or an opcode picklescan rejects
-        report.imports, report.problem = extensions, describe(err)
+        report.imports, report.problem = extensions, one_line(err)
     if stream.exceeded:
         report.problem, report.over_budget = f"{stream.exceeded}: not parsed to its end", True
     report.imports = {(str(m), str(n)) for m, n in report.imports}
@@ -420,7 +414,7 @@ def npy_object_header(raw: IO[bytes]) -> tuple[bool, int]:
     try:
         header = ast.literal_eval(text.decode(encoding))
     except Exception as err:  # literal_eval raises several types on hostile text; none may escape
-        raise ValueError(f"unreadable .npy header ({describe(err)})") from err
+        raise ValueError(f"unreadable .npy header ({one_line(err)})") from err
     if not isinstance(header, dict) or "descr" not in header:
         raise ValueError(".npy header without a dtype")
     return "O" in repr(header["descr"]), 8 + size_bytes + length
@@ -431,7 +425,7 @@ def scan_npy(raw: IO[bytes], size: int, label: str, budget: Budget) -> list[Stre
     try:
         objects, header = npy_object_header(raw)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError) as err:
-        return [StreamReport(label, problem=describe(err))]
+        return [StreamReport(label, problem=one_line(err))]
     return [scan_pickle(raw, max(0, size - header), label, budget)] if objects else []
 
 
@@ -474,7 +468,7 @@ def scan_zip(raw: IO[bytes], label: str, budget: Budget, depth: int) -> list[Str
         archive = zipfile.ZipFile(raw)
         infos = archive.infolist()
     except Exception as err:  # truncated or malformed archives raise many types
-        return [StreamReport(label, problem=f"unreadable zip archive ({describe(err)})")]
+        return [StreamReport(label, problem=f"unreadable zip archive ({one_line(err)})")]
     reports: list[StreamReport] = []
     if len(infos) > MAX_ZIP_MEMBERS:
         reports.append(StreamReport(label, problem=f"{len(infos)} zip members: only {MAX_ZIP_MEMBERS} analysed"))
@@ -492,7 +486,7 @@ def scan_zip(raw: IO[bytes], label: str, budget: Budget, depth: int) -> list[Str
                     with archive.open(info) as member:
                         reports += scan_content(member, info.file_size, name, kind, budget, depth + 1)
             except Exception as err:  # encrypted, patched, CRC or header mismatch, bad compression...
-                reports.append(StreamReport(name, problem=f"unreadable zip member ({describe(err)})"))
+                reports.append(StreamReport(name, problem=f"unreadable zip member ({one_line(err)})"))
                 reports += relaxed_imports(raw, info, name, budget)
     return reports
 
@@ -517,7 +511,7 @@ def analyse_file(path: Path, label: str | None = None, budget: Budget | None = N
             handle.seek(0)
             streams = scan_content(handle, size, label, kind, budget, 0) if kind else []
     except OSError as err:
-        return FileAnalysis([StreamReport(label, problem=f"unreadable ({describe(err)})")], is_pickle=suffixed)
+        return FileAnalysis([StreamReport(label, problem=f"unreadable ({one_line(err)})")], is_pickle=suffixed)
     note = "its first byte is no pickle opcode, so unpickling it fails at once" if kind == "not-pickle" else None
     return FileAnalysis(streams, is_pickle=suffixed or bool(streams), note=note)
 
@@ -644,7 +638,7 @@ class SerializationCheck:
                 analysis = analyse_file(path, rel, budget, jail)
             except Exception as err:  # fail closed: an unforeseen error is a finding, never a crashed check
                 analysis = FileAnalysis([StreamReport(rel, problem=f"unexpected {type(err).__name__}: "
-                                                                    f"{describe(err)}")], is_pickle=True)
+                                                                    f"{one_line(err)}")], is_pickle=True)
             total.settle(budget)
             findings = file_findings(analysis, rel, str(path) in loaded)
             count += bool(findings)

@@ -288,10 +288,10 @@ def build_on_meta(make: Callable[[], nn.Module], where: Path) -> nn.Module:
 
 
 def one_line(exc: BaseException, limit: int = 200) -> str:
-    """The first line of an exception's message, cut to ``limit`` characters."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else type(exc).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    """An exception's message on one line (:func:`amdet_audit.errors.one_line`)."""
+    from amdet_audit import errors
+
+    return errors.one_line(exc, limit)
 
 
 def _check_names(expected: Mapping[str, str], provided: Mapping[str, tuple], model_name: str) -> None:

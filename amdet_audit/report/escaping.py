@@ -32,8 +32,11 @@ HTML_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#
 
 
 def hidden(ch: str) -> bool:
-    """Whether ``ch`` would be invisible or act on a terminal or text renderer (not shown as itself)."""
-    return unicodedata.category(ch) in HIDDEN_CATEGORIES
+    """Whether ``ch`` would be invisible or act on a terminal or text renderer (not shown as itself), or is a
+    space other than the plain one (a look-alike of it): the one definition of hidden characters, used by the
+    report escaping and by the tokenizer check."""
+    category = unicodedata.category(ch)
+    return category in HIDDEN_CATEGORIES or (category == "Zs" and ch != " ")
 
 
 def escape_char(ch: str) -> str:

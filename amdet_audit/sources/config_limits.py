@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from amdet_audit.errors import ConfigFileError
+from amdet_audit.errors import ConfigFileError, shown
 
 #: size keys -> largest accepted value (text towers of released models are far below these)
 SIZE_LIMITS: dict[str, int] = {
@@ -35,18 +35,18 @@ def check_config(config: Mapping[str, Any], path: Path | str) -> Mapping[str, An
     """
     for key in NAME_KEYS:
         if config.get(key) is not None and not isinstance(config[key], str):
-            raise _bad(path, key, f"must be a name (text), not {_shown(config[key])}")
+            raise _bad(path, key, f"must be a name (text), not {shown(config[key])}")
     archs = config.get("architectures")
     if archs is not None and (not isinstance(archs, list) or not all(isinstance(a, str) for a in archs)):
-        raise _bad(path, "architectures", f"must be a list of class names, not {_shown(archs)}")
+        raise _bad(path, "architectures", f"must be a list of class names, not {shown(archs)}")
     check_sizes(config, path, "")
     text = config.get("text_config")
     if text is not None:
         if not isinstance(text, Mapping):
-            raise _bad(path, "text_config", f"must be an object, not {_shown(text)}")
+            raise _bad(path, "text_config", f"must be an object, not {shown(text)}")
         for key in NAME_KEYS:
             if text.get(key) is not None and not isinstance(text[key], str):
-                raise _bad(path, f"text_config.{key}", f"must be a name (text), not {_shown(text[key])}")
+                raise _bad(path, f"text_config.{key}", f"must be a name (text), not {shown(text[key])}")
         check_sizes(text, path, "text_config.")
     return config
 
@@ -58,7 +58,7 @@ def check_sizes(config: Mapping[str, Any], path: Path | str, prefix: str) -> Non
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _bad(path, prefix + key, f"must be a whole number, not {_shown(value)}")
+            raise _bad(path, prefix + key, f"must be a whole number, not {shown(value)}")
         if not 1 <= value <= limit:
             raise _bad(path, prefix + key, f"{value} is outside the accepted range 1..{limit}")
 
@@ -66,8 +66,3 @@ def check_sizes(config: Mapping[str, Any], path: Path | str, prefix: str) -> Non
 def _bad(path: Path | str, key: str, message: str) -> ConfigFileError:
     return ConfigFileError(f"{path}: {key}: {message}")
 
-
-def _shown(value: Any) -> str:
-    """A short repr of a config value for a message (long values cut)."""
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."

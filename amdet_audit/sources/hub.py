@@ -26,6 +26,7 @@ from amdet_audit.errors import (
     SourceNotFoundError,
     UsageError,
 )
+from amdet_audit.sources import safe_files
 from amdet_audit.sources.local import SAFETENSORS_INDEX, select_weights
 from amdet_audit.sources.model import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, ResolvedTarget
 
@@ -329,8 +330,6 @@ def _fetch_json(request: _Request, sha: str, path: str, cache_dir: Path | None) 
     """Download (or read from the cache) one small JSON file of the repo at ``sha``."""
     from huggingface_hub import hf_hub_download
 
-    from amdet_audit.sources.local import read_json
-
     local = hf_hub_download(
         request.repo_id,
         path,
@@ -341,7 +340,7 @@ def _fetch_json(request: _Request, sha: str, path: str, cache_dir: Path | None) 
         tqdm_class=_progress_class(),
     )
     storage = _storage_folder(request.repo_id, cache_dir)
-    return read_json(Path(local), storage, (storage / "blobs",))
+    return safe_files.read_json(Path(local), root=storage, link_roots=(storage / "blobs",))
 
 
 def _download(request: _Request, sha: str, paths: list[str], cache_dir: Path | None) -> Path:

@@ -30,12 +30,6 @@ LOADER_READS = (*sorted({f for files in TOKENIZER_FILE_SETS for f in files}), *T
                 "tokenizer.model", "chat_template.json", "chat_template.jinja", "processor_config.json")
 
 
-def read_json(path: Path, root: Path | None = None, link_roots: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Parse a JSON object file of the target (a regular file inside ``root`` when given, at most 1 MiB, nested at
-    most 64 deep); ConfigFileError names the file and the position of a syntax error, UnsafeFileError a refusal."""
-    return safe_files.read_json(path, root=root, link_roots=link_roots)
-
-
 def text_encoder_components(model_index: dict[str, Any], where: str = "model_index.json") -> list[tuple[str, str]]:
     """(component, class) for every transformers text encoder listed in a diffusers model_index.json.
 
