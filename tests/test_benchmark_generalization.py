@@ -42,3 +42,33 @@ def test_a_family_left_out_is_judged_by_thresholds_chosen_without_it() -> None:
                                                           "wall_seconds": 0, "tool_version": "t", "per_family": 1,
                                                           "seeds": {"calibration": 1, "heldout": 2}},
                                                  "bases": {"canary": out}})
+
+
+@pytest.mark.slow
+def test_smoke_run_builds_scans_and_judges_a_stealthy_and_an_adaptive_recipe(tmp_path: Path) -> None:
+    """The whole protocol end to end on one calibration zoo of shortened recipes (a backdoor shortened below
+    its bars is recorded as not taken, and the protocol judges what took)."""
+    import json
+
+    out, work = tmp_path / "out", tmp_path / "work"
+    args = ["--bases", "canary", "--sets", "calibration", "--per-family", "1", "--families",
+            "stealthy,anti-inversion,fp16", "--steps-scale", "0.15", "--workers", "2", "--work", str(work),
+            "--out-dir", str(out)]
+    assert generalization.main(args) == 0
+    zoo = json.loads((work / "calibration" / "canary" / "zoo" / "zoo.json").read_text())
+    status = {m["family"]: m["status"] for m in zoo["models"]}
+    assert set(status) == {"stealthy", "anti-inversion", "fp16"}
+    assert set(status.values()) <= {"built", "did not take"} and status["fp16"] == "built"
+    stealthy = next(m for m in zoo["models"] if m["family"] == "stealthy")
+    assert stealthy["options"]["min_fidelity"] == 0.98 and stealthy["steps"] == 225
+    results = json.loads((out / "generalization.json").read_text())["bases"]["canary"]
+    scanned = {r["name"] for r in results["rows"]["calibration"]}
+    assert scanned == {m["name"] for m in zoo["models"] if m["status"] == "built"}
+    took = {m["family"] for m in zoo["models"] if m["status"] == "built" and m["kind"] == "backdoored"}
+    assert set(results["families"]) == took
+    assert "leave-one-family-out" in (out / "GENERALIZATION.md").read_text()
+    # resumable: nothing is rebuilt or rescanned
+    records = sorted(work.glob("calibration/canary/scans/*/record.json"))
+    stamps = [r.stat().st_mtime_ns for r in records]
+    assert generalization.main(args) == 0
+    assert [r.stat().st_mtime_ns for r in records] == stamps

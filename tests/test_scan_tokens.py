@@ -56,7 +56,7 @@ def test_search_reports_z_scores_against_random_tokens(tower) -> None:
                           nulls=6, seed=1)
     assert found.best_collapse is not None and found.probes > 12
     assert any(s.probe.tokens == (700,) for s in found.top) or found.best_collapse.excess == pytest.approx(0.0)
-    assert found.null["excess_spread"] > 0  # floored, never zero
+    assert found.null["token_excess_spread"] > 0 and found.null["text_excess_spread"] > 0  # floored, never zero
 
 
 def test_lookalike_table_and_robust_spread() -> None:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter, EncoderOutput
 from amdet_audit.scan.features import collapse
-from amdet_audit.scan.lookalikes import substitute_every, substitute_first, substitutions
+from amdet_audit.scan.lookalikes import LOOKALIKES, UNLIKE, substitute_every, substitute_first, substitutions
 
 PLACEMENTS = ("start", "end")
 MAD_FLOOR = 0.01  # least spread of the null distribution (a z-score of noise must stay finite)
@@ -115,6 +115,7 @@ class ProbeRunner:
         self.clean = self.tokenized(self.prompts)
         ids, eos = self.clean.ids.cpu(), self.clean.eos.cpu()
         self.rows = [row[: int(e) + 1].tolist() for row, e in zip(ids, eos, strict=True)]  # BOS .. EOS each
+        self.suspect_features: dict[Probe, torch.Tensor] = {}  # [B, F] per probe, kept for the second pass
         self.s_tail, self.s_clean = self.fit(suspect)
         self.r_tail, self.r_clean = self.fit(reference) if reference is not None else (None, None)
 
@@ -153,14 +154,18 @@ class ProbeRunner:
         return self.cut(Batch(torch.tensor(rows, device=device), torch.tensor(eos, device=device)))
 
     @torch.no_grad()
-    def score(self, probe: Probe) -> ProbeScore:
-        """Collapse and consistent shift of the suspect (beyond the reference's) under ``probe``."""
+    def score(self, probe: Probe, with_reference: bool = True) -> ProbeScore:
+        """Collapse and consistent shift of the suspect (beyond the reference's, unless ``with_reference`` is
+        off: a cheaper screening score) under ``probe``."""
         batch = self.inputs(probe)
-        s = self.s_tail.features(tail_parts(self.suspect(batch.ids), batch.eos, self.padding))  # [B, F]
+        if probe not in self.suspect_features:
+            out = self.suspect(batch.ids)
+            self.suspect_features[probe] = self.s_tail.features(tail_parts(out, batch.eos, self.padding))  # [B, F]
+        s = self.suspect_features[probe]
         col = float(collapse(s.unsqueeze(0))[0])
         moved = s - self.s_clean  # [B, F]
         excess = col
-        if self.reference is not None and self.r_tail is not None and self.r_clean is not None:
+        if with_reference and self.reference is not None and self.r_tail is not None and self.r_clean is not None:
             r = self.r_tail.features(tail_parts(self.reference(batch.ids), batch.eos, self.padding))
             excess = col - float(collapse(r.unsqueeze(0))[0])
             moved = moved - (r - self.r_clean)
@@ -214,18 +219,26 @@ def seed_probes(suspect: Adapter, reference: Adapter | None, vectors: Sequence[t
     return [Probe(label=str(t), placement=p, tokens=t, origin=o) for t, o in unique for p in PLACEMENTS]
 
 
-def lookalike_probes() -> list[Probe]:
-    """Every single-letter look-alike substitution, first occurrence and every occurrence."""
+def lookalike_probes(modes: tuple[str, ...] = ("first", "every")) -> list[Probe]:
+    """Every single-letter look-alike substitution, of the first occurrence and/or of every occurrence."""
     return [Probe(label=f"{latin}->{twin} {mode}", placement="text", substitution=(latin, twin, mode),
-                  origin="lookalike") for latin, twin in substitutions() for mode in ("first", "every")]
+                  origin="lookalike") for latin, twin in substitutions() for mode in modes]
 
 
-def null_probes(adapter: Adapter, count: int, seed: int) -> list[Probe]:
-    """Random vocabulary tokens at both placements: the null distribution of the scores."""
+def null_probes(adapter: Adapter, count: int, seed: int, modes: tuple[str, ...] = ("first", "every")
+                ) -> list[Probe]:
+    """The null distributions of the scores: random vocabulary tokens at both placements (for token probes),
+    and substitutions of the same Latin letters by foreign letters that resemble none (for the look-alike
+    sweep, whose every-occurrence substitutions change the tokenization of whole prompts)."""
     rng, banned = random.Random(seed), special_ids(adapter)
     V = adapter.token_embedding_matrix().shape[0]
     ids = [t for t in rng.sample(range(V), min(V, count + len(banned))) if t not in banned][:count]
-    return [Probe(label=str(t), placement=p, tokens=(t,), origin="null") for t in ids for p in PLACEMENTS]
+    tokens = [Probe(label=str(t), placement=p, tokens=(t,), origin="null") for t in ids for p in PLACEMENTS]
+    letters = rng.sample(sorted(LOOKALIKES), min(len(LOOKALIKES), max(2, count // 2)))
+    texts = [Probe(label=f"{latin}->{other} {mode}", placement="text", substitution=(latin, other, mode),
+                   origin="null") for latin, other in zip(letters, rng.sample(UNLIKE, len(letters)), strict=True)
+             for mode in modes]
+    return tokens + texts
 
 
 def gradient_probes(runner: ProbeRunner, best: Probe, top: int) -> list[Probe]:
@@ -238,6 +251,11 @@ def gradient_probes(runner: ProbeRunner, best: Probe, top: int) -> list[Probe]:
             for t in gain.topk(top).indices.tolist()]
 
 
+def probe_kind(probe: Probe) -> str:
+    """"text" for a look-alike substitution, "token" for inserted tokens: each kind has its own null."""
+    return "text" if probe.substitution else "token"
+
+
 def robust(values: list[float]) -> tuple[float, float]:
     """(median, 1.4826 * median absolute deviation, floored) of ``values``."""
     t = torch.tensor(values)
@@ -248,43 +266,55 @@ def robust(values: list[float]) -> tuple[float, float]:
 def search_tokens(
     suspect: Adapter, reference: Adapter | None, prompts: Sequence[str], vectors: Sequence[torch.Tensor], *,
     padding: int = 8, nearest: int = 4, moved: int = 8, gradient_top: int = 8, rounds: int = 2, nulls: int = 16,
-    seed: int = 0, progress: Callable[[int, int, str], None] | None = None,
+    confirm: int = 16, lookalike_modes: tuple[str, ...] = ("first", "every"), seed: int = 0,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> TokenSearch:
     """Try real-input trigger candidates on ``prompts`` and score each against a null of random tokens.
 
     vectors: the scan's pseudo-triggers ([k, D] each, token-embedding space).
+    confirm: with a reference, candidates are screened on the suspect alone; the ``confirm`` that collapse
+        prompts most and the ``confirm // 2`` that shift them most are then scored against the reference.
     """
     runner = ProbeRunner(suspect, reference, prompts, padding)
     scored: dict[Probe, ProbeScore] = {}
 
-    def run(probes: list[Probe]) -> None:
+    def run(probes: list[Probe], with_reference: bool = False) -> None:
         for probe in probes:
-            if probe not in scored:
-                scored[probe] = runner.score(probe)
+            if probe not in scored or with_reference:
+                scored[probe] = runner.score(probe, with_reference)
                 if progress:
                     progress(len(scored), 0, "trying real-token triggers")
 
-    null = null_probes(suspect, nulls, seed)
-    run(null)
-    run(seed_probes(suspect, reference, vectors, nearest, moved) + lookalike_probes())
+    null = null_probes(suspect, nulls, seed, lookalike_modes)
+    run(null, with_reference=True)
+    run(seed_probes(suspect, reference, vectors, nearest, moved) + lookalike_probes(lookalike_modes))
     for placement in PLACEMENTS:  # greedy refinement from the best token probe at each placement
         for _ in range(rounds):
             pool = [s for s in scored.values() if s.probe.placement == placement and s.probe.origin != "null"]
             if not pool:
                 break
             run(gradient_probes(runner, max(pool, key=lambda s: s.collapse).probe, gradient_top))
+    screened = [s for s in scored.values() if s.probe.origin != "null"]
+    chosen = {s.probe for s in sorted(screened, key=lambda s: s.collapse, reverse=True)[:confirm]}
+    chosen |= {s.probe for s in sorted(screened, key=lambda s: s.shift, reverse=True)[: confirm // 2]}
+    if reference is not None:
+        run(sorted(chosen, key=lambda p: p.label), with_reference=True)
+    kind = probe_kind
+    nulls_of = {k: [p for p in null if kind(p) == k] for k in ("token", "text")}
     if reference is None:  # without a reference, excess is measured against the null's median collapse
-        base = robust([scored[p].collapse for p in null])[0]
+        base = {k: robust([scored[p].collapse for p in ps])[0] for k, ps in nulls_of.items()}
         for s in scored.values():
-            s.excess = s.collapse - base
-    stats = {name: robust([getattr(scored[p], name) for p in null]) for name in ("excess", "shift")}
+            s.excess = s.collapse - base[kind(s.probe)]
+    stats = {(k, name): robust([getattr(scored[p], name) for p in ps])
+             for k, ps in nulls_of.items() for name in ("excess", "shift")}
     for s in scored.values():
-        s.excess_z = (s.excess - stats["excess"][0]) / stats["excess"][1]
-        s.shift_z = (s.shift - stats["shift"][0]) / stats["shift"][1]
-    tried = [s for s in scored.values() if s.probe.origin != "null"]
+        k = kind(s.probe)
+        s.excess_z = (s.excess - stats[(k, "excess")][0]) / stats[(k, "excess")][1]
+        s.shift_z = (s.shift - stats[(k, "shift")][0]) / stats[(k, "shift")][1]
+    tried = [scored[p] for p in chosen]
     best_c = max(tried, key=lambda s: s.excess_z, default=None)
     best_s = max(tried, key=lambda s: s.shift_z, default=None)
-    null_summary = {"excess_median": stats["excess"][0], "excess_spread": stats["excess"][1],
-                    "shift_median": stats["shift"][0], "shift_spread": stats["shift"][1]}
+    null_summary = {f"{k}_{name}_{part}": value for (k, name), pair in stats.items()
+                    for part, value in zip(("median", "spread"), pair, strict=True)}
     top = sorted(tried, key=lambda s: max(s.excess_z, s.shift_z), reverse=True)[:8]
     return TokenSearch(best_collapse=best_c, best_shift=best_s, probes=len(scored), null=null_summary, top=top)

@@ -26,6 +26,11 @@ LOOKALIKES: dict[str, tuple[str, ...]] = {
 }
 
 
+#: non-Latin letters that resemble no Latin letter: substituted the same way, they are the null of the sweep
+#: (any foreign letter changes the tokenization; only a trained trigger should change the outputs beyond that)
+UNLIKE = "бгджзлпфцчшщыэюяβδζθλμξπφψω"
+
+
 def substitutions() -> list[tuple[str, str]]:
     """Every (latin, look-alike) pair of the table."""
     return [(latin, twin) for latin, twins in LOOKALIKES.items() for twin in twins]

@@ -68,7 +68,9 @@ def token_search(enc: Encoders, data: ScanPrompts, cands: dict[str, Candidate], 
     return search_tokens(enc.suspect, enc.reference, prompts, [c.vector for c in cands.values()],
                          padding=config.padding_positions, nearest=config.token_nearest, moved=config.token_moved,
                          gradient_top=config.token_gradient_top, rounds=config.token_rounds,
-                         nulls=config.token_nulls, seed=config.seed, progress=progress)
+                         nulls=config.token_nulls, confirm=config.token_confirm,
+                         lookalike_modes=("first", "every") if config.token_lookalike_every else ("first",),
+                         seed=config.seed, progress=progress)
 
 
 def token_evidence(search: TokenSearch | None, adapter: Adapter) -> dict | None:

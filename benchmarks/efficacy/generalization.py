@@ -46,11 +46,11 @@ KNOBS = {"target.collapse_gain": [round(0.3 + 0.05 * i, 2) for i in range(13)],
 
 
 def build_family_zoo(base: str, out: Path, per_family: int, families: str | None, seed: int, device: str,
-                     threads: int) -> dict:
+                     threads: int, steps_scale: float = 1.0) -> dict:
     """``amdet-audit lab zoo --per-family`` (resumable); returns zoo.json."""
     out.mkdir(parents=True, exist_ok=True)
     cmd = [*CLI, "lab", "zoo", base, "--out", str(out), "--per-family", str(per_family), "--seed", str(seed),
-           "--device", device, *(["--families", families] if families else [])]
+           "--device", device, "--steps-scale", str(steps_scale), *(["--families", families] if families else [])]
     code, _, _ = run(cmd, threads, out / "zoo.log")
     if code != 0:
         raise SystemExit(f"lab zoo failed for {base} (see {out / 'zoo.log'})")
@@ -115,11 +115,15 @@ def recall(rows: list[dict], thresholds: dict[str, float]) -> dict:
 
 
 def protocol(calibration: list[dict], heldout: list[dict], max_fpr: float) -> dict:
-    """In-distribution figures and leave-one-family-out recall per backdoor family (see the module docstring)."""
+    """In-distribution figures and leave-one-family-out recall per backdoor family (see the module docstring).
+
+    Without a held-out zoo (a smoke run), the left-out family is judged on its calibration models and the
+    benign FPR on the calibration negatives."""
     chosen = choose(calibration, max_fpr)
-    negatives = [r for r in heldout if not r["positive"]]
-    out = {"in_distribution": {"thresholds": chosen, "heldout": figures(as_rows(heldout), chosen),
-                               "as_shipped": figures(as_rows(heldout), default_thresholds())},
+    judged_set = heldout or calibration
+    negatives = [r for r in judged_set if not r["positive"]]
+    out = {"in_distribution": {"thresholds": chosen, "heldout": figures(as_rows(judged_set), chosen),
+                               "as_shipped": figures(as_rows(judged_set), default_thresholds())},
            "families": {}}
     for family in sorted({r["family"] for r in calibration + heldout if r["positive"]}):
         kept = [r for r in calibration if not (r["positive"] and r["family"] == family)]
@@ -133,8 +137,8 @@ def protocol(calibration: list[dict], heldout: list[dict], max_fpr: float) -> di
             "in_distribution": recall(in_dist, chosen),
             "as_shipped": recall(left_out, default_thresholds())}
     benign = {}
-    for family in sorted({r["family"] for r in heldout if not r["positive"]}):
-        group = [r for r in heldout if not r["positive"] and r["family"] == family]
+    for family in sorted({r["family"] for r in judged_set if not r["positive"]}):
+        group = [r for r in judged_set if not r["positive"] and r["family"] == family]
         benign[family] = {"models": len(group), "flagged_in_distribution": sum(judged(group, chosen)),
                           "flagged_as_shipped": sum(judged(group, default_thresholds()))}
     out["benign"] = benign
@@ -183,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=HERE)
     parser.add_argument("--max-fpr", type=float, default=0.01)
     parser.add_argument("--built-only", action="store_true", help="build nothing; scan and judge what is built")
+    parser.add_argument("--sets", default="calibration,heldout", type=lambda s: s.split(","),
+                        help="calibration alone makes a smoke run (no held-out figures)")
+    parser.add_argument("--steps-scale", type=float, default=1.0, help="shorten every recipe (smoke runs)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     work = args.work.resolve()
@@ -190,19 +197,21 @@ def main(argv: list[str] | None = None) -> int:
     for base in args.bases:
         target = base_target(base, work.parent, build=not args.built_only, device=args.device)
         rows = {}
-        for set_name, seed in (("calibration", args.calibration_seed), ("heldout", args.heldout_seed)):
+        seeds = {"calibration": args.calibration_seed, "heldout": args.heldout_seed}
+        for set_name in args.sets:
             zoo = work / set_name / base / "zoo"
             manifest = read_manifest(zoo) if args.built_only else build_family_zoo(
-                target, zoo, args.per_family, args.families, seed, args.device, os.cpu_count() or 1)
+                target, zoo, args.per_family, args.families, seeds[set_name], args.device, os.cpu_count() or 1,
+                args.steps_scale)
             rows[set_name] = scan_zoo(manifest, zoo, work / set_name / base / "scans", target, args.device,
                                       args.workers)
-        results["bases"][base] = protocol(rows["calibration"], rows["heldout"], args.max_fpr)
+        results["bases"][base] = protocol(rows["calibration"], rows.get("heldout", []), args.max_fpr)
         results["bases"][base]["rows"] = {s: [{k: v for k, v in r.items() if k != "checks"} for r in rs]
                                           for s, rs in rows.items()}
     results["meta"] = {"tool_version": tool_version(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
-                       "per_family": args.per_family, "seeds": {"calibration": args.calibration_seed,
-                                                                "heldout": args.heldout_seed},
+                       "per_family": args.per_family, "steps_scale": args.steps_scale, "sets": args.sets,
+                       "seeds": {"calibration": args.calibration_seed, "heldout": args.heldout_seed},
                        "wall_seconds": round(time.perf_counter() - started, 1),
                        "command": " ".join(["python", "benchmarks/efficacy/generalization.py",
                                             *(argv if argv is not None else sys.argv[1:])])}
