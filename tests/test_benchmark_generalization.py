@@ -52,7 +52,7 @@ def test_smoke_run_builds_scans_and_judges_a_stealthy_and_an_adaptive_recipe(tmp
 
     out, work = tmp_path / "out", tmp_path / "work"
     args = ["--bases", "canary", "--sets", "calibration", "--per-family", "1", "--families",
-            "stealthy,anti-inversion,fp16", "--steps-scale", "0.15", "--workers", "2", "--work", str(work),
+            "stealthy,anti-inversion,fp16", "--steps-scale", "0.1", "--workers", "1", "--work", str(work),
             "--out-dir", str(out)]
     assert generalization.main(args) == 0
     zoo = json.loads((work / "calibration" / "canary" / "zoo" / "zoo.json").read_text())
@@ -60,7 +60,7 @@ def test_smoke_run_builds_scans_and_judges_a_stealthy_and_an_adaptive_recipe(tmp
     assert set(status) == {"stealthy", "anti-inversion", "fp16"}
     assert set(status.values()) <= {"built", "did not take"} and status["fp16"] == "built"
     stealthy = next(m for m in zoo["models"] if m["family"] == "stealthy")
-    assert stealthy["options"]["min_fidelity"] == 0.98 and stealthy["steps"] == 225
+    assert stealthy["options"]["min_fidelity"] == 0.98 and stealthy["steps"] == 150
     results = json.loads((out / "generalization.json").read_text())["bases"]["canary"]
     scanned = {r["name"] for r in results["rows"]["calibration"]}
     assert scanned == {m["name"] for m in zoo["models"] if m["status"] == "built"}

@@ -92,7 +92,7 @@ def test_same_seed_same_scores(tmp_path: Path) -> None:
 def test_existing_out_folder_is_never_overwritten(tmp_path: Path, run_cli) -> None:
     (tmp_path / "mine.txt").write_text("keep")
     result = run_cli("scan", "canary:clean", "--out", tmp_path)
-    assert result.exit_code == 2 and "not empty" in result.stderr
+    assert result.exit_code == 2 and "not an empty folder" in result.stderr
     assert (tmp_path / "mine.txt").read_text() == "keep" and not (tmp_path / "report.json").exists()
 
 

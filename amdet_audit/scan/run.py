@@ -60,9 +60,10 @@ def effects(enc: Encoders, cands: dict[str, Candidate], data: ScanPrompts, n: in
 
 def token_search(enc: Encoders, data: ScanPrompts, cands: dict[str, Candidate], config: ScanConfig,
                  progress: Progress | None) -> TokenSearch | None:
-    """Real-input trigger candidates (see scan/discrete.py) on the first test prompts; None for bidirectional
-    towers (their probes need other features) or when no pseudo-trigger came out."""
-    if not cands or not getattr(enc.suspect, "causal", True) or config.token_prompts < 2:
+    """Real-input trigger candidates (see scan/discrete.py) on the first test prompts; None without a reference
+    (the token rules need one), for bidirectional towers (their probes need other features) or when no
+    pseudo-trigger came out."""
+    if enc.reference is None or not cands or not getattr(enc.suspect, "causal", True) or config.token_prompts < 2:
         return None
     prompts = [data.prompts[i] for i in data.test[: config.token_prompts].tolist()]
     return search_tokens(enc.suspect, enc.reference, prompts, [c.vector for c in cands.values()],

@@ -5,9 +5,11 @@
   Without a reference: absolute collapse.
 - divergence rule (catches attribute backdoors too): the pseudo-trigger shifts the suspect's outputs, but
   not the reference's, by a large amount in a consistent direction across prompts.
-- token rules (real, typeable input: see scan/discrete.py): a real-token or look-alike probe makes prompts
-  collapse far beyond the reference's collapse under the same probe and far outside the spread of random
-  tokens (token-collapse), or shifts them consistently far outside that spread (token-shift).
+- token rules (real, typeable input: see scan/discrete.py), with a reference only: a real-token or look-alike
+  probe makes prompts collapse far beyond the reference's collapse under the same probe and far outside the
+  spread of random tokens (token-collapse), or shifts them consistently far outside that spread
+  (token-shift). Without a reference the probes the search selects collapse the clean canary base as far as
+  0.58 beyond random tokens (z 9), as much as real backdoors on other bases: no rule.
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig
         by_rule["collapse"] = target_checks(found["collapse"], baseline, cfg, has_ref, lenient)
     if "divergence" in found:
         by_rule["divergence"] = divergence_checks(found["divergence"], cfg, lenient)
-    if token is not None:
+    if token is not None and has_ref:
         by_rule.update(token_checks(token, cfg, has_ref, lenient))
     checks = [c for group in by_rule.values() for c in group]
     rules = {rule: all(c.flags for c in group) for rule, group in by_rule.items()}
