@@ -99,26 +99,25 @@ def new_report_folder(target: str, where: Path = Path(".")) -> Path:
     raise OutputError(f"no free report folder name for {base} after {MAX_NAME_TRIES} tries; pass --out")
 
 
-def write_new(path: Path, data: str | bytes) -> Path:
-    """Write ``data`` (text as UTF-8) to the new file ``path``; an existing file or symlink there is an error."""
-    payload = data.encode("utf-8") if isinstance(data, str) else data
+def open_new(path: Path) -> int:
+    """A descriptor of the new file ``path`` (created exclusively, no symlink followed); OutputError otherwise."""
     try:
-        fd = os.open(path, EXCLUSIVE, 0o644)
+        return os.open(path, EXCLUSIVE, 0o644)
     except FileExistsError as exc:
         raise OutputError(f"{path} already exists ({describe_existing(path)}); outputs never overwrite") from exc
     except OSError as exc:
         raise OutputError(f"{path}: cannot create it ({exc.strerror or exc})") from exc
-    return fill_new(fd, path, lambda handle: handle.write(payload))
+
+
+def write_new(path: Path, data: str | bytes) -> Path:
+    """Write ``data`` (text as UTF-8) to the new file ``path``; an existing file or symlink there is an error."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    return fill_new(open_new(path), path, lambda handle: handle.write(payload))
 
 
 def copy_new(source: Path, path: Path) -> Path:
     """Copy the regular file ``source`` to the new file ``path`` (exclusive, like :func:`write_new`)."""
-    try:
-        fd = os.open(path, EXCLUSIVE, 0o644)
-    except FileExistsError as exc:
-        raise OutputError(f"{path} already exists ({describe_existing(path)}); outputs never overwrite") from exc
-    except OSError as exc:
-        raise OutputError(f"{path}: cannot create it ({exc.strerror or exc})") from exc
+    fd = open_new(path)
 
     def copy(handle: IO[bytes]) -> None:
         with open(source, "rb") as src:
