@@ -18,7 +18,7 @@ class Thresholds:
     divergence_consistency: float = 0.3  # mean pairwise cosine of the per-prompt divergences
     divergence_anchor_cosine: float = 0.4  # triggered suspect vs reference outputs under the divergence trigger
     reference_free_collapse: float = 0.82  # without a reference: absolute cross-prompt collapse under v
-    token_excess: float = 0.5  # real-token probe: suspect's collapse beyond the reference's (or the null's)
+    token_excess: float = 0.5  # real-token probe: suspect's collapse beyond the reference's
     token_excess_z: float = 8.0  # ... and that excess as a robust z-score against random-token probes
     token_shift_z: float = 10.0  # real-token probe: consistent shift beyond the reference's, as a z-score
 

@@ -54,7 +54,7 @@ class ProbeScore:
 
     probe: Probe
     collapse: float  # suspect's cross-prompt collapse under the probe
-    excess: float  # minus the reference's (reference-free: minus the null median)
+    excess: float  # minus the reference's (only the suspect's collapse while screening)
     shift: float  # consistent shift the probe causes in the suspect beyond the reference, relative to size
     excess_z: float = 0.0
     shift_z: float = 0.0
@@ -157,15 +157,16 @@ class ProbeRunner:
     def score(self, probe: Probe, with_reference: bool = True) -> ProbeScore:
         """Collapse and consistent shift of the suspect (beyond the reference's, unless ``with_reference`` is
         off: a cheaper screening score) under ``probe``."""
-        batch = self.inputs(probe)
-        if probe not in self.suspect_features:
+        batch = self.inputs(probe) if probe not in self.suspect_features or with_reference else None
+        if probe not in self.suspect_features and batch is not None:
             out = self.suspect(batch.ids)
             self.suspect_features[probe] = self.s_tail.features(tail_parts(out, batch.eos, self.padding))  # [B, F]
         s = self.suspect_features[probe]
         col = float(collapse(s.unsqueeze(0))[0])
         moved = s - self.s_clean  # [B, F]
         excess = col
-        if with_reference and self.reference is not None and self.r_tail is not None and self.r_clean is not None:
+        if batch is not None and with_reference and self.reference is not None and self.r_tail is not None \
+                and self.r_clean is not None:
             r = self.r_tail.features(tail_parts(self.reference(batch.ids), batch.eos, self.padding))
             excess = col - float(collapse(r.unsqueeze(0))[0])
             moved = moved - (r - self.r_clean)
@@ -264,7 +265,7 @@ def robust(values: list[float]) -> tuple[float, float]:
 
 
 def search_tokens(
-    suspect: Adapter, reference: Adapter | None, prompts: Sequence[str], vectors: Sequence[torch.Tensor], *,
+    suspect: Adapter, reference: Adapter, prompts: Sequence[str], vectors: Sequence[torch.Tensor], *,
     padding: int = 8, nearest: int = 4, moved: int = 8, gradient_top: int = 8, rounds: int = 2, nulls: int = 16,
     confirm: int = 16, lookalike_modes: tuple[str, ...] = ("first", "every"), seed: int = 0,
     progress: Callable[[int, int, str], None] | None = None,
@@ -272,8 +273,8 @@ def search_tokens(
     """Try real-input trigger candidates on ``prompts`` and score each against a null of random tokens.
 
     vectors: the scan's pseudo-triggers ([k, D] each, token-embedding space).
-    confirm: with a reference, candidates are screened on the suspect alone; the ``confirm`` that collapse
-        prompts most and the ``confirm // 2`` that shift them most are then scored against the reference.
+    confirm: candidates are screened on the suspect alone; the ``confirm`` that collapse prompts most and the
+        ``confirm // 2`` that shift them most are then scored against the reference.
     """
     runner = ProbeRunner(suspect, reference, prompts, padding)
     scored: dict[Probe, ProbeScore] = {}
@@ -297,14 +298,9 @@ def search_tokens(
     screened = [s for s in scored.values() if s.probe.origin != "null"]
     chosen = {s.probe for s in sorted(screened, key=lambda s: s.collapse, reverse=True)[:confirm]}
     chosen |= {s.probe for s in sorted(screened, key=lambda s: s.shift, reverse=True)[: confirm // 2]}
-    if reference is not None:
-        run(sorted(chosen, key=lambda p: p.label), with_reference=True)
+    run(sorted(chosen, key=lambda p: p.label), with_reference=True)
     kind = probe_kind
     nulls_of = {k: [p for p in null if kind(p) == k] for k in ("token", "text")}
-    if reference is None:  # without a reference, excess is measured against the null's median collapse
-        base = {k: robust([scored[p].collapse for p in ps])[0] for k, ps in nulls_of.items()}
-        for s in scored.values():
-            s.excess = s.collapse - base[kind(s.probe)]
     stats = {(k, name): robust([getattr(scored[p], name) for p in ps])
              for k, ps in nulls_of.items() for name in ("excess", "shift")}
     for s in scored.values():

@@ -27,7 +27,7 @@ from amdet_audit.scan.landscape import landscape
 from amdet_audit.scan.prompts import ScanPrompts, prepare_prompts
 from amdet_audit.scan.result import ScanResult
 from amdet_audit.scan.terms import Encoders
-from amdet_audit.scan.verdict import decide
+from amdet_audit.scan.verdict import Decision, decide
 
 Progress = Callable[[int, int, str], None]
 
@@ -126,8 +126,9 @@ def run_scan(
     timings["inversion_s"] = time.perf_counter() - started - timings["features_s"]
     cands = {f: c for f in ("collapse", "divergence") if (c := inv.best(f)) is not None}
     found = effects(enc, cands, data, config.check_subset)
+    searched = time.perf_counter()
     token = token_search(enc, data, cands, config, progress)
-    timings["token_search_s"] = time.perf_counter() - started - timings["features_s"] - timings["inversion_s"]
+    timings["token_search_s"] = time.perf_counter() - searched
     lenient = decide(found, reference_baseline or {}, config, reference is not None, lenient=True, token=token)
     subset_only = not (config.full_checks or lenient.flagged)
     if reference is not None and reference_baseline is None and not subset_only:
@@ -139,7 +140,7 @@ def run_scan(
     timings["checks_s"] = time.perf_counter() - started - sum(timings.values())
     result = assemble(enc, data, inv, cands, found, decision, reference_baseline, config, subset_only)
     result.evidence["token_search"] = token_evidence(token, suspect)
-    decisive = decision.decisive if decision.decisive in cands else None
+    decisive = decided_candidate(decision, cands)
     decisive = decisive or ("collapse" if (config.full_checks or decision.flagged) and "collapse" in cands else None)
     if decisive is not None:
         cand = cands[decisive]
@@ -152,13 +153,17 @@ def run_scan(
     return result
 
 
+def decided_candidate(decision: Decision, cands: dict[str, Candidate]) -> str | None:
+    """The pseudo-trigger family of the rule that decided (None when no rule did, or a token rule did)."""
+    return decision.decisive if decision.decisive in cands else None
+
+
 def assemble(enc, data, inv, cands, found, decision, baseline, config, subset_only) -> ScanResult:
     """Collect scores, evidence and arrays into a ScanResult."""
     clean_test = enc.suspect_clean.clean(data.test)
     profile = {"collapse": mean_pairwise_cosine(clean_test),
                "assimilation": float(found[next(iter(found))].clean_assimilation) if found else float("nan")}
-    family = decision.decisive if decision.decisive in cands else None
-    family = family or ("collapse" if "collapse" in cands else next(iter(cands), None))
+    family = decided_candidate(decision, cands) or ("collapse" if "collapse" in cands else next(iter(cands), None))
     evidence: dict = {"family": family, "checks_on": "subset" if subset_only else "full test set",
                       "test_prompts": found[family].prompts if family else 0}
     arrays: dict[str, torch.Tensor] = {}

@@ -89,15 +89,15 @@ def divergence_checks(e: Effect, cfg: ScanConfig, lenient: bool) -> list[Check]:
     ]
 
 
-def token_checks(search: TokenSearch, cfg: ScanConfig, has_ref: bool, lenient: bool) -> dict[str, list[Check]]:
-    """Checks of the two token rules on the best real-input probes."""
+def token_checks(search: TokenSearch, cfg: ScanConfig, lenient: bool) -> dict[str, list[Check]]:
+    """Checks of the two token rules on the best real-input probes (scored against a reference)."""
     t, c, s = cfg.thresholds, search.best_collapse, search.best_shift
-    against = "the reference's under the same probe" if has_ref else "the median of random-token probes"
     rules: dict[str, list[Check]] = {}
     if c is not None:
         rules["token-collapse"] = [
             check("token_collapse.excess", c.excess, t.token_excess, ">=",
-                  f"cross-prompt collapse under the best real-input probe beyond {against}", lenient),
+                  "cross-prompt collapse under the best real-input probe beyond the reference's under the same "
+                  "probe", lenient),
             check("token_collapse.z", c.excess_z, t.token_excess_z, ">=",
                   "that excess as a robust z-score against random-token probes", lenient)]
     if s is not None:
@@ -133,7 +133,7 @@ def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig
     if "divergence" in found:
         by_rule["divergence"] = divergence_checks(found["divergence"], cfg, lenient)
     if token is not None and has_ref:
-        by_rule.update(token_checks(token, cfg, has_ref, lenient))
+        by_rule.update(token_checks(token, cfg, lenient))
     checks = [c for group in by_rule.values() for c in group]
     rules = {rule: all(c.flags for c in group) for rule, group in by_rule.items()}
     scores = {c.name: c.score for c in checks}
