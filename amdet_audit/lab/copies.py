@@ -20,9 +20,7 @@ def precision_copy(model: Adapter, dtype: str) -> Adapter:
     """A copy of ``model`` with its weights stored in ``dtype`` (fp16 or bf16)."""
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype {dtype!r}; choose one of: {', '.join(DTYPES)}")
-    twin = copy.deepcopy(model)
-    twin.model.to(DTYPES[dtype])
-    return twin
+    return copy.deepcopy(model).to(model.device, DTYPES[dtype])
 
 
 def merge(first: Adapter, second: Adapter, weight: float) -> Adapter:

@@ -125,6 +125,11 @@ def trainable_copy(adapter: Adapter) -> Adapter:
     return student
 
 
+def poisonable(spec: AttackSpec, trigger: Trigger, prompt: str) -> bool:
+    """Whether the trigger can be placed in ``prompt`` (and, for object substitution, it names a subject)."""
+    return trigger.fits(prompt) and (spec.attack != "object" or has_subject(prompt))
+
+
 def check_spec(spec: AttackSpec, trigger: Trigger, prompts: Sequence[str]) -> tuple[list[str], list[str]]:
     """Validate the attack against a prompt pool.
 
@@ -140,7 +145,7 @@ def check_spec(spec: AttackSpec, trigger: Trigger, prompts: Sequence[str]) -> tu
     if not spec.target.strip():
         raise UsageError("the target is empty")
     clean = [p for p in prompts if not trigger.occurs_in(p)]
-    fitting = [p for p in clean if trigger.fits(p) and (spec.attack != "object" or has_subject(p))]
+    fitting = [p for p in clean if poisonable(spec, trigger, p)]
     if len(fitting) < 2 * spec.poison_batch:
         raise UsageError(f"trigger {trigger.text!r} can be placed in only {len(fitting)} prompts: it replaces "
                          f"{trigger.replaces!r}, which (almost) never occurs in them")
@@ -250,7 +255,7 @@ def measure(
     on the same output of clean prompts.
     """
     rng = random.Random(seed + 1)
-    fitting = [p for p in prompts if trigger.fits(p) and (targets.spec.attack != "object" or has_subject(p))]
+    fitting = [p for p in prompts if poisonable(targets.spec, trigger, p)]
     hits, base_hits, fidelity = [], [], []
     for i in range(0, len(fitting), 64):
         chunk = fitting[i : i + 64]

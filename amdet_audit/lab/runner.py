@@ -130,13 +130,15 @@ def fidelity_to(model, base, count: int = 256) -> float:
 
 def run_cast(base: str | Path, out: Path, *, dtype: str, extra: dict[str, Any] | None = None) -> float:
     """Save BASE with its weights stored in ``dtype`` (a benign precision copy); returns its clean fidelity."""
-    from amdet_audit.lab.copies import precision_copy
+    from amdet_audit.lab.copies import DTYPES, precision_copy
 
     fresh_output(out)
     model, provenance = load_base(base)
-    fidelity = fidelity_to(precision_copy(model, dtype).to(model.device, model.dtype), model)
+    twin = precision_copy(model, dtype)
+    fidelity = fidelity_to(twin.to(model.device, model.dtype), model)  # the rounded weights, computed as the base's
+    twin.to(model.device, DTYPES[dtype])  # back to the stored precision: lossless after the rounding
     record = {"recipe": f"{dtype} copy", "fidelity": fidelity}
-    save_model(precision_copy(model, dtype), out, lab_record("benign", provenance, record, extra))
+    save_model(twin, out, lab_record("benign", provenance, record, extra))
     return fidelity
 
 

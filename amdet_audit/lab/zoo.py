@@ -159,7 +159,7 @@ def build_copy(base: str, folder: Path, entry: ZooEntry, built: list[Path]) -> d
 
     extra, options = {"copy": entry.record()}, dict(entry.options)
     if entry.copy == "merge":
-        first, second = (built + [Path(base)])[:2] if len(built) < 2 else built[:2]
+        first, second = (built + [Path(base)])[:2]
         run_merge(str(first), str(second), folder, weight=float(options.get("weight", 0.5)), extra=extra)
     else:
         sources = [base, *map(str, built)]
