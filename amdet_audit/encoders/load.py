@@ -385,6 +385,20 @@ def clip_ignorable(full: bool) -> Callable[[str], bool]:
     return lambda name: name.startswith(prefixes) or name == POSITION_IDS
 
 
+
+def prefixed_keys(prefix: str, ignorable: Callable[[str], bool]
+                  ) -> tuple[Callable[[str], bool], Callable[[str], str]]:
+    """(keep, canonical) for a family whose checkpoints may nest the encoder under ``prefix``: keep a stored
+    key unless its name without the prefix is ignorable; its canonical name is the name without the prefix."""
+
+    def canonical(key: str) -> str:
+        return key.removeprefix(prefix)
+
+    def keep(key: str) -> bool:
+        return not ignorable(canonical(key))
+
+    return keep, canonical
+
 def build_clip(
     component: Component,
     config: Mapping[str, Any],
@@ -399,12 +413,7 @@ def build_clip(
     text_config, full = clip_text_config(config, component.config_path)
     tokenizer = load_clip_tokenizer(component, int(text_config.max_position_embeddings))
     ignorable = clip_ignorable(full)
-
-    def keep(key: str) -> bool:
-        return not ignorable(key.removeprefix(CLIP_PREFIX))
-
-    def canonical(key: str) -> str:
-        return key.removeprefix(CLIP_PREFIX)
+    keep, canonical = prefixed_keys(CLIP_PREFIX, ignorable)
 
     tensors = read_weights(component, keep=keep) if component.weight_format == "pickle" else None
     declared = declared_shapes(component, keep, tensors)
@@ -461,11 +470,7 @@ def build_bert(
     def ignorable(name: str) -> bool:
         return name.startswith(BERT_IGNORED_PREFIXES) or name == POSITION_IDS
 
-    def keep(key: str) -> bool:
-        return not ignorable(key.removeprefix(BERT_PREFIX))
-
-    def canonical(key: str) -> str:
-        return key.removeprefix(BERT_PREFIX)
+    keep, canonical = prefixed_keys(BERT_PREFIX, ignorable)
 
     tensors = read_weights(component, keep=keep) if component.weight_format == "pickle" else None
     declared = declared_shapes(component, keep, tensors)
