@@ -155,22 +155,35 @@ def suggest(rows, max_fpr: float, knobs: dict[str, list[float]] = KNOBS
     its per-knob middle.
     """
     names = list(knobs)
+    values, best = best_plateau(rows, max_fpr, knobs)
+    ranges = {n: [float(values[:, k].min()), float(values[:, k].max())] for k, n in enumerate(names)}
+    current = figures(rows, default_thresholds())
+    if current["f1"] >= best and current["fpr"] <= max_fpr:
+        return {}, current, ranges
+    chosen = {n: round(v, 4) for n, v in plateau_middle(values, knobs).items()}
+    return chosen, figures(rows, chosen), ranges
+
+
+def best_plateau(rows, max_fpr: float, knobs: dict[str, list[float]]) -> tuple[np.ndarray, float]:
+    """Every knob combination [n, knobs] with the best F1 among those at benign FPR <= ``max_fpr`` (the lowest FPR
+    when none is), and that F1."""
+    names = list(knobs)
     positive = np.array([p for p, _, _ in rows], dtype=bool)
     grid = rates(flag_grid(rows, knobs), positive)
     f1, fpr = grid["f1"], grid["fpr"]
     allowed = fpr <= max_fpr if (fpr <= max_fpr).any() else fpr == fpr.min()
     best = float(f1[allowed].max())
     plateau = np.argwhere(allowed & (f1 == best))  # [n, knobs] grid indices
-    values = np.array([[knobs[n][j] for n, j in zip(names, idx, strict=True)] for idx in plateau])  # [n, knobs]
-    ranges = {n: [float(values[:, k].min()), float(values[:, k].max())] for k, n in enumerate(names)}
-    current = figures(rows, default_thresholds())
-    if current["f1"] >= best and current["fpr"] <= max_fpr:
-        return {}, current, ranges
+    return np.array([[knobs[n][j] for n, j in zip(names, idx, strict=True)] for idx in plateau]), best
+
+
+def plateau_middle(values: np.ndarray, knobs: dict[str, list[float]]) -> dict[str, float]:
+    """The plateau point nearest its per-knob median, in grid steps (margin on every side)."""
+    names = list(knobs)
     steps = np.array([knobs[n][1] - knobs[n][0] for n in names])
     middle = np.median(values, axis=0)
     choice = values[int(np.abs((values - middle) / steps).sum(axis=1).argmin())]
-    chosen = {n: round(float(v), 4) for n, v in zip(names, choice, strict=True)}
-    return chosen, figures(rows, chosen), ranges
+    return {n: float(v) for n, v in zip(names, choice, strict=True)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calibrate import checks_of, default_thresholds, figures, flag_grid, rates  # noqa: E402
+from calibrate import best_plateau, checks_of, default_thresholds, figures, flag_grid, plateau_middle  # noqa: E402
 from run_efficacy import CLI, base_target, run, scan_one, tool_version  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -87,18 +87,7 @@ def as_rows(rows: list[dict]) -> list[tuple[bool, int, list[dict]]]:
 
 def choose(rows: list[dict], max_fpr: float) -> dict[str, float]:
     """Thresholds with the best F1 at benign FPR <= max_fpr on ``rows``: the plateau point nearest its middle."""
-    triples = as_rows(rows)
-    positive = np.array([p for p, _, _ in triples], dtype=bool)
-    grid = rates(flag_grid(triples, KNOBS), positive)
-    allowed = grid["fpr"] <= max_fpr if (grid["fpr"] <= max_fpr).any() else grid["fpr"] == grid["fpr"].min()
-    best = grid["f1"][allowed].max()
-    plateau = np.argwhere(allowed & (grid["f1"] == best))  # [n, knobs]
-    names = list(KNOBS)
-    values = np.array([[KNOBS[n][j] for n, j in zip(names, idx, strict=True)] for idx in plateau])
-    steps = np.array([KNOBS[n][1] - KNOBS[n][0] for n in names])
-    middle = np.median(values, axis=0)
-    pick = values[int(np.abs((values - middle) / steps).sum(axis=1).argmin())]
-    return {n: float(v) for n, v in zip(names, pick, strict=True)}
+    return plateau_middle(best_plateau(as_rows(rows), max_fpr, KNOBS)[0], KNOBS)
 
 
 def judged(rows: list[dict], thresholds: dict[str, float]) -> list[bool]:
