@@ -68,8 +68,10 @@ def scan_zoo(manifest: dict, zoo: Path, scans: Path, reference: str, device: str
     models = [m for m in manifest["models"] if m["status"] == "built"]
     threads = max(1, (os.cpu_count() or 1) // workers)
     with ThreadPoolExecutor(workers) as pool:
+        # rederive: a scan of this release made under other default thresholds is kept; the protocol chooses
+        # its own thresholds from the recorded scores, so changing the defaults costs no rescan
         records = list(pool.map(lambda m: scan_one(str(zoo / m["name"]), reference, scans / m["name"], device,
-                                                   threads), models))
+                                                   threads, rederive=True), models))
     rows = []
     for model, record in zip(models, records, strict=True):
         report = json.loads(Path(record["report"]).read_text(encoding="utf-8")) if record["report"] else None
