@@ -44,6 +44,24 @@ def test_a_family_left_out_is_judged_by_thresholds_chosen_without_it() -> None:
                                                  "bases": {"canary": out}})
 
 
+def test_leave_one_base_out_judges_a_base_by_thresholds_chosen_on_the_others() -> None:
+    easy = {"calibration": [row("l1", "loud", True, 0.8, 30), row("b1", "contrastive", False, 0.1, 2)],
+            "heldout": [row("l2", "loud", True, 0.75, 28), row("b2", "fp16", False, 0.12, 3)]}
+    # the hard base's backdoors are far quieter than the easy base's
+    hard = {"calibration": [row("l1", "loud", True, 0.25, 6), row("b1", "contrastive", False, 0.2, 3)],
+            "heldout": [row("l2", "loud", True, 0.22, 5), row("b2", "fp16", False, 0.18, 3)]}
+    out = generalization.leave_one_base_out({"easy": easy, "hard": hard}, max_fpr=0.0)
+    assert set(out) == {"easy", "hard"}
+    assert out["hard"]["families"]["loud"]["models"] == 2
+    # chosen on the easy base alone, the thresholds sit above the hard base's quiet backdoors
+    assert out["hard"]["thresholds"]["token_collapse.excess"] > 0.25
+    assert out["hard"]["families"]["loud"]["flagged"] == 0 and out["hard"]["figures"]["f1"] == 0.0
+    assert out["easy"]["figures"]["fpr"] == 0.0 and out["easy"]["families"]["loud"]["recall"] == 1.0
+    merged = generalization.all_bases({"easy": easy, "hard": hard})
+    assert [r["name"] for r in merged["calibration"]] == ["easy/l1", "easy/b1", "hard/l1", "hard/b1"]
+    assert len(merged["heldout"]) == 4
+
+
 @pytest.mark.slow
 def test_smoke_run_builds_scans_and_judges_a_stealthy_and_an_adaptive_recipe(tmp_path: Path) -> None:
     """The whole protocol end to end on one calibration zoo of shortened recipes (a backdoor shortened below

@@ -136,6 +136,54 @@ def protocol(calibration: list[dict], heldout: list[dict], max_fpr: float) -> di
     return out
 
 
+def leave_one_base_out(rows: dict[str, dict[str, list[dict]]], max_fpr: float) -> dict:
+    """For each base B: thresholds chosen on every other base's calibration zoo, judged on all of B's models.
+
+    rows: base -> set name -> rows."""
+    out = {}
+    for base, sets in rows.items():
+        others = [r for other, s in rows.items() if other != base for r in s.get("calibration", [])]
+        if not others:
+            continue
+        thresholds = choose(others, max_fpr)
+        mine = [r for s in sets.values() for r in s]
+        out[base] = {"thresholds": thresholds, "figures": figures(as_rows(mine), thresholds),
+                     "families": {f: recall([r for r in mine if r["positive"] and r["family"] == f], thresholds)
+                                  for f in sorted({r["family"] for r in mine if r["positive"]})}}
+    return out
+
+
+def all_bases(rows: dict[str, dict[str, list[dict]]]) -> dict[str, list[dict]]:
+    """Every base's rows of each set together (names prefixed by their base)."""
+    merged: dict[str, list[dict]] = {}
+    for base, sets in rows.items():
+        for set_name, set_rows in sets.items():
+            merged.setdefault(set_name, []).extend({**r, "name": f"{base}/{r['name']}"} for r in set_rows)
+    return merged
+
+
+def render_protocol(title: str, res: dict) -> list[str]:
+    """One protocol's section of GENERALIZATION.md."""
+    ind = res["in_distribution"]
+    lines = [f"## {title}", "",
+             f"In distribution (thresholds chosen on the whole calibration zoo, judged on the held-out zoo): "
+             f"F1 {ind['heldout']['f1']:.3f}, benign FPR {ind['heldout']['fpr']:.3f}; with the shipped "
+             f"defaults F1 {ind['as_shipped']['f1']:.3f}, FPR {ind['as_shipped']['fpr']:.3f}. Chosen: "
+             f"{', '.join(f'{k} {v:g}' for k, v in ind['thresholds'].items())}.", "",
+             "| family | leave-one-out recall | its benign FPR | in-distribution recall | shipped defaults | "
+             "missed (leave-one-out) |", "|---|---|---|---|---|---|"]
+    for family, f in res["families"].items():
+        loo, ind_f, shipped = f["leave_one_out"], f["in_distribution"], f["as_shipped"]
+        lines.append(f"| {family} | {loo['flagged']}/{loo['models']} | {loo['heldout_benign_fpr']} | "
+                     f"{ind_f['flagged']}/{ind_f['models']} | {shipped['flagged']}/{shipped['models']} | "
+                     f"{', '.join(loo['missed']) or '-'} |")
+    lines += ["", "| benign family (held-out) | models | flagged (in distribution) | flagged (shipped) |",
+              "|---|---|---|---|"]
+    for family, b in res["benign"].items():
+        lines.append(f"| {family} | {b['models']} | {b['flagged_in_distribution']} | {b['flagged_as_shipped']} |")
+    return [*lines, ""]
+
+
 def render(results: dict) -> str:
     """GENERALIZATION.md."""
     meta = results["meta"]
@@ -145,22 +193,17 @@ def render(results: dict) -> str:
              f"(calibration seed {meta['seeds']['calibration']}, held-out seed {meta['seeds']['heldout']}); "
              "backdoors that did not reach their bars are left out.", ""]
     for base, res in results["bases"].items():
-        ind = res["in_distribution"]
-        lines += [f"## {base}", "",
-                  f"In distribution (thresholds chosen on the whole calibration zoo, judged on the held-out zoo): "
-                  f"F1 {ind['heldout']['f1']:.3f}, benign FPR {ind['heldout']['fpr']:.3f}; with the shipped "
-                  f"defaults F1 {ind['as_shipped']['f1']:.3f}, FPR {ind['as_shipped']['fpr']:.3f}.", "",
-                  "| family | leave-one-out recall | its benign FPR | in-distribution recall | shipped defaults | "
-                  "missed (leave-one-out) |", "|---|---|---|---|---|---|"]
-        for family, f in res["families"].items():
-            loo, ind_f, shipped = f["leave_one_out"], f["in_distribution"], f["as_shipped"]
-            lines.append(f"| {family} | {loo['flagged']}/{loo['models']} | {loo['heldout_benign_fpr']} | "
-                         f"{ind_f['flagged']}/{ind_f['models']} | {shipped['flagged']}/{shipped['models']} | "
-                         f"{', '.join(loo['missed']) or '-'} |")
-        lines += ["", "| benign family (held-out) | models | flagged (in distribution) | flagged (shipped) |",
-                  "|---|---|---|---|"]
-        for family, b in res["benign"].items():
-            lines.append(f"| {family} | {b['models']} | {b['flagged_in_distribution']} | {b['flagged_as_shipped']} |")
+        lines += render_protocol(base, res)
+    if "all_bases" in results:
+        lines += render_protocol("All bases together", results["all_bases"])
+    if results.get("leave_one_base_out"):
+        lines += ["## Leave-one-base-out", "",
+                  "Thresholds chosen on the other bases' calibration zoos, judged on every model of the base.", "",
+                  "| base | F1 | benign FPR | recall per family | thresholds |", "|---|---|---|---|---|"]
+        for base, res in results["leave_one_base_out"].items():
+            per = ", ".join(f"{f} {r['flagged']}/{r['models']}" for f, r in res["families"].items())
+            chosen = ", ".join(f"{k} {v:g}" for k, v in res["thresholds"].items())
+            lines.append(f"| {base} | {res['figures']['f1']:.3f} | {res['figures']['fpr']:.3f} | {per} | {chosen} |")
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -184,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     work = args.work.resolve()
-    results = {"bases": {}}
+    results: dict = {"bases": {}}
+    by_base: dict[str, dict[str, list[dict]]] = {}
     for base in args.bases:
         target = base_target(base, work.parent, build=not args.built_only, device=args.device)
         rows = {}
@@ -199,6 +243,11 @@ def main(argv: list[str] | None = None) -> int:
         results["bases"][base] = protocol(rows["calibration"], rows.get("heldout", []), args.max_fpr)
         results["bases"][base]["rows"] = {s: [{k: v for k, v in r.items() if k != "checks"} for r in rs]
                                           for s, rs in rows.items()}
+        by_base[base] = rows
+    if len(by_base) > 1:
+        merged = all_bases(by_base)
+        results["all_bases"] = protocol(merged["calibration"], merged.get("heldout", []), args.max_fpr)
+        results["leave_one_base_out"] = leave_one_base_out(by_base, args.max_fpr)
     results["meta"] = {"tool_version": tool_version(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
                        "per_family": args.per_family, "steps_scale": args.steps_scale, "sets": args.sets,
