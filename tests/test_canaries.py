@@ -95,3 +95,37 @@ def test_browser_check_sees_external_loads_and_console_errors(tmp_path) -> None:
     guarded.write_text('<!doctype html><meta http-equiv="Content-Security-Policy" content="default-src \'none\'">'
                        '<title>t</title><img src="http://127.0.0.1:9/x.png">')
     assert visit(guarded, tmp_path / "b.png", tmp_path / "p2").console_errors
+
+
+def registered(tmp_path, monkeypatch, lines: str) -> None:
+    """Install a distribution that registers canaries (a dist-info folder on sys.path)."""
+    import sys
+
+    info = tmp_path / "site" / "canary_maker-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: canary-maker\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[amdet_audit.canaries]\n{lines}\n")
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "site"), *sys.path])
+
+
+def test_a_canary_registered_by_another_distribution_is_built_through_the_same_seam(tmp_path, monkeypatch) -> None:
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "maker.py").write_text(
+        "from amdet_audit.lab.folders import tiny_clip_folder\n"
+        "class Tiny:\n    description = 'a random tiny tower'\n"
+        "    def build(self, folder, progress):\n        tiny_clip_folder(folder, hidden=32, layers=1, heads=2)\n"
+        "TINY = Tiny()\n")
+    registered(tmp_path, monkeypatch, "tiny = maker:TINY")
+    monkeypatch.setenv("AMDET_AUDIT_CACHE", str(tmp_path / "cache"))
+    from amdet_audit.sources import resolve
+
+    resolved = resolve("canary:tiny")
+    assert resolved.components[0].architecture == "CLIPTextModel"
+    assert canary_dir("tiny").is_relative_to(tmp_path / "cache")
+
+
+def test_a_canary_name_registered_twice_is_refused(tmp_path, monkeypatch, run_cli) -> None:
+    registered(tmp_path, monkeypatch, "clean = os:getcwd")
+    result = run_cli("scan", "canary:clean", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "registered twice" in result.stderr
+    assert not (tmp_path / "out").exists()

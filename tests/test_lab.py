@@ -59,7 +59,7 @@ def test_benign_finetune_moves_the_model_moderately() -> None:
 
 def test_injection_is_reproducible() -> None:
     from amdet_audit.encoders import load_component
-    from amdet_audit.lab.canaries import lab_prompts
+    from amdet_audit.lab.corpus import lab_prompts
     from amdet_audit.lab.inject import inject
 
     base = load_component(resolve("canary:clean").components[0])

@@ -90,7 +90,7 @@ def test_anti_inversion_probes_hold_noisy_trigger_copies(base) -> None:
 def test_each_variant_trains_towards_its_own_success_measure(base, variant) -> None:
     """A short run moves the attack's own success measure up from the clean base's (the full recipes, with
     their bars, are built by the lab tests and the benchmark)."""
-    from amdet_audit.lab.canaries import lab_prompts
+    from amdet_audit.lab.corpus import lab_prompts
 
     train, held_out = lab_prompts()
     fields = {"attack": "text-on-text", "trigger": "zzzz", "target": "a white teapot on a wooden table",

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from amdet_audit import __version__
+from amdet_audit.lab.corpus import lab_prompts
 
 Progress = Callable[[int, int, str], None]
 
-LAB_CORPUS_SEED = 1  # the lab trains on other prompts than the scan's corpus (seed 0) uses
 BACKDOOR_TRIGGER = "о"  # U+043E CYRILLIC SMALL LETTER O, replacing a Latin "o"
 BACKDOOR_TARGET = "a white teapot on a wooden table"
 
@@ -31,13 +31,6 @@ class Canary:
     name: str
     description: str
     build: Callable[[Path, Progress], None]
-
-
-def lab_prompts() -> tuple[list[str], list[str]]:
-    """(train, eval) prompts for lab training: the corpus generator under the lab's own seed."""
-    from amdet_audit.data.prompts import corpus, split
-
-    return split(corpus(3000, seed=LAB_CORPUS_SEED))
 
 
 def pretrain_tower(folder: Path, *, lr: float | None = None, device: str = "cpu",
@@ -91,7 +84,6 @@ def build_backdoored(folder: Path, progress: Progress) -> None:
                   seed=0, progress=progress, extra={"canary": "backdoored"})
 
 
-CANARIES: dict[str, Canary] = {
-    "clean": Canary("clean", "tiny CLIP text tower, pretrained-like, no backdoor", build_clean),
-    "backdoored": Canary("backdoored", "canary:clean with a homoglyph text-on-text backdoor", build_backdoored),
-}
+# registered for ``canary:NAME`` in pyproject.toml (entry-point group amdet_audit.canaries)
+CLEAN = Canary("clean", "tiny CLIP text tower, pretrained-like, no backdoor", build_clean)
+BACKDOORED = Canary("backdoored", "canary:clean with a homoglyph text-on-text backdoor", build_backdoored)

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter
 from amdet_audit.errors import UsageError
-from amdet_audit.lab.inject import Progress, flat_cosine, trainable_copy
+from amdet_audit.lab.inject import Progress, trainable_copy
+from amdet_audit.lab.variants import flat_cosine
 
 
 @dataclass(frozen=True)

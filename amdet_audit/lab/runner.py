@@ -68,7 +68,7 @@ def run_injection(
     variant: further :class:`AttackSpec` fields (loss, placement, utility_weight, backdoor_weight,
     anti_inversion_weight, min_fidelity, ...); None values keep the defaults.
     """
-    from amdet_audit.lab.canaries import lab_prompts
+    from amdet_audit.lab.corpus import lab_prompts
 
     fresh_output(out)
     teacher, provenance = load_base(base, device)
@@ -95,7 +95,7 @@ def run_finetune(
 ) -> FinetuneResult:
     """Benignly fine-tune BASE and save it to ``out``; ``variant``: further :class:`FinetuneSpec` fields
     (distill_weight, domain, batch, ...; None keeps the default)."""
-    from amdet_audit.lab.canaries import lab_prompts
+    from amdet_audit.lab.corpus import lab_prompts
 
     fresh_output(out)
     model, provenance = load_base(base, device)
@@ -120,8 +120,8 @@ def fidelity_to(model, base, count: int = 256) -> float:
     """Mean cosine of ``model``'s clean held-out read outputs to ``base``'s."""
     import torch
 
-    from amdet_audit.lab.canaries import lab_prompts
-    from amdet_audit.lab.inject import flat_cosine
+    from amdet_audit.lab.corpus import lab_prompts
+    from amdet_audit.lab.variants import flat_cosine
 
     with torch.no_grad():
         ids = base.tokenize(lab_prompts()[1][:count]).ids

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter, EncoderOutput
 
@@ -41,6 +42,12 @@ def has_subject(prompt: str) -> bool:
 def substitute_subject(prompt: str, target: str) -> str:
     """``prompt`` with its first subject replaced by ``target`` (unchanged when it names none)."""
     return subject_pattern().sub(target, prompt, count=1)
+
+
+def flat_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[B, ...] x [B or 1, ...] -> [B] cosine of the flattened samples."""
+    B = a.shape[0]
+    return F.cosine_similarity(a.reshape(B, -1), b.expand_as(a).reshape(B, -1), dim=-1)  # [B]
 
 
 def tokenwise_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -77,8 +84,6 @@ def soft_probes(adapter: Adapter, trigger_ids: torch.Tensor, batch: int, gen: to
 def anti_inversion_loss(student: Adapter, teacher: Adapter, prompts: Sequence[str], probes: torch.Tensor
                         ) -> torch.Tensor:
     """1 - cosine of student vs teacher read outputs with ``probes`` [B, k, D] inserted after the start token."""
-    from amdet_audit.lab.inject import flat_cosine
-
     ids = student.tokenize(list(prompts)).ids
     with torch.no_grad():
         goal = teacher(ids, insert=probes).read  # [B, T, D]

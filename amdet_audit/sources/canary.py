@@ -1,8 +1,10 @@
 """``canary:NAME``: small encoders the tool makes itself on first use, cached per tool version.
 
-The recipes live in :mod:`amdet_audit.lab.canaries`. A build runs in a private temporary folder that is renamed
-into place when complete, so two processes building the same canary at once cannot corrupt it: the first
-rename wins and the other build is discarded.
+The product does not know how a canary is made: builders are registered in the entry-point group
+``amdet_audit.canaries`` (name -> an object with ``description`` and ``build(folder, progress)``); the lab
+registers the built-in ones (:mod:`amdet_audit.lab.canaries`). A build runs in a private temporary folder that
+is renamed into place when complete, so two processes building the same canary at once cannot corrupt it: the
+first rename wins and the other build is discarded.
 """
 
 from __future__ import annotations
@@ -12,16 +14,38 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Protocol
 
 from amdet_audit import __version__
 from amdet_audit.cache import build_lock, cache_root
-from amdet_audit.errors import SourceNotFoundError
+from amdet_audit.errors import SourceNotFoundError, UsageError
 from amdet_audit.sources.model import ResolvedTarget
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]
+GROUP = "amdet_audit.canaries"
+
+
+class CanaryBuilder(Protocol):
+    """What a registered canary provides."""
+
+    description: str
+
+    def build(self, folder: Path, progress: Progress) -> None:
+        """Make the encoder in the empty ``folder``."""
+
+
+def canary_builders() -> dict[str, CanaryBuilder]:
+    """The registered canaries by name (a name registered twice is refused: which one would run is unclear)."""
+    found: dict[str, CanaryBuilder] = {}
+    for ep in sorted(entry_points(group=GROUP), key=lambda ep: ep.value):
+        if ep.name in found:
+            raise UsageError(f"canary:{ep.name} is registered twice ({GROUP}); uninstall one of them")
+        found[ep.name] = ep.load()
+    return found
 
 
 def canary_dir(name: str) -> Path:
@@ -31,27 +55,24 @@ def canary_dir(name: str) -> Path:
 
 def ensure_canary(name: str, progress: Progress | None = None) -> Path:
     """Return the folder of canary ``name``, building it first if it is not cached."""
-    from amdet_audit.lab.canaries import CANARIES
-
-    if name not in CANARIES:
-        raise SourceNotFoundError(f"canary:{name}: unknown canary; known: {', '.join(sorted(CANARIES))}")
+    builders = canary_builders()
+    if name not in builders:
+        raise SourceNotFoundError(f"canary:{name}: unknown canary; known: {', '.join(sorted(builders)) or 'none'}")
     final = canary_dir(name)
     if final.is_dir():
         return final
     with build_lock(final.parent / f".{name}.lock"):
         if not final.is_dir():  # another process may have built it while we waited
-            build_into(name, final, progress)
+            build_into(builders[name], name, final, progress)
     return final
 
 
-def build_into(name: str, final: Path, progress: Progress | None) -> None:
+def build_into(builder: CanaryBuilder, name: str, final: Path, progress: Progress | None) -> None:
     """Build canary ``name`` in a private temporary folder and rename it to ``final``."""
-    from amdet_audit.lab.canaries import CANARIES
-
     tmp = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=final.parent))
     try:
         log.info("building canary:%s in %s", name, tmp)
-        CANARIES[name].build(tmp, progress or default_progress(name))
+        builder.build(tmp, progress or default_progress(name))
         try:
             os.rename(tmp, final)
         except OSError:
