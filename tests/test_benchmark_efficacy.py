@@ -58,44 +58,44 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     from run_efficacy import main
 
     out = tmp_path / "out"
-    args = ["--bases", "canary", "--sets", "calibration", "--backdoored", "0", "--benign", "1", "--workers", "1",
-            "--work", str(tmp_path / "work"), "--out-dir", str(out)]  # one fine-tune and the clean base: cheap
+    args = ["--bases", "smoke", "--sets", "calibration", "--backdoored", "0", "--benign", "1", "--workers", "1",
+            "--work", str(tmp_path / "work"), "--out-dir", str(out)]  # the smoke base: a clean base and one fine-tune
     code = main(args)
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"meta", "calibration", "heldout"}
-    canary = results["calibration"]["canary"]
-    assert canary["models"] >= 2  # the clean base and the benign fine-tune at least
-    assert canary["fpr"] is not None and canary["recall"] is None  # no backdoored model in this zoo
-    assert set(canary["auroc"]) >= {"target.collapse_gain", "divergence.relative"}
+    smoke = results["calibration"]["smoke"]
+    assert smoke["models"] >= 2  # the clean base and the benign fine-tune at least
+    assert smoke["fpr"] is not None and smoke["recall"] is None  # no backdoored model in this zoo
+    assert set(smoke["auroc"]) >= {"target.collapse_gain", "divergence.relative"}
     assert "Calibration set" in (out / "RESULTS.md").read_text() and (out / "roc-calibration.svg").is_file()
     # resumable: a second run rescans nothing (the records are reused, same figures)
     assert main(args) == 0
-    again = json.loads((out / "results.json").read_text())["calibration"]["canary"]
-    assert again["f1"] == canary["f1"] and again["scan_seconds"] == canary["scan_seconds"]
-    assert results["meta"]["zoo_state"]["calibration"]["canary"] == {"processed": 1, "planned": 1, "complete": True}
+    again = json.loads((out / "results.json").read_text())["calibration"]["smoke"]
+    assert again["f1"] == smoke["f1"] and again["scan_seconds"] == smoke["scan_seconds"]
+    assert results["meta"]["zoo_state"]["calibration"]["smoke"] == {"processed": 1, "planned": 1, "complete": True}
     # --built-only with a larger plan: nothing is built, the models built so far are reported as incomplete
     assert main([*args[:7], "2", *args[8:], "--built-only"]) == 0
     partial = json.loads((out / "results.json").read_text())
-    assert partial["calibration"]["canary"]["models"] == canary["models"]
-    assert partial["meta"]["zoo_state"]["calibration"]["canary"]["planned"] == 2
+    assert partial["calibration"]["smoke"]["models"] == smoke["models"]
+    assert partial["meta"]["zoo_state"]["calibration"]["smoke"]["planned"] == 2
     assert "Incomplete zoos" in (out / "RESULTS.md").read_text()
-    assert not (tmp_path / "work" / "calibration" / "canary" / "zoo" / "benign-001").exists()
+    assert not (tmp_path / "work" / "calibration" / "smoke" / "zoo" / "benign-001").exists()
     # the same zoo scanned reference-free: its own records and result files, the mode's scores, calibrated alike
     assert main([*args, "--reference-free"]) == 0
     free = json.loads((out / "results-reference-free.json").read_text())
-    assert free["meta"]["mode"] == "reference-free" and free["calibration"]["canary"]["models"] == canary["models"]
-    assert "target.collapse" in free["calibration"]["canary"]["auroc"]
+    assert free["meta"]["mode"] == "reference-free" and free["calibration"]["smoke"]["models"] == smoke["models"]
+    assert "target.collapse" in free["calibration"]["smoke"]["auroc"]
     assert "reference-free" in (out / "RESULTS-reference-free.md").read_text()
     assert (out / "roc-reference-free-calibration.svg").is_file()
-    assert (tmp_path / "work" / "calibration" / "canary" / "scans-reference-free" / "benign-000").is_dir()
+    assert (tmp_path / "work" / "calibration" / "smoke" / "scans-reference-free" / "benign-000").is_dir()
     assert json.loads((out / "results.json").read_text())["meta"]["mode"] == "reference"  # left as it was
     from calibrate import main as calibrate
 
     assert calibrate(["--work", str(tmp_path / "work"), "--reference-free"]) == 0
     records = [json.loads(r.read_text()) for r in
-               (tmp_path / "work" / "calibration" / "canary" / "scans-reference-free").glob("*/record.json")]
-    assert len(records) == canary["models"]
+               (tmp_path / "work" / "calibration" / "smoke" / "scans-reference-free").glob("*/record.json")]
+    assert len(records) == smoke["models"]
     assert {json.loads(Path(r["report"]).read_text())["components"][0]["scan"]["mode"] for r in records} \
         == {"reference-free"}
 

