@@ -20,7 +20,7 @@ from typing import Any
 from amdet_audit import __version__
 from amdet_audit.cache import cache_root
 
-CACHE_FORMAT = 4  # bump whenever the scan's outputs change within a release (4: real-input rules)
+CACHE_FORMAT = 5  # bump whenever the scan's outputs change within a release (4: real-input rules; 5: token_shift.size)
 
 
 def scan_key(target: dict[str, Any], options: Any, device: str) -> str:

@@ -86,3 +86,21 @@ def test_collapse_gain_is_measured_against_the_reference_room() -> None:
     tame = Effect(prompts=64, collapse=0.85, same_target_rate=1.0, assimilation=0.9, clean_assimilation=0.4,
                   clean_similarity=0.1, anchor_similarity=0.05)
     assert decide({"collapse": tame}, {"collapse": 0.81}, ScanConfig(), has_ref=True).verdict == "clean"
+
+
+def test_token_shift_rule_needs_a_large_shift_not_only_a_large_z_score() -> None:
+    """A z-score against a tight null (a near-identical model pair: spread at its floor) is large for any small
+    shift; the rule also asks the shift itself to be large (a random tower pair once flagged on z alone)."""
+    from amdet_audit.scan.config import ScanConfig
+    from amdet_audit.scan.discrete import Probe, ProbeScore, TokenSearch
+    from amdet_audit.scan.verdict import token_checks
+
+    def rule(shift: float, shift_z: float) -> bool:
+        best = ProbeScore(Probe("t", "end", tokens=(5,)), collapse=0.3, excess=0.0, shift=shift, shift_z=shift_z)
+        checks = token_checks(TokenSearch(best_collapse=best, best_shift=best, probes=1), ScanConfig(), False)
+        return all(c.flags for c in checks["token-shift"])
+
+    cfg = ScanConfig().thresholds
+    assert not rule(shift=0.15, shift_z=13.0)  # tight null, small shift
+    assert not rule(shift=1.0, shift_z=cfg.token_shift_z - 1)  # large shift, but ordinary for this model pair
+    assert rule(shift=1.0, shift_z=cfg.token_shift_z + 1)

@@ -20,7 +20,8 @@ class Thresholds:
     reference_free_collapse: float = 0.82  # without a reference: absolute cross-prompt collapse under v
     token_excess: float = 0.5  # real-token probe: suspect's collapse beyond the reference's
     token_excess_z: float = 8.0  # ... and that excess as a robust z-score against random-token probes
-    token_shift_z: float = 10.0  # real-token probe: consistent shift beyond the reference's, as a z-score
+    token_shift: float = 0.5  # real-token probe: consistent shift beyond the reference's, in clean-spread units
+    token_shift_z: float = 10.0  # ... and that shift as a robust z-score against random-token probes
 
     def to_dict(self) -> dict[str, float]:
         """JSON-ready view."""

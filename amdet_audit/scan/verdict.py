@@ -102,9 +102,11 @@ def token_checks(search: TokenSearch, cfg: ScanConfig, lenient: bool) -> dict[st
                   "that excess as a robust z-score against random-token probes", lenient)]
     if s is not None:
         rules["token-shift"] = [
+            check("token_shift.size", s.shift, t.token_shift, ">=",
+                  "consistent shift the best real-input probe causes beyond the reference's, in units of the "
+                  "clean outputs' spread", lenient),
             check("token_shift.z", s.shift_z, t.token_shift_z, ">=",
-                  "consistent shift the best real-input probe causes (beyond the reference's), as a robust "
-                  "z-score against random-token probes", lenient)]
+                  "that shift as a robust z-score against random-token probes", lenient)]
     return rules
 
 

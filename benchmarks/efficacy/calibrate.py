@@ -114,7 +114,8 @@ CHECK_OF_THRESHOLD = {"collapse_gain": "target.collapse_gain", "same_target_rate
                       "divergence_consistency": "divergence.consistency",
                       "divergence_anchor_cosine": "divergence.anchor_similarity",
                       "reference_free_collapse": "target.collapse", "token_excess": "token_collapse.excess",
-                      "token_excess_z": "token_collapse.z", "token_shift_z": "token_shift.z"}
+                      "token_excess_z": "token_collapse.z", "token_shift": "token_shift.size",
+                      "token_shift_z": "token_shift.z"}
 
 
 def default_thresholds() -> dict[str, float]:

@@ -42,6 +42,7 @@ KNOBS = {"target.collapse_gain": [round(0.3 + 0.05 * i, 2) for i in range(13)],
          "divergence.relative": [round(1.5 + 0.5 * i, 2) for i in range(10)],
          "token_collapse.excess": [round(0.1 + 0.05 * i, 2) for i in range(11)],
          "token_collapse.z": [float(z) for z in range(2, 22, 2)],
+         "token_shift.size": [round(0.2 + 0.1 * i, 2) for i in range(9)],
          "token_shift.z": [float(z) for z in range(4, 32, 2)]}
 
 
