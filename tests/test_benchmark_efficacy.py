@@ -92,7 +92,7 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     assert json.loads((out / "results.json").read_text())["meta"]["mode"] == "reference"  # left as it was
     from calibrate import main as calibrate
 
-    assert calibrate(["--work", str(tmp_path / "work"), "--reference-free"]) == 0
+    assert calibrate(["--work", str(tmp_path / "work"), "--bases", "smoke", "--reference-free"]) == 0
     records = [json.loads(r.read_text()) for r in
                (tmp_path / "work" / "calibration" / "smoke" / "scans-reference-free").glob("*/record.json")]
     assert len(records) == smoke["models"]
