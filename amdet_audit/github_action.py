@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from amdet_audit.errors import AmdetError
+from amdet_audit.exit_codes import ExitCode
 from amdet_audit.outputs import OutputError, make_new_dir, write_new
 from amdet_audit.report.escaping import markdown, visible
 from amdet_audit.verify import gate_exit_code
@@ -43,17 +44,17 @@ def run(env: dict[str, str]) -> int:
     fail_on = env.get("AMDET_FAIL_ON", "policy") or "policy"
     if not targets:
         print("amdet-audit action: error: input 'targets' is empty", file=sys.stderr)
-        return 2
+        return ExitCode.ERROR
     if fail_on not in ("policy", "never", *SEVERITIES):
         print(f"amdet-audit action: error: fail-on must be policy, never or a severity, not {fail_on!r}",
               file=sys.stderr)
-        return 2
+        return ExitCode.ERROR
     policy_path = Path(env["AMDET_POLICY"]) if env.get("AMDET_POLICY") else None
     try:
         policy = load_policy(policy_path)
     except AmdetError as err:
         print(f"amdet-audit action: error: {err}", file=sys.stderr)
-        return 2
+        return ExitCode.ERROR
     if fail_on in SEVERITIES:
         policy = replace(policy, fail_on=fail_on)
     root = Path(env.get("AMDET_OUT") or "amdet-audit-reports")
@@ -79,7 +80,7 @@ def run(env: dict[str, str]) -> int:
     code = gate_exit_code(codes)
     verdict = min(labels, key=lambda v: VERDICT_ORDER.index(v) if v in VERDICT_ORDER else 0)
     write_outputs({"verdict": verdict, "exit-code": str(code), "report-dir": str(out)})
-    return 0 if fail_on == "never" or env.get("AMDET_EXIT_ZERO") == "1" else code
+    return ExitCode.PASS if fail_on == "never" or env.get("AMDET_EXIT_ZERO") == "1" else code
 
 
 def scan_one(target: str, options) -> tuple[int, str]:
@@ -98,7 +99,7 @@ def scan_one(target: str, options) -> tuple[int, str]:
             write_new(options.out / "error.json", json.dumps({"target": target, "error": str(err)}))
         except OutputError as exc:
             print(visible(f"{target}: error.json not written: {exc}"), file=sys.stderr)
-        return 2, "inconclusive"
+        return ExitCode.ERROR, "inconclusive"
     print(visible(f"{target}: {report.verdict['label']} (exit {report.exit_code})"))
     return report.exit_code, report.verdict["label"]
 

@@ -19,7 +19,6 @@ EOS_TOKEN = "<|endoftext|>"
 VOCAB_SIZE = 49408
 BOS_ID = 49406
 EOS_ID = 49407
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def byte_symbols() -> list[str]:

@@ -8,7 +8,6 @@ from typing import Any, Protocol
 from amdet_audit.sources.model import ResolvedTarget
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
-STATUSES = ("ran", "skipped", "error")
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ class CheckResult:
 
     check: str
     version: str
-    status: str
+    status: str  # ran, skipped or error
     findings: list[Finding] = field(default_factory=list)
     scores: dict[str, float] = field(default_factory=dict)
     reason: str | None = None

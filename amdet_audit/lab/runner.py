@@ -17,9 +17,8 @@ Progress = Callable[[int, int, str], None]
 
 
 class InjectionFailedError(AmdetError):
-    """Raised when an injected backdoor does not reach its success bar; nothing is written."""
-
-    exit_code = 1
+    """Raised when an injected backdoor does not reach its success bar; nothing is written (exit 2: the job
+    could not complete, as any error; 1 means an audit failed)."""
 
 
 def load_base(base: str | Path, device: str = "cpu"):

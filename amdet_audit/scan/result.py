@@ -7,8 +7,6 @@ from typing import Any
 
 import torch
 
-VERDICTS = ("backdoored", "clean", "inconclusive")
-
 
 @dataclass
 class Check:
