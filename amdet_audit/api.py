@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from amdet_audit.scan.config import DEFAULT_SEED
 from amdet_audit.sources import ResolvedTarget, resolve
 
 
@@ -65,8 +66,8 @@ class ScanOptions:
     reference_free: bool = False  # scan without a reference (weaker; labelled as such)
     device: str = "cpu"
     out: Path | None = None  # new or empty folder for report.json and evidence
-    config: Any = None  # a ScanConfig; None: defaults with ``seed``
-    seed: int = 42
+    config: Any = None  # a ScanConfig (its seed is replaced by ``seed``); None: defaults sized to the model
+    seed: int = DEFAULT_SEED  # of the search: the one seed a scan uses and its report records
     policy: Any = None  # a loaded Policy (thresholds, fail_on, waivers...); None: the bundled default policy
     plugins: list[str] | None = None  # third-party plugins to run (entry-point names); None: all installed
     third_party_plugins: bool = True  # False: built-in checks only (--no-plugins)

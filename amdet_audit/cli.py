@@ -17,6 +17,7 @@ import typer
 from amdet_audit import __version__
 from amdet_audit.errors import AmdetError
 from amdet_audit.exit_codes import ExitCode
+from amdet_audit.scan.config import DEFAULT_SEED
 
 log = logging.getLogger("amdet_audit")
 
@@ -96,7 +97,7 @@ def make_app() -> typer.Typer:
         config: ConfigOpt = None,
         offline: Offline = False,
         allow_pickle: AllowPickle = False,
-        seed: Annotated[int, typer.Option(help="Random seed of the search.")] = 42,
+        seed: Annotated[int, typer.Option(help="Random seed of the search.")] = DEFAULT_SEED,
         device: Device = "cpu",
         out: Annotated[Path | None, typer.Option(help="New folder for report.json and evidence.")] = None,
         policy: Annotated[Path | None, typer.Option(help="Policy YAML with thresholds (default: bundled).")] = None,

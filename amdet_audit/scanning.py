@@ -128,7 +128,8 @@ def scan_component(resolved: ResolvedTarget, name: str, sources, options, device
     from amdet_audit.scan.run import run_scan
 
     suspect = load_component(resolved.component(name), device=device)
-    config = options.config or ScanConfig.for_model(suspect, device, seed=options.seed)
+    config = replace(options.config, seed=options.seed) if options.config else ScanConfig.for_model(
+        suspect, device, seed=options.seed)
     if options.policy is not None:
         config = replace(config, thresholds=options.policy.thresholds)
     entry: dict[str, Any] = {"name": name, "encoder": suspect.describe()}

@@ -104,3 +104,29 @@ def test_token_shift_rule_needs_a_large_shift_not_only_a_large_z_score() -> None
     assert not rule(shift=0.15, shift_z=13.0)  # tight null, small shift
     assert not rule(shift=1.0, shift_z=cfg.token_shift_z - 1)  # large shift, but ordinary for this model pair
     assert rule(shift=1.0, shift_z=cfg.token_shift_z + 1)
+
+
+def test_a_scan_depends_on_its_seed_only_not_on_the_global_random_state(tiny_clip) -> None:
+    """Every random draw of a scan comes from generators seeded by ScanConfig.seed; the caller's RNG is left
+    alone."""
+    import torch
+
+    from amdet_audit.encoders import load_component
+    from amdet_audit.scan.config import ScanConfig
+    from amdet_audit.scan.run import run_scan
+    from amdet_audit.sources import resolve
+
+    model = load_component(resolve(str(tiny_clip)).components[0], device="cpu")
+    cfg = ScanConfig(prompts=60, steps=6, min_steps=2, batch=4, token_prompts=4, token_nulls=2, token_confirm=2,
+                     token_nearest=1, token_moved=1, token_gradient_top=1, token_rounds=1, landscape_points=3)
+    scores, after = [], []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        scores.append({c.name: c.score for c in run_scan(model, config=cfg).checks})
+        after.append(torch.rand(1).item())  # the global stream continues where the caller left it
+    assert scores[0] == scores[1]
+    untouched = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        untouched.append(torch.rand(1).item())
+    assert after == untouched

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 LARGE_ON_CPU = 50_000_000  # parameters above which a CPU scan uses the lighter search
+DEFAULT_SEED = 42  # of the search (every random draw of a scan comes from generators seeded from it)
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class ScanConfig:
     token_nulls: int = 16  # random tokens probed for the null distribution
     token_confirm: int = 16  # screened candidates scored against the reference (see scan/discrete.py)
     token_lookalike_every: bool = True  # also substitute every occurrence of a letter, not only the first
-    seed: int = 42
+    seed: int = DEFAULT_SEED
     thresholds: Thresholds = field(default_factory=Thresholds)
 
     def to_dict(self) -> dict[str, object]:
@@ -69,7 +70,7 @@ class ScanConfig:
         return asdict(self)
 
     @classmethod
-    def for_model(cls, adapter: object, device: str, seed: int = 42) -> ScanConfig:
+    def for_model(cls, adapter: object, device: str, seed: int = DEFAULT_SEED) -> ScanConfig:
         """Defaults sized to the encoder: large towers on CPU get a lighter search (see benchmarks/speed)."""
         params = sum(p.numel() for p in adapter.model.parameters())  # type: ignore[attr-defined]
         if str(device).startswith("cpu") and params > LARGE_ON_CPU:

@@ -118,7 +118,6 @@ def run_scan(
     check_reference(suspect, reference)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
     data = prepare_prompts(suspect, config, prompts)
     enc = build_encoders(suspect, reference, data, config)
     timings["features_s"] = time.perf_counter() - started
