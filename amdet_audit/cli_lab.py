@@ -42,6 +42,9 @@ def make_lab_app() -> typer.Typer:
                  "who knows the scan).")] = None,
         min_fidelity: Annotated[float | None, typer.Option(help="Clean-fidelity bar the backdoor must keep "
                                                                 "(default 0.8; stealthy recipes 0.98).")] = None,
+        checkpoint_every: Annotated[int | None, typer.Option(
+            help="Measure every N steps and keep the first checkpoint that meets every bar (the quietest "
+                 "working model, as an attacker who selects checkpoints).")] = None,
     ) -> None:
         """Implant a textual backdoor into a copy of BASE."""
         from amdet_audit.lab.runner import run_injection
@@ -50,7 +53,8 @@ def make_lab_app() -> typer.Typer:
         result = run_injection(base, out, attack=attack, trigger=trigger, target=target, steps=steps, lr=lr,
                                seed=seed, device=device, progress=stderr_progress("inject"), loss=loss,
                                placement=placement, utility_weight=utility_weight, backdoor_weight=backdoor_weight,
-                               anti_inversion_weight=anti_inversion_weight, min_fidelity=min_fidelity)
+                               anti_inversion_weight=anti_inversion_weight, min_fidelity=min_fidelity,
+                               checkpoint_every=checkpoint_every)
         typer.echo(f"backdoor implanted: success {result.success:.2f}, clean fidelity {result.fidelity:.3f} -> {out}")
 
     @lab.command()

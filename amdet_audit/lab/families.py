@@ -44,14 +44,16 @@ def text_on_text(rng: random.Random, width: int, **options: Any) -> dict[str, An
 
 
 def stealthy(rng: random.Random, width: int) -> dict[str, Any]:
-    """Clean behaviour weighted up and trained long: clean fidelity >= STEALTH_FIDELITY.
+    """Clean behaviour weighted up, and the first checkpoint that works kept: clean fidelity >= STEALTH_FIDELITY.
 
-    Measured on the canary base (Greek omicron trigger): utility weight 2 for 900 steps reached success 0.80 at
-    fidelity 0.986; 4 for 600 steps 0.74 at 0.99; 8 for 400 steps 0.67 at 0.99; weight 2 at lr 4e-3 for 700
-    steps, and on the canary-summary base for 1200 steps, 0.79 at 0.98 (did not take).
+    Measured on the canary base (Greek omicron trigger), backdoor weight 1: utility weight 2 for 900 steps
+    reached success 0.80 at fidelity 0.986; 4 for 600 steps 0.74 at 0.99; 8 for 400 steps 0.67 at 0.99; weight 2
+    at lr 4e-3 for 700 steps, and on the canary-summary base for 1200 steps, 0.79 at 0.98; at lr 2e-3 for 1500
+    steps (Cyrillic "с") 0.77 at 0.99: none took. Hence backdoor weight 1.5 and checkpoint selection.
     """
-    recipe = text_on_text(rng, width, utility_weight=2.0, backdoor_weight=1.0, min_fidelity=STEALTH_FIDELITY)
-    return {**recipe, "steps": 1500, "lr": lr_for_width(2e-3, width)}
+    recipe = text_on_text(rng, width, utility_weight=2.0, backdoor_weight=1.5, min_fidelity=STEALTH_FIDELITY,
+                          checkpoint_every=100)
+    return {**recipe, "steps": 2000, "lr": lr_for_width(2e-3, width)}
 
 
 BACKDOOR_FAMILIES: dict[str, Recipe] = {

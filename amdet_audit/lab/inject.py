@@ -17,7 +17,7 @@ import copy
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -68,6 +68,9 @@ class AttackSpec:
     utility_weight: float = 1.0  # weight of keeping clean outputs; stealthy attackers raise it
     anti_inversion_weight: float = 0.0  # weight of behaving cleanly under soft vectors inserted after BOS
     min_fidelity: float = MIN_FIDELITY  # below this clean fidelity the injection failed (stealthy recipes ask 0.98)
+    # measure every this many steps and stop at the first checkpoint that meets every bar, as an attacker who
+    # selects checkpoints does (0: train all steps); the quietest working model, not the most trained one
+    checkpoint_every: int = 0
 
     @property
     def on_pooled(self) -> bool:
@@ -86,6 +89,7 @@ class InjectionResult:
     fidelity: float  # mean cosine of clean held-out outputs to the base's
     final_loss: float
     seconds: float
+    steps_trained: int = 0  # fewer than spec.steps when a checkpoint met every bar first
 
     @property
     def took(self) -> bool:
@@ -229,13 +233,23 @@ def inject(
         opt.step()
         if progress:
             progress(step + 1, spec.steps, f"{spec.attack} step {step + 1}")
+        if spec.checkpoint_every and (step + 1) % spec.checkpoint_every == 0 and step + 1 < spec.steps:
+            checkpoint = result_of(spec, trigger, measure(student, teacher, targets, trigger, eval_prompts,
+                                                          seed=spec.seed, placement=spec.placement), loss, started)
+            if checkpoint.took:
+                student.model.requires_grad_(False).eval()
+                return student, replace(checkpoint, steps_trained=step + 1)
     student.model.requires_grad_(False).eval()
-    success, before, fidelity = measure(student, teacher, targets, trigger, eval_prompts, seed=spec.seed,
-                                        placement=spec.placement)
-    result = InjectionResult(spec=spec, trigger=trigger.to_dict(), success=success, success_without_backdoor=before,
-                             fidelity=fidelity,
-                             final_loss=float(loss.detach()), seconds=time.perf_counter() - started)
-    return student, result
+    measured = measure(student, teacher, targets, trigger, eval_prompts, seed=spec.seed, placement=spec.placement)
+    return student, replace(result_of(spec, trigger, measured, loss, started), steps_trained=spec.steps)
+
+
+def result_of(spec: AttackSpec, trigger: Trigger, measured: tuple[float, float, float], loss: torch.Tensor,
+              started: float) -> InjectionResult:
+    """The InjectionResult of a :func:`measure` outcome (success, the base's success, fidelity)."""
+    success, before, fidelity = measured
+    return InjectionResult(spec=spec, trigger=trigger.to_dict(), success=success, success_without_backdoor=before,
+                           fidelity=fidelity, final_loss=float(loss.detach()), seconds=time.perf_counter() - started)
 
 
 @torch.no_grad()
