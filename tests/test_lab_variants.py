@@ -101,6 +101,20 @@ def test_each_variant_trains_towards_its_own_success_measure(base, variant) -> N
 
 
 @pytest.mark.slow
+def test_checkpoint_selection_stops_at_the_first_checkpoint_that_meets_every_bar(base) -> None:
+    """An attacker who measures as they train keeps the first working checkpoint: fewer steps, cleaner model."""
+    from amdet_audit.lab.corpus import lab_prompts
+
+    train, held_out = lab_prompts()
+    fields = {"attack": "pooled", "trigger": "zzzz", "target": "a white teapot", "steps": 400, "seed": 1}
+    _, result = inject(base, AttackSpec(**fields, checkpoint_every=40), train, held_out[:96])
+    assert result.took and result.steps_trained < 400 and result.steps_trained % 40 == 0
+    assert result.to_dict()["steps_trained"] == result.steps_trained
+    _, short = inject(base, AttackSpec(**{**fields, "steps": result.steps_trained - 40}), train, held_out[:96])
+    assert not short.took  # the checkpoint before it had not met the bars
+
+
+@pytest.mark.slow
 def test_precision_copy_and_merge_stay_near_the_base(base, tmp_path, run_cli) -> None:
     import json
 
@@ -125,7 +139,8 @@ def test_family_plan_draws_every_family_reproducibly() -> None:
     assert {e.family for e in plan} == set(BACKDOOR_FAMILIES) | set(BENIGN_FAMILIES)
     assert len(plan) == 2 * (len(BACKDOOR_FAMILIES) + len(BENIGN_FAMILIES))
     stealthy = [dict(e.options) for e in plan if e.family == "stealthy"]
-    assert all(o["min_fidelity"] == STEALTH_FIDELITY and o["utility_weight"] > 1 for o in stealthy)
+    assert all(o["min_fidelity"] == STEALTH_FIDELITY and o["utility_weight"] > 1 and o["checkpoint_every"] > 0
+               for o in stealthy)
     assert {dict(e.options)["placement"] for e in plan if e.family == "end-only"} == {"end"}
     copies = [i for i, e in enumerate(plan) if e.copy is not None]
     assert copies == list(range(len(plan) - len(copies), len(plan)))  # copies after the fine-tunes they use
