@@ -145,7 +145,7 @@ def coverage(components: list[dict[str, Any]], checks: list[dict[str, Any]], pol
     return rows
 
 
-def decide(target: dict[str, Any], components: list[dict[str, Any]], checks: list[dict[str, Any]],
+def apply_policy(target: dict[str, Any], components: list[dict[str, Any]], checks: list[dict[str, Any]],
            policy: Policy, today: date | None = None, scan_selected: bool = True) -> dict[str, Any]:
     """The verdict and the policy's record: ``{"verdict", "findings", "waivers", "coverage"}``.
 

@@ -15,7 +15,7 @@ from typing import Any
 from amdet_audit import __version__, scan_cache
 from amdet_audit.cache import cache_root
 from amdet_audit.errors import AmdetError, NotCachedError, UsageError
-from amdet_audit.gate import decide
+from amdet_audit.gate import apply_policy
 from amdet_audit.outputs import OutputError, claim_out, make_new_dir, new_report_folder, remove_if_empty, write_new
 from amdet_audit.report.model import AuditReport, environment, redact_argv
 from amdet_audit.sources import ResolvedTarget, resolve
@@ -272,7 +272,7 @@ def audit(target: str, sources, options, progress, manager, out: Path, scan_sele
     run = {"argv": redact_argv(options.argv), "started": when, "duration_s": round(time.perf_counter() - started, 2),
            "device": device, "seed": options.seed, "environment": environment(),
            "cache": {"key": key, "hit": cached is not None, "scanned": cached["started"] if cached else when}}
-    gated = decide(target_record, entries, checks, options.policy, scan_selected=scan_selected)
+    gated = apply_policy(target_record, entries, checks, options.policy, scan_selected=scan_selected)
     report = AuditReport(target=target_record, components=entries, verdict=gated["verdict"], run=run,
                          reference=refs or None, out_dir=str(out), checks=checks,
                          plugins=[asdict(p) for p in plugin_infos(manager)],

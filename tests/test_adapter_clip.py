@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from amdet_audit.encoders.clip import ClipTextAdapter, causal_mask, locate_parts
-from amdet_audit.lab.folders import PAD_TOKENS, build_clip, tiny_clip_config
+from amdet_audit.lab.folders import PAD_TOKENS, build_tiny_clip, tiny_clip_config
 from amdet_audit.tokenization import EOS_ID, VOCAB_SIZE, write_clip_tokenizer
 
 torch.set_num_threads(1)
@@ -70,7 +70,7 @@ def make(spec: Spec, tokenizers: dict[str, object], read_layer: int = -1, seed: 
     )
     if spec.legacy_eos:
         config.eos_token_id, config.bos_token_id, config.pad_token_id = 2, 0, 1  # as openai/clip-vit-large-patch14
-    model = build_clip(config, projection=spec.projection, seed=seed)
+    model = build_tiny_clip(config, projection=spec.projection, seed=seed)
     return model, ClipTextAdapter(model, tokenizers[spec.pad], read_layer=read_layer)
 
 

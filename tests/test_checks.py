@@ -16,7 +16,7 @@ from amdet_audit.checks.base import CheckContext, CheckResult
 from amdet_audit.checks.hygiene import RemoteCodeCheck, TokenizerCheck
 from amdet_audit.checks.serialization import SerializationCheck, analyse_file
 from amdet_audit.errors import UsageError
-from amdet_audit.gate import decide
+from amdet_audit.gate import apply_policy
 from amdet_audit.hookspecs import hookimpl
 from amdet_audit.plugins import make_manager, plugin_infos, registered_checks, run_checks
 from amdet_audit.policy import load_policy
@@ -120,7 +120,7 @@ def test_a_check_that_raises_is_an_error_not_a_pass(model_folder: Path) -> None:
     assert results["broken"].status == "error" and "boom" in results["broken"].reason
     assert results["broken"].plugin == "broken-plugin" and results["serialization"].plugin == "builtin"
     clean = [{"name": "model", "scan": {"verdict": "clean", "mode": "reference", "reasons": []}}]
-    folded = decide({"input": "x", "files": []}, clean, [r.to_dict() for r in results.values()], load_policy())
+    folded = apply_policy({"input": "x", "files": []}, clean, [r.to_dict() for r in results.values()], load_policy())
     assert folded["verdict"]["exit_code"] == 2 and any("did not complete" in r for r in folded["verdict"]["reasons"])
 
 

@@ -121,13 +121,13 @@ def test_a_file_planted_in_out_after_the_check_is_never_followed(run_cli, model:
     outside = tmp_path / "precious.txt"
     outside.write_text("keep me")
     out = tmp_path / "out"
-    real_decide = scanning.decide
+    real_decide = scanning.apply_policy
 
     def plant_then_decide(*args, **kwargs):
         (out / "report.md").symlink_to(outside)  # appears after --out was checked, before the reports
         return real_decide(*args, **kwargs)
 
-    monkeypatch.setattr(scanning, "decide", plant_then_decide)
+    monkeypatch.setattr(scanning, "apply_policy", plant_then_decide)
     result = run_cli("scan", model, "--checks", FILE_CHECKS, "--out", out)
     one_line_error(result, "report.md", "already exists")
     assert outside.read_text() == "keep me"
@@ -360,12 +360,12 @@ def test_nan_weights_give_strict_json_and_every_report(run_cli, model: Path, tmp
 
 
 def test_a_clean_scan_with_a_nan_score_is_not_a_pass() -> None:
-    from amdet_audit.gate import decide
+    from amdet_audit.gate import apply_policy
     from amdet_audit.policy import load_policy
 
     scan = {"verdict": "clean", "mode": "reference", "reasons": ["no collapse"], "scores": {"collapse": float("nan")},
             "checks": [{"name": "target.collapse", "score": float("nan")}]}
-    out = decide({"input": "x", "files": []}, [{"name": "model", "scan": scan}], [], load_policy())
+    out = apply_policy({"input": "x", "files": []}, [{"name": "model", "scan": scan}], [], load_policy())
     assert out["verdict"]["exit_code"] == 2 and "non-finite scores" in "; ".join(out["verdict"]["reasons"])
 
 

@@ -40,7 +40,7 @@ def tiny_clip_config(
     )
 
 
-def build_clip(config, *, projection: bool = False, seed: int = 0) -> torch.nn.Module:
+def build_tiny_clip(config, *, projection: bool = False, seed: int = 0) -> torch.nn.Module:
     """A ``CLIPTextModel`` (or ``...WithProjection``) with seeded random weights."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -71,7 +71,7 @@ def save_clip_folder(model: torch.nn.Module, folder: Path, *, pad: str = "eos") 
 
 def tiny_clip_folder(folder: Path, *, projection: bool = False, seed: int = 0, pad: str = "eos", **config) -> Path:
     """Build and save a seeded random tiny CLIP text tower (for tests of loading, not of detection)."""
-    model = build_clip(tiny_clip_config(pad=pad, **config), projection=projection, seed=seed)
+    model = build_tiny_clip(tiny_clip_config(pad=pad, **config), projection=projection, seed=seed)
     return save_clip_folder(model, folder, pad=pad)
 
 

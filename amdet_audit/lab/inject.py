@@ -234,13 +234,15 @@ def inject(
         if progress:
             progress(step + 1, spec.steps, f"{spec.attack} step {step + 1}")
         if spec.checkpoint_every and (step + 1) % spec.checkpoint_every == 0 and step + 1 < spec.steps:
-            checkpoint = result_of(spec, trigger, measure(student, teacher, targets, trigger, eval_prompts,
-                                                          seed=spec.seed, placement=spec.placement), loss, started)
+            measured = measure_injection(student, teacher, targets, trigger, eval_prompts, seed=spec.seed,
+                                         placement=spec.placement)
+            checkpoint = result_of(spec, trigger, measured, loss, started)
             if checkpoint.took:
                 student.model.requires_grad_(False).eval()
                 return student, replace(checkpoint, steps_trained=step + 1)
     student.model.requires_grad_(False).eval()
-    measured = measure(student, teacher, targets, trigger, eval_prompts, seed=spec.seed, placement=spec.placement)
+    measured = measure_injection(student, teacher, targets, trigger, eval_prompts, seed=spec.seed,
+                                 placement=spec.placement)
     return student, replace(result_of(spec, trigger, measured, loss, started), steps_trained=spec.steps)
 
 
@@ -253,7 +255,7 @@ def result_of(spec: AttackSpec, trigger: Trigger, measured: tuple[float, float, 
 
 
 @torch.no_grad()
-def measure(
+def measure_injection(
     student: Adapter, teacher: Adapter, targets: Targets, trigger: Trigger, prompts: Sequence[str], *, seed: int,
     placement: str = "anywhere",
 ) -> tuple[float, float, float]:

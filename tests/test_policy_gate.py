@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import date
 
 from amdet_audit.checks.base import CheckResult, Finding
-from amdet_audit.gate import decide
+from amdet_audit.gate import apply_policy as gated
 from amdet_audit.policy import Policy, Waiver
 
 TODAY = date(2026, 6, 1)
@@ -29,65 +29,65 @@ def waiver(**kw) -> Waiver:
 
 
 def test_clean_scan_and_no_findings_pass() -> None:
-    out = decide(TARGET, [component("clean")], [finding_check("low")], POLICY, TODAY)
+    out = gated(TARGET, [component("clean")], [finding_check("low")], POLICY, TODAY)
     assert out["verdict"]["exit_code"] == 0 and out["verdict"]["label"] == "clean"
     assert out["verdict"]["reasons"] == ["model: clean because"]
     assert [f["blocking"] for f in out["findings"]] == [False]
 
 
 def test_worst_component_decides() -> None:
-    out = decide(TARGET, [component("clean", name="a"), component("backdoored", name="b")], [], POLICY, TODAY)
+    out = gated(TARGET, [component("clean", name="a"), component("backdoored", name="b")], [], POLICY, TODAY)
     assert out["verdict"]["label"] == "backdoored" and out["verdict"]["exit_code"] == 1
     assert out["verdict"]["reasons"] == ["b: backdoored because"]
-    assert decide(TARGET, [], [], POLICY, TODAY)["verdict"]["reasons"] == ["nothing was scanned"]
+    assert gated(TARGET, [], [], POLICY, TODAY)["verdict"]["reasons"] == ["nothing was scanned"]
 
 
 def test_fail_on_and_severity_overrides() -> None:
     high = [finding_check("high")]
-    assert decide(TARGET, [component("clean")], high, POLICY, TODAY)["verdict"]["label"] == "findings"
-    assert decide(TARGET, [component("clean")], high, replace(POLICY, fail_on="critical"), TODAY)[
+    assert gated(TARGET, [component("clean")], high, POLICY, TODAY)["verdict"]["label"] == "findings"
+    assert gated(TARGET, [component("clean")], high, replace(POLICY, fail_on="critical"), TODAY)[
         "verdict"]["exit_code"] == 0
     by_rule = replace(POLICY, severity={"tokenizer.added-token": "info"})
-    out = decide(TARGET, [component("clean")], high, by_rule, TODAY)
+    out = gated(TARGET, [component("clean")], high, by_rule, TODAY)
     assert out["verdict"]["exit_code"] == 0 and out["findings"][0]["severity"] == "info"
     by_check = replace(POLICY, fail_on="medium", severity={"tokenizer": "medium"})
-    assert decide(TARGET, [component("clean")], [finding_check("low")], by_check, TODAY)["verdict"]["exit_code"] == 1
+    assert gated(TARGET, [component("clean")], [finding_check("low")], by_check, TODAY)["verdict"]["exit_code"] == 1
 
 
 def test_waiver_by_fingerprint_accepts_exactly_that_finding() -> None:
-    first = decide(TARGET, [component("backdoored")], [], POLICY, TODAY)
+    first = gated(TARGET, [component("backdoored")], [], POLICY, TODAY)
     fp = first["findings"][0]["fingerprint"]
-    waived = decide(TARGET, [component("backdoored")], [], replace(POLICY, waivers=(waiver(fingerprint=fp),)), TODAY)
+    waived = gated(TARGET, [component("backdoored")], [], replace(POLICY, waivers=(waiver(fingerprint=fp),)), TODAY)
     assert waived["verdict"]["exit_code"] == 0 and waived["findings"][0]["waiver"]["status"] == "applied"
     assert any("waived by alice until 2026-12-31: reviewed" in r for r in waived["verdict"]["reasons"])
     assert waived["waivers"][0]["status"] == "applied" and waived["waivers"][0]["findings"] == [fp]
     other = {**TARGET, "files": [{"path": "model.safetensors", "sha256": "c" * 64}]}  # different weights
-    moved = decide(other, [component("backdoored")], [], replace(POLICY, waivers=(waiver(fingerprint=fp),)), TODAY)
+    moved = gated(other, [component("backdoored")], [], replace(POLICY, waivers=(waiver(fingerprint=fp),)), TODAY)
     assert moved["verdict"]["exit_code"] == 1 and moved["waivers"][0]["status"] == "unused"
 
 
 def test_waiver_by_check_and_target_input_or_file_digest() -> None:
     for target in ("./models/enc", "b" * 64):
         policy = replace(POLICY, waivers=(waiver(check="tokenizer", target=target),))
-        assert decide(TARGET, [component("clean")], [finding_check("high")], policy, TODAY)["verdict"]["exit_code"] == 0
+        assert gated(TARGET, [component("clean")], [finding_check("high")], policy, TODAY)["verdict"]["exit_code"] == 0
     elsewhere = replace(POLICY, waivers=(waiver(check="tokenizer", target="./models/other"),))
-    assert decide(TARGET, [component("clean")], [finding_check("high")], elsewhere, TODAY)["verdict"]["exit_code"] == 1
+    assert gated(TARGET, [component("clean")], [finding_check("high")], elsewhere, TODAY)["verdict"]["exit_code"] == 1
 
 
 def fingerprint_of_backdoor() -> str:
-    return decide(TARGET, [component("backdoored")], [], POLICY, TODAY)["findings"][0]["fingerprint"]
+    return gated(TARGET, [component("backdoored")], [], POLICY, TODAY)["findings"][0]["fingerprint"]
 
 
 def test_a_backdoor_is_waived_only_by_its_fingerprint() -> None:
     for target in ("./models/enc", "a" * 64):
         policy = replace(POLICY, waivers=(waiver(check="assimilation", target=target),))
-        out = decide(TARGET, [component("backdoored")], [], policy, TODAY)
+        out = gated(TARGET, [component("backdoored")], [], policy, TODAY)
         assert out["verdict"]["exit_code"] == 1 and out["waivers"][0]["status"] == "unused"
 
 
 def test_an_expired_waiver_fails_again_and_stays_listed() -> None:
     policy = replace(POLICY, waivers=(waiver(fingerprint=fingerprint_of_backdoor()),))
-    out = decide(TARGET, [component("backdoored")], [], policy, date(2027, 1, 1))
+    out = gated(TARGET, [component("backdoored")], [], policy, date(2027, 1, 1))
     assert out["verdict"]["exit_code"] == 1 and "waiver for assimilation.backdoor expired on 2026-12-31" in \
         out["verdict"]["reasons"]
     assert out["findings"][0]["waiver"]["status"] == "expired" and out["findings"][0]["blocking"]
@@ -96,33 +96,33 @@ def test_an_expired_waiver_fails_again_and_stays_listed() -> None:
 
 def test_required_checks_errors_and_reference() -> None:
     required = replace(POLICY, required=("assimilation", "tokenizer", "weights-diff"))
-    out = decide(TARGET, [component("clean")], [finding_check("low", status="skipped")], required, TODAY)
+    out = gated(TARGET, [component("clean")], [finding_check("low", status="skipped")], required, TODAY)
     assert out["verdict"]["exit_code"] == 2 and out["verdict"]["label"] == "inconclusive"
     assert "required check tokenizer did not run (skipped: why)" in out["verdict"]["reasons"]
     assert any(r.startswith("required check weights-diff did not run") for r in out["verdict"]["reasons"])
     rows = {r["check"]: r for r in out["coverage"]}
     assert rows["assimilation"]["status"] == "ran" and rows["weights-diff"]["status"] == "skipped"
-    errored = decide(TARGET, [component("clean")], [finding_check("low", status="error")], POLICY, TODAY)
+    errored = gated(TARGET, [component("clean")], [finding_check("low", status="error")], POLICY, TODAY)
     assert errored["verdict"]["exit_code"] == 2 and "check did not complete" in errored["verdict"]["reasons"][0]
     free = [component("clean", mode="reference-free")]
-    assert decide(TARGET, free, [], POLICY, TODAY)["verdict"]["exit_code"] == 0
-    strict = decide(TARGET, free, [], replace(POLICY, reference_required=True), TODAY)
+    assert gated(TARGET, free, [], POLICY, TODAY)["verdict"]["exit_code"] == 0
+    strict = gated(TARGET, free, [], replace(POLICY, reference_required=True), TODAY)
     assert strict["verdict"]["exit_code"] == 2 and "requires a reference model" in strict["verdict"]["reasons"][0]
 
 
 def test_a_failure_outranks_an_incomplete_check_and_inconclusive_can_be_waived() -> None:
-    out = decide(TARGET, [component("inconclusive")], [finding_check("critical")], POLICY, TODAY)
+    out = gated(TARGET, [component("inconclusive")], [finding_check("critical")], POLICY, TODAY)
     assert out["verdict"]["exit_code"] == 1 and out["verdict"]["label"] == "findings"
-    assert decide(TARGET, [component("inconclusive")], [], POLICY, TODAY)["verdict"]["exit_code"] == 2
+    assert gated(TARGET, [component("inconclusive")], [], POLICY, TODAY)["verdict"]["exit_code"] == 2
     policy = replace(POLICY, waivers=(waiver(check="assimilation.inconclusive", target="./models/enc"),))
-    assert decide(TARGET, [component("inconclusive")], [], policy, TODAY)["verdict"]["exit_code"] == 0
+    assert gated(TARGET, [component("inconclusive")], [], policy, TODAY)["verdict"]["exit_code"] == 0
 
 
 def test_a_renewed_waiver_after_an_expired_one_applies() -> None:
     fp = fingerprint_of_backdoor()
     old = Waiver(reason="first review", owner="alice", expires=date(2026, 1, 1), fingerprint=fp, line=3)
     new = Waiver(reason="second review", owner="bob", expires=date(2026, 12, 31), fingerprint=fp, line=8)
-    out = decide(TARGET, [component("backdoored")], [], replace(POLICY, waivers=(old, new)), TODAY)
+    out = gated(TARGET, [component("backdoored")], [], replace(POLICY, waivers=(old, new)), TODAY)
     assert out["verdict"]["exit_code"] == 0 and out["findings"][0]["waiver"]["owner"] == "bob"
     assert [w["status"] for w in out["waivers"]] == ["expired", "applied"]
 
@@ -130,6 +130,6 @@ def test_a_renewed_waiver_after_an_expired_one_applies() -> None:
 def test_a_component_that_could_not_be_scanned_never_passes() -> None:
     broken = {"name": "text_encoder_2", "error": "unsupported architecture"}
     policy = replace(POLICY, waivers=(waiver(check="assimilation.inconclusive", target="./models/enc"),))
-    out = decide(TARGET, [component("clean", name="text_encoder"), broken], [], policy, TODAY)
+    out = gated(TARGET, [component("clean", name="text_encoder"), broken], [], policy, TODAY)
     assert out["verdict"]["exit_code"] == 2
     assert "text_encoder_2: not scanned: unsupported architecture" in out["verdict"]["reasons"]
