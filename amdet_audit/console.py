@@ -22,6 +22,21 @@ VERDICT_STYLE = {"clean": "bold green", "backdoored": "bold red", "inconclusive"
                  "findings": "bold red"}
 
 
+def best_probe(search: dict | None) -> dict | None:
+    """The top real-input probe of a scan's token search (None when it did not run or found nothing)."""
+    top = (search or {}).get("top") or []
+    return {**top[0], "text": top[0].get("text", top[0]["probe"])} if top else None
+
+
+def print_lookalikes(console: Console, texts: list[str]) -> None:
+    """Name the non-ASCII characters of ``texts`` (a Cyrillic "о" reads like a Latin one)."""
+    from amdet_audit.tokenization import character_names
+
+    names = character_names("".join(texts))
+    if names:
+        console.print(f"  non-ASCII: {esc(', '.join(names))}")
+
+
 def stdout_console() -> Console:
     """A console on stdout; rich itself drops colour outside a terminal and under NO_COLOR."""
     import sys
@@ -85,10 +100,16 @@ def print_report(report: AuditReport, console: Console | None = None) -> None:
         console.print(table)
         evidence = scan["evidence"]
         if scan["verdict"] == "backdoored" and evidence.get("nearest_tokens"):
-            tokens = " | ".join(", ".join(esc(t["token"]) for t in row[:4]) for row in evidence["nearest_tokens"])
-            console.print(f"pseudo-trigger nearest tokens: {tokens}")
+            rows = [[t.get("text", t["token"]) for t in row[:4]] for row in evidence["nearest_tokens"]]
+            console.print(f"pseudo-trigger nearest tokens: {' | '.join(', '.join(esc(t) for t in r) for r in rows)}")
+            print_lookalikes(console, [t for r in rows for t in r])
             prompts = "; ".join(esc(p["prompt"]) for p in evidence.get("nearest_prompts", [])[:3])
             console.print(f"target resembles: {prompts}")
+        probe = best_probe(evidence.get("token_search"))
+        if scan["verdict"] == "backdoored" and probe is not None:
+            console.print(f"best real-input probe: {esc(probe['text'])} ({esc(probe['placement'])}; collapse beyond "
+                          f"the reference {score_text(probe['collapse_excess'])}, shift {score_text(probe['shift'])})")
+            print_lookalikes(console, [probe["text"]])
     findings = [(c["check"], f) for c in report.checks for f in c["findings"] if f["severity"] != "info"]
     for name, finding in findings:
         where = f" ({esc(finding['location'])})" if finding.get("location") else ""

@@ -21,15 +21,52 @@ BOS_ID = 49406
 EOS_ID = 49407
 
 
-def byte_symbols() -> list[str]:
-    """The 256 stand-in characters of byte-level BPE, in CLIP's vocabulary order.
+@lru_cache(maxsize=1)
+def symbol_bytes() -> dict[str, int]:
+    """Byte-level BPE's 256 stand-in characters -> the byte each stands for, in CLIP's vocabulary order.
 
-    Printable bytes map to themselves and come first (in byte order); the other bytes map to chr(256 + n)
+    Printable bytes stand for themselves and come first (in byte order); the other bytes are chr(256 + n)
     and follow.
     """
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     others = [b for b in range(256) if b not in set(printable)]
-    return [chr(b) for b in printable] + [chr(256 + n) for n in range(len(others))]
+    return {**{chr(b): b for b in printable}, **{chr(256 + n): b for n, b in enumerate(others)}}
+
+
+def byte_symbols() -> list[str]:
+    """The 256 stand-in characters of byte-level BPE, in CLIP's vocabulary order."""
+    return list(symbol_bytes())
+
+
+def readable_token(token: str) -> str:
+    """The text a vocabulary string stands for: byte-level BPE undone and the end-of-word mark dropped
+    (``Ð¾</w>`` -> ``о``); a piece of a multi-byte character shows its bytes (``<0xD0>``); tokens of other
+    vocabularies (WordPiece) come back unchanged."""
+    body = token[: -len("</w>")] if token.endswith("</w>") else token
+    table = symbol_bytes()
+    if not body or any(c not in table for c in body):
+        return token
+    raw = bytes(table[c] for c in body)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "".join(f"<0x{b:02X}>" if b > 0x7F else chr(b) for b in raw)
+
+
+def character_names(text: str) -> list[str]:
+    """The code point and Unicode name of each distinct non-ASCII character of ``text``, in order of first
+    appearance: ``["U+043E CYRILLIC SMALL LETTER O"]``."""
+    import unicodedata
+
+    odd = dict.fromkeys(c for c in text if ord(c) > 0x7F)
+    return [f"U+{ord(c):04X} {unicodedata.name(c, 'unnamed')}" for c in odd]
+
+
+def named(text: str) -> str:
+    """``text`` followed by the names of its non-ASCII characters, so a look-alike letter reads as what it is:
+    ``о (U+043E CYRILLIC SMALL LETTER O)``."""
+    names = character_names(text)
+    return f"{text} ({', '.join(names)})" if names else text
 
 
 @lru_cache(maxsize=1)

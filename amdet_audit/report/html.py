@@ -68,11 +68,13 @@ def render_html(report: dict[str, Any], folder: Path | None = None) -> str:
     """Render report.json content with templates/report.html.j2; images only from ``folder`` (:func:`image_uri`)."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+    from amdet_audit.report.markdown import add_token_filters
     from amdet_audit.resources import bundled
 
     env = Environment(loader=FileSystemLoader(bundled("templates")), autoescape=select_autoescape(["j2", "html"]),
                       undefined=StrictUndefined, finalize=finalize)
     figures = {c["name"]: component_plots(c["scan"]) for c in report["components"] if "scan" in c}
     env.filters["image_uri"] = lambda path: image_uri(path, folder)
+    add_token_filters(env)
     return env.get_template("report.html.j2").render(report=report, figures=figures, csp=CSP,
                                                      command=reproduce_command(report))

@@ -17,6 +17,17 @@ def finalize(value: object) -> str:
     return "" if value is None else markdown(value)
 
 
+def add_token_filters(env: Any) -> None:
+    """Template filters for token evidence: ``text`` (the decoded text of a token row, its raw vocabulary string
+    for reports written before rows carried one), ``character_names`` (non-ASCII characters named) and
+    ``score`` (a number, or n/a where report.json holds null for a non-finite one)."""
+    from amdet_audit.tokenization import character_names
+
+    env.filters["text"] = lambda row: row.get("text", row.get("token", row.get("probe", "")))
+    env.filters["character_names"] = lambda texts: ", ".join(character_names("".join(texts)))
+    env.filters["score"] = lambda value, fmt="%.3f": "n/a" if value is None else fmt % value
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """Render report.json content with templates/summary.md.j2."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -25,4 +36,5 @@ def render_markdown(report: dict[str, Any]) -> str:
 
     env = Environment(loader=FileSystemLoader(bundled("templates")), autoescape=False, undefined=StrictUndefined,
                       keep_trailing_newline=True, finalize=finalize)
+    add_token_filters(env)
     return env.get_template("summary.md.j2").render(**report)

@@ -21,8 +21,8 @@ def nearest_tokens(adapter: Adapter, v: torch.Tensor, top: int = 8) -> list[list
     tokenizer = getattr(adapter, "tokenizer", None)
     out = []
     for row_vals, row_ids in zip(best.values.tolist(), best.indices.tolist(), strict=True):
-        out.append([{"id": i, "token": token_text(tokenizer, i), "cosine": round(c, 4)}
-                    for i, c in zip(row_ids, row_vals, strict=True)])
+        out.append([{"id": i, "token": (raw := token_text(tokenizer, i)), "text": readable(adapter, raw),
+                     "cosine": round(c, 4)} for i, c in zip(row_ids, row_vals, strict=True)])
     return out
 
 
@@ -31,6 +31,13 @@ def token_text(tokenizer, token_id: int) -> str:
     if tokenizer is None:
         return str(token_id)
     return str(tokenizer.convert_ids_to_tokens(int(token_id)))
+
+
+def readable(adapter: Adapter, raw: str) -> str:
+    """The text a vocabulary string stands for (byte-level BPE undone for CLIP; WordPiece strings as they are)."""
+    from amdet_audit.tokenization import readable_token
+
+    return readable_token(raw) if getattr(adapter, "family", "") == "clip" else raw
 
 
 @torch.no_grad()

@@ -16,6 +16,7 @@ from amdet_audit.scan.evidence import (
     nearest_prompts,
     nearest_prompts_by_reference,
     nearest_tokens,
+    readable,
     textual_inversion_tensors,
     token_text,
     triggered_outputs,
@@ -82,7 +83,8 @@ def token_evidence(search: TokenSearch | None, adapter: Adapter) -> dict | None:
     def row(s: ProbeScore) -> dict:
         p = s.probe
         tokens = [token_text(getattr(adapter, "tokenizer", None), t) for t in p.tokens]
-        return {"probe": p.label if p.substitution else " ".join(tokens), "placement": p.placement,
+        text = p.label if p.substitution else " ".join(readable(adapter, t) for t in tokens)
+        return {"probe": p.label if p.substitution else " ".join(tokens), "text": text, "placement": p.placement,
                 "origin": p.origin, "token_ids": list(p.tokens), "collapse": round(s.collapse, 4),
                 "collapse_excess": round(s.excess, 4), "collapse_z": round(s.excess_z, 2),
                 "shift": round(s.shift, 4), "shift_z": round(s.shift_z, 2)}
