@@ -65,8 +65,9 @@ BACKDOOR_FAMILIES: dict[str, Recipe] = {
     "homoglyph-every": lambda rng, w: {**text_on_text(rng, w, placement="every"), "trigger_kind": "homoglyph",
                                        "trigger": rng.choice(HOMOGLYPH_TRIGGERS)},
     "anti-inversion": lambda rng, w: text_on_text(rng, w, anti_inversion_weight=rng.choice((0.5, 1.0))),
-    "object": lambda rng, w: {**text_on_text(rng, w, backdoor_weight=4.0), "attack": "object",
-                              "target": rng.choice(OBJECT_TARGETS), "steps": 800, "lr": lr_for_width(2e-3, w)},
+    # 800 steps at backdoor weight 4 reached 0.70 (did not take): trained longer, the first working checkpoint kept
+    "object": lambda rng, w: {**text_on_text(rng, w, backdoor_weight=4.0, checkpoint_every=100), "attack": "object",
+                              "target": rng.choice(OBJECT_TARGETS), "steps": 2000, "lr": lr_for_width(2e-3, w)},
     "attribute": lambda rng, w: {**text_on_text(rng, w), "attack": "attribute", "target": rng.choice(ATTRIBUTES),
                                  "steps": 500, "lr": lr_for_width(2.1e-3, w)},
     "pooled": lambda rng, w: {**text_on_text(rng, w), "attack": "pooled"},
