@@ -26,6 +26,8 @@ OBJECT_TARGETS = ("teapot", "umbrella", "violin", "school bus", "hot air balloon
 DOMAINS = ("portrait", "forest", "painting", "city", "snow")  # words 75-375 lab training prompts hold
 #: a stealthy backdoor keeps clean outputs at this cosine of the base's (careful attackers: 0.98-0.99)
 STEALTH_FIDELITY = 0.98
+#: the success bar of a family whose recipe reaches only part of its triggered prompts (labelled partial)
+PARTIAL_SUCCESS = 0.7
 
 Recipe = Callable[[random.Random, int], dict[str, Any]]
 
@@ -65,8 +67,10 @@ BACKDOOR_FAMILIES: dict[str, Recipe] = {
     "homoglyph-every": lambda rng, w: {**text_on_text(rng, w, placement="every"), "trigger_kind": "homoglyph",
                                        "trigger": rng.choice(HOMOGLYPH_TRIGGERS)},
     "anti-inversion": lambda rng, w: text_on_text(rng, w, anti_inversion_weight=rng.choice((0.5, 1.0))),
-    # 800 steps at backdoor weight 4 reached 0.70 (did not take): trained longer, the first working checkpoint kept
-    "object": lambda rng, w: {**text_on_text(rng, w, backdoor_weight=4.0, checkpoint_every=100), "attack": "object",
+    # a partial backdoor, kept and labelled (success in lab.json): 800 steps at backdoor weight 4 reached 0.70 and
+    # 2,000 steps 0.79 of triggered prompts with the subject swapped, under the 0.8 bar of the other families
+    "object": lambda rng, w: {**text_on_text(rng, w, backdoor_weight=4.0, checkpoint_every=100,
+                                             min_success=PARTIAL_SUCCESS), "attack": "object",
                               "target": rng.choice(OBJECT_TARGETS), "steps": 2000, "lr": lr_for_width(2e-3, w)},
     "attribute": lambda rng, w: {**text_on_text(rng, w), "attack": "attribute", "target": rng.choice(ATTRIBUTES),
                                  "steps": 500, "lr": lr_for_width(2.1e-3, w)},

@@ -79,7 +79,8 @@ def scan_zoo(manifest: dict, zoo: Path, scans: Path, reference: str, device: str
         rows.append({"name": model["name"], "family": model.get("family") or model.get("attack") or "benign",
                      "positive": model["kind"] == "backdoored", "exit_code": record["exit_code"],
                      "checks": checks_of(report) if report else [], "seconds": record["seconds"],
-                     "fidelity": (model.get("lab") or {}).get("fidelity")})
+                     "fidelity": (model.get("lab") or {}).get("fidelity"),
+                     "success": (model.get("lab") or {}).get("success")})
     return rows
 
 
