@@ -37,6 +37,7 @@ from calibrate import best_plateau, checks_of, default_thresholds, figures, flag
 from run_efficacy import CLI, base_target, run, scan_one, tool_version  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+FULL_SUCCESS = 0.8  # the lab's usual success bar; a family kept below it is labelled partial
 #: the thresholds the protocol chooses (check name -> candidate values); the others keep the recorded ones
 KNOBS = {"target.collapse_gain": [round(0.3 + 0.05 * i, 2) for i in range(13)],
          "divergence.relative": [round(1.5 + 0.5 * i, 2) for i in range(10)],
@@ -128,7 +129,8 @@ def protocol(calibration: list[dict], heldout: list[dict], max_fpr: float) -> di
                               "heldout_benign_fpr": round(np.mean(judged(negatives, thresholds)), 3)
                               if negatives else None},
             "in_distribution": recall(in_dist, chosen),
-            "as_shipped": recall(left_out, default_thresholds())}
+            "as_shipped": recall(left_out, default_thresholds()),
+            "success": [r.get("success") for r in left_out]}
     benign = {}
     for family in sorted({r["family"] for r in judged_set if not r["positive"]}):
         group = [r for r in judged_set if not r["positive"] and r["family"] == family]
@@ -176,6 +178,9 @@ def render_protocol(title: str, res: dict) -> list[str]:
              "missed (leave-one-out) |", "|---|---|---|---|---|---|"]
     for family, f in res["families"].items():
         loo, ind_f, shipped = f["leave_one_out"], f["in_distribution"], f["as_shipped"]
+        partial = [s for s in f.get("success", []) if s is not None and s < FULL_SUCCESS]
+        if partial:
+            family = f"{family} (partial: success {', '.join(f'{s:.2f}' for s in partial)})"
         lines.append(f"| {family} | {loo['flagged']}/{loo['models']} | {loo['heldout_benign_fpr']} | "
                      f"{ind_f['flagged']}/{ind_f['models']} | {shipped['flagged']}/{shipped['models']} | "
                      f"{', '.join(loo['missed']) or '-'} |")
