@@ -129,3 +129,10 @@ def test_a_canary_name_registered_twice_is_refused(tmp_path, monkeypatch, run_cl
     result = run_cli("scan", "canary:clean", "--out", tmp_path / "out")
     assert result.exit_code == 2 and "registered twice" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_canary_whose_builder_cannot_be_imported_is_a_one_line_error(tmp_path, monkeypatch, run_cli) -> None:
+    registered(tmp_path, monkeypatch, "broken = no_such_module_here:BUILDER")
+    result = run_cli("scan", "canary:broken", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "could not be loaded" in result.stderr and "Traceback" not in result.stderr
+    assert run_cli("inspect", "canary:clean").exit_code == 0  # the other canaries are not affected

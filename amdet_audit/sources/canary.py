@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Protocol
 
@@ -38,14 +38,23 @@ class CanaryBuilder(Protocol):
         """Make the encoder in the empty ``folder``."""
 
 
-def canary_builders() -> dict[str, CanaryBuilder]:
-    """The registered canaries by name (a name registered twice is refused: which one would run is unclear)."""
-    found: dict[str, CanaryBuilder] = {}
+def registered_canaries() -> dict[str, EntryPoint]:
+    """The registered canaries by name, not loaded (a name registered twice is refused: which one would run is
+    unclear)."""
+    found: dict[str, EntryPoint] = {}
     for ep in sorted(entry_points(group=GROUP), key=lambda ep: ep.value):
         if ep.name in found:
             raise UsageError(f"canary:{ep.name} is registered twice ({GROUP}); uninstall one of them")
-        found[ep.name] = ep.load()
+        found[ep.name] = ep
     return found
+
+
+def load_builder(name: str, ep: EntryPoint) -> CanaryBuilder:
+    """The builder an entry point names; one that cannot be imported is a one-line error."""
+    try:
+        return ep.load()
+    except Exception as err:  # a broken registration must not crash with a traceback
+        raise UsageError(f"canary:{name}: its builder {ep.value} could not be loaded: {err}") from err
 
 
 def canary_dir(name: str) -> Path:
@@ -55,15 +64,15 @@ def canary_dir(name: str) -> Path:
 
 def ensure_canary(name: str, progress: Progress | None = None) -> Path:
     """Return the folder of canary ``name``, building it first if it is not cached."""
-    builders = canary_builders()
-    if name not in builders:
-        raise SourceNotFoundError(f"canary:{name}: unknown canary; known: {', '.join(sorted(builders)) or 'none'}")
+    registered = registered_canaries()
+    if name not in registered:
+        raise SourceNotFoundError(f"canary:{name}: unknown canary; known: {', '.join(sorted(registered)) or 'none'}")
     final = canary_dir(name)
     if final.is_dir():
         return final
     with build_lock(final.parent / f".{name}.lock"):
         if not final.is_dir():  # another process may have built it while we waited
-            build_into(builders[name], name, final, progress)
+            build_into(load_builder(name, registered[name]), name, final, progress)
     return final
 
 
