@@ -122,7 +122,8 @@ def protocol(calibration: list[dict], heldout: list[dict], max_fpr: float) -> di
     for family in sorted({r["family"] for r in calibration + heldout if r["positive"]}):
         kept = [r for r in calibration if not (r["positive"] and r["family"] == family)]
         thresholds = choose(kept, max_fpr)
-        left_out = [r for r in calibration + heldout if r["positive"] and r["family"] == family]
+        left_out = [{**r, "name": f"{set_name}/{r['name']}"} for set_name, rows in (("calibration", calibration),
+                    ("heldout", heldout)) for r in rows if r["positive"] and r["family"] == family]
         in_dist = [r for r in heldout if r["positive"] and r["family"] == family]
         out["families"][family] = {
             "leave_one_out": {**recall(left_out, thresholds), "thresholds": thresholds,
