@@ -78,7 +78,7 @@ def test_smoke_run_builds_scans_and_judges_a_stealthy_and_an_adaptive_recipe(tmp
     assert set(status) == {"stealthy", "anti-inversion", "fp16"}
     assert set(status.values()) <= {"built", "did not take"} and status["fp16"] == "built"
     stealthy = next(m for m in zoo["models"] if m["family"] == "stealthy")
-    assert stealthy["options"]["min_fidelity"] == 0.98 and stealthy["steps"] == 150
+    assert stealthy["options"]["min_fidelity"] == 0.98 and stealthy["steps"] == 200  # 2,000 steps scaled by 0.1
     results = json.loads((out / "generalization.json").read_text())["bases"]["smoke"]
     scanned = {r["name"] for r in results["rows"]["calibration"]}
     assert scanned == {m["name"] for m in zoo["models"] if m["status"] == "built"}
