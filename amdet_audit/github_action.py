@@ -77,7 +77,7 @@ def run(env: dict[str, str]) -> int:
     if summary:
         with open(summary, "a", encoding="utf-8") as handle:
             handle.write("\n".join(summaries))
-    code = gate_exit_code(codes)
+    code = int(gate_exit_code(codes))  # a plain int: str() of an IntEnum member is its name before Python 3.11
     verdict = min(labels, key=lambda v: VERDICT_ORDER.index(v) if v in VERDICT_ORDER else 0)
     write_outputs({"verdict": verdict, "exit-code": str(code), "report-dir": str(out)})
     return ExitCode.PASS if fail_on == "never" or env.get("AMDET_EXIT_ZERO") == "1" else code
@@ -99,7 +99,7 @@ def scan_one(target: str, options) -> tuple[int, str]:
             write_new(options.out / "error.json", json.dumps({"target": target, "error": str(err)}))
         except OutputError as exc:
             print(visible(f"{target}: error.json not written: {exc}"), file=sys.stderr)
-        return ExitCode.ERROR, "inconclusive"
+        return int(ExitCode.ERROR), "inconclusive"
     print(visible(f"{target}: {report.verdict['label']} (exit {report.exit_code})"))
     return report.exit_code, report.verdict["label"]
 

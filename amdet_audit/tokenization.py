@@ -40,17 +40,20 @@ def byte_symbols() -> list[str]:
 
 def readable_token(token: str) -> str:
     """The text a vocabulary string stands for: byte-level BPE undone and the end-of-word mark dropped
-    (``Ð¾</w>`` -> ``о``); a piece of a multi-byte character shows its bytes (``<0xD0>``); tokens of other
-    vocabularies (WordPiece) come back unchanged."""
+    (``Ð¾</w>`` -> ``о``); bytes that are only part of a character show as escapes (``\\xd0``), the characters
+    around them as they are; tokens of other vocabularies (WordPiece) come back unchanged."""
     body = token[: -len("</w>")] if token.endswith("</w>") else token
     table = symbol_bytes()
     if not body or any(c not in table for c in body):
         return token
-    raw = bytes(table[c] for c in body)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "".join(f"<0x{b:02X}>" if b > 0x7F else chr(b) for b in raw)
+    return bytes(table[c] for c in body).decode("utf-8", errors="backslashreplace")
+
+
+def readable_sequence(tokens: list[str]) -> str:
+    """The text a sequence of byte-level BPE vocabulary strings stands for, decoded as a whole: a word split
+    over tokens joins up (``tea`` ``pot</w>`` -> ``teapot``), and so does a character split over tokens."""
+    words = "".join(tokens).split("</w>")
+    return " ".join(readable_token(w) for w in words if w)
 
 
 def character_names(text: str) -> list[str]:

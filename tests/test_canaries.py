@@ -136,3 +136,9 @@ def test_a_canary_whose_builder_cannot_be_imported_is_a_one_line_error(tmp_path,
     result = run_cli("scan", "canary:broken", "--out", tmp_path / "out")
     assert result.exit_code == 2 and "could not be loaded" in result.stderr and "Traceback" not in result.stderr
     assert run_cli("inspect", "canary:clean").exit_code == 0  # the other canaries are not affected
+
+
+def test_a_canary_object_without_a_build_is_a_one_line_error(tmp_path, monkeypatch, run_cli) -> None:
+    registered(tmp_path, monkeypatch, "nobuild = os:sep")
+    result = run_cli("scan", "canary:nobuild", "--out", tmp_path / "out")
+    assert result.exit_code == 2 and "has no build" in result.stderr and "internal error" not in result.stderr

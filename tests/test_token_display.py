@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from amdet_audit.tokenization import character_names, named, readable_token
+from amdet_audit.tokenization import character_names, named, readable_sequence, readable_token
 
 CYRILLIC_O = "U+043E CYRILLIC SMALL LETTER O"
 
@@ -17,7 +17,8 @@ def test_byte_level_tokens_decode_to_the_text_they_stand_for() -> None:
     assert readable_token("Ð¾</w>") == "о" and readable_token("Ð¾") == "о"
     assert readable_token("teapot</w>") == "teapot"
     assert readable_token("ðŁ¦Ħ</w>") == "🦄"
-    assert readable_token("Ð") == "<0xD0>"  # one byte of a two-byte character
+    assert readable_token("Ð") == "\\xd0" and readable_token("Ð¾Ð") == "о\\xd0"  # a character cut short
+    assert readable_sequence(["tea", "pot</w>"]) == "teapot" and readable_sequence(["Ð", "¾</w>", "a</w>"]) == "о a"
     assert readable_token("##ing") == "##ing" and readable_token("<|endoftext|>") == "<|endoftext|>"
     assert character_names("tеа") == ["U+0435 CYRILLIC SMALL LETTER IE", "U+0430 CYRILLIC SMALL LETTER A"]
     assert named("о") == f"о ({CYRILLIC_O})" and named("plain") == "plain"

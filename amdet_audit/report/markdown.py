@@ -24,6 +24,7 @@ def add_token_filters(env: Any) -> None:
     from amdet_audit.tokenization import character_names
 
     env.filters["text"] = lambda row: row.get("text", row.get("token", row.get("probe", "")))
+    env.filters["texts"] = lambda rows, n: [env.filters["text"](t) for row in rows for t in row[:n]]
     env.filters["character_names"] = lambda texts: ", ".join(character_names("".join(texts)))
     env.filters["score"] = lambda value, fmt="%.3f": "n/a" if value is None else fmt % value
 

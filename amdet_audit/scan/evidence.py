@@ -21,7 +21,7 @@ def nearest_tokens(adapter: Adapter, v: torch.Tensor, top: int = 8) -> list[list
     tokenizer = getattr(adapter, "tokenizer", None)
     out = []
     for row_vals, row_ids in zip(best.values.tolist(), best.indices.tolist(), strict=True):
-        out.append([{"id": i, "token": (raw := token_text(tokenizer, i)), "text": readable(adapter, raw),
+        out.append([{"id": i, "token": (raw := token_text(tokenizer, i)), "text": readable(adapter, [raw]),
                      "cosine": round(c, 4)} for i, c in zip(row_ids, row_vals, strict=True)])
     return out
 
@@ -33,11 +33,12 @@ def token_text(tokenizer, token_id: int) -> str:
     return str(tokenizer.convert_ids_to_tokens(int(token_id)))
 
 
-def readable(adapter: Adapter, raw: str) -> str:
-    """The text a vocabulary string stands for (byte-level BPE undone for CLIP; WordPiece strings as they are)."""
-    from amdet_audit.tokenization import readable_token
+def readable(adapter: Adapter, raws: list[str]) -> str:
+    """The text vocabulary strings stand for, decoded as one sequence (byte-level BPE undone for CLIP;
+    WordPiece strings joined as they are)."""
+    from amdet_audit.tokenization import readable_sequence
 
-    return readable_token(raw) if getattr(adapter, "family", "") == "clip" else raw
+    return readable_sequence(raws) if getattr(adapter, "family", "") == "clip" else " ".join(raws)
 
 
 @torch.no_grad()

@@ -38,23 +38,24 @@ class CanaryBuilder(Protocol):
         """Make the encoder in the empty ``folder``."""
 
 
-def registered_canaries() -> dict[str, EntryPoint]:
-    """The registered canaries by name, not loaded (a name registered twice is refused: which one would run is
-    unclear)."""
-    found: dict[str, EntryPoint] = {}
+def registered_canaries() -> dict[str, list[EntryPoint]]:
+    """The registered canaries by name, not loaded; a name two packages register has two entries."""
+    found: dict[str, list[EntryPoint]] = {}
     for ep in sorted(entry_points(group=GROUP), key=lambda ep: ep.value):
-        if ep.name in found:
-            raise UsageError(f"canary:{ep.name} is registered twice ({GROUP}); uninstall one of them")
-        found[ep.name] = ep
+        found.setdefault(ep.name, []).append(ep)
     return found
 
 
-def load_builder(name: str, ep: EntryPoint) -> CanaryBuilder:
-    """The builder an entry point names; one that cannot be imported is a one-line error."""
+def load_builder(name: str, eps: list[EntryPoint]) -> CanaryBuilder:
+    """The builder registered for ``name`` (refused, as a one-line error, when it cannot be imported or has no
+    ``build``)."""
     try:
-        return ep.load()
+        builder = eps[0].load()
     except Exception as err:  # a broken registration must not crash with a traceback
-        raise UsageError(f"canary:{name}: its builder {ep.value} could not be loaded: {err}") from err
+        raise UsageError(f"canary:{name}: its builder {eps[0].value} could not be loaded: {err}") from err
+    if not callable(getattr(builder, "build", None)):
+        raise UsageError(f"canary:{name}: {eps[0].value} has no build(folder, progress)")
+    return builder
 
 
 def canary_dir(name: str) -> Path:
@@ -67,6 +68,9 @@ def ensure_canary(name: str, progress: Progress | None = None) -> Path:
     registered = registered_canaries()
     if name not in registered:
         raise SourceNotFoundError(f"canary:{name}: unknown canary; known: {', '.join(sorted(registered)) or 'none'}")
+    if len(registered[name]) > 1:  # even when built before: which builder made the cached one is unclear
+        raise UsageError(f"canary:{name} is registered twice ({GROUP}: "
+                         f"{', '.join(ep.value for ep in registered[name])}); uninstall one of them")
     final = canary_dir(name)
     if final.is_dir():
         return final
