@@ -66,8 +66,8 @@ class ScanOptions:
     reference_free: bool = False  # scan without a reference (weaker; labelled as such)
     device: str = "cpu"
     out: Path | None = None  # new or empty folder for report.json and evidence
-    config: Any = None  # a ScanConfig (its seed is replaced by ``seed``); None: defaults sized to the model
-    seed: int = DEFAULT_SEED  # of the search: the one seed a scan uses and its report records
+    config: Any = None  # a ScanConfig; None: defaults sized to the model
+    seed: int | None = None  # of the search; None: the config's, else DEFAULT_SEED (see ``search_seed``)
     policy: Any = None  # a loaded Policy (thresholds, fail_on, waivers...); None: the bundled default policy
     plugins: list[str] | None = None  # third-party plugins to run (entry-point names); None: all installed
     third_party_plugins: bool = True  # False: built-in checks only (--no-plugins)
@@ -76,6 +76,11 @@ class ScanOptions:
     cached_only: bool = False  # never scan: a target without a cached scan is an error (fast offline gates)
     checks: list[str] | None = None  # run only these check ids ("assimilation" is the scan); also the required set
     argv: list[str] = field(default_factory=list)
+
+    @property
+    def search_seed(self) -> int:
+        """The one seed the scan uses, its cache key holds and its report records."""
+        return self.seed if self.seed is not None else getattr(self.config, "seed", DEFAULT_SEED)
 
 
 def scan(target: str, *, sources: SourceOptions | None = None, options: ScanOptions | None = None,

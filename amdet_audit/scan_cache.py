@@ -29,7 +29,7 @@ def scan_key(target: dict[str, Any], options: Any, device: str) -> str:
     parts = {"format": CACHE_FORMAT, "version": __version__,
              "files": sorted((f["path"], f["sha256"]) for f in target.get("files", [])),
              "components": sorted(c["name"] for c in target.get("components", [])),
-             "thresholds": asdict(options.policy.thresholds), "seed": options.seed,
+             "thresholds": asdict(options.policy.thresholds), "seed": options.search_seed,
              "device": device.split(":")[0], "reference": options.reference,
              "reference_free": options.reference_free, "config": config}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()

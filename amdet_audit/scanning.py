@@ -128,8 +128,8 @@ def scan_component(resolved: ResolvedTarget, name: str, sources, options, device
     from amdet_audit.scan.run import run_scan
 
     suspect = load_component(resolved.component(name), device=device)
-    config = replace(options.config, seed=options.seed) if options.config else ScanConfig.for_model(
-        suspect, device, seed=options.seed)
+    seed = options.search_seed
+    config = replace(options.config, seed=seed) if options.config else ScanConfig.for_model(suspect, device, seed=seed)
     if options.policy is not None:
         config = replace(config, thresholds=options.policy.thresholds)
     entry: dict[str, Any] = {"name": name, "encoder": suspect.describe()}
@@ -270,7 +270,7 @@ def audit(target: str, sources, options, progress, manager, out: Path, scan_sele
     context = CheckContext(target=resolved, reference=next((r for r in ref_targets.values() if r), None))
     checks = [r.to_dict() for r in run_checks(manager, context, options.checks)]
     run = {"argv": redact_argv(options.argv), "started": when, "duration_s": round(time.perf_counter() - started, 2),
-           "device": device, "seed": options.seed, "environment": environment(),
+           "device": device, "seed": options.search_seed, "environment": environment(),
            "cache": {"key": key, "hit": cached is not None, "scanned": cached["started"] if cached else when}}
     gated = apply_policy(target_record, entries, checks, options.policy, scan_selected=scan_selected)
     report = AuditReport(target=target_record, components=entries, verdict=gated["verdict"], run=run,

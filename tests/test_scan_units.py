@@ -130,3 +130,12 @@ def test_a_scan_depends_on_its_seed_only_not_on_the_global_random_state(tiny_cli
         torch.manual_seed(state)
         untouched.append(torch.rand(1).item())
     assert after == untouched
+
+
+def test_the_search_seed_is_the_explicit_one_else_the_configs() -> None:
+    from amdet_audit.api import ScanOptions
+    from amdet_audit.scan.config import DEFAULT_SEED, ScanConfig
+
+    assert ScanOptions().search_seed == DEFAULT_SEED
+    assert ScanOptions(config=ScanConfig(seed=7)).search_seed == 7  # a config's own seed is kept
+    assert ScanOptions(seed=3, config=ScanConfig(seed=7)).search_seed == 3  # an explicit seed wins
