@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from amdet_audit.report.escaping import terminal as esc
+from amdet_audit.tokenization import character_names, shown_text
 
 if TYPE_CHECKING:
     from amdet_audit.api import TargetDescription
@@ -25,13 +26,11 @@ VERDICT_STYLE = {"clean": "bold green", "backdoored": "bold red", "inconclusive"
 def best_probe(search: dict | None) -> dict | None:
     """The top real-input probe of a scan's token search (None when it did not run or found nothing)."""
     top = (search or {}).get("top") or []
-    return {**top[0], "text": top[0].get("text", top[0]["probe"])} if top else None
+    return {**top[0], "text": shown_text(top[0])} if top else None
 
 
 def print_lookalikes(console: Console, texts: list[str]) -> None:
     """Name the non-ASCII characters of ``texts`` (a Cyrillic "о" reads like a Latin one)."""
-    from amdet_audit.tokenization import character_names
-
     names = character_names("".join(texts))
     if names:
         console.print(f"  non-ASCII: {esc(', '.join(names))}")
@@ -100,7 +99,7 @@ def print_report(report: AuditReport, console: Console | None = None) -> None:
         console.print(table)
         evidence = scan["evidence"]
         if scan["verdict"] == "backdoored" and evidence.get("nearest_tokens"):
-            rows = [[t.get("text", t["token"]) for t in row[:4]] for row in evidence["nearest_tokens"]]
+            rows = [[shown_text(t) for t in row[:4]] for row in evidence["nearest_tokens"]]
             console.print(f"pseudo-trigger nearest tokens: {' | '.join(', '.join(esc(t) for t in r) for r in rows)}")
             print_lookalikes(console, [t for r in rows for t in r])
             prompts = "; ".join(esc(p["prompt"]) for p in evidence.get("nearest_prompts", [])[:3])

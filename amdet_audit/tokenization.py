@@ -65,11 +65,10 @@ def character_names(text: str) -> list[str]:
     return [f"U+{ord(c):04X} {unicodedata.name(c, 'unnamed')}" for c in odd]
 
 
-def named(text: str) -> str:
-    """``text`` followed by the names of its non-ASCII characters, so a look-alike letter reads as what it is:
-    ``о (U+043E CYRILLIC SMALL LETTER O)``."""
-    names = character_names(text)
-    return f"{text} ({', '.join(names)})" if names else text
+def shown_text(row: dict) -> str:
+    """What to show for a token-evidence row: its decoded ``text``, else (a report written before rows carried
+    one) its raw vocabulary string or probe label."""
+    return str(row.get("text", row.get("token", row.get("probe", ""))))
 
 
 @lru_cache(maxsize=1)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from amdet_audit.tokenization import character_names, named, readable_sequence, readable_token
+from amdet_audit.tokenization import character_names, readable_sequence, readable_token, shown_text
 
 CYRILLIC_O = "U+043E CYRILLIC SMALL LETTER O"
 
@@ -21,7 +21,8 @@ def test_byte_level_tokens_decode_to_the_text_they_stand_for() -> None:
     assert readable_sequence(["tea", "pot</w>"]) == "teapot" and readable_sequence(["Ð", "¾</w>", "a</w>"]) == "о a"
     assert readable_token("##ing") == "##ing" and readable_token("<|endoftext|>") == "<|endoftext|>"
     assert character_names("tеа") == ["U+0435 CYRILLIC SMALL LETTER IE", "U+0430 CYRILLIC SMALL LETTER A"]
-    assert named("о") == f"о ({CYRILLIC_O})" and named("plain") == "plain"
+    assert character_names("о") == [CYRILLIC_O] and character_names("plain") == []
+    assert shown_text({"token": "Ð¾</w>", "text": "о"}) == "о" and shown_text({"token": "Ð¾</w>"}) == "Ð¾</w>"
 
 
 def test_the_scan_records_decoded_text_beside_the_raw_token(tiny_clip: Path) -> None:

@@ -21,10 +21,10 @@ def add_token_filters(env: Any) -> None:
     """Template filters for token evidence: ``text`` (the decoded text of a token row, its raw vocabulary string
     for reports written before rows carried one), ``character_names`` (non-ASCII characters named) and
     ``score`` (a number, or n/a where report.json holds null for a non-finite one)."""
-    from amdet_audit.tokenization import character_names
+    from amdet_audit.tokenization import character_names, shown_text
 
-    env.filters["text"] = lambda row: row.get("text", row.get("token", row.get("probe", "")))
-    env.filters["texts"] = lambda rows, n: [env.filters["text"](t) for row in rows for t in row[:n]]
+    env.filters["text"] = shown_text
+    env.filters["texts"] = lambda rows, n: [shown_text(t) for row in rows for t in row[:n]]
     env.filters["character_names"] = lambda texts: ", ".join(character_names("".join(texts)))
     env.filters["score"] = lambda value, fmt="%.3f": "n/a" if value is None else fmt % value
 
