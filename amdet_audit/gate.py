@@ -1,6 +1,6 @@
 """Apply a policy to an audit's results: effective severities, waivers and required checks decide the verdict.
 
-Every scan result that is not clean and every check finding becomes one gated finding with a stable
+Every check's findings (the backdoor scan is a check too) become gated findings, each with a stable
 fingerprint (the one report.sarif carries), so a waiver written against a SARIF alert or a report applies to
 exactly that finding. Waived findings stay listed; an expired waiver no longer applies.
 """
@@ -8,16 +8,13 @@ exactly that finding. Waived findings stay listed; an expired waiver no longer a
 from __future__ import annotations
 
 import hashlib
-import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
 from amdet_audit.exit_codes import ExitCode
-from amdet_audit.policy import SCAN_CHECK, SEVERITIES, Policy, Waiver
+from amdet_audit.policy import SEVERITIES, Policy, Waiver
 
-SCAN_RULES = {"backdoored": ("assimilation.backdoor", "critical"),
-              "inconclusive": ("assimilation.inconclusive", "medium")}
 STATUS = {0: "pass", 1: "fail", 2: "error"}
 
 
@@ -33,12 +30,20 @@ class GatedFinding:
     location: str | None
     component: str | None = None
     waiver: dict[str, Any] | None = None  # the matching waiver, with status "applied" or "expired"
-    blocking: bool = False  # fails the audit (at or above fail_on, or a backdoor, and not waived)
+    blocking: bool = False  # fails the audit (a backdoor, or at or above fail_on, and not waived)
+    kind: str = "finding"  # finding, backdoor or inconclusive (see amdet_audit.checks.base.KINDS)
+    details: list[str] = field(default_factory=list)
 
     @property
     def waived(self) -> bool:
         """Accepted by a waiver that has not expired."""
         return self.waiver is not None and self.waiver["status"] == "applied"
+
+    def cited(self) -> list[str]:
+        """The lines a failing verdict cites for this finding."""
+        if self.details:
+            return [f"{self.component}: {d}" if self.component else d for d in self.details]
+        return [f"{self.check}: {self.message}" + (f" ({self.location})" if self.location else "")]
 
 
 def fingerprint(rule: str, identity: str) -> str:
@@ -46,65 +51,38 @@ def fingerprint(rule: str, identity: str) -> str:
     return hashlib.sha256(f"{rule}\0{identity}".encode()).hexdigest()
 
 
-def nonfinite_scores(scan: dict[str, Any]) -> list[str]:
-    """Names of the scan's scores that are NaN or infinite (null, a score that does not apply, is not one)."""
-    bad = [name for name, value in (scan.get("scores") or {}).items()
-           if isinstance(value, float) and not math.isfinite(value)]
-    bad += [c["name"] for c in scan.get("checks") or [] if isinstance(c.get("score"), float)
-            and not math.isfinite(c["score"]) and c["name"] not in bad]
-    return bad
-
-
-def scan_outcome(comp: dict[str, Any]) -> tuple[str, list[str]]:
-    """(verdict, reasons) of one component: a clean scan with a non-finite score cannot decide."""
-    if "scan" not in comp:
-        return "inconclusive", [comp.get("error", "not scanned")]
-    scan = comp["scan"]
-    bad = nonfinite_scores(scan)
-    if scan["verdict"] == "clean" and bad:
-        return "inconclusive", [*scan["reasons"], f"non-finite scores (NaN or infinity): {', '.join(bad)}"]
-    return scan["verdict"], list(scan["reasons"])
-
-
-def scan_findings(target: dict[str, Any], components: list[dict[str, Any]]) -> list[GatedFinding]:
-    """One finding per component whose scan said backdoored or could not decide."""
-    files = "".join(sorted(f["sha256"] for f in target.get("files", [])))
-    out = []
-    for comp in components:
-        verdict, reasons = scan_outcome(comp)
-        if verdict not in SCAN_RULES:
-            continue
-        rule, severity = SCAN_RULES[verdict]
-        out.append(GatedFinding(fingerprint=fingerprint(rule, f"{comp['name']}\0{files}"), rule=rule,
-                                check=SCAN_CHECK, severity=severity, component=comp["name"],
-                                message=f"{comp['name']}: {verdict}: " + "; ".join(reasons), location=None))
-    return out
-
-
-def check_findings(target: dict[str, Any], checks: list[dict[str, Any]], policy: Policy) -> list[GatedFinding]:
-    """The file checks' findings, with the policy's severity for their rule or check id."""
+def identity(finding: dict[str, Any], target: dict[str, Any]) -> str:
+    """What makes a finding the same across runs: a component and every file of the target, or a file's path,
+    its digest and the message."""
+    if finding.get("component"):
+        return f"{finding['component']}\0" + "".join(sorted(f["sha256"] for f in target.get("files", [])))
     digests = {f["path"]: f["sha256"] for f in target.get("files", [])}
+    where = finding.get("location") or ""
+    return f"{where}\0{digests.get(where, '')}\0{finding['message']}"
+
+
+def gated_findings(target: dict[str, Any], checks: list[dict[str, Any]], policy: Policy) -> list[GatedFinding]:
+    """Every check's findings, with the policy's severity for their rule or check id."""
     out = []
     for check in checks:
         for f in check["findings"]:
-            where = f.get("location") or ""
-            identity = f"{where}\0{digests.get(where, '')}\0{f['message']}"
             severity = policy.severity.get(f["rule"], policy.severity.get(check["check"], f["severity"]))
-            out.append(GatedFinding(fingerprint=fingerprint(f["rule"], identity), rule=f["rule"],
+            out.append(GatedFinding(fingerprint=fingerprint(f["rule"], identity(f, target)), rule=f["rule"],
                                     check=check["check"], severity=severity, message=f["message"],
-                                    location=f.get("location")))
+                                    location=f.get("location"), component=f.get("component"),
+                                    kind=f.get("kind", "finding"), details=list(f.get("details") or ())))
     return out
 
 
 def matches(waiver: Waiver, finding: GatedFinding, target: dict[str, Any]) -> bool:
     """Whether ``waiver`` names ``finding`` (by fingerprint, or by check/rule id and target).
 
-    A backdoor found by the scan is waived only by its fingerprint, which covers every file of the target: a
-    waiver by check and target would still hold after the weights changed.
+    A backdoor is waived only by its fingerprint, which covers every file of the target: a waiver by check and
+    target would still hold after the weights changed.
     """
     if waiver.fingerprint is not None:
         return waiver.fingerprint == finding.fingerprint
-    if finding.rule == SCAN_RULES["backdoored"][0]:
+    if finding.kind == "backdoor":
         return False
     shas = {f["sha256"] for f in target.get("files", [])}
     return waiver.check in (finding.check, finding.rule) and (waiver.target == target.get("input")
@@ -126,74 +104,52 @@ def apply_waivers(findings: list[GatedFinding], policy: Policy, target: dict[str
     return sorted(records, key=lambda r: r["line"])
 
 
-def coverage(components: list[dict[str, Any]], checks: list[dict[str, Any]], policy: Policy,
-             scan_selected: bool = True) -> list[dict[str, Any]]:
-    """What ran: the scan and every check, with status, reason and whether the policy requires it."""
-    scanned = bool(components) and all("scan" in c for c in components)
-    errors = [f"{c['name']}: {c['error']}" for c in components if "error" in c]
-    if scan_selected:
-        rows = [{"check": SCAN_CHECK, "status": "ran" if scanned else "error",
-                 "reason": "; ".join(errors) or (None if components else "nothing was scanned"),
-                 "required": SCAN_CHECK in policy.required}]
-    else:
-        rows = [{"check": SCAN_CHECK, "status": "skipped", "reason": "not selected (--checks)", "required": False}]
-    rows += [{"check": c["check"], "status": c["status"], "reason": c["reason"],
-              "required": c["check"] in policy.required} for c in checks]
+def coverage(checks: list[dict[str, Any]], policy: Policy) -> list[dict[str, Any]]:
+    """What ran: every check, with status, reason and whether the policy requires it."""
+    rows = [{"check": c["check"], "status": c["status"], "reason": c["reason"],
+             "required": c["check"] in policy.required} for c in checks]
     listed = {r["check"] for r in rows}
     rows += [{"check": name, "status": "skipped", "reason": "not installed or not selected", "required": True}
              for name in policy.required if name not in listed]
     return rows
 
 
-def apply_policy(target: dict[str, Any], components: list[dict[str, Any]], checks: list[dict[str, Any]],
-           policy: Policy, today: date | None = None, scan_selected: bool = True) -> dict[str, Any]:
+def apply_policy(target: dict[str, Any], checks: list[dict[str, Any]], policy: Policy,
+                 today: date | None = None) -> dict[str, Any]:
     """The verdict and the policy's record: ``{"verdict", "findings", "waivers", "coverage"}``.
 
     Exit 1 when a backdoor or a finding at or above ``fail_on`` stands unwaived; otherwise exit 2 when anything
-    could not complete (an inconclusive scan, a scan with a non-finite score, a required check that did not
-    run, a check that errored, a reference-free scan under ``reference: {required: true}``); otherwise exit 0.
-    ``scan_selected`` False: a file-checks-only audit (``--checks`` without the scan), where nothing scanned is
-    expected; the caller passes the selection as the policy's ``required``.
+    could not complete (an inconclusive finding, a required check that did not run, a check that errored, a
+    finding whose rule the policy requires absent, such as a reference-free scan under
+    ``reference: {required: true}``); otherwise exit 0.
     """
     today = today or datetime.now(timezone.utc).date()
-    findings = scan_findings(target, components) + check_findings(target, checks, policy)
+    findings = gated_findings(target, checks, policy)
     waivers = apply_waivers(findings, policy, target, today)
     bar = SEVERITIES.index(policy.fail_on)
     for f in findings:
-        decisive = f.rule == SCAN_RULES["backdoored"][0] or SEVERITIES.index(f.severity) >= bar
-        f.blocking = decisive and not f.waived and f.rule != SCAN_RULES["inconclusive"][0]
-    backdoors = [f for f in findings if f.blocking and f.check == SCAN_CHECK]
-    failing = [f for f in findings if f.blocking and f.check != SCAN_CHECK]
-    rows = coverage(components, checks, policy, scan_selected)
-    errored = {c["name"] for c in components if "error" in c}  # listed once below, as "not scanned"
-    incomplete = [f.message for f in findings
-                  if f.rule == SCAN_RULES["inconclusive"][0] and not f.waived and f.component not in errored]
-    incomplete += [f"{c['name']}: not scanned: {c['error']}" for c in components if "error" in c]
+        decisive = f.kind == "backdoor" or SEVERITIES.index(f.severity) >= bar
+        f.blocking = decisive and not f.waived and f.kind != "inconclusive"
+    blocking = sorted((f for f in findings if f.blocking), key=lambda f: f.kind != "backdoor")
+    rows = coverage(checks, policy)
+    incomplete = [f.message for f in findings if not f.waived
+                  and (f.kind == "inconclusive" or f.rule in policy.incomplete_rules)]
     incomplete += [f"required check {r['check']} did not run ({r['status']}: {r['reason']})"
-                   for r in rows if r["required"] and r["status"] != "ran" and r["check"] != SCAN_CHECK]
-    incomplete += [f"{r['check']}: check did not complete: {r['reason']}"
-                   for r in rows if r["status"] == "error" and r["check"] != SCAN_CHECK]
-    if policy.reference_required:
-        incomplete += [f"{c['name']}: the policy requires a reference model; this scan ran reference-free"
-                       for c in components if c.get("scan", {}).get("mode") == "reference-free"]
-    if not components and scan_selected:
-        incomplete.insert(0, "nothing was scanned")
+                   for r in rows if r["required"] and r["status"] != "ran" and r["status"] != "error"]
+    incomplete += [f"{r['check']}: check did not complete: {r['reason']}" for r in rows if r["status"] == "error"]
     waived = [f"{f.rule} waived by {f.waiver['owner']} until {f.waiver['expires']}: {f.waiver['reason']}"
               for f in findings if f.waived]
     expired = [f"waiver for {f.rule} expired on {f.waiver['expires']}"
                for f in findings if f.waiver and f.waiver["status"] == "expired"]
-    located = [f"{f.check}: {f.message}" + (f" ({f.location})" if f.location else "") for f in failing]
-    if backdoors or failing:
-        label, code = ("backdoored" if backdoors else "findings"), ExitCode.FAIL
-        reasons = [f"{c['name']}: {r}" for c in components if c["name"] in {f.component for f in backdoors}
-                   for r in c["scan"]["reasons"]] + located
+    if blocking:
+        label = "backdoored" if blocking[0].kind == "backdoor" else "findings"
+        code, reasons = ExitCode.FAIL, [line for f in blocking for line in f.cited()]
     elif incomplete:
         label, code, reasons = "inconclusive", ExitCode.ERROR, incomplete
     else:
         label, code = "clean", ExitCode.PASS
-        reasons = [f"{c['name']}: {r}" for c in components for r in c.get("scan", {}).get("reasons", [])]
-        if not scan_selected:
-            reasons.append("file checks only: the backdoor scan (assimilation) was not selected")
+        reasons = [line for c in checks for line in c.get("summary") or []]
+        reasons += [f"{r['check']}: skipped ({r['reason']})" for r in rows if r["status"] == "skipped"]
     verdict = {"label": label, "status": STATUS[int(code)], "exit_code": int(code),
                "reasons": reasons + expired + waived}
     return {"verdict": verdict, "findings": [asdict(f) for f in findings], "waivers": waivers, "coverage": rows}

@@ -80,11 +80,15 @@ def check_ids(pm: pluggy.PluginManager) -> list[str]:
 
 
 def run_checks(pm: pluggy.PluginManager, context: CheckContext, only: list[str] | None = None) -> list[CheckResult]:
-    """Run every registered check (or only those with an id in ``only``); a check that raises is recorded as
-    an error, never as a pass."""
+    """Run every registered check (those without an id in ``only`` are recorded as skipped); a check that
+    raises is recorded as an error, never as a pass."""
     results = []
     for plugin_name, check in registered_checks(pm):
         if only is not None and check.id not in only:
+            result = CheckResult(check=check.id, version=getattr(check, "version", "?"), status="skipped",
+                                 reason="not selected (--checks)")
+            result.plugin = plugin_name
+            results.append(result)
             continue
         try:
             result = check.run(context)

@@ -16,6 +16,8 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+from amdet_audit.checks.assimilation import CHECK_ID as SCAN_CHECK
+from amdet_audit.checks.assimilation import REFERENCE_FREE
 from amdet_audit.checks.base import SEVERITIES
 from amdet_audit.errors import ConfigFileError, shown
 from amdet_audit.resources import bundled
@@ -27,7 +29,6 @@ RENAMED_THRESHOLDS = {"collapse_excess": "replaced by collapse_gain (the excess 
                                          "to full collapse; 0.28 on the canary base is about 0.65)"}
 POLICY_KEYS = ("version", "fail_on", "severity", "thresholds", "required", "reference", "waivers")
 WAIVER_KEYS = ("fingerprint", "check", "target", "reason", "owner", "expires")
-SCAN_CHECK = "assimilation"  # the scan's id in ``required``, ``severity`` and waivers
 MAX_NUMBER_CHARS = 64  # longer YAML numbers are refused (1:2:3... sexagesimal ones grow quadratically to convert)
 
 
@@ -65,6 +66,11 @@ class Policy:
     required: tuple[str, ...] = (SCAN_CHECK,)
     reference_required: bool = False
     waivers: tuple[Waiver, ...] = ()
+
+    @property
+    def incomplete_rules(self) -> tuple[str, ...]:
+        """Rules whose unwaived findings keep an audit from passing (exit 2) whatever their severity."""
+        return (REFERENCE_FREE,) if self.reference_required else ()
 
     def to_dict(self) -> dict[str, Any]:
         """The report's record of the policy that was applied."""

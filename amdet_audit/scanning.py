@@ -202,19 +202,19 @@ def scan_components(resolved: ResolvedTarget, sources, options, device: str, out
 def check_selection(options, manager) -> tuple[Any, bool]:
     """Apply ``options.checks`` (the explicit --checks selection): unknown ids are a UsageError; the selection
     becomes the policy's required set. Returns (options, whether the assimilation scan runs)."""
+    from amdet_audit.checks.assimilation import CHECK_ID
     from amdet_audit.plugins import check_ids
-    from amdet_audit.policy import SCAN_CHECK
 
     if options.checks is None:
         return options, True
     selection = list(dict.fromkeys(options.checks))
-    known = [SCAN_CHECK, *check_ids(manager)]
+    known = check_ids(manager)
     unknown = [c for c in selection if c not in known]
     if not selection or unknown:
         raise UsageError(f"--checks: {'unknown check ' + ', '.join(unknown) if unknown else 'nothing selected'}; "
                          f"known: {', '.join(known)}")
     policy = replace(options.policy, required=tuple(selection))
-    return replace(options, checks=selection, policy=policy), SCAN_CHECK in selection
+    return replace(options, checks=selection, policy=policy), CHECK_ID in selection
 
 
 def scan_target(target: str, sources, options, progress) -> AuditReport:
@@ -267,12 +267,13 @@ def audit(target: str, sources, options, progress, manager, out: Path, scan_sele
         if options.use_cache and all("scan" in e for e in entries):
             scan_cache.store(key, entries, refs, when)
     render_target_images(manager, entries, out, options.plugin_options)
-    context = CheckContext(target=resolved, reference=next((r for r in ref_targets.values() if r), None))
+    context = CheckContext(target=resolved, reference=next((r for r in ref_targets.values() if r), None),
+                           components=entries if scan_selected else None)
     checks = [r.to_dict() for r in run_checks(manager, context, options.checks)]
     run = {"argv": redact_argv(options.argv), "started": when, "duration_s": round(time.perf_counter() - started, 2),
            "device": device, "seed": options.search_seed, "environment": environment(),
            "cache": {"key": key, "hit": cached is not None, "scanned": cached["started"] if cached else when}}
-    gated = apply_policy(target_record, entries, checks, options.policy, scan_selected=scan_selected)
+    gated = apply_policy(target_record, checks, options.policy)
     report = AuditReport(target=target_record, components=entries, verdict=gated["verdict"], run=run,
                          reference=refs or None, out_dir=str(out), checks=checks,
                          plugins=[asdict(p) for p in plugin_infos(manager)],

@@ -12,7 +12,7 @@ import pytest
 import torch
 from schema_check import assert_valid_report, assert_valid_sarif
 
-from amdet_audit.checks.base import CheckContext, CheckResult
+from amdet_audit.checks.base import CheckContext, CheckResult, Finding
 from amdet_audit.checks.hygiene import RemoteCodeCheck, TokenizerCheck
 from amdet_audit.checks.serialization import SerializationCheck, analyse_file
 from amdet_audit.errors import UsageError
@@ -116,12 +116,63 @@ class BrokenPlugin:
 def test_a_check_that_raises_is_an_error_not_a_pass(model_folder: Path) -> None:
     pm = make_manager(third_party=False)
     pm.register(BrokenPlugin(), name="broken-plugin")
-    results = {r.check: r for r in run_checks(pm, context(model_folder))}
+    clean = [{"name": "model", "scan": {"verdict": "clean", "mode": "reference", "reasons": []}}]
+    scanned = CheckContext(target=resolve(str(model_folder)), components=clean)
+    results = {r.check: r for r in run_checks(pm, scanned)}
     assert results["broken"].status == "error" and "boom" in results["broken"].reason
     assert results["broken"].plugin == "broken-plugin" and results["serialization"].plugin == "builtin"
-    clean = [{"name": "model", "scan": {"verdict": "clean", "mode": "reference", "reasons": []}}]
-    folded = apply_policy({"input": "x", "files": []}, clean, [r.to_dict() for r in results.values()], load_policy())
+    folded = apply_policy({"input": "x", "files": []}, [r.to_dict() for r in results.values()], load_policy())
     assert folded["verdict"]["exit_code"] == 2 and any("did not complete" in r for r in folded["verdict"]["reasons"])
+
+
+class Trojan:
+    """A third-party check that reports what the scan reports for a backdoored component."""
+
+    id, version, description = "acme-trojan", "1.0", "test detector"
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def run(self, context: CheckContext) -> CheckResult:
+        return CheckResult(self.id, self.version, "ran", [
+            Finding("acme-trojan.trigger", "critical", "model: backdoored: backdoored because", component="model",
+                    kind=self.kind, details=("backdoored because",))])
+
+
+class TrojanPlugin:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    @hookimpl
+    def amdet_audit_register_checks(self, register) -> None:
+        register(Trojan(self.kind))
+
+
+def test_a_third_party_critical_finding_fails_an_audit_as_a_scan_backdoor_does(model_folder: Path) -> None:
+    from amdet_audit.report.sarif import results_of
+
+    target = resolve(str(model_folder))
+    record = target.to_dict()
+    policy = load_policy()
+    scan_backdoor = [{"name": "model", "scan": {"verdict": "backdoored", "mode": "reference",
+                                                "reasons": ["backdoored because"]}}]
+    by_scan = apply_policy(record, [r.to_dict() for r in run_checks(
+        make_manager(third_party=False), CheckContext(target=target, components=scan_backdoor))], policy)
+    clean = [{"name": "model", "scan": {"verdict": "clean", "mode": "reference", "reasons": []}}]
+    for kind in ("backdoor", "finding"):
+        pm = make_manager(third_party=False)
+        pm.register(TrojanPlugin(kind), name="acme")
+        checks = [r.to_dict() for r in run_checks(pm, CheckContext(target=target, components=clean))]
+        by_plugin = apply_policy(record, checks, policy)
+        assert [f["blocking"] for f in by_plugin["findings"] if f["check"] == "acme-trojan"] == [True]
+        assert by_plugin["verdict"]["exit_code"] == by_scan["verdict"]["exit_code"] == 1
+        assert by_plugin["verdict"]["status"] == by_scan["verdict"]["status"] == "fail"
+        if kind == "backdoor":  # the same verdict, word for word
+            assert by_plugin["verdict"] == by_scan["verdict"]
+        else:
+            assert by_plugin["verdict"]["label"] == "findings"
+        report = {"target": {**record, "input": "x"}, "findings": by_plugin["findings"]}
+        assert [r["level"] for r in results_of(report)] == ["error"]
 
 
 def test_duplicate_check_ids_are_refused() -> None:
@@ -142,8 +193,8 @@ def test_plugins_list(run_cli) -> None:
     result = run_cli("plugins", "list", "--format", "json")
     assert result.exit_code == 0
     builtin = json.loads(result.stdout)[0]
-    assert builtin["name"] == "builtin" and set(builtin["checks"]) == {"serialization", "remote-code", "tokenizer",
-                                                                             "weights-diff"}
+    assert builtin["name"] == "builtin" and builtin["checks"] == ["assimilation", "serialization", "remote-code",
+                                                                  "tokenizer", "weights-diff"]
     assert plugin_infos(make_manager())[0].distribution == "amdet-audit"
 
 

@@ -360,12 +360,14 @@ def test_nan_weights_give_strict_json_and_every_report(run_cli, model: Path, tmp
 
 
 def test_a_clean_scan_with_a_nan_score_is_not_a_pass() -> None:
+    from amdet_audit.checks.assimilation import judge_components
     from amdet_audit.gate import apply_policy
     from amdet_audit.policy import load_policy
 
     scan = {"verdict": "clean", "mode": "reference", "reasons": ["no collapse"], "scores": {"collapse": float("nan")},
             "checks": [{"name": "target.collapse", "score": float("nan")}]}
-    out = apply_policy({"input": "x", "files": []}, [{"name": "model", "scan": scan}], [], load_policy())
+    checks = [judge_components([{"name": "model", "scan": scan}]).to_dict()]
+    out = apply_policy({"input": "x", "files": []}, checks, load_policy())
     assert out["verdict"]["exit_code"] == 2 and "non-finite scores" in "; ".join(out["verdict"]["reasons"])
 
 
@@ -390,7 +392,8 @@ def test_a_failing_component_keeps_the_others_and_every_report(run_cli, tiny_pip
     result = run_cli("scan", pipe, "--reference-free", "--no-plugins", "--out", out)
     assert result.exit_code == 2, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("amdet-audit: inconclusive: text_encoder_2: not scanned: ")
+    assert len(lines) == 1 and lines[0].startswith(
+        "amdet-audit: inconclusive: assimilation: check did not complete: text_encoder_2: not scanned: ")
     assert "text_encoder:" in result.stdout and "not scanned" in result.stdout
     document = json.loads((out / "report.json").read_text(encoding="utf-8"), parse_constant=refuse)
     assert_valid_report(document)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import date
 
+from amdet_audit.checks.assimilation import judge_components
 from amdet_audit.checks.base import CheckResult, Finding
-from amdet_audit.gate import apply_policy as gated
+from amdet_audit.gate import apply_policy
 from amdet_audit.policy import Policy, Waiver
 
 TODAY = date(2026, 6, 1)
@@ -24,6 +25,11 @@ def finding_check(severity: str, rule: str = "tokenizer.added-token", status: st
     return CheckResult(rule.split(".")[0], "1", status, findings, reason=None if status == "ran" else "why").to_dict()
 
 
+def gated(target: dict, components: list[dict], checks: list[dict], policy: Policy, today: date) -> dict:
+    """The gate over the scan check's judgement of ``components`` and the other checks' results."""
+    return apply_policy(target, [judge_components(components).to_dict(), *checks], policy, today)
+
+
 def waiver(**kw) -> Waiver:
     return Waiver(reason="reviewed", owner="alice", expires=date(2026, 12, 31), **kw)
 
@@ -39,7 +45,8 @@ def test_worst_component_decides() -> None:
     out = gated(TARGET, [component("clean", name="a"), component("backdoored", name="b")], [], POLICY, TODAY)
     assert out["verdict"]["label"] == "backdoored" and out["verdict"]["exit_code"] == 1
     assert out["verdict"]["reasons"] == ["b: backdoored because"]
-    assert gated(TARGET, [], [], POLICY, TODAY)["verdict"]["reasons"] == ["nothing was scanned"]
+    assert gated(TARGET, [], [], POLICY, TODAY)["verdict"]["reasons"] == [
+        "assimilation: check did not complete: nothing was scanned"]
 
 
 def test_fail_on_and_severity_overrides() -> None:
@@ -107,7 +114,7 @@ def test_required_checks_errors_and_reference() -> None:
     free = [component("clean", mode="reference-free")]
     assert gated(TARGET, free, [], POLICY, TODAY)["verdict"]["exit_code"] == 0
     strict = gated(TARGET, free, [], replace(POLICY, reference_required=True), TODAY)
-    assert strict["verdict"]["exit_code"] == 2 and "requires a reference model" in strict["verdict"]["reasons"][0]
+    assert strict["verdict"]["exit_code"] == 2 and "model: scanned reference-free" in strict["verdict"]["reasons"][0]
 
 
 def test_a_failure_outranks_an_incomplete_check_and_inconclusive_can_be_waived() -> None:
@@ -132,4 +139,6 @@ def test_a_component_that_could_not_be_scanned_never_passes() -> None:
     policy = replace(POLICY, waivers=(waiver(check="assimilation.inconclusive", target="./models/enc"),))
     out = gated(TARGET, [component("clean", name="text_encoder"), broken], [], policy, TODAY)
     assert out["verdict"]["exit_code"] == 2
-    assert "text_encoder_2: not scanned: unsupported architecture" in out["verdict"]["reasons"]
+    assert "assimilation: check did not complete: text_encoder_2: not scanned: unsupported architecture" in \
+        out["verdict"]["reasons"]
+    assert {r["check"]: r["status"] for r in out["coverage"]}["assimilation"] == "error"

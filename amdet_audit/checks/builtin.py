@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from amdet_audit.checks.assimilation import AssimilationCheck
 from amdet_audit.checks.base import Check
 from amdet_audit.checks.hygiene import RemoteCodeCheck, TokenizerCheck
 from amdet_audit.checks.serialization import SerializationCheck
 from amdet_audit.checks.weights_diff import WeightsDiffCheck
 from amdet_audit.hookspecs import hookimpl
 
-BUILTIN_CHECKS: tuple[Check, ...] = (SerializationCheck(), RemoteCodeCheck(), TokenizerCheck(), WeightsDiffCheck())
+BUILTIN_CHECKS: tuple[Check, ...] = (AssimilationCheck(), SerializationCheck(), RemoteCodeCheck(), TokenizerCheck(),
+                                     WeightsDiffCheck())
 
 
 @hookimpl

@@ -12,7 +12,7 @@ from typing import Any
 from amdet_audit import __version__
 from amdet_audit.report.escaping import strict_json
 
-SCHEMA_VERSION = "1.2"  # 1.1: checks, plugins and sections; 1.2: policy, findings, coverage
+SCHEMA_VERSION = "1.3"  # 1.1: checks, plugins, sections; 1.2: policy, findings, coverage; 1.3: the scan is a check
 SECRET_OPTION = re.compile(r"(token|password|passwd|secret|key|auth|credential)", re.IGNORECASE)
 VALUE_OPTIONS = ("--plugin-option",)  # options whose value is KEY=VALUE: a secret-looking KEY hides VALUE
 HIDDEN = "***"

@@ -1,14 +1,13 @@
 """report.json -> SARIF 2.1.0 for GitHub code scanning (stable rule ids, security-severity, fingerprints).
 
-Computes nothing: every result comes from the report's scan verdicts and file-check findings. SARIF forbids
-nothing about nulls, but GitHub rejects some; no value here is ever null.
+Computes nothing: every result comes from the report's gated findings (every check's, the scan's included).
+SARIF forbids nothing about nulls, but GitHub rejects some; no value here is ever null.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from amdet_audit.gate import SCAN_RULES as GATED_SCAN_RULES
 from amdet_audit.report.escaping import uri_path, visible
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -16,23 +15,25 @@ INFORMATION_URI = "https://pypi.org/project/amdet-audit/"
 #: severity -> (SARIF level, GitHub security-severity score 0-10)
 LEVELS = {"critical": ("error", "9.5"), "high": ("error", "8.0"), "medium": ("warning", "5.5"),
           "low": ("note", "3.0"), "info": ("note", "1.0")}
-SCAN_RULE_TEXT = {
+#: the built-in checks' rules: id -> (name, description); a plugin's rules are named by their id
+RULE_TEXT = {
     "assimilation.backdoor": ("Textual backdoor in a text encoder",
                               "The assimilation scan found a pseudo-trigger that makes prompts collapse onto one "
                               "target (or shift consistently) in this encoder but not in its clean reference."),
     "assimilation.inconclusive": ("Backdoor scan could not decide",
                                   "The assimilation scan could not reach a verdict for this encoder; it is not "
                                   "shown as a pass."),
-}
-#: scan rule id -> (default severity, as the gate assigns it; name; description)
-SCAN_RULES = {rule: (severity, *SCAN_RULE_TEXT[rule]) for rule, severity in GATED_SCAN_RULES.values()}
-CHECK_RULES = {
-    "serialization.pickle-file": "Pickle weight file", "serialization.unsafe-import": "Unsafe import in a pickle",
-    "serialization.unknown-import": "Unrecognised import in a pickle",
-    "serialization.unanalysable": "Pickle that could not be fully analysed",
-    "serialization.outside-link": "Link leaving the model folder",
-    "remote-code.custom-code": "Custom code in the model", "tokenizer.invisible-token": "Invisible added token",
-    "tokenizer.mixed-script-token": "Mixed-script added token", "tokenizer.added-token": "Added token",
+    "assimilation.reference-free": ("Scanned without a clean reference",
+                                    "The encoder was scanned without a clean reference model: weaker evidence."),
+    "serialization.pickle-file": ("Pickle weight file", ""),
+    "serialization.unsafe-import": ("Unsafe import in a pickle", ""),
+    "serialization.unknown-import": ("Unrecognised import in a pickle", ""),
+    "serialization.unanalysable": ("Pickle that could not be fully analysed", ""),
+    "serialization.outside-link": ("Link leaving the model folder", ""),
+    "remote-code.custom-code": ("Custom code in the model", ""),
+    "tokenizer.invisible-token": ("Invisible added token", ""),
+    "tokenizer.mixed-script-token": ("Mixed-script added token", ""),
+    "tokenizer.added-token": ("Added token", ""),
 }
 
 
@@ -64,8 +65,7 @@ def rule(rule_id: str, severity: str, name: str, text: str) -> dict[str, Any]:
 def result(finding: dict[str, Any], uri: str) -> dict[str, Any]:
     """One SARIF result with a location, the finding's fingerprint and, when waived, an accepted suppression."""
     res = {"ruleId": finding["rule"], "level": LEVELS[finding["severity"]][0],
-           "message": {"text": visible(f"{finding['check']}: {finding['message']}"
-                                       if finding["check"] != "assimilation" else finding["message"])},
+           "message": {"text": visible(f"{finding['check']}: {finding['message']}")},
            "locations": [{"physicalLocation": {"artifactLocation": {"uri": uri}}}],
            "partialFingerprints": {"amdetFinding/v1": finding["fingerprint"]}}
     waiver = finding.get("waiver")
@@ -86,8 +86,8 @@ def component_config(report: dict[str, Any], name: str) -> str:
 
 
 def results_of(report: dict[str, Any]) -> list[dict[str, Any]]:
-    """A result per non-clean scanned component (at its config.json) and per check finding above info
-    (info findings, such as the weights-diff summary, are for the reviewer's report, not for alerts)."""
+    """A result per finding above info, or blocking (a component's finding sits at its config.json); info
+    findings, such as the weights-diff summary, are for the reviewer's report, not for alerts."""
     out = []
     for finding in report["findings"]:
         if finding["severity"] == "info" and not finding["blocking"]:
@@ -101,11 +101,11 @@ def results_of(report: dict[str, Any]) -> list[dict[str, Any]]:
 def render_sarif(report: dict[str, Any]) -> dict[str, Any]:
     """The SARIF 2.1.0 log of one report."""
     results = results_of(report)
-    rules = [rule(rid, sev, name, text) for rid, (sev, name, text) in SCAN_RULES.items()]
-    severities = {r["ruleId"]: r["level"] for r in results}
-    for rid in sorted(set(severities) - set(SCAN_RULES)):
+    rules = []
+    for rid in sorted({r["ruleId"] for r in results}):
         severity = next(f["severity"] for f in report["findings"] if f["rule"] == rid)
-        rules.append(rule(rid, severity, CHECK_RULES.get(rid, rid), f"Finding {rid} of amdet-audit."))
+        name, text = RULE_TEXT.get(rid, (rid, ""))
+        rules.append(rule(rid, severity, name, text or f"Finding {rid} of amdet-audit."))
     index = {r["id"]: i for i, r in enumerate(rules)}
     for res in results:
         res["ruleIndex"] = index[res["ruleId"]]
