@@ -13,7 +13,14 @@ from amdet_audit.resources import bundled
 from amdet_audit.scan.config import Thresholds
 
 
-def test_bundled_default_policy_equals_the_scan_defaults() -> None:
+def test_each_threshold_is_written_once_in_the_bundled_default_policy() -> None:
+    import inspect
+    from dataclasses import fields
+
+    from amdet_audit.scan import config
+
+    assert set(config.shipped_thresholds()) == {f.name for f in fields(Thresholds)}
+    assert not re.search(r"^\s+\w+: float = [0-9]", inspect.getsource(Thresholds), re.MULTILINE)
     assert load_thresholds() == Thresholds()
     strict = load_thresholds(bundled("policies") / "strict.yaml")
     assert strict.same_target_rate < Thresholds().same_target_rate
