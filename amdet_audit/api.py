@@ -7,10 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from amdet_audit.scan.config import DEFAULT_SEED
+from amdet_audit.scan.config import DEFAULT_SEED, ScanConfig
 from amdet_audit.sources import ResolvedTarget, resolve
+
+if TYPE_CHECKING:
+    from amdet_audit.audit.policy import Policy
+    from amdet_audit.progress import ProgressCallback
+    from amdet_audit.report.model import AuditReport
 
 
 @dataclass
@@ -66,13 +71,13 @@ class ScanOptions:
     reference_free: bool = False  # scan without a reference (weaker; labelled as such)
     device: str = "cpu"
     out: Path | None = None  # new or empty folder for report.json and evidence
-    config: Any = None  # a ScanConfig; None: defaults sized to the model
+    config: ScanConfig | None = None  # None: defaults sized to the model
     seed: int | None = None  # of the search; None: the config's, else DEFAULT_SEED (see ``search_seed``)
-    policy: Any = None  # a loaded Policy (thresholds, fail_on, waivers...); None: the bundled default policy
+    policy: Policy | None = None  # thresholds, fail_on, waivers...; None: the bundled default policy
     plugins: list[str] | None = None  # third-party plugins to run (entry-point names); None: all installed
     third_party_plugins: bool = True  # False: built-in checks only (--no-plugins)
     plugin_options: dict[str, str] = field(default_factory=dict)  # --plugin-option KEY=VALUE, for plugin hooks
-    use_cache: bool = True  # reuse a cached scan of identical files under the same thresholds (see scan_cache)
+    use_cache: bool = True  # reuse a cached scan of identical files under the same thresholds (see amdet_audit.cache)
     cached_only: bool = False  # never scan: a target without a cached scan is an error (fast offline gates)
     checks: list[str] | None = None  # run only these check ids ("assimilation" is the scan); also the required set
     argv: list[str] = field(default_factory=list)
@@ -80,21 +85,23 @@ class ScanOptions:
     @property
     def search_seed(self) -> int:
         """The one seed the scan uses, its cache key holds and its report records."""
-        return self.seed if self.seed is not None else getattr(self.config, "seed", DEFAULT_SEED)
+        if self.seed is not None:
+            return self.seed
+        return self.config.seed if self.config is not None else DEFAULT_SEED
 
 
 def scan(target: str, *, sources: SourceOptions | None = None, options: ScanOptions | None = None,
-         progress: Any = None) -> Any:
+         progress: ProgressCallback | None = None) -> AuditReport:
     """Audit every text encoder of ``target`` with the assimilation scan; write report.json and evidence.
 
     ``options.checks`` selects what runs: without ``assimilation`` no model is loaded (file checks only).
     The report folder is created exclusively and every file in it is new (see :mod:`amdet_audit.outputs`).
 
-    Returns an :class:`amdet_audit.report.model.AuditReport`.
+    ``progress(done, total, label)`` is called as the search advances.
 
     Raises:
         AmdetError: bad input (target, reference, output folder) -- no report is written then.
     """
-    from amdet_audit.scanning import scan_target
+    from amdet_audit.audit.run import scan_target
 
     return scan_target(target, sources or SourceOptions(), options or ScanOptions(), progress)

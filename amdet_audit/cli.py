@@ -135,7 +135,7 @@ def make_app() -> typer.Typer:
             fail("--plugin-option takes KEY=VALUE")
         sources = api.SourceOptions(revision=revision, component=component, config=config,
                                     offline=offline or None, allow_pickle=allow_pickle)
-        from amdet_audit.policy import load_policy
+        from amdet_audit.audit.policy import load_policy
 
         options = api.ScanOptions(reference=reference, reference_free=reference_free, device=device, out=out,
                                   seed=seed, policy=load_policy(policy), plugins=selected,
@@ -176,7 +176,7 @@ def make_app() -> typer.Typer:
         import tempfile
 
         from amdet_audit import api
-        from amdet_audit.policy import load_policy
+        from amdet_audit.audit.policy import load_policy
         from amdet_audit.report.escaping import visible
         from amdet_audit.verify import gate_exit_code, targets_of, unusable_path
 
@@ -266,7 +266,7 @@ def make_app() -> typer.Typer:
         """Check a policy file; an invalid one exits 2 naming the key and line."""
         from datetime import datetime, timezone
 
-        from amdet_audit.policy import load_policy
+        from amdet_audit.audit.policy import load_policy
 
         policy = load_policy(path)
         today = datetime.now(timezone.utc).date()
@@ -284,7 +284,7 @@ def make_app() -> typer.Typer:
         """Print the effective policy, defaults filled in (the bundled default when no file is given)."""
         import yaml
 
-        from amdet_audit.policy import effective_policy, load_policy
+        from amdet_audit.audit.policy import effective_policy, load_policy
 
         typer.echo(yaml.safe_dump(effective_policy(load_policy(path)), sort_keys=False, allow_unicode=True))
 

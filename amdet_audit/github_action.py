@@ -38,7 +38,7 @@ def write_outputs(values: dict[str, str]) -> None:
 def run(env: dict[str, str]) -> int:
     """Scan every target; return the job's exit code (0 under fail-on ``never``)."""
     from amdet_audit import api
-    from amdet_audit.policy import SEVERITIES, load_policy
+    from amdet_audit.audit.policy import SEVERITIES, load_policy
 
     targets = env.get("AMDET_TARGETS", "").split()
     fail_on = env.get("AMDET_FAIL_ON", "policy") or "policy"

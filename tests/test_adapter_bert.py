@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from amdet_audit.audit.references import known_base
 from amdet_audit.encoders import load_component
 from amdet_audit.encoders.bert import BertTextAdapter
 from amdet_audit.errors import SourceNotFoundError, TokenizerError
-from amdet_audit.references import known_base
 from amdet_audit.sources import resolve
 from amdet_audit.sources.packaged import packaged_model_dir
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 from schema_check import assert_valid_report, assert_valid_sarif
 
+from amdet_audit.audit.gate import apply_policy
+from amdet_audit.audit.policy import load_policy
 from amdet_audit.checks.base import CheckContext, CheckResult, Finding
 from amdet_audit.checks.hygiene import RemoteCodeCheck, TokenizerCheck
 from amdet_audit.checks.serialization import SerializationCheck, analyse_file
 from amdet_audit.errors import UsageError
-from amdet_audit.gate import apply_policy
 from amdet_audit.hookspecs import hookimpl
 from amdet_audit.plugins import make_manager, plugin_infos, registered_checks, run_checks
-from amdet_audit.policy import load_policy
 from amdet_audit.sources import resolve
 
 

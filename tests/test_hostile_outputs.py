@@ -116,18 +116,18 @@ def test_parallel_runs_get_distinct_folders(model: Path, tmp_path: Path) -> None
 
 def test_a_file_planted_in_out_after_the_check_is_never_followed(run_cli, model: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import amdet_audit.scanning as scanning
+    import amdet_audit.audit.run as run
 
     outside = tmp_path / "precious.txt"
     outside.write_text("keep me")
     out = tmp_path / "out"
-    real_decide = scanning.apply_policy
+    real_decide = run.apply_policy
 
     def plant_then_decide(*args, **kwargs):
         (out / "report.md").symlink_to(outside)  # appears after --out was checked, before the reports
         return real_decide(*args, **kwargs)
 
-    monkeypatch.setattr(scanning, "apply_policy", plant_then_decide)
+    monkeypatch.setattr(run, "apply_policy", plant_then_decide)
     result = run_cli("scan", model, "--checks", FILE_CHECKS, "--out", out)
     one_line_error(result, "report.md", "already exists")
     assert outside.read_text() == "keep me"
@@ -137,7 +137,7 @@ def test_a_file_planted_in_out_after_the_check_is_never_followed(run_cli, model:
 def test_evidence_files_are_new_files(tmp_path: Path) -> None:
     import torch
 
-    from amdet_audit.scanning import write_evidence
+    from amdet_audit.audit.components import write_evidence
 
     outside = tmp_path / "elsewhere.safetensors"
     outside.write_bytes(b"theirs")
@@ -162,7 +162,7 @@ def test_image_plugins_write_only_into_folders_made_for_them(tmp_path: Path) -> 
     import pluggy
 
     from amdet_audit import hookspecs
-    from amdet_audit.target_images import render_target_images
+    from amdet_audit.audit.target_images import render_target_images
 
     class Painter:
         @hookspecs.hookimpl
@@ -295,15 +295,15 @@ def canned_scan(verdict: str, tokens: list[str]) -> dict:
 def cached_backdoor(folder: Path, tokens: list[str]) -> None:
     """A cached backdoored scan of ``folder`` (as ``scan --reference-free`` would look it up) whose evidence
     carries hostile nearest tokens, prompts and a hostile reason."""
-    from amdet_audit import scan_cache
+    from amdet_audit import cache
     from amdet_audit.api import ScanOptions, SourceOptions
-    from amdet_audit.policy import load_policy
+    from amdet_audit.audit.policy import load_policy
 
     resolved = SourceOptions().resolve(str(folder))
-    key = scan_cache.scan_key(resolved.to_dict(), ScanOptions(reference_free=True, policy=load_policy()), "cpu")
+    key = cache.scan_key(resolved.to_dict(), ScanOptions(reference_free=True, policy=load_policy()), "cpu")
     name = resolved.components[0].name
     entry = {"name": name, "encoder": ENCODER, "scan": canned_scan("backdoored", tokens), "evidence_files": {}}
-    scan_cache.store(key, [entry], {name: None}, "2026-01-01T00:00:00+00:00")
+    cache.store_scan(key, [entry], {name: None}, "2026-01-01T00:00:00+00:00")
 
 
 def test_a_backdoor_with_markup_tokens_still_exits_1(run_cli, model: Path, tmp_path: Path, scans: Path) -> None:
@@ -360,9 +360,9 @@ def test_nan_weights_give_strict_json_and_every_report(run_cli, model: Path, tmp
 
 
 def test_a_clean_scan_with_a_nan_score_is_not_a_pass() -> None:
+    from amdet_audit.audit.gate import apply_policy
+    from amdet_audit.audit.policy import load_policy
     from amdet_audit.checks.assimilation import judge_components
-    from amdet_audit.gate import apply_policy
-    from amdet_audit.policy import load_policy
 
     scan = {"verdict": "clean", "mode": "reference", "reasons": ["no collapse"], "scores": {"collapse": float("nan")},
             "checks": [{"name": "target.collapse", "score": float("nan")}]}
@@ -373,9 +373,9 @@ def test_a_clean_scan_with_a_nan_score_is_not_a_pass() -> None:
 
 def test_a_failing_component_keeps_the_others_and_every_report(run_cli, tiny_pipeline: Path, tmp_path: Path,
                                                               scans: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import amdet_audit.scanning as scanning
+    import amdet_audit.audit.components as components
 
-    real_scan_component = scanning.scan_component
+    real_scan_component = components.scan_component
 
     def fast_first_component(resolved, name, *args, **kwargs):  # text_encoder: a finished scan, in no time
         if name == "text_encoder":
@@ -383,7 +383,7 @@ def test_a_failing_component_keeps_the_others_and_every_report(run_cli, tiny_pip
                 None, None
         return real_scan_component(resolved, name, *args, **kwargs)  # text_encoder_2: really loaded, and fails
 
-    monkeypatch.setattr(scanning, "scan_component", fast_first_component)
+    monkeypatch.setattr(components, "scan_component", fast_first_component)
     pipe = Path(shutil.copytree(tiny_pipeline, tmp_path / "pipe"))
     config = json.loads((pipe / "text_encoder_2" / "config.json").read_text())
     config["intermediate_size"] = 8  # the weights say otherwise: this component cannot load

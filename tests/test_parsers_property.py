@@ -205,7 +205,7 @@ hostile_yaml = st.one_of(
 @SETTINGS
 @given(text=policy_trees().map(yaml_text) | hostile_yaml)
 def test_policy_parser_succeeds_or_refuses(text: str) -> None:
-    from amdet_audit.policy import load_policy
+    from amdet_audit.audit.policy import load_policy
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "policy.yaml"

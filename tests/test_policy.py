@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from amdet_audit.audit.policy import load_policy, load_thresholds
 from amdet_audit.errors import ConfigFileError
-from amdet_audit.policy import load_policy, load_thresholds
 from amdet_audit.resources import bundled
 from amdet_audit.scan.config import Thresholds
 

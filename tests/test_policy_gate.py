@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import date
 
+from amdet_audit.audit.gate import apply_policy
+from amdet_audit.audit.policy import Policy, Waiver
 from amdet_audit.checks.assimilation import judge_components
 from amdet_audit.checks.base import CheckResult, Finding
-from amdet_audit.gate import apply_policy
-from amdet_audit.policy import Policy, Waiver
 
 TODAY = date(2026, 6, 1)
 TARGET = {"input": "./models/enc", "files": [{"path": "model.safetensors", "sha256": "a" * 64},

@@ -39,14 +39,14 @@ def test_the_scan_records_decoded_text_beside_the_raw_token(tiny_clip: Path) -> 
 @pytest.fixture
 def cached(tiny_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the tiny tower whose cached (reference-free) scan found a backdoor with a Cyrillic trigger."""
-    from amdet_audit import scan_cache
+    from amdet_audit import cache
     from amdet_audit.api import ScanOptions, SourceOptions
-    from amdet_audit.policy import load_policy
+    from amdet_audit.audit.policy import load_policy
 
     monkeypatch.setenv("AMDET_AUDIT_CACHE_SCANS", str(tmp_path / "scans"))
     model = Path(shutil.copytree(tiny_clip, tmp_path / "enc"))
     resolved = SourceOptions().resolve(str(model))
-    key = scan_cache.scan_key(resolved.to_dict(), ScanOptions(reference_free=True, policy=load_policy()), "cpu")
+    key = cache.scan_key(resolved.to_dict(), ScanOptions(reference_free=True, policy=load_policy()), "cpu")
     checks = [{"name": "target.collapse", "score": 0.95, "threshold": 0.82, "direction": ">=", "flags": True,
                "description": "cross-prompt collapse"}]
     tokens = [{"id": 1, "token": "Ð¾</w>", "text": "о", "cosine": 0.9},
@@ -59,7 +59,7 @@ def cached(tiny_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
                          "token_search": {"probes_tried": 10, "null": {}, "top": [probe]}}}
     encoder = {"family": "clip", "architecture": "CLIPTextModel", "hidden_size": 32, "layers": 1}
     entry = {"name": resolved.components[0].name, "encoder": encoder, "scan": scan, "evidence_files": {}}
-    scan_cache.store(key, [entry], {entry["name"]: None}, "2026-01-01T00:00:00+00:00")
+    cache.store_scan(key, [entry], {entry["name"]: None}, "2026-01-01T00:00:00+00:00")
     return model
 
 

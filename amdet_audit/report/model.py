@@ -82,7 +82,7 @@ class AuditReport:
     plugins: list[dict[str, Any]] = field(default_factory=list)  # plugins that ran, with versions
     sections: list[dict[str, Any]] = field(default_factory=list)  # extra sections added by plugins
     policy: dict[str, Any] | None = None  # the policy applied, with its waivers and their status
-    findings: list[dict[str, Any]] = field(default_factory=list)  # gated findings (see amdet_audit.gate)
+    findings: list[dict[str, Any]] = field(default_factory=list)  # gated findings (see amdet_audit.audit.gate)
     coverage: list[dict[str, Any]] = field(default_factory=list)  # what ran, skipped or errored
 
     @property

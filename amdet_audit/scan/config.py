@@ -16,7 +16,7 @@ DEFAULT_SEED = 42  # of the search (every random draw of a scan comes from gener
 @functools.cache
 def shipped_thresholds() -> dict[str, float]:
     """The ``thresholds`` of the bundled default policy (a packaged file, not user input; user policies are
-    read and validated by :mod:`amdet_audit.policy`)."""
+    read and validated by :mod:`amdet_audit.audit.policy`)."""
     import yaml
 
     data = yaml.safe_load((bundled("policies") / "default.yaml").read_text(encoding="utf-8"))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from amdet_audit import __version__
-from amdet_audit.cache import build_lock, cache_root
+from amdet_audit.cache import build_lock, store
 from amdet_audit.errors import SourceNotFoundError, UsageError
 from amdet_audit.sources.model import ResolvedTarget
 
@@ -60,7 +60,7 @@ def load_builder(name: str, eps: list[EntryPoint]) -> CanaryBuilder:
 
 def canary_dir(name: str) -> Path:
     """Cache folder of canary ``name`` for this tool version."""
-    return cache_root() / "canaries" / __version__ / name
+    return store("canaries") / __version__ / name
 
 
 def ensure_canary(name: str, progress: Progress | None = None) -> Path:

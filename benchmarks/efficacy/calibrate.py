@@ -122,7 +122,7 @@ def default_thresholds() -> dict[str, float]:
     """Today's default thresholds, by the check name they apply to."""
     from dataclasses import asdict
 
-    from amdet_audit.policy import load_thresholds
+    from amdet_audit.audit.policy import load_thresholds
 
     return {CHECK_OF_THRESHOLD[k]: v for k, v in asdict(load_thresholds()).items()}
 

@@ -70,7 +70,7 @@ def tool_version() -> str:
     from dataclasses import asdict
 
     from amdet_audit import __version__
-    from amdet_audit.policy import load_thresholds
+    from amdet_audit.audit.policy import load_thresholds
 
     digest = hashlib.sha256(json.dumps(asdict(load_thresholds()), sort_keys=True).encode()).hexdigest()[:12]
     return f"{__version__}+thresholds.{digest}"

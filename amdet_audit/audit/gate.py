@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any
 
+from amdet_audit.audit.policy import SEVERITIES, Policy, Waiver
 from amdet_audit.exit_codes import ExitCode
-from amdet_audit.policy import SEVERITIES, Policy, Waiver
 
 STATUS = {0: "pass", 1: "fail", 2: "error"}
 
