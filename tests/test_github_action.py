@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from amdet_audit.github_action import run
+from amdet_audit.cli.github_action import run
 
 ROOT = Path(__file__).resolve().parents[1]
 

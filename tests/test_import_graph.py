@@ -11,7 +11,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "amdet_audit"
 LAB = "amdet_audit.lab"
-MAY_IMPORT_LAB = {"amdet_audit.cli_lab"}
+MAY_IMPORT_LAB = {"amdet_audit.cli.lab"}
 
 
 def module_name(path: Path) -> str:

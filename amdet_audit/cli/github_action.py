@@ -19,7 +19,7 @@ from amdet_audit.errors import AmdetError
 from amdet_audit.exit_codes import ExitCode
 from amdet_audit.outputs import OutputError, make_new_dir, write_new
 from amdet_audit.report.escaping import markdown, visible
-from amdet_audit.verify import gate_exit_code
+from amdet_audit.cli.verify import gate_exit_code
 
 VERDICT_ORDER = ("backdoored", "findings", "inconclusive", "clean")
 

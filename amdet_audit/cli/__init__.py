@@ -152,7 +152,7 @@ def make_app() -> typer.Typer:
 
             typer.echo(render_markdown(report.to_dict()))
         else:
-            from amdet_audit.console import print_report
+            from amdet_audit.cli.console import print_report
 
             print_report(report)
         if report.exit_code == int(ExitCode.ERROR):
@@ -178,7 +178,7 @@ def make_app() -> typer.Typer:
         from amdet_audit import api
         from amdet_audit.audit.policy import load_policy
         from amdet_audit.report.escaping import visible
-        from amdet_audit.verify import gate_exit_code, targets_of, unusable_path
+        from amdet_audit.cli.verify import gate_exit_code, targets_of, unusable_path
 
         problem = unusable_path(paths or [])
         if problem is not None:
@@ -234,7 +234,7 @@ def make_app() -> typer.Typer:
 
             typer.echo(json_text(strict_json(description.to_dict())[0]))
         else:
-            from amdet_audit.console import print_description
+            from amdet_audit.cli.console import print_description
 
             print_description(description)
 
@@ -323,7 +323,7 @@ def make_app() -> typer.Typer:
 
     app.add_typer(plugins_app, name="plugins")
 
-    from amdet_audit.cli_lab import make_lab_app
+    from amdet_audit.cli.lab import make_lab_app
 
     app.add_typer(make_lab_app(), name="lab")
     return app
