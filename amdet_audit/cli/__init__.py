@@ -177,8 +177,8 @@ def make_app() -> typer.Typer:
 
         from amdet_audit import api
         from amdet_audit.audit.policy import load_policy
-        from amdet_audit.report.escaping import visible
         from amdet_audit.cli.verify import gate_exit_code, targets_of, unusable_path
+        from amdet_audit.report.escaping import visible
 
         problem = unusable_path(paths or [])
         if problem is not None:

@@ -15,11 +15,11 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
+from amdet_audit.cli.verify import gate_exit_code
 from amdet_audit.errors import AmdetError
 from amdet_audit.exit_codes import ExitCode
 from amdet_audit.outputs import OutputError, make_new_dir, write_new
 from amdet_audit.report.escaping import markdown, visible
-from amdet_audit.cli.verify import gate_exit_code
 
 VERDICT_ORDER = ("backdoored", "findings", "inconclusive", "clean")
 
