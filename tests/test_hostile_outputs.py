@@ -571,12 +571,12 @@ def test_report_rerender_reads_only_a_regular_report_and_embeds_only_its_own_ima
 
 def test_one_definition_of_hidden_characters_and_of_one_line_messages() -> None:
     from amdet_audit.checks import hygiene, serialization
-    from amdet_audit.encoders import load
+    from amdet_audit.encoders import weights
     from amdet_audit.errors import one_line, shown
     from amdet_audit.sources import config_limits
 
     assert hygiene.hidden is visible.__globals__["hidden"]
     assert visible("a\u00a0b\u202ec") == "a\\xa0b\\u202ec"  # an odd space is a look-alike: shown, and flagged
     assert serialization.one_line is one_line and config_limits.shown is shown
-    assert load.one_line(ValueError("first\n  second")) == one_line(ValueError("first\n  second")) == "first second"
+    assert weights.one_line is one_line and one_line(ValueError("first\n  second")) == "first second"
     assert shown(10 ** 5000) == "a number too large"

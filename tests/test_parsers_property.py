@@ -98,7 +98,8 @@ def test_the_memory_cap_sees_an_expanding_reader() -> None:
 @SETTINGS
 @given(body=json_document(CONFIG_KEYS))
 def test_config_loader_succeeds_or_refuses(body: bytes) -> None:
-    from amdet_audit.encoders.load import FAMILY_BUILDERS, clip_text_config, detect_family, read_config
+    from amdet_audit.encoders.clip import clip_text_config
+    from amdet_audit.encoders.load import FAMILY_BUILDERS, detect_family, read_config
     from amdet_audit.sources.local import describe_config
 
     with tempfile.TemporaryDirectory() as tmp:

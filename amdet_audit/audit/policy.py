@@ -195,7 +195,8 @@ class PolicyReader:
         probe = key
         while probe and probe not in self.lines:
             probe = probe.rpartition(".")[0] if "." in probe else probe.rpartition("[")[0]
-        return ConfigFileError(f"{self.path}:{self.lines.get(probe, 1)}: {key}: {message}")
+        named = key if key.isprintable() and key.strip() == key and len(key) <= 80 else shown(key)
+        return ConfigFileError(f"{self.path}:{self.lines.get(probe, 1)}: {named}: {message}")
 
     def severity(self, key: str, value: Any) -> str:
         """A severity name."""

@@ -14,6 +14,7 @@ Pooled output: the mean of the last layer over real tokens, as sentence-transfor
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -21,6 +22,20 @@ from torch import nn
 
 from amdet_audit.encoders.base import EncoderOutput, PaddedTokenizerMixin
 from amdet_audit.encoders.insertion import insert_after_bos, shift_mask
+from amdet_audit.encoders.weights import (
+    POSITION_IDS,
+    build_on_meta,
+    check_budget,
+    declared_shapes,
+    load_strict,
+    local_tokenizer,
+    match_tensors,
+    prefixed_keys,
+    read_weights,
+    with_layers,
+)
+from amdet_audit.errors import ConfigFileError, TokenizerError, one_line
+from amdet_audit.sources.model import Component
 
 #: Prompts are padded to this many positions (or the model's, if fewer). Real tokens see only real tokens, so
 #: the count of padding positions changes no real-token output; 64 holds every corpus prompt with room to spare.
@@ -100,3 +115,63 @@ class BertTextAdapter(PaddedTokenizerMixin):
         """JSON-ready architecture facts for reports."""
         return {**self.common_facts(), "causal": False, "read_layer": self.read_layer, "pooling": "mean",
                 "projection_dim": None}
+
+
+# ---- loading: config, tokenizer and checked weights -> BertTextAdapter ----------------------------------------
+
+MODEL_TYPES = ("bert",)
+ARCHITECTURES = ("BertModel",)
+BERT_PREFIX = "bert."  # task-head checkpoints (BertForMaskedLM, ...) keep the encoder under bert.
+BERT_IGNORED_PREFIXES = ("cls.", "classifier.", "qa_outputs.")  # task heads, not part of the encoder
+
+
+def load_bert_tokenizer(component: Component) -> Any:
+    """The component's BERT WordPiece tokenizer (local files only, no remote code)."""
+    import transformers
+
+    folder = component.tokenizer_path
+    has_vocab = folder is not None and (folder / "vocab.txt").is_file()
+    has_json = folder is not None and (folder / "tokenizer.json").is_file()
+    if not (has_vocab or has_json):
+        raise TokenizerError(f"no tokenizer found for {component.name} (expected vocab.txt or tokenizer.json)")
+    cls = transformers.BertTokenizerFast if has_json else transformers.BertTokenizer
+    tokenizer = local_tokenizer(cls, folder, f"BERT tokenizer for {component.name}")
+    if None in (tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id):
+        raise TokenizerError(f"{folder}: BERT tokenizer for {component.name} lacks a [CLS], [SEP] or [PAD] token")
+    return tokenizer
+
+
+def build(
+    component: Component,
+    config: Mapping[str, Any],
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype | None,
+    read_layer: int,
+) -> BertTextAdapter:
+    """The BERT family builder: config, tokenizer, checked weights -> BertTextAdapter (pooler layer included
+    when the weights have one)."""
+    from transformers import BertConfig, BertModel
+
+    try:
+        bert_config = BertConfig.from_dict(dict(config))
+    except Exception as exc:  # transformers raises TypeError, ValueError or strict-dataclass errors
+        raise ConfigFileError(f"{component.config_path}: not a valid BERT config ({one_line(exc)})") from exc
+    tokenizer = load_bert_tokenizer(component)
+
+    def ignorable(name: str) -> bool:
+        return name.startswith(BERT_IGNORED_PREFIXES) or name == POSITION_IDS
+
+    keep, canonical = prefixed_keys(BERT_PREFIX, ignorable)
+
+    tensors = read_weights(component, keep=keep) if component.weight_format == "pickle" else None
+    declared = declared_shapes(component, keep, tensors)
+    has_pooler = any(canonical(k).startswith("pooler.") for k in declared)
+    check_budget(lambda n: BertModel(with_layers(bert_config, n), add_pooling_layer=has_pooler),
+                 int(bert_config.num_hidden_layers), declared, canonical=canonical, ignorable=ignorable,
+                 where=component.config_path)
+    tensors = tensors if tensors is not None else read_weights(component, keep=keep)
+    model = build_on_meta(lambda: BertModel(bert_config, add_pooling_layer=has_pooler), component.config_path)
+    state = match_tensors(model, tensors, canonical=canonical, ignorable=ignorable)
+    model = load_strict(model, state).to(device=device, dtype=dtype or torch.float32)
+    return BertTextAdapter(model, tokenizer, read_layer=read_layer)

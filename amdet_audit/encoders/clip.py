@@ -15,8 +15,9 @@ tokenizer's ``attention_mask`` only for a consumer that passes it too; it is the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,6 +25,20 @@ from torch import nn
 
 from amdet_audit.encoders.base import EncoderOutput, PaddedTokenizerMixin
 from amdet_audit.encoders.insertion import insert_after_bos, shift_mask
+from amdet_audit.encoders.weights import (
+    POSITION_IDS,
+    build_on_meta,
+    check_budget,
+    declared_shapes,
+    load_strict,
+    local_tokenizer,
+    match_tensors,
+    prefixed_keys,
+    read_weights,
+    with_layers,
+)
+from amdet_audit.errors import ConfigFileError, TokenizerError, one_line
+from amdet_audit.sources.model import Component
 
 LEGACY_EOS_ID = 2  # configs from before transformers PR #24773: pooling takes the argmax of the ids
 
@@ -188,3 +203,94 @@ class ClipTextAdapter(PaddedTokenizerMixin):
             "pooling": "argmax_id" if self._pool_eos_id == LEGACY_EOS_ID else "first_eos",
             "projection_dim": None if self._projection is None else int(self._projection.out_features),
         }
+
+
+# ---- loading: config, tokenizer and checked weights -> ClipTextAdapter ----------------------------------------
+
+#: model_type -> this family ("clip" is a full CLIPModel, whose text tower is used)
+MODEL_TYPES = ("clip_text_model", "clip")
+#: architecture class names of this family, for configs without a usable model_type
+ARCHITECTURES = ("CLIPTextModel", "CLIPTextModelWithProjection", "CLIPModel")
+CLIP_TEXT_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
+CLIP_PREFIX = "text_model."
+OTHER_TOWER_PREFIXES = ("vision_model.", "visual_projection.", "logit_scale")
+FULL_CLIP_HEAD_PREFIXES = ("text_projection.",)  # the joint head of a full CLIPModel, not part of the text tower
+
+
+def clip_text_config(config: Mapping[str, Any], where: Path) -> tuple[Any, bool]:
+    """(CLIPTextConfig, is_full_clip) from a text-tower config or a full CLIPModel config (its text_config)."""
+    from transformers import CLIPConfig, CLIPTextConfig
+
+    full = config.get("model_type") == "clip" or "CLIPModel" in (config.get("architectures") or [])
+    try:
+        text = CLIPConfig.from_dict(dict(config)).text_config if full else CLIPTextConfig.from_dict(dict(config))
+    except Exception as exc:  # transformers raises TypeError, ValueError or strict-dataclass errors
+        raise ConfigFileError(f"{where}: not a valid CLIP text config ({one_line(exc)})") from exc
+    return text, full
+
+
+def clip_class_name(config: Mapping[str, Any], component: Component, tensors: Mapping[str, Any], full: bool) -> str:
+    """Which CLIP text class the weights belong to: the config's architecture, else the component's, else the
+    presence of a ``text_projection`` tensor decides."""
+    if full:
+        return "CLIPTextModel"
+    for name in [*(config.get("architectures") or []), component.architecture]:
+        if name in CLIP_TEXT_CLASSES:
+            return name
+    has_projection = any(k.removeprefix(CLIP_PREFIX).startswith("text_projection.") for k in tensors)
+    return CLIP_TEXT_CLASSES[1] if has_projection else CLIP_TEXT_CLASSES[0]
+
+
+def load_clip_tokenizer(component: Component, max_positions: int) -> Any:
+    """The component's CLIPTokenizer (local files only), with model_max_length capped at the model's positions."""
+    import transformers
+
+    folder = component.tokenizer_path
+    has_bpe = folder is not None and (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
+    has_json = folder is not None and (folder / "tokenizer.json").is_file()
+    if not (has_bpe or has_json):
+        raise TokenizerError(
+            f"no tokenizer found for {component.name} (expected vocab.json + merges.txt or tokenizer.json)"
+        )
+    cls = transformers.CLIPTokenizer if has_bpe else transformers.CLIPTokenizerFast
+    tokenizer = local_tokenizer(cls, folder, f"CLIP tokenizer for {component.name}")
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None or tokenizer.bos_token_id is None:
+        raise TokenizerError(f"{folder}: CLIP tokenizer for {component.name} lacks a BOS, EOS or pad token")
+    if not tokenizer.model_max_length or tokenizer.model_max_length > max_positions:
+        tokenizer.model_max_length = max_positions
+    return tokenizer
+
+
+def clip_ignorable(full: bool) -> Callable[[str], bool]:
+    """Canonical keys to drop: another tower's (and, for a full CLIPModel, its joint head), and position_ids."""
+    prefixes = OTHER_TOWER_PREFIXES + (FULL_CLIP_HEAD_PREFIXES if full else ())
+    return lambda name: name.startswith(prefixes) or name == POSITION_IDS
+
+
+
+def build(
+    component: Component,
+    config: Mapping[str, Any],
+    *,
+    device: torch.device | str,
+    dtype: torch.dtype | None,
+    read_layer: int,
+) -> ClipTextAdapter:
+    """The CLIP family builder: config, tokenizer, checked weights -> ClipTextAdapter."""
+    import transformers
+
+    text_config, full = clip_text_config(config, component.config_path)
+    tokenizer = load_clip_tokenizer(component, int(text_config.max_position_embeddings))
+    ignorable = clip_ignorable(full)
+    keep, canonical = prefixed_keys(CLIP_PREFIX, ignorable)
+
+    tensors = read_weights(component, keep=keep) if component.weight_format == "pickle" else None
+    declared = declared_shapes(component, keep, tensors)
+    cls = getattr(transformers, clip_class_name(config, component, declared, full))
+    check_budget(lambda n: cls(with_layers(text_config, n)), int(text_config.num_hidden_layers), declared,
+                 canonical=canonical, ignorable=ignorable, where=component.config_path)
+    tensors = tensors if tensors is not None else read_weights(component, keep=keep)
+    model = build_on_meta(lambda: cls(text_config), component.config_path)
+    state = match_tensors(model, tensors, canonical=canonical, ignorable=ignorable)
+    model = load_strict(model, state).to(device=device, dtype=dtype or torch.float32)
+    return ClipTextAdapter(model, tokenizer, read_layer=read_layer)
