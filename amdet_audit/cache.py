@@ -30,7 +30,9 @@ if TYPE_CHECKING:
     from amdet_audit.api import ScanOptions
 
 STORES = ("canaries", "scans", "baselines")
-CACHE_FORMAT = 5  # bump whenever the scan's outputs change within a release (4: real-input rules; 5: token_shift.size)
+#: bump whenever the scan's outputs change within a release (4: real-input rules; 5: token_shift.size; 6: decoded
+#: token text in the evidence)
+CACHE_FORMAT = 6
 
 
 def cache_root() -> Path:
