@@ -215,7 +215,11 @@ def test_scan_fails_on_a_critical_finding_even_when_the_encoder_is_clean(run_cli
     assert report["verdict"]["status"] == "fail" and report["verdict"]["exit_code"] == 1
     assert report["verdict"]["label"] == "findings" and "FINDINGS" in result.stdout
     assert report["plugins"][0]["name"] == "builtin"
-    assert {c["check"] for c in report["checks"]} == {"serialization", "remote-code", "tokenizer", "weights-diff"}
+    assert [c["check"] for c in report["checks"]] == ["assimilation", "serialization", "remote-code", "tokenizer",
+                                                      "weights-diff"]
+    scan_check = report["checks"][0]  # the scan: clean (an info note: the canary is its own reference)
+    assert scan_check["status"] == "ran"
+    assert [f["rule"] for f in scan_check["findings"]] == ["assimilation.reference-free"]
     diff = next(c for c in report["checks"] if c["check"] == "weights-diff")
     assert diff["status"] == "ran" and diff["scores"]["model:max_relative_change"] == 0.0  # same weights
     sarif = json.loads((tmp_path / "report" / "report.sarif").read_text())
