@@ -66,8 +66,249 @@ def version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+# ---- commands (each an importable function; make_app registers them) ------------------------------------
+
+
+def main_options(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details on stderr.")] = False,
+) -> None:
+    """Options of every command: --version, --verbose (log lines on stderr)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(VisibleFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+
+
+def scan_command(
+    target: Annotated[str, typer.Argument(help="repo id[@rev], hf://..., folder, file.safetensors, canary:NAME")],
+    reference: Annotated[str | None, typer.Option(help="The clean base model (any TARGET form).")] = None,
+    reference_free: Annotated[bool, typer.Option("--reference-free",
+                                                 help="Scan without a reference (weaker).")] = False,
+    revision: Revision = None,
+    component: Component = None,
+    config: ConfigOpt = None,
+    offline: Offline = False,
+    allow_pickle: AllowPickle = False,
+    seed: Annotated[int, typer.Option(help="Random seed of the search.")] = DEFAULT_SEED,
+    device: Device = "cpu",
+    out: Annotated[Path | None, typer.Option(help="New folder for report.json and evidence.")] = None,
+    policy: Annotated[Path | None, typer.Option(help="Policy YAML with thresholds (default: bundled).")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="text, json or md (on stdout).")] = "text",
+    plugins: Annotated[str | None, typer.Option(help="Run only these installed plugins (comma list).")] = None,
+    no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Built-in checks only.")] = False,
+    exit_zero: Annotated[bool, typer.Option("--exit-zero",
+                                            help="Exit 0 whatever the verdict (report-only jobs).")] = False,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Scan even if an identical scan is cached.")] = False,
+    plugin_option: Annotated[list[str] | None, typer.Option(
+        "--plugin-option", help="KEY=VALUE for plugins, e.g. diffusers.pipeline=PATH (repeatable).")] = None,
+    cached_only: Annotated[bool, typer.Option("--cached-only",
+                                              help="Never scan: exit 2 unless a cached scan exists.")] = False,
+    checks: Checks = None,
+) -> None:
+    """Scan TARGET's text encoders for a textual backdoor; exit 0 clean, 1 backdoored, 2 error/inconclusive.
+
+    Reports go into a new folder (--out, or amdet-audit-TARGET-TIME): existing files are never overwritten.
+    """
+    from amdet_audit import api
+    from amdet_audit.progress import stderr_progress
+
+    check_format(output_format, ("text", "json", "md"))
+    if reference and reference_free:
+        fail("--reference and --reference-free contradict each other")
+    if plugins is not None and no_plugins:
+        fail("--plugins and --no-plugins contradict each other")
+    if no_cache and cached_only:
+        fail("--no-cache and --cached-only contradict each other")
+    selected = split_list(plugins)
+    if checks is not None and not split_list(checks):
+        fail("--checks takes a comma list of check ids, e.g. serialization,remote-code,tokenizer")
+    pairs = [o.partition("=") for o in plugin_option or []]
+    if any(not key or not eq for key, eq, _ in pairs):
+        fail("--plugin-option takes KEY=VALUE")
+    sources = api.SourceOptions(revision=revision, component=component, config=config,
+                                offline=offline or None, allow_pickle=allow_pickle)
+    from amdet_audit.audit.policy import load_policy
+
+    options = api.ScanOptions(reference=reference, reference_free=reference_free, device=device, out=out,
+                              seed=seed, policy=load_policy(policy), plugins=selected,
+                              third_party_plugins=not no_plugins, use_cache=not no_cache,
+                              plugin_options={key: value for key, _, value in pairs},
+                              cached_only=cached_only, argv=sys.argv[1:], checks=split_list(checks))
+    report = api.scan(target, sources=sources, options=options, progress=stderr_progress("scan"))
+    if output_format == "json":
+        from amdet_audit.report.escaping import json_text
+
+        typer.echo(json_text(report.to_dict()))
+    elif output_format == "md":
+        from amdet_audit.report.markdown import render_markdown
+
+        typer.echo(render_markdown(report.to_dict()))
+    else:
+        from amdet_audit.cli.console import print_report
+
+        print_report(report)
+    if report.exit_code == int(ExitCode.ERROR):
+        say_incomplete(report.verdict["reasons"])
+    raise typer.Exit(0 if exit_zero else report.exit_code)
+
+
+def verify_command(
+    paths: Annotated[list[Path] | None, typer.Argument(help="Model folders or files in them (as pre-commit "
+                                                            "passes them).")] = None,
+    scan_missing: Annotated[bool, typer.Option("--scan", help="Scan targets that have no cached scan (slow); "
+                                               "default: a missing scan fails (exit 2).")] = False,
+    policy: Annotated[Path | None, typer.Option(help="Policy YAML (default: bundled).")] = None,
+    reports: Annotated[Path | None, typer.Option(help="Keep each report in a new folder under this one.")] = None,
+    reference: Annotated[str | None, typer.Option(help="The clean base model (any TARGET form).")] = None,
+    reference_free: Annotated[bool, typer.Option("--reference-free", help="Scan without a reference.")] = False,
+    device: Device = "cpu",
+    checks: Checks = None,
+) -> None:
+    """Gate model files on their audit: one line per model; exit 0 all pass, 1 any fails, 2 any unknown."""
+    import tempfile
+
+    from amdet_audit import api
+    from amdet_audit.audit.policy import load_policy
+    from amdet_audit.cli.verify import audit_each, gate_exit_code, targets_of, unusable_path
+    from amdet_audit.report.escaping import visible
+
+    problem = unusable_path(paths or [])
+    if problem is not None:
+        fail(problem)
+    targets = targets_of(paths or [])
+    if not targets:
+        typer.echo("amdet-audit verify: no model files among the given paths")
+        raise typer.Exit(0)
+    loaded = load_policy(policy)
+    codes = []
+    with tempfile.TemporaryDirectory(prefix="amdet-audit-verify-") as scratch:
+        root = reports or Path(scratch)
+        if reports is not None and reports.exists() and not reports.is_dir():
+            fail(f"--reports {reports} is not a folder")
+
+        def options_for(i: int, target: str) -> api.ScanOptions:
+            return api.ScanOptions(reference=reference, reference_free=reference_free, device=device,
+                                   out=root / f"{i:03d}-{Path(target).name}", policy=loaded,
+                                   cached_only=not scan_missing, argv=["scan", target], checks=split_list(checks))
+
+        for outcome in audit_each([str(t) for t in targets], options_for):
+            codes.append(outcome.exit_code)
+            if outcome.report is None:
+                typer.echo(visible(f"{outcome.target}: error: {outcome.error}"))
+                continue
+            verdict = outcome.report.verdict
+            cached = " (cached)" if outcome.report.run["cache"]["hit"] else ""
+            reason = f": {verdict['reasons'][0]}" if verdict["exit_code"] else ""
+            typer.echo(visible(f"{outcome.target}: {verdict['label']}{cached}{reason}"))
+    raise typer.Exit(gate_exit_code(codes))
+
+
+def inspect_command(
+    target: Annotated[str, typer.Argument(help="repo id[@rev], hf://..., folder, file.safetensors, canary:NAME")],
+    revision: Revision = None,
+    component: Component = None,
+    config: ConfigOpt = None,
+    offline: Offline = False,
+    allow_pickle: AllowPickle = False,
+    output_format: Format = "text",
+    device: Device = "cpu",
+) -> None:
+    """Resolve, load and describe TARGET's text encoders (files, digests, architecture) without scanning."""
+    from amdet_audit import api
+
+    check_format(output_format)
+    sources = api.SourceOptions(revision=revision, component=component, config=config,
+                                offline=offline or None, allow_pickle=allow_pickle)
+    description = api.describe(target, sources=sources, device=device)
+    if output_format == "json":
+        from amdet_audit.report.escaping import json_text, strict_json
+
+        typer.echo(json_text(strict_json(description.to_dict())[0]))
+    else:
+        from amdet_audit.cli.console import print_description
+
+        print_description(description)
+
+
+def report_command(
+    report_file: Annotated[Path, typer.Argument(help="A report.json written by amdet-audit scan.")],
+    output_format: Annotated[str, typer.Option("--format", help="html, sarif, md or json.")] = "html",
+    out: Annotated[Path | None, typer.Option(help="New file to write (default: stdout); never an existing "
+                                                  "file or symlink.")] = None,
+) -> None:
+    """Render an existing report.json again (HTML, SARIF, Markdown) without rescanning."""
+    from amdet_audit.outputs import describe_existing, write_new
+    from amdet_audit.report.render import load_report, render
+
+    check_format(output_format, ("html", "sarif", "md", "json"))
+    if out is not None and (out.exists() or out.is_symlink()):
+        fail(f"--out {out} already exists ({describe_existing(out)}); reports never overwrite")
+    text = render(load_report(report_file), output_format, folder=report_file.parent)
+    if out is None:
+        typer.echo(text)
+    else:
+        write_new(out, text)
+
+
+def policy_validate(path: Annotated[Path, typer.Argument(help="Policy YAML file.")]) -> None:
+    """Check a policy file; an invalid one exits 2 naming the key and line."""
+    from datetime import datetime, timezone
+
+    from amdet_audit.audit.policy import load_policy
+
+    policy = load_policy(path)
+    today = datetime.now(timezone.utc).date()
+    expired = [w for w in policy.waivers if w.expired(today)]
+    note = f" ({len(policy.waivers)} waivers, {len(expired)} expired)" if policy.waivers else ""
+    typer.echo(f"{path}: valid{note}")
+    for w in expired:
+        typer.echo(f"{path}:{w.line}: waiver expired on {w.expires.isoformat()}: its finding fails again",
+                   err=True)
+
+
+def policy_show(
+    path: Annotated[Path | None, typer.Argument(help="Policy YAML (default: bundled).")] = None,
+) -> None:
+    """Print the effective policy, defaults filled in (the bundled default when no file is given)."""
+    import yaml
+
+    from amdet_audit.audit.policy import effective_policy, load_policy
+
+    typer.echo(yaml.safe_dump(effective_policy(load_policy(path)), sort_keys=False, allow_unicode=True))
+
+
+def policy_init(
+    path: Annotated[Path, typer.Argument(help="New policy file to write.")],
+    strict: Annotated[bool, typer.Option("--strict", help="Start from the strict policy.")] = False,
+) -> None:
+    """Write a copy of the bundled default (or strict) policy to a new file, to edit."""
+    from amdet_audit.outputs import describe_existing, write_new
+    from amdet_audit.resources import bundled
+
+    if path.exists() or path.is_symlink():
+        fail(f"{path} already exists ({describe_existing(path)}); policy init never overwrites")
+    write_new(path, (bundled("policies") / ("strict.yaml" if strict else "default.yaml")).read_text("utf-8"))
+    typer.echo(f"wrote {path}")
+
+
+def plugins_list(output_format: Format = "text") -> None:
+    """Show the plugins (built-in and from the entry-point group amdet_audit), versions and checks."""
+    from dataclasses import asdict
+
+    from amdet_audit.plugins import make_manager, plugin_infos
+
+    check_format(output_format)
+    infos = plugin_infos(make_manager())
+    if output_format == "json":
+        typer.echo(json.dumps([asdict(i) for i in infos], indent=2))
+        return
+    for info in infos:
+        typer.echo(f"{info.name}  {info.distribution} {info.version}  checks: {', '.join(info.checks) or '-'}")
+
+
 def make_app() -> typer.Typer:
-    """Build the Typer application (a factory, so tests get a fresh app)."""
+    """Build the Typer application from the command functions above (a factory, so tests get a fresh app)."""
     app = typer.Typer(
         name="amdet-audit",
         help="Audit text encoders (CLIP, SD, SDXL...) for textual backdoors before you deploy them.",
@@ -75,254 +316,20 @@ def make_app() -> typer.Typer:
         pretty_exceptions_show_locals=False,
         rich_markup_mode=None,
     )
-
-    @app.callback()
-    def main_options(
-        version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
-                                              help="Show the version and exit.")] = False,
-        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details on stderr.")] = False,
-    ) -> None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(VisibleFormatter("%(levelname)s %(name)s: %(message)s"))
-        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
-
-    @app.command()
-    def scan(
-        target: Annotated[str, typer.Argument(help="repo id[@rev], hf://..., folder, file.safetensors, canary:NAME")],
-        reference: Annotated[str | None, typer.Option(help="The clean base model (any TARGET form).")] = None,
-        reference_free: Annotated[bool, typer.Option("--reference-free",
-                                                     help="Scan without a reference (weaker).")] = False,
-        revision: Revision = None,
-        component: Component = None,
-        config: ConfigOpt = None,
-        offline: Offline = False,
-        allow_pickle: AllowPickle = False,
-        seed: Annotated[int, typer.Option(help="Random seed of the search.")] = DEFAULT_SEED,
-        device: Device = "cpu",
-        out: Annotated[Path | None, typer.Option(help="New folder for report.json and evidence.")] = None,
-        policy: Annotated[Path | None, typer.Option(help="Policy YAML with thresholds (default: bundled).")] = None,
-        output_format: Annotated[str, typer.Option("--format", help="text, json or md (on stdout).")] = "text",
-        plugins: Annotated[str | None, typer.Option(help="Run only these installed plugins (comma list).")] = None,
-        no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Built-in checks only.")] = False,
-        exit_zero: Annotated[bool, typer.Option("--exit-zero",
-                                                help="Exit 0 whatever the verdict (report-only jobs).")] = False,
-        no_cache: Annotated[bool, typer.Option("--no-cache", help="Scan even if an identical scan is cached.")] = False,
-        plugin_option: Annotated[list[str] | None, typer.Option(
-            "--plugin-option", help="KEY=VALUE for plugins, e.g. diffusers.pipeline=PATH (repeatable).")] = None,
-        cached_only: Annotated[bool, typer.Option("--cached-only",
-                                                  help="Never scan: exit 2 unless a cached scan exists.")] = False,
-        checks: Checks = None,
-    ) -> None:
-        """Scan TARGET's text encoders for a textual backdoor; exit 0 clean, 1 backdoored, 2 error/inconclusive.
-
-        Reports go into a new folder (--out, or amdet-audit-TARGET-TIME): existing files are never overwritten.
-        """
-        from amdet_audit import api
-        from amdet_audit.progress import stderr_progress
-
-        check_format(output_format, ("text", "json", "md"))
-        if reference and reference_free:
-            fail("--reference and --reference-free contradict each other")
-        if plugins is not None and no_plugins:
-            fail("--plugins and --no-plugins contradict each other")
-        if no_cache and cached_only:
-            fail("--no-cache and --cached-only contradict each other")
-        selected = split_list(plugins)
-        if checks is not None and not split_list(checks):
-            fail("--checks takes a comma list of check ids, e.g. serialization,remote-code,tokenizer")
-        pairs = [o.partition("=") for o in plugin_option or []]
-        if any(not key or not eq for key, eq, _ in pairs):
-            fail("--plugin-option takes KEY=VALUE")
-        sources = api.SourceOptions(revision=revision, component=component, config=config,
-                                    offline=offline or None, allow_pickle=allow_pickle)
-        from amdet_audit.audit.policy import load_policy
-
-        options = api.ScanOptions(reference=reference, reference_free=reference_free, device=device, out=out,
-                                  seed=seed, policy=load_policy(policy), plugins=selected,
-                                  third_party_plugins=not no_plugins, use_cache=not no_cache,
-                                  plugin_options={key: value for key, _, value in pairs},
-                                  cached_only=cached_only, argv=sys.argv[1:], checks=split_list(checks))
-        report = api.scan(target, sources=sources, options=options, progress=stderr_progress("scan"))
-        if output_format == "json":
-            from amdet_audit.report.escaping import json_text
-
-            typer.echo(json_text(report.to_dict()))
-        elif output_format == "md":
-            from amdet_audit.report.markdown import render_markdown
-
-            typer.echo(render_markdown(report.to_dict()))
-        else:
-            from amdet_audit.cli.console import print_report
-
-            print_report(report)
-        if report.exit_code == int(ExitCode.ERROR):
-            say_incomplete(report.verdict["reasons"])
-        raise typer.Exit(0 if exit_zero else report.exit_code)
-
-    @app.command()
-    def verify(
-        paths: Annotated[list[Path] | None, typer.Argument(help="Model folders or files in them (as pre-commit "
-                                                                "passes them).")] = None,
-        scan_missing: Annotated[bool, typer.Option("--scan", help="Scan targets that have no cached scan (slow); "
-                                                   "default: a missing scan fails (exit 2).")] = False,
-        policy: Annotated[Path | None, typer.Option(help="Policy YAML (default: bundled).")] = None,
-        reports: Annotated[Path | None, typer.Option(help="Keep each report in a new folder under this one.")] = None,
-        reference: Annotated[str | None, typer.Option(help="The clean base model (any TARGET form).")] = None,
-        reference_free: Annotated[bool, typer.Option("--reference-free", help="Scan without a reference.")] = False,
-        device: Device = "cpu",
-        checks: Checks = None,
-    ) -> None:
-        """Gate model files on their audit: one line per model; exit 0 all pass, 1 any fails, 2 any unknown."""
-        import tempfile
-
-        from amdet_audit import api
-        from amdet_audit.audit.policy import load_policy
-        from amdet_audit.cli.verify import gate_exit_code, targets_of, unusable_path
-        from amdet_audit.report.escaping import visible
-
-        problem = unusable_path(paths or [])
-        if problem is not None:
-            fail(problem)
-        targets = targets_of(paths or [])
-        if not targets:
-            typer.echo("amdet-audit verify: no model files among the given paths")
-            raise typer.Exit(0)
-        loaded = load_policy(policy)
-        codes = []
-        with tempfile.TemporaryDirectory(prefix="amdet-audit-verify-") as scratch:
-            root = reports or Path(scratch)
-            if reports is not None and reports.exists() and not reports.is_dir():
-                fail(f"--reports {reports} is not a folder")
-            for i, target in enumerate(targets):
-                options = api.ScanOptions(reference=reference, reference_free=reference_free, device=device,
-                                          out=root / f"{i:03d}-{target.name}", policy=loaded,
-                                          cached_only=not scan_missing, argv=["scan", str(target)],
-                                          checks=split_list(checks))
-                try:
-                    report = api.scan(str(target), options=options)
-                except AmdetError as err:
-                    typer.echo(visible(f"{target}: error: {err}"))
-                    codes.append(err.exit_code)
-                    continue
-                verdict = report.verdict
-                cached = " (cached)" if report.run["cache"]["hit"] else ""
-                reason = f": {verdict['reasons'][0]}" if verdict["exit_code"] else ""
-                typer.echo(visible(f"{target}: {verdict['label']}{cached}{reason}"))
-                codes.append(report.exit_code)
-        raise typer.Exit(gate_exit_code(codes))
-
-    @app.command()
-    def inspect(
-        target: Annotated[str, typer.Argument(help="repo id[@rev], hf://..., folder, file.safetensors, canary:NAME")],
-        revision: Revision = None,
-        component: Component = None,
-        config: ConfigOpt = None,
-        offline: Offline = False,
-        allow_pickle: AllowPickle = False,
-        output_format: Format = "text",
-        device: Device = "cpu",
-    ) -> None:
-        """Resolve, load and describe TARGET's text encoders (files, digests, architecture) without scanning."""
-        from amdet_audit import api
-
-        check_format(output_format)
-        sources = api.SourceOptions(revision=revision, component=component, config=config,
-                                    offline=offline or None, allow_pickle=allow_pickle)
-        description = api.describe(target, sources=sources, device=device)
-        if output_format == "json":
-            from amdet_audit.report.escaping import json_text, strict_json
-
-            typer.echo(json_text(strict_json(description.to_dict())[0]))
-        else:
-            from amdet_audit.cli.console import print_description
-
-            print_description(description)
-
-    @app.command("report")
-    def report_command(
-        report_file: Annotated[Path, typer.Argument(help="A report.json written by amdet-audit scan.")],
-        output_format: Annotated[str, typer.Option("--format", help="html, sarif, md or json.")] = "html",
-        out: Annotated[Path | None, typer.Option(help="New file to write (default: stdout); never an existing "
-                                                      "file or symlink.")] = None,
-    ) -> None:
-        """Render an existing report.json again (HTML, SARIF, Markdown) without rescanning."""
-        from amdet_audit.outputs import describe_existing, write_new
-        from amdet_audit.report.render import load_report, render
-
-        check_format(output_format, ("html", "sarif", "md", "json"))
-        if out is not None and (out.exists() or out.is_symlink()):
-            fail(f"--out {out} already exists ({describe_existing(out)}); reports never overwrite")
-        text = render(load_report(report_file), output_format, folder=report_file.parent)
-        if out is None:
-            typer.echo(text)
-        else:
-            write_new(out, text)
-
+    app.callback()(main_options)
+    app.command("scan")(scan_command)
+    app.command("verify")(verify_command)
+    app.command("inspect")(inspect_command)
+    app.command("report")(report_command)
     policy_app = typer.Typer(help="Policies: what fails an audit (thresholds, severities, waivers) in YAML.",
                              no_args_is_help=True)
-
-    @policy_app.command("validate")
-    def policy_validate(path: Annotated[Path, typer.Argument(help="Policy YAML file.")]) -> None:
-        """Check a policy file; an invalid one exits 2 naming the key and line."""
-        from datetime import datetime, timezone
-
-        from amdet_audit.audit.policy import load_policy
-
-        policy = load_policy(path)
-        today = datetime.now(timezone.utc).date()
-        expired = [w for w in policy.waivers if w.expired(today)]
-        note = f" ({len(policy.waivers)} waivers, {len(expired)} expired)" if policy.waivers else ""
-        typer.echo(f"{path}: valid{note}")
-        for w in expired:
-            typer.echo(f"{path}:{w.line}: waiver expired on {w.expires.isoformat()}: its finding fails again",
-                       err=True)
-
-    @policy_app.command("show")
-    def policy_show(
-        path: Annotated[Path | None, typer.Argument(help="Policy YAML (default: bundled).")] = None,
-    ) -> None:
-        """Print the effective policy, defaults filled in (the bundled default when no file is given)."""
-        import yaml
-
-        from amdet_audit.audit.policy import effective_policy, load_policy
-
-        typer.echo(yaml.safe_dump(effective_policy(load_policy(path)), sort_keys=False, allow_unicode=True))
-
-    @policy_app.command("init")
-    def policy_init(
-        path: Annotated[Path, typer.Argument(help="New policy file to write.")],
-        strict: Annotated[bool, typer.Option("--strict", help="Start from the strict policy.")] = False,
-    ) -> None:
-        """Write a copy of the bundled default (or strict) policy to a new file, to edit."""
-        from amdet_audit.outputs import describe_existing, write_new
-        from amdet_audit.resources import bundled
-
-        if path.exists() or path.is_symlink():
-            fail(f"{path} already exists ({describe_existing(path)}); policy init never overwrites")
-        write_new(path, (bundled("policies") / ("strict.yaml" if strict else "default.yaml")).read_text("utf-8"))
-        typer.echo(f"wrote {path}")
-
+    policy_app.command("validate")(policy_validate)
+    policy_app.command("show")(policy_show)
+    policy_app.command("init")(policy_init)
     app.add_typer(policy_app, name="policy")
-
     plugins_app = typer.Typer(help="Plugins: built-in and installed checks.", no_args_is_help=True)
-
-    @plugins_app.command("list")
-    def plugins_list(output_format: Format = "text") -> None:
-        """Show the plugins (built-in and from the entry-point group amdet_audit), versions and checks."""
-        from dataclasses import asdict
-
-        from amdet_audit.plugins import make_manager, plugin_infos
-
-        check_format(output_format)
-        infos = plugin_infos(make_manager())
-        if output_format == "json":
-            typer.echo(json.dumps([asdict(i) for i in infos], indent=2))
-            return
-        for info in infos:
-            typer.echo(f"{info.name}  {info.distribution} {info.version}  checks: {', '.join(info.checks) or '-'}")
-
+    plugins_app.command("list")(plugins_list)
     app.add_typer(plugins_app, name="plugins")
-
     from amdet_audit.cli.lab import make_lab_app
 
     app.add_typer(make_lab_app(), name="lab")

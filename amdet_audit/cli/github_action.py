@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from amdet_audit.cli.verify import gate_exit_code
+from amdet_audit.cli.verify import audit_each, gate_exit_code
 from amdet_audit.errors import AmdetError
 from amdet_audit.exit_codes import ExitCode
 from amdet_audit.outputs import OutputError, make_new_dir, write_new
@@ -60,19 +60,28 @@ def run(env: dict[str, str]) -> int:
     root = Path(env.get("AMDET_OUT") or "amdet-audit-reports")
     root.mkdir(parents=True, exist_ok=True)
     out = Path(tempfile.mkdtemp(prefix="run-", dir=root))  # a new folder per invocation: nothing is overwritten
+    reference = env.get("AMDET_REFERENCE") or None
+
+    def folder_of(i: int, target: str) -> Path:
+        return out / f"{i:02d}-{''.join(c if c.isalnum() or c in '-_.' else '-' for c in target)[:60]}"
+
+    def options_for(i: int, target: str) -> api.ScanOptions:
+        return api.ScanOptions(reference=None if reference == "none" else reference,
+                               reference_free=reference == "none", device=env.get("AMDET_DEVICE") or "cpu",
+                               out=folder_of(i, target), policy=policy, argv=["scan", target])
+
     codes, labels, summaries = [], [], []
-    for i, target in enumerate(targets):
-        folder = out / f"{i:02d}-{''.join(c if c.isalnum() or c in '-_.' else '-' for c in target)[:60]}"
-        reference = env.get("AMDET_REFERENCE") or None
-        options = api.ScanOptions(reference=None if reference == "none" else reference,
-                                  reference_free=reference == "none", device=env.get("AMDET_DEVICE") or "cpu",
-                                  out=folder, policy=policy, argv=["scan", target])
-        code, label = scan_one(target, options)
-        codes.append(code)
-        labels.append(label)
+    for i, outcome in enumerate(audit_each(targets, options_for)):
+        folder = folder_of(i, outcome.target)
+        if outcome.error is not None:
+            record_error(outcome.target, outcome.error, folder)
+        else:
+            print(visible(f"{outcome.target}: {outcome.label} (exit {outcome.exit_code})"))
+        codes.append(outcome.exit_code)
+        labels.append(outcome.label)
         md = folder / "report.md"
         summaries.append(md.read_text(encoding="utf-8") if md.is_file()
-                         else f"## amdet-audit: {markdown(target)}: {label}\n")
+                         else f"## amdet-audit: {markdown(outcome.target)}: {outcome.label}\n")
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
         with open(summary, "a", encoding="utf-8") as handle:
@@ -83,25 +92,17 @@ def run(env: dict[str, str]) -> int:
     return ExitCode.PASS if fail_on == "never" or env.get("AMDET_EXIT_ZERO") == "1" else code
 
 
-def scan_one(target: str, options) -> tuple[int, str]:
-    """Scan one target; return (exit code, verdict label). An error is recorded as error.json in its folder."""
+def record_error(target: str, err: AmdetError, folder: Path) -> None:
+    """Say why ``target`` could not be audited, on stderr and as error.json in its report folder."""
     import json
 
-    from amdet_audit import api
-
+    print(visible(f"{target}: error: {err}"), file=sys.stderr)
     try:
-        report = api.scan(target, options=options)
-    except AmdetError as err:
-        print(visible(f"{target}: error: {err}"), file=sys.stderr)
-        try:
-            if not options.out.exists():
-                make_new_dir(options.out)
-            write_new(options.out / "error.json", json.dumps({"target": target, "error": str(err)}))
-        except OutputError as exc:
-            print(visible(f"{target}: error.json not written: {exc}"), file=sys.stderr)
-        return int(ExitCode.ERROR), "inconclusive"
-    print(visible(f"{target}: {report.verdict['label']} (exit {report.exit_code})"))
-    return report.exit_code, report.verdict["label"]
+        if not folder.exists():
+            make_new_dir(folder)
+        write_new(folder / "error.json", json.dumps({"target": target, "error": str(err)}))
+    except OutputError as exc:
+        print(visible(f"{target}: error.json not written: {exc}"), file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,18 @@
-"""``amdet-audit verify``: map changed files to the model folders they belong to, and combine exit codes."""
+"""Gating many targets (``amdet-audit verify``, the GitHub Action): map changed files to the model folders they
+belong to, audit each in turn, and combine the exit codes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from amdet_audit.errors import AmdetError
+
+if TYPE_CHECKING:
+    from amdet_audit.api import ScanOptions
+    from amdet_audit.report.model import AuditReport
 
 #: files a consumer may unpickle (torch.load, pickle, joblib, numpy with allow_pickle) or run (custom model code)
 RISKY_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".npy", ".npz", ".dat", ".data",
@@ -100,3 +110,28 @@ def targets_of(paths: list[Path]) -> list[Path]:
 def gate_exit_code(codes: list[int]) -> int:
     """A failure (1) outranks could-not-complete (2); all passes give 0."""
     return 1 if 1 in codes else max(codes, default=0)
+
+
+@dataclass
+class Outcome:
+    """One target's audit in a batch: exit code and verdict label, with the report, or the error that stopped it."""
+
+    target: str
+    exit_code: int
+    label: str
+    report: AuditReport | None = None
+    error: AmdetError | None = None
+
+
+def audit_each(targets: Sequence[str], options_for: Callable[[int, str], ScanOptions]) -> Iterator[Outcome]:
+    """Audit every target in turn with ``options_for(index, target)``; a target that cannot be audited is an
+    error outcome (its exit code, label inconclusive) and the others still run."""
+    from amdet_audit import api
+
+    for i, target in enumerate(targets):
+        try:
+            report = api.scan(target, options=options_for(i, target))
+        except AmdetError as err:
+            yield Outcome(target, err.exit_code, "inconclusive", error=err)
+            continue
+        yield Outcome(target, report.exit_code, report.verdict["label"], report=report)
