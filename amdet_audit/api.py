@@ -47,19 +47,24 @@ class TargetDescription:
         return {"target": self.target.to_dict(), "encoders": self.components}
 
 
-def describe(target: str, *, sources: SourceOptions | None = None, device: str = "cpu") -> TargetDescription:
-    """Resolve ``target``, load every text-encoder component, and describe what was found.
+def describe(target: str, *, sources: SourceOptions | None = None, device: str = "cpu", consumer: str | None = None,
+             read_layer: int | None = None) -> TargetDescription:
+    """Resolve ``target``, load every text-encoder component, and describe what was found, each component read
+    as ``consumer`` reads it (None: as the pipeline's class says; see :mod:`amdet_audit.encoders.consumers`).
 
     Raises:
         AmdetError: for any target that cannot be resolved or loaded (see amdet_audit.errors).
     """
     from amdet_audit.encoders import load_component
+    from amdet_audit.encoders.consumers import consumer_for
 
     resolved = (sources or SourceOptions()).resolve(target)
+    reader = consumer_for(consumer, resolved.pipeline_class)
     description = TargetDescription(target=resolved)
     for comp in resolved.components:
-        adapter = load_component(comp, device=device)
-        description.components[comp.name] = adapter.describe()
+        read = reader.read(comp.name, read_layer)
+        adapter = load_component(comp, device=device, read_layer=read.layer, read_norm=read.final_norm)
+        description.components[comp.name] = {**adapter.describe(), "consumer": reader.to_dict(comp.name, read_layer)}
     return description
 
 
@@ -80,6 +85,8 @@ class ScanOptions:
     use_cache: bool = True  # reuse a cached scan of identical files under the same thresholds (see amdet_audit.cache)
     cached_only: bool = False  # never scan: a target without a cached scan is an error (fast offline gates)
     checks: list[str] | None = None  # run only these check ids ("assimilation" is the scan); also the required set
+    consumer: str | None = None  # sd1, sd2, sdxl, sd3, clip; None: from the pipeline's class (encoders.consumers)
+    read_layer: int | None = None  # clip skip: read hidden_states[read_layer] (negative); None: the consumer's
     argv: list[str] = field(default_factory=list)
 
     @property

@@ -109,7 +109,8 @@ def scan_key(target: dict[str, Any], options: ScanOptions, device: str) -> str:
              "components": sorted(c["name"] for c in target.get("components", [])),
              "thresholds": asdict(options.policy.thresholds), "seed": options.search_seed,
              "device": device.split(":")[0], "reference": options.reference,
-             "reference_free": options.reference_free, "config": config}
+             "reference_free": options.reference_free, "config": config, "consumer": options.consumer,
+             "read_layer": options.read_layer}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

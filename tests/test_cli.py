@@ -54,7 +54,8 @@ def test_inspect_describes_both_pipeline_encoders_as_a_table(run_cli, tiny_pipel
     result = run_cli("inspect", tiny_pipeline)
     assert result.exit_code == 0, result.stderr
     assert "text_encoder_2" in result.stdout and "CLIPTextModelWithProjection" in result.stdout
-    assert "hidden[-2]" not in result.stdout  # both read the last layer unless told otherwise
+    assert result.stdout.count("hidden[-2]") == 2  # an SDXL pipeline feeds its UNet hidden_states[-2] of both
+    assert "consumer sdxl: Stable Diffusion XL" in result.stdout
 
 
 def test_nonexistent_path(run_cli, tmp_path: Path) -> None:

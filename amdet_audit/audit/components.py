@@ -109,15 +109,19 @@ def scan_component(resolved: ResolvedTarget, name: str, sources: SourceOptions, 
                    folder: Path, progress: ProgressCallback | None, new_folder: bool = False) -> ComponentScan:
     """Scan one component; return its report entry, the reference record and the resolved reference."""
     from amdet_audit.encoders import load_component
+    from amdet_audit.encoders.consumers import consumer_for
     from amdet_audit.scan.config import ScanConfig
     from amdet_audit.scan.run import run_scan
 
-    suspect = load_component(resolved.component(name), device=device)
+    consumer = consumer_for(options.consumer, resolved.pipeline_class)
+    read = consumer.read(name, options.read_layer)
+    suspect = load_component(resolved.component(name), device=device, read_layer=read.layer, read_norm=read.final_norm)
     seed = options.search_seed
     config = replace(options.config, seed=seed) if options.config else ScanConfig.for_model(suspect, device, seed=seed)
     if options.policy is not None:
         config = replace(config, thresholds=options.policy.thresholds)
-    entry: dict[str, Any] = {"name": name, "encoder": suspect.describe()}
+    entry: dict[str, Any] = {"name": name, "encoder": suspect.describe(),
+                             "consumer": consumer.to_dict(name, options.read_layer)}
     ref_target, ref_name, how = pick_reference(suspect, name, options, sources)
     reference = baseline = ref_record = None
     if ref_target is not None and ref_name is not None:
@@ -127,7 +131,8 @@ def scan_component(resolved: ResolvedTarget, name: str, sources: SourceOptions, 
         if ref_digest == weights_digest(resolved, name):
             ref_record["note"] = "the target is the reference itself: scanned reference-free"
         else:
-            reference = load_component(ref_target.component(ref_name), device=device)
+            reference = load_component(ref_target.component(ref_name), device=device, read_layer=read.layer,
+                                       read_norm=read.final_norm)  # read as the suspect is read
             baseline = cached_baseline(reference, ref_digest, config, progress)
     result = run_scan(suspect, reference, config=config, reference_baseline=baseline, progress=progress)
     entry["scan"] = result.to_dict()

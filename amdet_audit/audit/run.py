@@ -66,6 +66,10 @@ def scan_target(target: str, sources: SourceOptions, options: ScanOptions,
         options = replace(options, policy=load_policy())
     manager = make_manager(options.plugins, third_party=options.third_party_plugins)
     options, scan_selected = check_selection(options, manager)
+    if scan_selected:
+        from amdet_audit.encoders.consumers import consumer_for
+
+        consumer_for(options.consumer, None).read("*", options.read_layer)  # a bad --consumer or layer: exit 2 now
     device = resolve_device(options.device) if scan_selected else "none (file checks only)"
     out, created = output_folder(options.out, target)
     try:

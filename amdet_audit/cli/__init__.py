@@ -28,6 +28,12 @@ Offline = Annotated[bool, typer.Option("--offline", help="Use the local hub cach
 AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Accept pickle weights (they can run code).")]
 Format = Annotated[str, typer.Option("--format", help="text (a table) or json (on stdout).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+ConsumerOpt = Annotated[str | None, typer.Option(
+    "--consumer", help="Who reads the encoder: sd1, sd2, sdxl, sd3 or clip (default: from model_index.json's "
+    "pipeline class, else clip). Decides the layer scanned: SDXL and SD3 feed hidden_states[-2].")]
+ReadLayer = Annotated[int | None, typer.Option(
+    "--read-layer", help="Clip skip: read hidden_states[N] (N negative; -2 is 'clip skip 2' of the web UIs). "
+    "SD 1.x/2.x apply the final LayerNorm after it, SDXL and SD3 do not.")]
 
 
 Checks = Annotated[str | None, typer.Option(
@@ -105,6 +111,8 @@ def scan_command(
     cached_only: Annotated[bool, typer.Option("--cached-only",
                                               help="Never scan: exit 2 unless a cached scan exists.")] = False,
     checks: Checks = None,
+    consumer: ConsumerOpt = None,
+    read_layer: ReadLayer = None,
 ) -> None:
     """Scan TARGET's text encoders for a textual backdoor; exit 0 clean, 1 backdoored, 2 error/inconclusive.
 
@@ -134,7 +142,8 @@ def scan_command(
                               seed=seed, policy=load_policy(policy), plugins=selected,
                               third_party_plugins=not no_plugins, use_cache=not no_cache,
                               plugin_options={key: value for key, _, value in pairs},
-                              cached_only=cached_only, argv=sys.argv[1:], checks=split_list(checks))
+                              cached_only=cached_only, argv=sys.argv[1:], checks=split_list(checks),
+                              consumer=consumer, read_layer=read_layer)
     report = api.scan(target, sources=sources, options=options, progress=stderr_progress("scan"))
     if output_format == "json":
         from amdet_audit.report.escaping import json_text
@@ -213,14 +222,17 @@ def inspect_command(
     allow_pickle: AllowPickle = False,
     output_format: Format = "text",
     device: Device = "cpu",
+    consumer: ConsumerOpt = None,
+    read_layer: ReadLayer = None,
 ) -> None:
-    """Resolve, load and describe TARGET's text encoders (files, digests, architecture) without scanning."""
+    """Resolve, load and describe TARGET's text encoders (files, digests, architecture, what the consumer reads)
+    without scanning."""
     from amdet_audit import api
 
     check_format(output_format)
     sources = api.SourceOptions(revision=revision, component=component, config=config,
                                 offline=offline or None, allow_pickle=allow_pickle)
-    description = api.describe(target, sources=sources, device=device)
+    description = api.describe(target, sources=sources, device=device, consumer=consumer, read_layer=read_layer)
     if output_format == "json":
         from amdet_audit.report.escaping import json_text, strict_json
 

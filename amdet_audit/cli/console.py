@@ -53,11 +53,15 @@ def print_description(description: TargetDescription, console: Console | None = 
                       f"commit {esc(target.commit_sha)}")
     if target.pipeline_class:
         console.print(f"pipeline {esc(target.pipeline_class)}")
+    consumers = {(c.get("name"), c.get("description")) for c in
+                 ((info.get("consumer") or {}) for info in description.components.values()) if c}
+    for name, text in sorted(consumers, key=str):
+        console.print(f"consumer {esc(name)}: {esc(text)}")
     table = Table(title=None, show_edge=False)
     for column in ("component", "architecture", "width", "layers", "tokens", "pad", "reads", "params"):
         table.add_column(column)
     for name, info in description.components.items():
-        reads = "last+norm" if info.get("read_layer") == -1 else f"hidden[{info.get('read_layer')}]"
+        reads = (info.get("consumer") or {}).get("reads", "?")
         params = info.get("parameters")
         table.add_row(*(esc(v) for v in (name, info.get("architecture"), info.get("hidden_size"), info.get("layers"),
                                          info.get("max_length"), repr(info.get("pad_token")), reads,

@@ -148,9 +148,10 @@ def build(
     device: torch.device | str,
     dtype: torch.dtype | None,
     read_layer: int,
+    read_norm: bool | None = None,
 ) -> BertTextAdapter:
     """The BERT family builder: config, tokenizer, checked weights -> BertTextAdapter (pooler layer included
-    when the weights have one)."""
+    when the weights have one). ``read_norm`` does not apply: every BERT layer ends in its own LayerNorm."""
     from transformers import BertConfig, BertModel
 
     try:

@@ -86,14 +86,16 @@ def capture_output(module: nn.Module, store: list[torch.Tensor]) -> Iterator[Non
 class ClipTextAdapter(PaddedTokenizerMixin):
     """A frozen CLIP text tower the scan drives from token embeddings (see :mod:`amdet_audit.encoders.base`).
 
-    read_layer: -1 reads the last layer after the final LayerNorm (SD 1.x/2.x); -k (k >= 2) reads
-    ``hidden_states[-k]`` without the final LayerNorm (-2 is what SDXL and "clip skip 2" read).
+    read_layer: the consumer-read sequence is ``hidden_states[read_layer]`` (-1: the last layer); read_norm: with
+    the final LayerNorm applied to it (default: only for -1). SD 1.x/2.x read -1 with the norm, and apply it
+    after a clip skip too; SDXL and SD3 read -2 without it (see :mod:`amdet_audit.encoders.consumers`).
     """
 
     family = "clip"
     causal = True
 
-    def __init__(self, model: nn.Module, tokenizer: Any | None, *, read_layer: int = -1) -> None:
+    def __init__(self, model: nn.Module, tokenizer: Any | None, *, read_layer: int = -1,
+                 read_norm: bool | None = None) -> None:
         self.model = model.eval().requires_grad_(False)
         self._tower, self._projection = locate_parts(model)
         self.config = model.config
@@ -102,6 +104,7 @@ class ClipTextAdapter(PaddedTokenizerMixin):
         if not -(self.num_layers + 1) <= read_layer <= -1:
             raise ValueError(f"read_layer must be in -1..-{self.num_layers + 1}, got {read_layer}")
         self.read_layer = read_layer
+        self.read_norm = read_layer == -1 if read_norm is None else read_norm
         self.hidden_size = int(self.config.hidden_size)
         self.max_positions = int(self.config.max_position_embeddings)
         self.max_length = min(self.max_positions, int(getattr(tokenizer, "model_max_length", self.max_positions)))
@@ -162,10 +165,14 @@ class ClipTextAdapter(PaddedTokenizerMixin):
         mask = causal_mask(ids.shape[1], self.dtype, self.device, attention_mask)  # [B or 1, 1, T, T]
         pre_norm, read = self._encode(hidden, mask)
         last = self._tower.final_layer_norm(pre_norm)  # [B, T, D]
+        if read is None:
+            read = last if self.read_norm else pre_norm
+        elif self.read_norm:
+            read = self._tower.final_layer_norm(read)
         pooled = last[torch.arange(ids.shape[0], device=self.device), self.pool_positions(ids, k)]  # [B, D]
         if self._projection is not None:
             pooled = self._projection(pooled)  # [B, D] @ [D, P] -> [B, P]
-        return EncoderOutput(read=last if read is None else read, last=last, pooled=pooled)
+        return EncoderOutput(read=read, last=last, pooled=pooled)
 
     __call__ = forward
 
@@ -200,6 +207,7 @@ class ClipTextAdapter(PaddedTokenizerMixin):
             **self.common_facts(),
             "causal": True,
             "read_layer": self.read_layer,
+            "read_norm": self.read_norm,
             "pooling": "argmax_id" if self._pool_eos_id == LEGACY_EOS_ID else "first_eos",
             "projection_dim": None if self._projection is None else int(self._projection.out_features),
         }
@@ -275,6 +283,7 @@ def build(
     device: torch.device | str,
     dtype: torch.dtype | None,
     read_layer: int,
+    read_norm: bool | None = None,
 ) -> ClipTextAdapter:
     """The CLIP family builder: config, tokenizer, checked weights -> ClipTextAdapter."""
     import transformers
@@ -293,4 +302,4 @@ def build(
     model = build_on_meta(lambda: cls(text_config), component.config_path)
     state = match_tensors(model, tensors, canonical=canonical, ignorable=ignorable)
     model = load_strict(model, state).to(device=device, dtype=dtype or torch.float32)
-    return ClipTextAdapter(model, tokenizer, read_layer=read_layer)
+    return ClipTextAdapter(model, tokenizer, read_layer=read_layer, read_norm=read_norm)

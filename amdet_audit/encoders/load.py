@@ -18,12 +18,12 @@ import torch
 
 from amdet_audit.encoders import bert, clip
 from amdet_audit.encoders.base import Adapter
-from amdet_audit.errors import ConfigFileError, NotATextEncoderError
+from amdet_audit.errors import ConfigFileError, NotATextEncoderError, UsageError
 from amdet_audit.sources import safe_files
 from amdet_audit.sources.config_limits import check_config
 from amdet_audit.sources.model import Component
 
-FamilyBuilder = Callable[..., Adapter]  # (component, config, *, device, dtype, read_layer) -> Adapter
+FamilyBuilder = Callable[..., Adapter]  # (component, config, *, device, dtype, read_layer, read_norm) -> Adapter
 #: family -> its module: the module's MODEL_TYPES and ARCHITECTURES name its configs, its ``build`` loads one.
 #: A new family is one module beside clip.py and bert.py plus one entry here.
 FAMILIES = {"clip": clip, "bert": bert}
@@ -76,18 +76,26 @@ def load_component(
     device: torch.device | str = "cpu",
     dtype: torch.dtype | None = None,
     read_layer: int | None = None,
+    read_norm: bool | None = None,
 ) -> Adapter:
     """Load one text encoder component as a frozen Adapter.
 
-    dtype: None loads float32. read_layer: None means -1 (last layer + final norm); pass -2 for SDXL encoders.
+    dtype: None loads float32. read_layer, read_norm: the sequence the consumer reads, ``hidden_states[read_layer]``
+    with the final norm or not (None: -1, the last layer, with it); see :mod:`amdet_audit.encoders.consumers`.
+    A read layer the model does not have is a UsageError.
     """
     config = read_config(component.config_path)
     family = detect_family(config, f"{component.name} ({component.config_path})")
     builder = FAMILY_BUILDERS.get(family)
     if builder is None:
         raise NotATextEncoderError(f"{component.name}: no adapter for the {family!r} family yet")
-    return builder(component, config, device=device, dtype=dtype, read_layer=-1 if read_layer is None else read_layer)
+    layers = config.get("num_hidden_layers") or (config.get("text_config") or {}).get("num_hidden_layers")
+    if read_layer is not None and isinstance(layers, int) and not -(layers + 1) <= read_layer <= -1:
+        raise UsageError(f"{component.name}: read layer {read_layer} does not exist: the model has {layers} layers "
+                         f"(hidden_states -1..-{layers + 1})")
+    return builder(component, config, device=device, dtype=dtype, read_layer=-1 if read_layer is None else read_layer,
+                   read_norm=read_norm)
 
 
-#: family -> builder(component, config, *, device, dtype, read_layer)
+#: family -> builder(component, config, *, device, dtype, read_layer, read_norm)
 FAMILY_BUILDERS: dict[str, FamilyBuilder] = {name: module.build for name, module in FAMILIES.items()}

@@ -1,0 +1,91 @@
+"""Consumers: which outputs of a text encoder a pipeline feeds downstream, so that the scan scores those.
+
+A pipeline folder's ``model_index.json`` names its class (``_class_name``); ``--consumer`` overrides it. What
+each reads (diffusers 0.42 ``encode_prompt``, transformers' CLIP text models):
+
+| consumer | sequence the denoiser receives | pooled output used |
+|---|---|---|
+| ``clip`` (a lone encoder, retrieval) | last layer after the final LayerNorm | pooled (projected if it projects) |
+| ``sd1`` / ``sd2`` | last layer after the final LayerNorm (``last_hidden_state``) | none |
+| ``sdxl`` | ``hidden_states[-2]`` of both encoders, no final LayerNorm | text_encoder_2's projected pooled output |
+| ``sd3`` (its two CLIP encoders) | ``hidden_states[-2]`` of both, no final LayerNorm | both projected pooled outputs |
+
+Clip skip (``--read-layer N``, N negative, counted from the last layer as ``hidden_states[N]``): SD 1.x/2.x
+read ``hidden_states[N]`` and then apply the final LayerNorm (diffusers' ``clip_skip=c`` is N = -(c+1); the
+web UIs' "clip skip 2" is N = -2); SDXL and SD3 read ``hidden_states[N]`` without it (``clip_skip=c`` is
+N = -(c+2)). The scan's features always include the encoder's pooled output beside the sequence: a pooled
+output the pipeline ignores is scored all the same (a superset of what the consumer reads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from amdet_audit.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Read:
+    """The sequence a consumer reads from one encoder: ``hidden_states[layer]``, with the final LayerNorm or not."""
+
+    layer: int = -1
+    final_norm: bool = True
+    pooled: str = "pooled"  # what of the pooled output the consumer uses: "pooled", "projected" or "none"
+
+    def describe(self) -> str:
+        """``last+norm``, ``hidden[-2]`` or ``hidden[-2]+norm``."""
+        if self.layer == -1 and self.final_norm:
+            return "last+norm"
+        return f"hidden[{self.layer}]" + ("+norm" if self.final_norm else "")
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A pipeline or use: its name, and the read of each component (``*``: any component)."""
+
+    name: str
+    description: str
+    reads: dict[str, Read]
+    skip_norm: bool  # whether a clip-skip read keeps the final LayerNorm (SD 1.x/2.x) or not (SDXL, SD3)
+
+    def read(self, component: str, layer: int | None = None) -> Read:
+        """The read of ``component``; ``layer`` (``--read-layer``) moves its layer, clip-skip style."""
+        base = self.reads.get(component) or self.reads.get("*") or Read()
+        if layer is None:
+            return base
+        if layer >= 0:
+            raise UsageError(f"--read-layer must be negative (hidden_states counted from the end), not {layer}")
+        return Read(layer=layer, final_norm=True if layer == -1 and self.skip_norm else self.skip_norm,
+                    pooled=base.pooled)
+
+    def to_dict(self, component: str, layer: int | None = None) -> dict[str, object]:
+        """The report's record of how one component was read."""
+        read = self.read(component, layer)
+        return {"name": self.name, "description": self.description, **asdict(read), "reads": read.describe()}
+
+
+SEQUENCE_LAST = Read(-1, True, "none")
+PENULTIMATE = Read(-2, False, "none")
+CONSUMERS: dict[str, Consumer] = {
+    "clip": Consumer("clip", "a lone CLIP text encoder: retrieval, or an unknown pipeline", {"*": Read()}, True),
+    "sd1": Consumer("sd1", "Stable Diffusion 1.x", {"*": SEQUENCE_LAST}, True),
+    "sd2": Consumer("sd2", "Stable Diffusion 2.x", {"*": SEQUENCE_LAST}, True),
+    "sdxl": Consumer("sdxl", "Stable Diffusion XL", {"text_encoder": PENULTIMATE,
+                                                     "text_encoder_2": Read(-2, False, "projected")}, False),
+    "sd3": Consumer("sd3", "Stable Diffusion 3 (its CLIP encoders)", {"*": Read(-2, False, "projected")}, False),
+}
+#: model_index.json ``_class_name`` -> consumer
+PIPELINES: dict[str, str] = {
+    **{f"StableDiffusion{kind}Pipeline": "sd1" for kind in ("", "Img2Img", "Inpaint", "Upscale", "DepthToImage")},
+    **{f"StableDiffusionXL{kind}Pipeline": "sdxl" for kind in ("", "Img2Img", "Inpaint", "InstructPix2Pix")},
+    **{f"StableDiffusion3{kind}Pipeline": "sd3" for kind in ("", "Img2Img", "Inpaint")},
+}
+
+
+def consumer_for(requested: str | None, pipeline_class: str | None) -> Consumer:
+    """``--consumer`` when given, else the pipeline class's consumer, else ``clip`` (a lone encoder)."""
+    if requested is not None:
+        if requested not in CONSUMERS:
+            raise UsageError(f"--consumer {requested!r}: known consumers are {', '.join(CONSUMERS)}")
+        return CONSUMERS[requested]
+    return CONSUMERS[PIPELINES.get(pipeline_class or "", "clip")]
