@@ -152,3 +152,10 @@ def test_inspect_and_a_too_deep_read_layer(run_cli, tiny_pipeline: Path) -> None
     deep = run_cli("inspect", tiny_pipeline, "--read-layer", "-9")
     assert deep.exit_code == 2 and "read layer -9 does not exist" in deep.stderr
     assert len(deep.stderr.strip().splitlines()) == 1
+
+
+def test_readme_consumer_table_names_every_consumer() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("### What is scanned: the consumer", 1)[1].split("\n\n")[2]
+    named = {name.strip("` ") for row in table.splitlines()[2:] for name in row.split("|")[1].split(",")}
+    assert named == set(CONSUMERS)
