@@ -102,15 +102,18 @@ def store_baseline(key: str, baseline: dict[str, float]) -> None:
 
 
 def scan_key(target: dict[str, Any], options: ScanOptions, device: str) -> str:
-    """The cache key of one scan of ``target`` (its report record) under ``options`` on ``device``."""
+    """The cache key of one scan of ``target`` (its report record) under ``options`` on ``device``; the consumer
+    is the one the scan resolves (``--consumer sdxl`` on an SDXL pipeline is the default scan)."""
+    from amdet_audit.encoders.consumers import consumer_for
+
     config = options.config.to_dict() if options.config is not None else None
     parts = {"format": CACHE_FORMAT, "version": __version__,
              "files": sorted((f["path"], f["sha256"]) for f in target.get("files", [])),
              "components": sorted(c["name"] for c in target.get("components", [])),
              "thresholds": asdict(options.policy.thresholds), "seed": options.search_seed,
              "device": device.split(":")[0], "reference": options.reference,
-             "reference_free": options.reference_free, "config": config, "consumer": options.consumer,
-             "read_layer": options.read_layer}
+             "reference_free": options.reference_free, "config": config, "read_layer": options.read_layer,
+             "consumer": consumer_for(options.consumer, target.get("pipeline_class")).name}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

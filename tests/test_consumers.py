@@ -133,6 +133,9 @@ def test_sd3_clip_parts_read_the_penultimate_layer_and_projected_pools(tiny_pipe
 def test_consumer_choice_and_bad_choices() -> None:
     assert consumer_for(None, None).name == "clip" and consumer_for(None, "FluxPipeline").name == "clip"
     assert all(PIPELINES[name] in CONSUMERS for name in PIPELINES)
+    assert consumer_for(None, "StableDiffusionXLControlNetPipeline").name == "sdxl"
+    assert consumer_for(None, "StableDiffusion3Img2ImgPipeline").name == "sd3"
+    assert consumer_for(None, "StableDiffusionImg2ImgPipeline").name == "sd1"
     assert consumer_for("sdxl", "StableDiffusionPipeline").name == "sdxl"  # --consumer wins over the folder
     assert CONSUMERS["sdxl"].read("text_encoder", -3).final_norm is False
     assert CONSUMERS["sd1"].read("text_encoder", -3).final_norm is True

@@ -114,7 +114,10 @@ def test_required_checks_errors_and_reference() -> None:
     free = [component("clean", mode="reference-free")]
     assert gated(TARGET, free, [], POLICY, TODAY)["verdict"]["exit_code"] == 0
     strict = gated(TARGET, free, [], replace(POLICY, reference_required=True), TODAY)
-    assert strict["verdict"]["exit_code"] == 2 and "model: scanned reference-free" in strict["verdict"]["reasons"][0]
+    assert strict["verdict"]["exit_code"] == 2
+    assert "model: the policy requires a reference model" in strict["verdict"]["reasons"][0]
+    waived = replace(POLICY, reference_required=True, waivers=(waiver(check="assimilation", target="./models/enc"),))
+    assert gated(TARGET, free, [], waived, TODAY)["verdict"]["exit_code"] == 2  # no waiver lifts the requirement
 
 
 def test_a_failure_outranks_an_incomplete_check_and_inconclusive_can_be_waived() -> None:
@@ -140,5 +143,11 @@ def test_a_component_that_could_not_be_scanned_never_passes() -> None:
     out = gated(TARGET, [component("clean", name="text_encoder"), broken], [], policy, TODAY)
     assert out["verdict"]["exit_code"] == 2
     assert "assimilation: check did not complete: text_encoder_2: not scanned: unsupported architecture" in \
-        out["verdict"]["reasons"]
+        out["verdict"]["reasons"]  # waived as a finding, the error still stands
     assert {r["check"]: r["status"] for r in out["coverage"]}["assimilation"] == "error"
+
+
+def test_a_policy_cannot_lower_a_backdoor() -> None:
+    policy = replace(POLICY, severity={"assimilation.backdoor": "info", "assimilation": "low"}, fail_on="critical")
+    out = gated(TARGET, [component("backdoored")], [], policy, TODAY)
+    assert out["verdict"]["exit_code"] == 1 and out["findings"][0]["severity"] == "critical"

@@ -76,7 +76,9 @@ def cached_baseline(reference: Adapter, ref_digest: str, config: ScanConfig,
     """The reference's natural collapse baseline, computed once per (reference digest, config, version)."""
     from amdet_audit.scan.run import calibrate_reference
 
-    key = cache.baseline_key(ref_digest, {k: v for k, v in config.to_dict().items() if k != "thresholds"})
+    knobs = {k: v for k, v in config.to_dict().items() if k != "thresholds"}
+    knobs["read"] = [reference.read_layer, getattr(reference, "read_norm", reference.read_layer == -1)]
+    key = cache.baseline_key(ref_digest, knobs)
     baseline = cache.load_baseline(key)
     if baseline is None:
         baseline = calibrate_reference(reference, config, progress=progress)

@@ -67,6 +67,8 @@ def gated_findings(target: dict[str, Any], checks: list[dict[str, Any]], policy:
     for check in checks:
         for f in check["findings"]:
             severity = policy.severity.get(f["rule"], policy.severity.get(check["check"], f["severity"]))
+            if f.get("kind") == "backdoor":  # evidence of a backdoor stays what its check says it is
+                severity = f["severity"]
             out.append(GatedFinding(fingerprint=fingerprint(f["rule"], identity(f, target)), rule=f["rule"],
                                     check=check["check"], severity=severity, message=f["message"],
                                     location=f.get("location"), component=f.get("component"),
@@ -132,8 +134,9 @@ def apply_policy(target: dict[str, Any], checks: list[dict[str, Any]], policy: P
         f.blocking = decisive and not f.waived and f.kind != "inconclusive"
     blocking = sorted((f for f in findings if f.blocking), key=lambda f: f.kind != "backdoor")
     rows = coverage(checks, policy)
-    incomplete = [f.message for f in findings if not f.waived
-                  and (f.kind == "inconclusive" or f.rule in policy.incomplete_rules)]
+    incomplete = [f.message for f in findings if f.kind == "inconclusive" and not f.waived]
+    incomplete += [f"{f.component or f.check}: {policy.incomplete_rules[f.rule]}" for f in findings
+                   if f.rule in policy.incomplete_rules]  # the policy's own requirement: no waiver lifts it
     incomplete += [f"required check {r['check']} did not run ({r['status']}: {r['reason']})"
                    for r in rows if r["required"] and r["status"] != "ran" and r["status"] != "error"]
     incomplete += [f"{r['check']}: check did not complete: {r['reason']}" for r in rows if r["status"] == "error"]

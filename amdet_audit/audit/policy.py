@@ -68,9 +68,12 @@ class Policy:
     waivers: tuple[Waiver, ...] = ()
 
     @property
-    def incomplete_rules(self) -> tuple[str, ...]:
-        """Rules whose unwaived findings keep an audit from passing (exit 2) whatever their severity."""
-        return (REFERENCE_FREE,) if self.reference_required else ()
+    def incomplete_rules(self) -> dict[str, str]:
+        """Rules whose findings keep an audit from passing (exit 2) whatever their severity or waivers, with
+        the reason the verdict gives."""
+        if not self.reference_required:
+            return {}
+        return {REFERENCE_FREE: "the policy requires a reference model; this scan ran reference-free"}
 
     def to_dict(self) -> dict[str, Any]:
         """The report's record of the policy that was applied."""

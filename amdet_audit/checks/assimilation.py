@@ -40,10 +40,11 @@ def outcome(scan: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 def component_findings(comp: dict[str, Any]) -> list[Finding]:
-    """The findings of one component's scan (none for a clean scan against a reference, or no scan)."""
-    if "scan" not in comp:
-        return []
+    """The findings of one component's scan (none for a clean scan against a reference)."""
     name = comp["name"]
+    if "scan" not in comp:  # listed for the reviewer and in SARIF; the check's error status keeps it from passing
+        return [Finding(INCONCLUSIVE, "medium", f"{name}: not scanned: {comp.get('error', 'no result')}",
+                        component=name, kind="inconclusive")]
     verdict, reasons = outcome(comp["scan"])
     out = []
     if verdict == "backdoored":

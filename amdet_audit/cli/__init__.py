@@ -173,6 +173,8 @@ def verify_command(
     reference_free: Annotated[bool, typer.Option("--reference-free", help="Scan without a reference.")] = False,
     device: Device = "cpu",
     checks: Checks = None,
+    consumer: ConsumerOpt = None,
+    read_layer: ReadLayer = None,
 ) -> None:
     """Gate model files on their audit: one line per model; exit 0 all pass, 1 any fails, 2 any unknown."""
     import tempfile
@@ -199,7 +201,8 @@ def verify_command(
         def options_for(i: int, target: str) -> api.ScanOptions:
             return api.ScanOptions(reference=reference, reference_free=reference_free, device=device,
                                    out=root / f"{i:03d}-{Path(target).name}", policy=loaded,
-                                   cached_only=not scan_missing, argv=["scan", target], checks=split_list(checks))
+                                   cached_only=not scan_missing, argv=["scan", target], checks=split_list(checks),
+                                   consumer=consumer, read_layer=read_layer)
 
         for outcome in audit_each([str(t) for t in targets], options_for):
             codes.append(outcome.exit_code)

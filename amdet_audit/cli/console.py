@@ -107,7 +107,7 @@ def print_report(report: AuditReport, console: Console | None = None) -> None:
             console.print(f"pseudo-trigger nearest tokens: {' | '.join(', '.join(esc(t) for t in r) for r in rows)}")
             print_lookalikes(console, [t for r in rows for t in r])
             prompts = "; ".join(esc(p["prompt"]) for p in evidence.get("nearest_prompts", [])[:3])
-            console.print(f"target resembles: {prompts}")
+            console.print(f"nearest corpus prompts (a guess; the target only if it is one of them): {prompts}")
         probe = best_probe(evidence.get("token_search"))
         if scan["verdict"] == "backdoored" and probe is not None:
             console.print(f"best real-input probe: {esc(probe['text'])} ({esc(probe['placement'])}; collapse beyond "

@@ -55,8 +55,7 @@ class Consumer:
             return base
         if layer >= 0:
             raise UsageError(f"--read-layer must be negative (hidden_states counted from the end), not {layer}")
-        return Read(layer=layer, final_norm=True if layer == -1 and self.skip_norm else self.skip_norm,
-                    pooled=base.pooled)
+        return Read(layer=layer, final_norm=self.skip_norm, pooled=base.pooled)
 
     def to_dict(self, component: str, layer: int | None = None) -> dict[str, object]:
         """The report's record of how one component was read."""
@@ -74,12 +73,17 @@ CONSUMERS: dict[str, Consumer] = {
                                                      "text_encoder_2": Read(-2, False, "projected")}, False),
     "sd3": Consumer("sd3", "Stable Diffusion 3 (its CLIP encoders)", {"*": Read(-2, False, "projected")}, False),
 }
-#: model_index.json ``_class_name`` -> consumer
-PIPELINES: dict[str, str] = {
-    **{f"StableDiffusion{kind}Pipeline": "sd1" for kind in ("", "Img2Img", "Inpaint", "Upscale", "DepthToImage")},
-    **{f"StableDiffusionXL{kind}Pipeline": "sdxl" for kind in ("", "Img2Img", "Inpaint", "InstructPix2Pix")},
-    **{f"StableDiffusion3{kind}Pipeline": "sd3" for kind in ("", "Img2Img", "Inpaint")},
-}
+#: model_index.json ``_class_name`` prefix -> consumer (longest prefix first: StableDiffusionXL... before
+#: StableDiffusion...); ControlNet, adapter and PAG variants feed their denoiser the same encoder outputs
+PIPELINES: dict[str, str] = {"StableDiffusionXL": "sdxl", "StableDiffusion3": "sd3", "StableDiffusion": "sd1"}
+
+
+def pipeline_consumer(pipeline_class: str | None) -> str:
+    """The consumer of a pipeline class (``clip`` for a lone encoder or a pipeline not modelled, such as FLUX)."""
+    for prefix in sorted(PIPELINES, key=len, reverse=True):
+        if (pipeline_class or "").startswith(prefix) and (pipeline_class or "").endswith("Pipeline"):
+            return PIPELINES[prefix]
+    return "clip"
 
 
 def consumer_for(requested: str | None, pipeline_class: str | None) -> Consumer:
@@ -88,4 +92,4 @@ def consumer_for(requested: str | None, pipeline_class: str | None) -> Consumer:
         if requested not in CONSUMERS:
             raise UsageError(f"--consumer {requested!r}: known consumers are {', '.join(CONSUMERS)}")
         return CONSUMERS[requested]
-    return CONSUMERS[PIPELINES.get(pipeline_class or "", "clip")]
+    return CONSUMERS[pipeline_consumer(pipeline_class)]
