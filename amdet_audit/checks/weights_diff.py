@@ -9,6 +9,7 @@ information for the reviewer (severity info), except an encoder whose tensors do
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -18,15 +19,24 @@ from amdet_audit.errors import AmdetError, TokenizerError
 from amdet_audit.sources import safe_files
 from amdet_audit.sources.model import Component
 
-PREFIXES = ("text_model.", "bert.", "model.", "transformer.")  # wrappers around the same tensors
+WRAPPERS = ("model.", "transformer.")  # generic wrappers around the same tensors, beside each family's own prefix
 EMBEDDING_KEYS = ("embeddings.token_embedding.weight", "embeddings.word_embeddings.weight")
 TOP_ROWS = 5
 LAYER = re.compile(r"^(.*?layers?\.\d+)\.")  # "encoder.layers.3.mlp.fc1.weight" -> "encoder.layers.3"
 
 
+@functools.cache
+def prefixes() -> tuple[str, ...]:
+    """The prefixes under which checkpoints nest an encoder: each encoder family's ``STATE_PREFIX``, then the
+    generic wrappers (imported on first use: the family modules import torch)."""
+    from amdet_audit.encoders.load import FAMILIES
+
+    return (*(module.STATE_PREFIX for module in FAMILIES.values()), *WRAPPERS)
+
+
 def canonical(key: str) -> str:
     """A tensor name without the wrapper prefixes that differ between checkpoints of the same model."""
-    for prefix in PREFIXES:
+    for prefix in prefixes():
         if key.startswith(prefix):
             return key[len(prefix):]
     return key

@@ -121,7 +121,7 @@ class BertTextAdapter(PaddedTokenizerMixin):
 
 MODEL_TYPES = ("bert",)
 ARCHITECTURES = ("BertModel",)
-BERT_PREFIX = "bert."  # task-head checkpoints (BertForMaskedLM, ...) keep the encoder under bert.
+STATE_PREFIX = "bert."  # task-head checkpoints (BertForMaskedLM, ...) keep the encoder under bert.
 BERT_IGNORED_PREFIXES = ("cls.", "classifier.", "qa_outputs.")  # task heads, not part of the encoder
 
 
@@ -163,7 +163,7 @@ def build(
     def ignorable(name: str) -> bool:
         return name.startswith(BERT_IGNORED_PREFIXES) or name == POSITION_IDS
 
-    keep, canonical = prefixed_keys(BERT_PREFIX, ignorable)
+    keep, canonical = prefixed_keys(STATE_PREFIX, ignorable)
 
     tensors = read_weights(component, keep=keep) if component.weight_format == "pickle" else None
     declared = declared_shapes(component, keep, tensors)

@@ -220,7 +220,7 @@ MODEL_TYPES = ("clip_text_model", "clip")
 #: architecture class names of this family, for configs without a usable model_type
 ARCHITECTURES = ("CLIPTextModel", "CLIPTextModelWithProjection", "CLIPModel")
 CLIP_TEXT_CLASSES = ("CLIPTextModel", "CLIPTextModelWithProjection")
-CLIP_PREFIX = "text_model."
+STATE_PREFIX = "text_model."  # where checkpoints of this family nest the text tower (weights-diff reads it too)
 OTHER_TOWER_PREFIXES = ("vision_model.", "visual_projection.", "logit_scale")
 FULL_CLIP_HEAD_PREFIXES = ("text_projection.",)  # the joint head of a full CLIPModel, not part of the text tower
 
@@ -245,7 +245,7 @@ def clip_class_name(config: Mapping[str, Any], component: Component, tensors: Ma
     for name in [*(config.get("architectures") or []), component.architecture]:
         if name in CLIP_TEXT_CLASSES:
             return name
-    has_projection = any(k.removeprefix(CLIP_PREFIX).startswith("text_projection.") for k in tensors)
+    has_projection = any(k.removeprefix(STATE_PREFIX).startswith("text_projection.") for k in tensors)
     return CLIP_TEXT_CLASSES[1] if has_projection else CLIP_TEXT_CLASSES[0]
 
 
@@ -291,7 +291,7 @@ def build(
     text_config, full = clip_text_config(config, component.config_path)
     tokenizer = load_clip_tokenizer(component, int(text_config.max_position_embeddings))
     ignorable = clip_ignorable(full)
-    keep, canonical = prefixed_keys(CLIP_PREFIX, ignorable)
+    keep, canonical = prefixed_keys(STATE_PREFIX, ignorable)
 
     tensors = read_weights(component, keep=keep) if component.weight_format == "pickle" else None
     declared = declared_shapes(component, keep, tensors)
