@@ -18,7 +18,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -62,8 +62,9 @@ def write_json(path: Path, data: Any) -> None:
 
 
 @contextmanager
-def build_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (a lock file) while building something other processes may also want.
+def build_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (a lock file) while building something other processes may also want;
+    ``on_wait`` is called once when another process holds it (before waiting for it).
 
     On systems without ``fcntl`` the lock is a no-op; builds stay safe (temp folder plus rename), only not
     deduplicated.
@@ -75,7 +76,12 @@ def build_lock(path: Path) -> Iterator[None]:
         yield
         return
     with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:

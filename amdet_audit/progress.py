@@ -5,31 +5,51 @@ from __future__ import annotations
 import atexit
 import sys
 from collections.abc import Callable
+from typing import Any
 
 ProgressCallback = Callable[[int, int, str], None]
 
 
-def stderr_progress(title: str) -> ProgressCallback:
-    """A callback ``(done, total, label)`` that draws a rich progress bar on stderr when it is a terminal."""
-    if not sys.stderr.isatty():
-        return lambda done, total, label: None
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+def phase(progress: ProgressCallback | None, name: str) -> ProgressCallback | None:
+    """``progress`` with every label prefixed by ``name`` (so a counter that restarts reads as a new phase)."""
+    if progress is None:
+        return None
+    return lambda done, total, label: progress(done, total, f"{name}: {label}")
 
-    columns = (TextColumn(f"{title} [dim]{{task.description}}"), BarColumn(),
-               TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
-    bar = Progress(*columns, console=Console(stderr=True), transient=True)
-    task = bar.add_task("", total=None)
-    started = False
 
-    def update(done: int, total: int, label: str) -> None:
-        nonlocal started
-        if not started:
-            bar.start()
-            atexit.register(bar.stop)
-            started = True
-        bar.update(task, completed=done, total=total, description=label)
-        if done >= total:
-            bar.stop()
+class StderrProgress:
+    """A callback ``(done, total, label)`` drawing one rich bar on stderr when it is a terminal (a total of 0
+    or less is unknown); :meth:`close` removes the bar before the caller prints its result."""
 
-    return update
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.bar: Any = None
+        self.task: Any = None
+        self.closed = False
+
+    def __call__(self, done: int, total: int, label: str) -> None:
+        if self.closed or not sys.stderr.isatty():
+            return
+        if self.bar is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn(f"{self.title} [dim]{{task.description}}"), BarColumn(),
+                                MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True),
+                                transient=True)
+            self.task = self.bar.add_task(label, total=total if total > 0 else None, completed=done)
+            self.bar.start()
+            atexit.register(self.close)
+        self.bar.update(self.task, completed=done, total=total if total > 0 else None, description=label)
+
+    def close(self) -> None:
+        """Remove the bar (idempotent); later calls draw nothing."""
+        self.closed = True
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def stderr_progress(title: str) -> StderrProgress:
+    """A :class:`StderrProgress` titled ``title``."""
+    return StderrProgress(title)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from amdet_audit import cache
 from amdet_audit.errors import AmdetError, UsageError
 from amdet_audit.outputs import OutputError, make_new_dir, write_new
+from amdet_audit.progress import phase
 from amdet_audit.sources import ResolvedTarget, resolve
 
 if TYPE_CHECKING:
@@ -81,7 +82,7 @@ def cached_baseline(reference: Adapter, ref_digest: str, config: ScanConfig,
     key = cache.baseline_key(ref_digest, knobs)
     baseline = cache.load_baseline(key)
     if baseline is None:
-        baseline = calibrate_reference(reference, config, progress=progress)
+        baseline = calibrate_reference(reference, config, progress=phase(progress, "reference baseline"))
         cache.store_baseline(key, baseline)
     return baseline
 
@@ -136,7 +137,8 @@ def scan_component(resolved: ResolvedTarget, name: str, sources: SourceOptions, 
             reference = load_component(ref_target.component(ref_name), device=device, read_layer=read.layer,
                                        read_norm=read.final_norm)  # read as the suspect is read
             baseline = cached_baseline(reference, ref_digest, config, progress)
-    result = run_scan(suspect, reference, config=config, reference_baseline=baseline, progress=progress)
+    result = run_scan(suspect, reference, config=config, reference_baseline=baseline,
+                      progress=phase(progress, name))
     entry["scan"] = result.to_dict()
     entry["evidence_files"] = write_evidence(folder, result.arrays, new_folder)
     return entry, ref_record, ref_target

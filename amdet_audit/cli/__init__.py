@@ -144,7 +144,11 @@ def scan_command(
                               plugin_options={key: value for key, _, value in pairs},
                               cached_only=cached_only, argv=sys.argv[1:], checks=split_list(checks),
                               consumer=consumer, read_layer=read_layer)
-    report = api.scan(target, sources=sources, options=options, progress=stderr_progress("scan"))
+    progress = stderr_progress("scan")
+    try:
+        report = api.scan(target, sources=sources, options=options, progress=progress)
+    finally:
+        progress.close()  # no bar is left standing above the verdict
     if output_format == "json":
         from amdet_audit.report.escaping import json_text
 

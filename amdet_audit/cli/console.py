@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from amdet_audit.report.escaping import terminal as esc
+from amdet_audit.report.markdown import rule_groups
 from amdet_audit.tokenization import character_names, shown_text
 
 if TYPE_CHECKING:
@@ -79,6 +80,30 @@ def score_text(value: object) -> str:
     return "n/a" if not isinstance(value, (int, float)) else f"{value:.3f}"
 
 
+def reference_line(report: AuditReport, entry: dict) -> str:
+    """How the component was compared: against which reference, or without one and why."""
+    ref = (report.reference or {}).get(entry["name"])
+    if entry["scan"]["mode"] == "reference-free":
+        why = "the target is the reference itself" if ref and ref.get("note") else "no reference"
+        return f"mode reference-free ({esc(why)})"
+    return f"mode reference  reference {esc(ref['input'])} ({esc(ref['chosen'])})" if ref else "mode reference"
+
+
+def rules_table(checks: list[dict]) -> Table:
+    """One row per condition, grouped by rule; the rule's cell says whether the rule fired (all of its
+    conditions held), the last column whether this condition held."""
+    table = Table(show_edge=False)
+    for column in ("rule", "condition", "score", "threshold", "holds"):
+        table.add_column(column)
+    for group in rule_groups(checks):
+        for i, check in enumerate(group["checks"]):
+            fired = "[bold red]fired[/]" if group["fired"] else "not fired"
+            table.add_row(f"{esc(group['rule'])}: {fired}" if i == 0 else "", esc(check["condition"]),
+                          score_text(check["score"]), f"{esc(check['direction'])} {score_text(check['threshold'])}",
+                          "yes" if check["flags"] else "no")
+    return table
+
+
 def print_report(report: AuditReport, console: Console | None = None) -> None:
     """Verdict banner, one row per check, the evidence that matters, and where the files are."""
     console = console or stdout_console()
@@ -90,17 +115,8 @@ def print_report(report: AuditReport, console: Console | None = None) -> None:
             console.print(f"{esc(entry['name'])}: [yellow]not scanned: {esc(entry.get('error'))}[/]")
             continue
         scan = entry["scan"]
-        ref = (report.reference or {}).get(entry["name"])
-        console.print(f"\n{esc(entry['name'])}: {esc(scan['verdict'])}  mode {esc(scan['mode'])}"
-                      + (f"  reference {esc(ref['input'])} ({esc(ref['chosen'])})" if ref else ""))
-        table = Table(show_edge=False)
-        for column in ("check", "score", "threshold", "flags"):
-            table.add_column(column)
-        for check in scan["checks"]:
-            table.add_row(esc(check["name"]), score_text(check["score"]),
-                          f"{esc(check['direction'])} {score_text(check['threshold'])}",
-                          "yes" if check["flags"] else "no")
-        console.print(table)
+        console.print(f"\n{esc(entry['name'])}: {esc(scan['verdict'])}  {reference_line(report, entry)}")
+        console.print(rules_table(scan["checks"]))
         evidence = scan["evidence"]
         if scan["verdict"] == "backdoored" and evidence.get("nearest_tokens"):
             rows = [[shown_text(t) for t in row[:4]] for row in evidence["nearest_tokens"]]

@@ -17,16 +17,34 @@ def finalize(value: object) -> str:
     return "" if value is None else markdown(value)
 
 
+#: the prefix of a scan check's name -> the rule it belongs to (a rule fires when all its conditions hold)
+RULES = {"target": "target", "divergence": "divergence", "token_collapse": "token-collapse",
+         "token_shift": "token-shift"}
+
+
+def rule_groups(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The scan's conditions grouped by rule: ``{"rule", "fired", "checks"}``, each check with its ``condition``
+    (its name without the rule's prefix); a rule fired when every one of its conditions held."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for check in checks:
+        prefix = check["name"].split(".")[0]
+        groups.setdefault(RULES.get(prefix, prefix), []).append({**check,
+                                                                  "condition": check["name"].split(".", 1)[-1]})
+    return [{"rule": rule, "fired": all(c["flags"] for c in group), "checks": group} for rule, group in groups.items()]
+
+
 def add_token_filters(env: Any) -> None:
     """Template filters for token evidence: ``text`` (the decoded text of a token row, its raw vocabulary string
     for reports written before rows carried one), ``character_names`` (non-ASCII characters named) and
-    ``score`` (a number, or n/a where report.json holds null for a non-finite one)."""
+    ``score`` (a number, or n/a where report.json holds null for a non-finite one), ``rule_groups`` (the scan's
+    conditions grouped by rule, see :func:`rule_groups`)."""
     from amdet_audit.tokenization import character_names, shown_text
 
     env.filters["text"] = shown_text
     env.filters["texts"] = lambda rows, n: [shown_text(t) for row in rows for t in row[:n]]
     env.filters["character_names"] = lambda texts: ", ".join(character_names("".join(texts)))
     env.filters["score"] = lambda value, fmt="%.3f": "n/a" if value is None else fmt % value
+    env.filters["rule_groups"] = rule_groups
 
 
 def render_markdown(report: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
@@ -21,6 +22,7 @@ from typing import Protocol
 from amdet_audit import __version__
 from amdet_audit.cache import build_lock, store
 from amdet_audit.errors import SourceNotFoundError, UsageError
+from amdet_audit.progress import StderrProgress
 from amdet_audit.sources.model import ResolvedTarget
 
 log = logging.getLogger(__name__)
@@ -74,10 +76,15 @@ def ensure_canary(name: str, progress: Progress | None = None) -> Path:
     final = canary_dir(name)
     if final.is_dir():
         return final
-    with build_lock(final.parent / f".{name}.lock"):
+    with build_lock(final.parent / f".{name}.lock", on_wait=lambda: waiting(name)):
         if not final.is_dir():  # another process may have built it while we waited
             build_into(load_builder(name, registered[name]), name, final, progress)
     return final
+
+
+def waiting(name: str) -> None:
+    """Say on stderr that another process is building the same canary (its build takes minutes)."""
+    print(f"amdet-audit: waiting for another process that is building canary:{name}", file=sys.stderr, flush=True)
 
 
 def build_into(builder: CanaryBuilder, name: str, final: Path, progress: Progress | None) -> None:
@@ -85,7 +92,12 @@ def build_into(builder: CanaryBuilder, name: str, final: Path, progress: Progres
     tmp = Path(tempfile.mkdtemp(prefix=f".build-{name}-", dir=final.parent))
     try:
         log.info("building canary:%s in %s", name, tmp)
-        builder.build(tmp, progress or default_progress(name))
+        shown = progress or default_progress(name)
+        try:
+            builder.build(tmp, shown)
+        finally:
+            if isinstance(shown, StderrProgress):
+                shown.close()
         try:
             os.rename(tmp, final)
         except OSError:
@@ -96,7 +108,7 @@ def build_into(builder: CanaryBuilder, name: str, final: Path, progress: Progres
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def default_progress(name: str) -> Progress:
+def default_progress(name: str) -> StderrProgress:
     """A rich progress bar on stderr (silent when stderr is not a terminal)."""
     from amdet_audit.progress import stderr_progress
 
