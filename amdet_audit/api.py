@@ -87,6 +87,7 @@ class ScanOptions:
     checks: list[str] | None = None  # run only these check ids ("assimilation" is the scan); also the required set
     consumer: str | None = None  # sd1, sd2, sdxl, sd3, clip; None: from the pipeline's class (encoders.consumers)
     read_layer: int | None = None  # clip skip: read hidden_states[read_layer] (negative); None: the consumer's
+    threads: int | None = None  # torch CPU threads for the scan; None: torch's default (one per core)
     argv: list[str] = field(default_factory=list)
 
     @property

@@ -165,3 +165,16 @@ def test_a_canary_object_without_a_build_is_a_one_line_error(tmp_path, monkeypat
     registered(tmp_path, monkeypatch, "nobuild = os:sep")
     result = run_cli("scan", "canary:nobuild", "--out", tmp_path / "out")
     assert result.exit_code == 2 and "has no build" in result.stderr and "internal error" not in result.stderr
+
+
+def test_threads_are_chosen_and_recorded(run_cli, tmp_path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        result = run_cli("scan", "canary:clean", "--threads", "1", "--out", tmp_path / "t")
+        assert result.exit_code == 0, result.stderr
+        assert json.loads((tmp_path / "t" / "report.json").read_text())["run"]["environment"]["threads"] == "1"
+    finally:
+        torch.set_num_threads(before)
+    assert run_cli("scan", "canary:clean", "--threads", "0").exit_code == 2

@@ -74,6 +74,7 @@ def test_policy_commands(run_cli, tmp_path: Path) -> None:
     assert again.exit_code == 2 and "never overwrites" in again.stderr
     shown = run_cli("policy", "show")
     assert shown.exit_code == 0 and "collapse_gain" in shown.stdout and "fail_on: high" in shown.stdout
+    assert shown.stdout.startswith("# effective policy of ") and "default.yaml" in shown.stdout.splitlines()[0]
     new.write_text("version: 1\nwaivers:\n  - fingerprint: " + "ab" * 32 + "\n    reason: reviewed\n    owner: me\n"
                    "    expires: 2001-01-01\n")
     old = run_cli("policy", "validate", new)

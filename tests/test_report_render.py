@@ -27,3 +27,10 @@ def test_unknown_format_and_existing_out(run_cli, tmp_path: Path) -> None:
     keep.write_text("mine")
     result = run_cli("report", report, "--out", keep)
     assert result.exit_code == 2 and "already exists" in result.stderr and keep.read_text() == "mine"
+
+
+def test_the_reproduce_command_writes_to_a_new_folder() -> None:
+    from amdet_audit.report.html import reproduce_command
+
+    report = {"run": {"argv": ["scan", "canary:backdoored", "--out", "r1", "--seed", "3", "--out=r2"]}}
+    assert reproduce_command(report) == "amdet-audit scan canary:backdoored --seed 3"

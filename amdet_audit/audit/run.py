@@ -70,6 +70,12 @@ def scan_target(target: str, sources: SourceOptions, options: ScanOptions,
         from amdet_audit.encoders.consumers import consumer_for
 
         consumer_for(options.consumer, None).read("*", options.read_layer)  # a bad --consumer or layer: exit 2 now
+        if options.threads is not None:
+            if options.threads < 1:
+                raise UsageError(f"--threads must be at least 1, not {options.threads}")
+            import torch
+
+            torch.set_num_threads(options.threads)  # recorded in report.json run.environment.threads
     device = resolve_device(options.device) if scan_selected else "none (file checks only)"
     out, created = output_folder(options.out, target)
     try:

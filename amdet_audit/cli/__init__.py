@@ -113,6 +113,9 @@ def scan_command(
     checks: Checks = None,
     consumer: ConsumerOpt = None,
     read_layer: ReadLayer = None,
+    threads: Annotated[int | None, typer.Option(
+        help="CPU threads for the scan (default: one per core). Use 1 per scan when several run at once: "
+        "threads competing for the same cores slow every scan down many times over.")] = None,
 ) -> None:
     """Scan TARGET's text encoders for a textual backdoor; exit 0 clean, 1 backdoored, 2 error/inconclusive.
 
@@ -143,7 +146,7 @@ def scan_command(
                               third_party_plugins=not no_plugins, use_cache=not no_cache,
                               plugin_options={key: value for key, _, value in pairs},
                               cached_only=cached_only, argv=sys.argv[1:], checks=split_list(checks),
-                              consumer=consumer, read_layer=read_layer)
+                              consumer=consumer, read_layer=read_layer, threads=threads)
     progress = stderr_progress("scan")
     try:
         report = api.scan(target, sources=sources, options=options, progress=progress)
@@ -294,7 +297,9 @@ def policy_show(
 
     from amdet_audit.audit.policy import effective_policy, load_policy
 
-    typer.echo(yaml.safe_dump(effective_policy(load_policy(path)), sort_keys=False, allow_unicode=True))
+    policy = load_policy(path)
+    typer.echo(f"# effective policy of {policy.source} (defaults filled in)")
+    typer.echo(yaml.safe_dump(effective_policy(policy), sort_keys=False, allow_unicode=True))
 
 
 def policy_init(

@@ -136,4 +136,4 @@ def print_report(report: AuditReport, console: Console | None = None) -> None:
     for check in report.checks:
         if check["status"] != "ran":
             console.print(f"{esc(check['check'])}: {esc(check['status'])}: {esc(check['reason'])}")
-    console.print(f"\nreport: {esc(report.out_dir)}/report.json")
+    console.print(f"\nreport: {esc(report.out_dir)}/report.json (for reviewers: report.html)")

@@ -51,8 +51,17 @@ def image_uri(path: str, folder: Path | None) -> str | None:
 
 
 def reproduce_command(report: dict[str, Any]) -> str:
-    """The command that reproduces this audit (argv as recorded, secrets already redacted)."""
-    return shlex.join(["amdet-audit", *report["run"]["argv"]])
+    """The command that reproduces this audit (argv as recorded, secrets already redacted), without its
+    ``--out``: reports never overwrite, so a re-run writes to a new folder of its own."""
+    argv, kept, skip = report["run"]["argv"], [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--out":
+            skip = True
+        elif not arg.startswith("--out="):
+            kept.append(arg)
+    return shlex.join(["amdet-audit", *kept])
 
 
 def finalize(value: Any) -> Any:
