@@ -13,7 +13,7 @@ import pytest
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1200,2400")
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1280,2400")
 
 
 @dataclass

@@ -104,6 +104,19 @@ def test_html_report_in_headless_chromium(run_cli, tmp_path) -> None:
     assert seen.requests and all(url.startswith(("file:", "data:")) for url in seen.requests), seen.requests
     assert seen.title.startswith("amdet-audit: backdoored")
     assert seen.screenshot.stat().st_size > 10_000
+    assert png_size(seen.screenshot)[0] == png_size(README_SCREENSHOT)[0] == 1280  # README's is this test's shot
+
+
+README_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "report-canary-backdoored.png"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk."""
+    import struct
+
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
 
 
 def test_browser_check_sees_external_loads_and_console_errors(tmp_path) -> None:

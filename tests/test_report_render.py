@@ -34,3 +34,18 @@ def test_the_reproduce_command_writes_to_a_new_folder() -> None:
 
     report = {"run": {"argv": ["scan", "canary:backdoored", "--out", "r1", "--seed", "3", "--out=r2"]}}
     assert reproduce_command(report) == "amdet-audit scan canary:backdoored --seed 3"
+
+
+def test_plots_have_axes_readable_legends_and_a_reading() -> None:
+    from amdet_audit.report.html import component_plots
+
+    scan = {"series": {"loss_curves": {"collapse/k2": [0.0, -0.5, -0.7], "<b>odd</b>": [1.0, 0.5]},
+                       "landscape": {"coords": [-0.5, 0.0, 0.5], "loss": [[3, 2, 3], [2, 1, 2], [3, 2, 3]],
+                                     "eigenvalues": [2.0, 1.0, -0.5], "positive_share": 0.67}}}
+    figs = component_plots(scan)
+    assert "collapse objective, 2 vectors" in figs["loss"] and "optimisation step" in figs["loss"]
+    assert "&lt;b&gt;odd&lt;/b&gt;" in figs["loss"] and "<b>odd" not in figs["loss"]  # every label escaped
+    assert all("<figcaption>" in f and "<svg" in f for f in figs.values())
+    assert "steepest descent" in figs["landscape"] and ">-0.5<" in figs["landscape"] and "red ring" in figs["landscape"]
+    assert "67% positive" in figs["spectrum"]
+    assert component_plots({"series": {}}) == {"loss": "", "landscape": "", "spectrum": ""}

@@ -22,14 +22,42 @@ CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 MAX_IMAGE_BYTES = 4 * 1024 * 1024
 
 
+def series_name(key: str) -> str:
+    """``collapse/k2`` -> ``collapse objective, 2 vectors``."""
+    family, _, k = key.partition("/k")
+    return f"{family} objective, {k} vector{'s' if k != '1' else ''}" if k.isdigit() else key
+
+
+def figure(svg: str, caption: str) -> str:
+    """An SVG with its one-line reading below it (empty when there is nothing to draw)."""
+    from markupsafe import escape
+
+    return f"<figure>{svg}<figcaption>{escape(caption)}</figcaption></figure>" if svg else ""
+
+
 def component_plots(scan: dict[str, Any]) -> dict[str, str]:
-    """Inline SVGs of one component's scan: loss curves, loss landscape, Hessian spectrum."""
+    """One component's figures, each answering one question: did the search converge (loss curves), is the
+    pseudo-trigger a stable minimum (landscape), how bowl-like is the ground around it (curvature)."""
     series = scan.get("series") or {}
     landscape = series.get("landscape") or {}
+    curves = {series_name(k): v for k, v in (series.get("loss_curves") or {}).items()}
+    coords = landscape.get("coords") or []
     return {
-        "loss": plots.line_plot(series.get("loss_curves") or {}, "inversion loss", "step", "loss"),
-        "landscape": plots.heatmap(landscape.get("loss") or [], "loss landscape around the pseudo-trigger"),
-        "spectrum": plots.spectrum(landscape.get("eigenvalues") or [], "Hessian eigenvalue spectrum (landscape)"),
+        "loss": figure(plots.line_plot(curves, "Did the search converge?", "optimisation step",
+                                       "loss (lower: objective met better)"),
+                       "Loss of each pseudo-trigger candidate per step. Curves that settle found a direction the "
+                       "encoder follows; the candidate that decides is named in the rule table above."),
+        "landscape": figure(plots.heatmap(landscape.get("loss") or [], "Is the pseudo-trigger a stable minimum?",
+                                          coords, "random orthogonal direction (units of |v|)",
+                                          "steepest descent (units of |v|)", "loss"),
+                            "Loss on a grid around the pseudo-trigger (centre), along the direction in which the "
+                            "loss falls fastest and a random direction orthogonal to it. Dark around the centre: "
+                            "the pseudo-trigger sits in a basin."),
+        "spectrum": figure(plots.spectrum(landscape.get("eigenvalues") or [], "How bowl-like is the ground?",
+                                          "eigenvalue rank", "Hessian eigenvalue"),
+                           "Eigenvalues of the 2x2 Hessian of the loss at every interior grid point, largest first. "
+                           "Positive: the ground curves up there; negative: it curves down (a ridge or a slope "
+                           "that keeps falling). The share of positive ones is the landscape's bowl score."),
     }
 
 
