@@ -28,11 +28,17 @@ class SourceOptions:
     offline: bool | None = None
     allow_pickle: bool = False
     cache_dir: Path | None = None
+    tokenizer: str | None = None  # a tokenizer folder, or clip / clip-sd2 (the shipped CLIP vocabulary)
 
     def resolve(self, target: str) -> ResolvedTarget:
         """Resolve ``target`` with these options."""
-        return resolve(target, revision=self.revision, component=self.component, config=self.config,
-                       offline=self.offline, allow_pickle=self.allow_pickle, cache_dir=self.cache_dir)
+        resolved = resolve(target, revision=self.revision, component=self.component, config=self.config,
+                           offline=self.offline, allow_pickle=self.allow_pickle, cache_dir=self.cache_dir)
+        if self.tokenizer is None:
+            return resolved
+        from amdet_audit.sources.tokenizer_choice import with_tokenizer
+
+        return with_tokenizer(resolved, self.tokenizer)
 
 
 @dataclass

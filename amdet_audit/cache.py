@@ -1,6 +1,7 @@
 """Everything amdet-audit keeps between runs, in named stores under one root.
 
-Stores: ``canaries`` (encoders the tool builds on first use, per version), ``scans`` (finished scans: an
+Stores: ``canaries`` (encoders the tool builds on first use, per version), ``tokenizers`` (the shipped CLIP
+vocabulary written as tokenizer folders), ``scans`` (finished scans: an
 unchanged encoder scanned the same way is not scanned again), ``baselines`` (a reference model's natural
 collapse, per reference digest and search configuration). Every entry is written whole and renamed into
 place, so a crash or a concurrent run never leaves a half-written entry that a later run would trust.
@@ -29,7 +30,7 @@ from amdet_audit import __version__
 if TYPE_CHECKING:
     from amdet_audit.api import ScanOptions
 
-STORES = ("canaries", "scans", "baselines")
+STORES = ("canaries", "scans", "baselines", "tokenizers")
 #: bump whenever the scan's outputs change within a release (4: real-input rules; 5: token_shift.size; 6: decoded
 #: token text in the evidence)
 CACHE_FORMAT = 6
@@ -119,7 +120,8 @@ def scan_key(target: dict[str, Any], options: ScanOptions, device: str) -> str:
              "thresholds": asdict(options.policy.thresholds), "seed": options.search_seed,
              "device": device.split(":")[0], "reference": options.reference,
              "reference_free": options.reference_free, "config": config, "read_layer": options.read_layer,
-             "consumer": consumer_for(options.consumer, target.get("pipeline_class")).name}
+             "consumer": consumer_for(options.consumer, target.get("pipeline_class")).name,
+             "tokenizer": [n for n in target.get("notes", []) if n.startswith("tokenizer:")]}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

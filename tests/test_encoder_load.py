@@ -262,8 +262,32 @@ def test_invalid_config_values(plain: Path, tmp_path: Path) -> None:
 
 def test_missing_tokenizer(plain: Path, tmp_path: Path) -> None:
     folder = copy_folder(plain, tmp_path / "notok", without=("vocab.json", "merges.txt"))
-    message = r"no tokenizer found for model \(expected vocab\.json \+ merges\.txt or tokenizer\.json\)"
+    message = (r"no tokenizer found for model \(looked in .+ for vocab\.json \+ merges\.txt or tokenizer\.json\); "
+               r"pass --tokenizer PATH, or --tokenizer clip")
     with pytest.raises(TokenizerError, match=message):
         load_component(component(folder))
     with pytest.raises(TokenizerError, match=message):
         load_component(component(plain, tokenizer_path=None))
+
+
+def test_a_lone_weights_file_takes_a_tokenizer_by_option(run_cli, plain: Path, tmp_path: Path) -> None:
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    shutil.copy(plain / "model.safetensors", lone / "model.safetensors")
+    shutil.copy(plain / "config.json", lone / "config.json")
+    weights = lone / "model.safetensors"
+    refused = run_cli("inspect", weights)
+    assert refused.exit_code == 2 and "--tokenizer clip" in refused.stderr and str(lone) in refused.stderr
+    shipped = run_cli("inspect", weights, "--tokenizer", "clip-sd2", "--format", "json")
+    assert shipped.exit_code == 0, shipped.stderr
+    data = json.loads(shipped.stdout)
+    assert data["encoders"]["model"]["pad_token"] == "!"
+    assert any("the CLIP vocabulary amdet-audit ships (--tokenizer clip-sd2" in n for n in data["target"]["notes"])
+    assert run_cli("inspect", weights, "--tokenizer", str(plain)).exit_code == 0  # a folder of tokenizer files
+    missing = run_cli("inspect", weights, "--tokenizer", str(tmp_path / "nowhere"))
+    assert missing.exit_code == 2 and "not a folder with tokenizer files" in missing.stderr
+    config = json.loads((lone / "config.json").read_text())
+    config["vocab_size"] = 1000
+    (lone / "config.json").write_text(json.dumps(config))
+    other = run_cli("inspect", weights, "--tokenizer", "clip")
+    assert other.exit_code == 2 and "vocabulary of 1000 tokens" in other.stderr

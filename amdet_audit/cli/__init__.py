@@ -28,6 +28,10 @@ Offline = Annotated[bool, typer.Option("--offline", help="Use the local hub cach
 AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Accept pickle weights (they can run code).")]
 Format = Annotated[str, typer.Option("--format", help="text (a table) or json (on stdout).")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+TokenizerOpt = Annotated[str | None, typer.Option(
+    "--tokenizer", help="Tokenizer for a target without one (a lone weights file): a folder with tokenizer files, "
+    "or clip (the CLIP vocabulary amdet-audit ships; pads with <|endoftext|> as SD 1.x) or clip-sd2 (pads with "
+    "'!' as SD 2.x and SDXL's text_encoder_2).")]
 ConsumerOpt = Annotated[str | None, typer.Option(
     "--consumer", help="Who reads the encoder: sd1, sd2, sdxl, sd3 or clip (default: from model_index.json's "
     "pipeline class, else clip). Decides the layer scanned: SDXL and SD3 feed hidden_states[-2].")]
@@ -113,6 +117,7 @@ def scan_command(
     checks: Checks = None,
     consumer: ConsumerOpt = None,
     read_layer: ReadLayer = None,
+    tokenizer: TokenizerOpt = None,
     threads: Annotated[int | None, typer.Option(
         help="CPU threads for the scan (default: one per core). Use 1 per scan when several run at once: "
         "threads competing for the same cores slow every scan down many times over.")] = None,
@@ -138,7 +143,7 @@ def scan_command(
     if any(not key or not eq for key, eq, _ in pairs):
         fail("--plugin-option takes KEY=VALUE")
     sources = api.SourceOptions(revision=revision, component=component, config=config,
-                                offline=offline or None, allow_pickle=allow_pickle)
+                                offline=offline or None, allow_pickle=allow_pickle, tokenizer=tokenizer)
     from amdet_audit.audit.policy import load_policy
 
     options = api.ScanOptions(reference=reference, reference_free=reference_free, device=device, out=out,
@@ -234,6 +239,7 @@ def inspect_command(
     device: Device = "cpu",
     consumer: ConsumerOpt = None,
     read_layer: ReadLayer = None,
+    tokenizer: TokenizerOpt = None,
 ) -> None:
     """Resolve, load and describe TARGET's text encoders (files, digests, architecture, what the consumer reads)
     without scanning."""
@@ -241,7 +247,7 @@ def inspect_command(
 
     check_format(output_format)
     sources = api.SourceOptions(revision=revision, component=component, config=config,
-                                offline=offline or None, allow_pickle=allow_pickle)
+                                offline=offline or None, allow_pickle=allow_pickle, tokenizer=tokenizer)
     description = api.describe(target, sources=sources, device=device, consumer=consumer, read_layer=read_layer)
     if output_format == "json":
         from amdet_audit.report.escaping import json_text, strict_json

@@ -258,7 +258,9 @@ def load_clip_tokenizer(component: Component, max_positions: int) -> Any:
     has_json = folder is not None and (folder / "tokenizer.json").is_file()
     if not (has_bpe or has_json):
         raise TokenizerError(
-            f"no tokenizer found for {component.name} (expected vocab.json + merges.txt or tokenizer.json)"
+            f"no tokenizer found for {component.name} (looked in {folder or component.config_path.parent} for "
+            "vocab.json + merges.txt or tokenizer.json); pass --tokenizer PATH, or --tokenizer clip for the CLIP "
+            "vocabulary amdet-audit ships (clip-sd2 for SD 2.x/SDXL padding)"
         )
     cls = transformers.CLIPTokenizer if has_bpe else transformers.CLIPTokenizerFast
     tokenizer = local_tokenizer(cls, folder, f"CLIP tokenizer for {component.name}")
