@@ -37,10 +37,15 @@ class StderrProgress:
             self.bar = Progress(TextColumn(f"{self.title} [dim]{{task.description}}"), BarColumn(),
                                 MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True),
                                 transient=True)
-            self.task = self.bar.add_task(label, total=total if total > 0 else None, completed=done)
             self.bar.start()
             atexit.register(self.close)
-        self.bar.update(self.task, completed=done, total=total if total > 0 else None, description=label)
+        known = total if total > 0 else None
+        if self.task is None or self.bar.tasks[0].description != label or self.bar.tasks[0].total != known:
+            if self.task is not None:  # a new phase: a new counter under its own label
+                self.bar.remove_task(self.task)
+            self.task = self.bar.add_task(label, total=known, completed=done)
+        else:
+            self.bar.update(self.task, completed=done)
 
     def close(self) -> None:
         """Remove the bar (idempotent); later calls draw nothing."""
