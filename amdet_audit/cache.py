@@ -21,14 +21,10 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from amdet_audit import __version__
-
-if TYPE_CHECKING:
-    from amdet_audit.api import ScanOptions
 
 STORES = ("canaries", "scans", "baselines", "tokenizers")
 #: bump whenever the scan's outputs change within a release (4: real-input rules; 5: token_shift.size; 6: decoded
@@ -108,20 +104,13 @@ def store_baseline(key: str, baseline: dict[str, float]) -> None:
     write_json(store("baselines") / f"{key}.json", baseline)
 
 
-def scan_key(target: dict[str, Any], options: ScanOptions, device: str) -> str:
-    """The cache key of one scan of ``target`` (its report record) under ``options`` on ``device``; the consumer
-    is the one the scan resolves (``--consumer sdxl`` on an SDXL pipeline is the default scan)."""
-    from amdet_audit.encoders.consumers import consumer_for
-
-    config = options.config.to_dict() if options.config is not None else None
+def scan_key(target: dict[str, Any], choices: dict[str, Any]) -> str:
+    """The cache key of one scan of ``target`` (its report record: files, components, notes) under ``choices``
+    (every option that changes the scan's result; see :func:`amdet_audit.audit.run.scan_choices`)."""
     parts = {"format": CACHE_FORMAT, "version": __version__,
              "files": sorted((f["path"], f["sha256"]) for f in target.get("files", [])),
              "components": sorted(c["name"] for c in target.get("components", [])),
-             "thresholds": asdict(options.policy.thresholds), "seed": options.search_seed,
-             "device": device.split(":")[0], "reference": options.reference,
-             "reference_free": options.reference_free, "config": config, "read_layer": options.read_layer,
-             "consumer": consumer_for(options.consumer, target.get("pipeline_class")).name,
-             "tokenizer": [n for n in target.get("notes", []) if n.startswith("tokenizer:")]}
+             "tokenizer": [n for n in target.get("notes", []) if n.startswith("tokenizer:")], **choices}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -298,9 +298,11 @@ def cached_backdoor(folder: Path, tokens: list[str]) -> None:
     from amdet_audit import cache
     from amdet_audit.api import ScanOptions, SourceOptions
     from amdet_audit.audit.policy import load_policy
+    from amdet_audit.audit.run import scan_choices
 
     resolved = SourceOptions().resolve(str(folder))
-    key = cache.scan_key(resolved.to_dict(), ScanOptions(reference_free=True, policy=load_policy()), "cpu")
+    options = ScanOptions(reference_free=True, policy=load_policy())
+    key = cache.scan_key(resolved.to_dict(), scan_choices(options, resolved.to_dict(), "cpu"))
     name = resolved.components[0].name
     entry = {"name": name, "encoder": ENCODER, "scan": canned_scan("backdoored", tokens), "evidence_files": {}}
     cache.store_scan(key, [entry], {name: None}, "2026-01-01T00:00:00+00:00")

@@ -42,11 +42,13 @@ def cached(tiny_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     from amdet_audit import cache
     from amdet_audit.api import ScanOptions, SourceOptions
     from amdet_audit.audit.policy import load_policy
+    from amdet_audit.audit.run import scan_choices
 
     monkeypatch.setenv("AMDET_AUDIT_CACHE_SCANS", str(tmp_path / "scans"))
     model = Path(shutil.copytree(tiny_clip, tmp_path / "enc"))
     resolved = SourceOptions().resolve(str(model))
-    key = cache.scan_key(resolved.to_dict(), ScanOptions(reference_free=True, policy=load_policy()), "cpu")
+    options = ScanOptions(reference_free=True, policy=load_policy())
+    key = cache.scan_key(resolved.to_dict(), scan_choices(options, resolved.to_dict(), "cpu"))
     checks = [{"name": "target.collapse", "score": 0.95, "threshold": 0.82, "direction": ">=", "flags": True,
                "description": "cross-prompt collapse"}]
     tokens = [{"id": 1, "token": "Ð¾</w>", "text": "о", "cosine": 0.9},

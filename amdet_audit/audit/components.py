@@ -16,7 +16,7 @@ from amdet_audit.progress import phase
 from amdet_audit.sources import ResolvedTarget, resolve
 
 if TYPE_CHECKING:
-    from amdet_audit.api import ScanOptions, SourceOptions
+    from amdet_audit.audit.options import ScanOptions, SourceOptions
     from amdet_audit.encoders.base import Adapter
     from amdet_audit.progress import ProgressCallback
     from amdet_audit.scan.config import ScanConfig

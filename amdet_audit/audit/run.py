@@ -21,7 +21,7 @@ from amdet_audit.report.model import AuditReport, environment, redact_argv
 if TYPE_CHECKING:
     import pluggy
 
-    from amdet_audit.api import ScanOptions, SourceOptions
+    from amdet_audit.audit.options import ScanOptions, SourceOptions
     from amdet_audit.progress import ProgressCallback
 
 
@@ -52,6 +52,18 @@ def check_selection(options: ScanOptions, manager: pluggy.PluginManager) -> tupl
                          f"known: {', '.join(known)}")
     policy = replace(options.policy, required=tuple(selection))
     return replace(options, checks=selection, policy=policy), CHECK_ID in selection
+
+
+def scan_choices(options: ScanOptions, target: dict[str, Any], device: str) -> dict[str, Any]:
+    """Every option that changes a scan's result, for its cache key: the consumer as the scan resolves it
+    (``--consumer sdxl`` on an SDXL pipeline is the default scan)."""
+    from amdet_audit.encoders.consumers import consumer_for
+
+    return {"thresholds": asdict(options.policy.thresholds) if options.policy else None,
+            "seed": options.search_seed, "device": device.split(":")[0], "reference": options.reference,
+            "reference_free": options.reference_free, "read_layer": options.read_layer,
+            "config": options.config.to_dict() if options.config is not None else None,
+            "consumer": consumer_for(options.consumer, target.get("pipeline_class")).name}
 
 
 def scan_target(target: str, sources: SourceOptions, options: ScanOptions,
@@ -97,7 +109,7 @@ def audit(target: str, sources: SourceOptions, options: ScanOptions, progress: P
     started, when = clock
     resolved = sources.resolve(target)
     target_record = resolved.to_dict()
-    key = cache.scan_key(target_record, options, device)
+    key = cache.scan_key(target_record, scan_choices(options, target_record, device))
     use_cache = scan_selected and (options.use_cache or options.cached_only)
     cached = cache.load_scan(key) if use_cache else None
     ref_targets = current_references(cached["reference"], sources) if cached is not None else None
