@@ -1,15 +1,17 @@
 """Everything amdet-audit keeps between runs, in named stores under one root.
 
 Stores: ``canaries`` (encoders the tool builds on first use, per version), ``tokenizers`` (the shipped CLIP
-vocabulary written as tokenizer folders), ``scans`` (finished scans: an
-unchanged encoder scanned the same way is not scanned again), ``baselines`` (a reference model's natural
-collapse, per reference digest and search configuration). Every entry is written whole and renamed into
-place, so a crash or a concurrent run never leaves a half-written entry that a later run would trust.
+vocabulary written as tokenizer folders), ``configs`` (configs inferred for single-file checkpoints),
+``scans`` (finished scans: an unchanged encoder scanned the same way is not scanned again), ``baselines`` (a
+reference model's natural collapse, per reference digest and search configuration). Every entry is written
+whole and renamed into place, so a crash or a concurrent run never leaves a half-written entry that a later
+run would trust.
 
-The scan store is keyed by the target's file sha256s, the scan's version, the policy's thresholds, the seed,
-the device class and the reference choice. Only the scan (components, references, evidence files) is kept: the
-checks run again and the policy (severities, fail_on, waivers and their expiry) is applied anew on every run,
-so a waiver that expired since fails a cached result again.
+The scan store is keyed by the target's file sha256s, the scan's version and every choice that changes its
+result (thresholds, seed, device class, reference, consumer, read layer, tokenizer, search knobs). Only the scan
+(components, references, evidence files) is kept: the checks run again and the policy (severities, fail_on,
+waivers and their expiry) is applied anew on every run, so a waiver that expired since fails a cached result
+again.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 from amdet_audit import __version__
 
-STORES = ("canaries", "scans", "baselines", "tokenizers")
+STORES = ("canaries", "scans", "baselines", "tokenizers", "configs")
 #: bump whenever the scan's outputs change within a release (4: real-input rules; 5: token_shift.size; 6: decoded
 #: token text in the evidence)
 CACHE_FORMAT = 6

@@ -48,15 +48,17 @@ def group_of(key: str) -> str:
     return match.group(1) if match else key.rsplit(".", 1)[0]
 
 
-def tensor_names(files: tuple[Path, ...]) -> dict[str, tuple[Path, str]]:
-    """canonical name -> (file, stored name) over a component's safetensors files."""
+def tensor_names(component: Component) -> dict[str, tuple[Path, str]]:
+    """canonical name -> (file, stored name) over a component's safetensors files (only its own tensors in a
+    file shared with other parts, under its ``key_prefix``)."""
     from safetensors import safe_open
 
     names = {}
-    for path in files:
+    for path in component.weight_files:
         with safe_open(str(path), framework="pt") as handle:
             for key in handle.keys():
-                names[canonical(key)] = (path, key)
+                if key.startswith(component.key_prefix):
+                    names[canonical(key.removeprefix(component.key_prefix))] = (path, key)
     return names
 
 
@@ -113,7 +115,7 @@ def compare(component: Component, reference: Component, jail: safe_files.Jail) -
     """Scores and findings for one component against its reference component (the target's files in ``jail``)."""
     import torch
 
-    mine, theirs = tensor_names(component.weight_files), tensor_names(reference.weight_files)
+    mine, theirs = tensor_names(component), tensor_names(reference)
     shared = sorted(set(mine) & set(theirs))
     findings, groups = [], {}
     only = sorted(set(mine) ^ set(theirs))

@@ -163,7 +163,7 @@ def build(
     def ignorable(name: str) -> bool:
         return name.startswith(BERT_IGNORED_PREFIXES) or name == POSITION_IDS
 
-    keep, canonical = prefixed_keys(STATE_PREFIX, ignorable)
+    keep, canonical = prefixed_keys(STATE_PREFIX, ignorable, component.key_prefix)
 
     tensors = read_weights(component, keep=keep) if component.weight_format == "pickle" else None
     declared = declared_shapes(component, keep, tensors)

@@ -245,7 +245,8 @@ def clip_class_name(config: Mapping[str, Any], component: Component, tensors: Ma
     for name in [*(config.get("architectures") or []), component.architecture]:
         if name in CLIP_TEXT_CLASSES:
             return name
-    has_projection = any(k.removeprefix(STATE_PREFIX).startswith("text_projection.") for k in tensors)
+    has_projection = any(k.removeprefix(component.key_prefix).removeprefix(STATE_PREFIX).startswith(
+        "text_projection.") for k in tensors)
     return CLIP_TEXT_CLASSES[1] if has_projection else CLIP_TEXT_CLASSES[0]
 
 
@@ -293,7 +294,7 @@ def build(
     text_config, full = clip_text_config(config, component.config_path)
     tokenizer = load_clip_tokenizer(component, int(text_config.max_position_embeddings))
     ignorable = clip_ignorable(full)
-    keep, canonical = prefixed_keys(STATE_PREFIX, ignorable)
+    keep, canonical = prefixed_keys(STATE_PREFIX, ignorable, component.key_prefix)
 
     tensors = read_weights(component, keep=keep) if component.weight_format == "pickle" else None
     declared = declared_shapes(component, keep, tensors)

@@ -84,6 +84,8 @@ def load_component(
     with the final norm or not (None: -1, the last layer, with it); see :mod:`amdet_audit.encoders.consumers`.
     A read layer the model does not have is a UsageError.
     """
+    if component.refusal is not None:
+        raise NotATextEncoderError(f"{component.name}: {component.refusal}")
     config = read_config(component.config_path)
     family = detect_family(config, f"{component.name} ({component.config_path})")
     builder = FAMILY_BUILDERS.get(family)

@@ -245,15 +245,17 @@ def local_tokenizer(cls: Any, folder: Path | None, what: str) -> Any:
         raise TokenizerError(f"{folder}: unreadable {what}: {one_line(exc)}") from exc
 
 
-def prefixed_keys(prefix: str, ignorable: Callable[[str], bool]
+def prefixed_keys(prefix: str, ignorable: Callable[[str], bool], outer: str = ""
                   ) -> tuple[Callable[[str], bool], Callable[[str], str]]:
     """(keep, canonical) for a family whose checkpoints may nest the encoder under ``prefix``: keep a stored
-    key unless its name without the prefix is ignorable; its canonical name is the name without the prefix."""
+    key unless its name without the prefix is ignorable; its canonical name is the name without the prefix.
+    ``outer``: the component's own prefix in a file shared with other parts (a single-file checkpoint); keys
+    outside it are not the component's and are never read."""
 
     def canonical(key: str) -> str:
-        return key.removeprefix(prefix)
+        return key.removeprefix(outer).removeprefix(prefix)
 
     def keep(key: str) -> bool:
-        return not ignorable(canonical(key))
+        return key.startswith(outer) and not ignorable(canonical(key))
 
     return keep, canonical

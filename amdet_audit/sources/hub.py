@@ -303,7 +303,7 @@ def weight_names(
 
 def tokenizer_names(files: set[str], prefix: str) -> list[str]:
     """The tokenizer files (the names local.py reads) directly under ``prefix``."""
-    from amdet_audit.sources.local import TOKENIZER_EXTRAS, TOKENIZER_FILE_SETS
+    from amdet_audit.sources.model import TOKENIZER_EXTRAS, TOKENIZER_FILE_SETS
 
     names = {f for group in TOKENIZER_FILE_SETS for f in group} | set(TOKENIZER_EXTRAS)
     return sorted(prefix + n for n in names if prefix + n in files)

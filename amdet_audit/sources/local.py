@@ -20,11 +20,17 @@ from amdet_audit.errors import (
 from amdet_audit.sources import safe_files
 from amdet_audit.sources.config_limits import check_config
 from amdet_audit.sources.digest import file_record
-from amdet_audit.sources.model import PICKLE_SUFFIXES, SAFETENSORS_SUFFIX, Component, ResolvedTarget
+from amdet_audit.sources.model import (
+    PICKLE_SUFFIXES,
+    SAFETENSORS_SUFFIX,
+    TOKENIZER_EXTRAS,
+    TOKENIZER_FILE_SETS,
+    Component,
+    ResolvedTarget,
+    has_tokenizer,
+)
 
 TEXT_ENCODER_CLASSES = ("*TextModel*", "T5EncoderModel")
-TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("vocab.txt",), ("spiece.model",))
-TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
 #: files a tokenizer loader may open by name in its folder
 LOADER_READS = (*sorted({f for files in TOKENIZER_FILE_SETS for f in files}), *TOKENIZER_EXTRAS, "config.json",
                 "tokenizer.model", "chat_template.json", "chat_template.jinja", "processor_config.json")
@@ -51,11 +57,6 @@ def text_encoder_components(model_index: dict[str, Any], where: str = "model_ind
 def tokenizer_for(component: str) -> str:
     """The tokenizer folder that belongs to a pipeline component: text_encoder_2 -> tokenizer_2."""
     return component.replace("text_encoder", "tokenizer", 1)
-
-
-def has_tokenizer(folder: Path) -> bool:
-    """True when ``folder`` holds a complete set of tokenizer files."""
-    return folder.is_dir() and any(all((folder / f).is_file() for f in files) for files in TOKENIZER_FILE_SETS)
 
 
 def tokenizer_files(folder: Path) -> list[Path]:
@@ -304,6 +305,16 @@ def resolve_file(path: Path, *, input: str, config: Path | None = None, allow_pi
         fmt = "safetensors"
     else:
         raise UsageError(f"{input}: expected a .safetensors file (or pickle with --allow-pickle)")
+    if fmt == "safetensors" and config is None:
+        from amdet_audit.sources.single_file import components, detect
+
+        shapes = {key: shape for key, (_, shape) in safe_files.safetensors_header(path).items()}
+        layout = detect(shapes)
+        if layout is not None:
+            comps, notes = components(path, shapes, layout)
+            return ResolvedTarget(input=input, kind="file", root=path.parent, components=comps,
+                                  files=[file_record(path, path.parent)], pipeline_class=layout.pipeline_class,
+                                  notes=notes)
     config_path = config or path.parent / "config.json"
     if not os.path.lexists(config_path):
         hint = "" if config else "; pass --config CONFIG.json"

@@ -8,6 +8,13 @@ from typing import Any
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SAFETENSORS_SUFFIX = ".safetensors"
+TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("vocab.txt",), ("spiece.model",))
+TOKENIZER_EXTRAS = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+def has_tokenizer(folder: Path) -> bool:
+    """True when ``folder`` holds a complete set of tokenizer files."""
+    return folder.is_dir() and any(all((folder / f).is_file() for f in files) for files in TOKENIZER_FILE_SETS)
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,8 @@ class Component:
     weight_files: the safetensors (or, with --allow-pickle, pickle) files holding its weights.
     tokenizer_path: folder with the tokenizer files the consumer uses, or None when there is none.
     architecture: the config's class name, e.g. ``CLIPTextModel``.
+    key_prefix: the prefix of its tensor names in a file it shares (``cond_stage_model.transformer.``).
+    refusal: set when the component was found but cannot be loaded; loading it raises this reason.
     """
 
     name: str
@@ -37,6 +46,8 @@ class Component:
     architecture: str
     model_type: str
     weight_format: str = "safetensors"
+    key_prefix: str = ""  # where its tensors sit in a file shared with others (single-file checkpoints)
+    refusal: str | None = None  # why it cannot be loaded although it was found (a layout not converted yet)
 
 
 @dataclass

@@ -16,8 +16,7 @@ from pathlib import Path
 
 from amdet_audit.cache import build_lock, store
 from amdet_audit.errors import UsageError
-from amdet_audit.sources.local import has_tokenizer
-from amdet_audit.sources.model import ResolvedTarget
+from amdet_audit.sources.model import ResolvedTarget, has_tokenizer
 from amdet_audit.sources.safe_files import read_json
 
 SHIPPED = {"clip": "<|endoftext|>", "clip-sd2": "!"}  # name -> pad token

@@ -1,0 +1,107 @@
+"""Single-file checkpoints (A1111/ComfyUI): the text encoders inside them are found by key prefix, read with an
+inferred config and the shipped CLIP vocabulary, and equal the same encoder saved as a model folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from amdet_audit.encoders import load_component
+from amdet_audit.errors import NotATextEncoderError
+from amdet_audit.sources import resolve
+
+PROMPT = "a watercolor of a lighthouse at dawn"
+
+
+@pytest.fixture(scope="module")
+def towers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two tiny CLIP text towers with 64-wide heads: a ViT-L-like one and a projected one (as SD3 ships)."""
+    from amdet_audit.lab.folders import tiny_clip_folder
+
+    root = tmp_path_factory.mktemp("towers")
+    return {"plain": tiny_clip_folder(root / "plain", hidden=128, layers=2, heads=2, seed=5),
+            "projected": tiny_clip_folder(root / "projected", hidden=128, layers=3, heads=2, seed=6,
+                                          projection=True)}
+
+
+def single_file(path: Path, parts: dict[str, Path], extra: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``path`` holding each tower's tensors under its prefix (in the checkpoints' ``text_model.`` nesting),
+    plus denoiser and VAE tensors as a real checkpoint has."""
+    tensors = {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4),
+               "first_stage_model.decoder.conv_in.weight": torch.zeros(2, 2), **(extra or {})}
+    for prefix, folder in parts.items():
+        for key, value in load_file(folder / "model.safetensors").items():
+            nested = key if key.startswith("text_projection") else f"text_model.{key.removeprefix('text_model.')}"
+            tensors[f"{prefix}{nested}"] = value
+    save_file(tensors, path)
+    return path
+
+
+def outputs(adapter) -> tuple[torch.Tensor, torch.Tensor]:
+    with torch.no_grad():
+        out = adapter(adapter.tokenize([PROMPT]).ids)
+    return out.read, out.pooled
+
+
+def test_an_sd1_single_file_loads_the_same_encoder(towers: dict[str, Path], tmp_path: Path, run_cli) -> None:
+    path = single_file(tmp_path / "sd15-finetune.safetensors", {"cond_stage_model.transformer.": towers["plain"]})
+    target = resolve(str(path))
+    assert target.pipeline_class == "StableDiffusionPipeline" and [c.name for c in target.components] == [
+        "text_encoder"]
+    assert any("SD 1.x single-file checkpoint" in n for n in target.notes)
+    assert any("the CLIP vocabulary amdet-audit ships" in n for n in target.notes)
+    single = load_component(target.components[0])
+    folder = load_component(resolve(str(towers["plain"])).components[0])
+    for mine, theirs in zip(outputs(single), outputs(folder), strict=True):
+        assert torch.equal(mine, theirs)
+    shown = run_cli("inspect", path, "--format", "json")
+    assert shown.exit_code == 0, shown.stderr
+    assert json.loads(shown.stdout)["encoders"]["text_encoder"]["consumer"]["name"] == "sd1"
+
+
+def test_an_sd3_single_file_reads_both_clips_at_the_penultimate_layer(towers: dict[str, Path], tmp_path: Path) -> None:
+    path = single_file(tmp_path / "sd3.safetensors", {"text_encoders.clip_l.transformer.": towers["plain"],
+                                                      "text_encoders.clip_g.transformer.": towers["projected"]},
+                       extra={"text_encoders.t5xxl.transformer.encoder.block.0.layer.0.SelfAttention.q.weight":
+                              torch.zeros(2, 2)})
+    target = resolve(str(path))
+    assert target.pipeline_class == "StableDiffusion3Pipeline"
+    assert {c.name: c.architecture for c in target.components} == {
+        "text_encoder": "CLIPTextModel", "text_encoder_2": "CLIPTextModelWithProjection"}
+    two = load_component(target.components[1], read_layer=-2, read_norm=False)
+    reference = load_component(resolve(str(towers["projected"])).components[0], read_layer=-2, read_norm=False)
+    assert two.tokenizer.pad_token == "!"  # SD3's second tokenizer pads with "!"
+    assert torch.equal(outputs(two)[1], outputs(reference)[1])  # the projected pooled output
+
+
+def test_an_sdxl_single_file_never_passes_without_its_openclip_encoder(towers: dict[str, Path],
+                                                                       tmp_path: Path) -> None:
+    openclip = {"conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight": torch.zeros(6, 2),
+                "conditioner.embedders.1.model.token_embedding.weight": torch.zeros(8, 2)}
+    path = single_file(tmp_path / "sdxl.safetensors", {"conditioner.embedders.0.transformer.": towers["plain"]},
+                       extra=openclip)
+    target = resolve(str(path))
+    assert target.pipeline_class == "StableDiffusionXLPipeline"
+    assert [c.name for c in target.components] == ["text_encoder", "text_encoder_2"]
+    load_component(target.components[0])
+    with pytest.raises(NotATextEncoderError, match="OpenCLIP-layout text encoder .* not supported yet"):
+        load_component(target.components[1])
+
+
+@pytest.mark.slow
+def test_an_sdxl_single_file_scan_says_which_encoder_it_could_not_read(towers: dict[str, Path], tmp_path: Path,
+                                                                        run_cli) -> None:
+    openclip = {"conditioner.embedders.1.model.token_embedding.weight": torch.zeros(8, 2)}
+    path = single_file(tmp_path / "sdxl.safetensors", {"conditioner.embedders.0.transformer.": towers["plain"]},
+                       extra=openclip)
+    result = run_cli("scan", path, "--reference-free", "--out", tmp_path / "r")
+    assert result.exit_code != 0, result.stdout  # (a random tower may even look backdoored: exit 1)
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert [c["consumer"]["reads"] for c in report["components"] if "scan" in c] == ["hidden[-2]"]
+    assert {r["check"]: r["status"] for r in report["coverage"]}["assimilation"] == "error"
+    missing = [f for f in report["findings"] if f["component"] == "text_encoder_2"]
+    assert [f["kind"] for f in missing] == ["inconclusive"] and "OpenCLIP" in missing[0]["message"]
