@@ -105,3 +105,17 @@ def test_an_sdxl_single_file_scan_says_which_encoder_it_could_not_read(towers: d
     assert {r["check"]: r["status"] for r in report["coverage"]}["assimilation"] == "error"
     missing = [f for f in report["findings"] if f["component"] == "text_encoder_2"]
     assert [f["kind"] for f in missing] == ["inconclusive"] and "OpenCLIP" in missing[0]["message"]
+
+
+@pytest.mark.parametrize(("key", "kind"), [
+    ("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight", "a kohya text-encoder LoRA"),
+    ("lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight", "a kohya SDXL text-encoder LoRA"),
+    ("base_model.model.text_model.encoder.layers.0.mlp.fc1.lora_A.weight", "a PEFT LoRA"),
+    ("text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.down.weight", "a diffusers LoRA"),
+])
+def test_a_lora_is_named_as_one(tmp_path: Path, run_cli, key: str, kind: str) -> None:
+    path = tmp_path / "style.safetensors"
+    save_file({key: torch.zeros(4, 2)}, path)
+    result = run_cli("scan", path, "--out", tmp_path / "r")
+    assert result.exit_code == 2 and f"{kind}, not a text encoder" in result.stderr and "merge it" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()

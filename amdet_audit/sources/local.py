@@ -306,9 +306,14 @@ def resolve_file(path: Path, *, input: str, config: Path | None = None, allow_pi
     else:
         raise UsageError(f"{input}: expected a .safetensors file (or pickle with --allow-pickle)")
     if fmt == "safetensors" and config is None:
-        from amdet_audit.sources.single_file import components, detect
+        from amdet_audit.sources.single_file import components, detect, lora_kind
 
         shapes = {key: shape for key, (_, shape) in safe_files.safetensors_header(path).items()}
+        lora = lora_kind(shapes)
+        if lora is not None:
+            raise UsageError(f"{input}: {lora}, not a text encoder: applying a LoRA onto its base model is not "
+                             "supported yet; merge it into the base (with the tool that trained it) and scan the "
+                             "merged encoder")
         layout = detect(shapes)
         if layout is not None:
             comps, notes = components(path, shapes, layout)
