@@ -71,7 +71,9 @@ def test_an_sd3_single_file_reads_both_clips_at_the_penultimate_layer(towers: di
     target = resolve(str(path))
     assert target.pipeline_class == "StableDiffusion3Pipeline"
     assert {c.name: c.architecture for c in target.components} == {
-        "text_encoder": "CLIPTextModel", "text_encoder_2": "CLIPTextModelWithProjection"}
+        "text_encoder": "CLIPTextModel", "text_encoder_2": "CLIPTextModelWithProjection", "text_encoder_3": "unknown"}
+    with pytest.raises(NotATextEncoderError, match="a T5 encoder: not supported yet"):
+        load_component(target.components[2])  # found, so the audit cannot pass without it
     two = load_component(target.components[1], read_layer=-2, read_norm=False)
     reference = load_component(resolve(str(towers["projected"])).components[0], read_layer=-2, read_norm=False)
     assert two.tokenizer.pad_token == "!"  # SD3's second tokenizer pads with "!"
@@ -88,7 +90,7 @@ def test_an_sdxl_single_file_never_passes_without_its_openclip_encoder(towers: d
     assert target.pipeline_class == "StableDiffusionXLPipeline"
     assert [c.name for c in target.components] == ["text_encoder", "text_encoder_2"]
     load_component(target.components[0])
-    with pytest.raises(NotATextEncoderError, match="OpenCLIP-layout text encoder .* not supported yet"):
+    with pytest.raises(NotATextEncoderError, match="an OpenCLIP-layout text encoder: converting this layout is not supported yet"):
         load_component(target.components[1])
 
 
@@ -119,3 +121,39 @@ def test_a_lora_is_named_as_one(tmp_path: Path, run_cli, key: str, kind: str) ->
     result = run_cli("scan", path, "--out", tmp_path / "r")
     assert result.exit_code == 2 and f"{kind}, not a text encoder" in result.stderr and "merge it" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
+
+
+def test_a_decoy_tower_or_a_broken_one_is_never_passed_over(towers: dict[str, Path], tmp_path: Path) -> None:
+    decoys = {"cond_stage_model.model.token_embedding.weight": torch.zeros(8, 2),  # an SD 2.x tower beside SD 1.x's
+              "text_encoders.t5xxl.transformer.shared.weight": torch.zeros(8, 2)}
+    path = single_file(tmp_path / "two.safetensors", {"cond_stage_model.transformer.": towers["plain"]}, extra=decoys)
+    names = {c.name: c.refusal for c in resolve(str(path)).components}
+    assert names["text_encoder"] is None
+    others = sorted(r for n, r in names.items() if n.startswith("other_encoder_"))
+    assert len(others) == 2 and "cond_stage_model.model.*" in others[0] and "text_encoders.t5xxl.*" in others[1]
+    broken = {f"cond_stage_model.transformer.text_model.{k}": v for k, v in load_file(
+        towers["plain"] / "model.safetensors").items()}
+    broken["cond_stage_model.transformer.text_model.embeddings.position_embedding.weight"] = torch.zeros(())
+    save_file(broken, tmp_path / "broken.safetensors")
+    (comp,) = resolve(str(tmp_path / "broken.safetensors")).components
+    assert "position_embedding.weight is []" in comp.refusal  # a one-line reason, no traceback
+    deep = dict(broken, **{"cond_stage_model.transformer.text_model.embeddings.position_embedding.weight":
+                           torch.zeros(77, 128),
+                           "cond_stage_model.transformer.text_model.encoder.layers.999999999.mlp.fc1.weight":
+                           torch.zeros(1, 1)})
+    save_file(deep, tmp_path / "deep.safetensors")
+    (comp,) = resolve(str(tmp_path / "deep.safetensors")).components
+    assert comp.refusal is not None and "num_hidden_layers" in comp.refusal
+
+
+def test_the_tokenizer_option_leaves_refused_encoders_alone(towers: dict[str, Path], tmp_path: Path) -> None:
+    from amdet_audit.api import SourceOptions
+
+    openclip = {"conditioner.embedders.1.model.token_embedding.weight": torch.zeros(8, 2)}
+    path = single_file(tmp_path / "sdxl.safetensors", {"conditioner.embedders.0.transformer.": towers["plain"]},
+                       extra=openclip)
+    target = SourceOptions(tokenizer="clip").resolve(str(path))
+    assert [n for n in target.notes if n.startswith("tokenizer:")] == [
+        'tokenizer: the CLIP vocabulary amdet-audit ships (--tokenizer clip, padding with "<|endoftext|>"), not one '
+        "of the target's files"]
+    assert target.components[1].refusal is not None and target.components[1].tokenizer_path is None

@@ -79,6 +79,8 @@ def vocabulary(component: Component, jail: safe_files.Jail) -> dict[int, str]:
     folder = component.tokenizer_path
     if folder is None:
         return {}
+    if not folder.resolve().is_relative_to(jail.root.resolve()):  # --tokenizer, or the shipped vocabulary
+        jail = safe_files.Jail(folder)
     if os.path.lexists(folder / "tokenizer.json"):
         path = folder / "tokenizer.json"
         document = jail.json(path, limit=safe_files.MAX_TOKENIZER_BYTES, error=TokenizerError)

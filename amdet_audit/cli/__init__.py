@@ -187,6 +187,7 @@ def verify_command(
     checks: Checks = None,
     consumer: ConsumerOpt = None,
     read_layer: ReadLayer = None,
+    tokenizer: TokenizerOpt = None,
 ) -> None:
     """Gate model files on their audit: one line per model; exit 0 all pass, 1 any fails, 2 any unknown."""
     import tempfile
@@ -216,7 +217,7 @@ def verify_command(
                                    cached_only=not scan_missing, argv=["scan", target], checks=split_list(checks),
                                    consumer=consumer, read_layer=read_layer)
 
-        for outcome in audit_each([str(t) for t in targets], options_for):
+        for outcome in audit_each([str(t) for t in targets], options_for, api.SourceOptions(tokenizer=tokenizer)):
             codes.append(outcome.exit_code)
             if outcome.report is None:
                 typer.echo(visible(f"{outcome.target}: error: {outcome.error}"))

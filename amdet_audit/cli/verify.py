@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from amdet_audit.errors import AmdetError
 
 if TYPE_CHECKING:
-    from amdet_audit.api import ScanOptions
+    from amdet_audit.api import ScanOptions, SourceOptions
     from amdet_audit.report.model import AuditReport
 
 #: files a consumer may unpickle (torch.load, pickle, joblib, numpy with allow_pickle) or run (custom model code)
@@ -123,14 +123,15 @@ class Outcome:
     error: AmdetError | None = None
 
 
-def audit_each(targets: Sequence[str], options_for: Callable[[int, str], ScanOptions]) -> Iterator[Outcome]:
+def audit_each(targets: Sequence[str], options_for: Callable[[int, str], ScanOptions],
+               sources: SourceOptions | None = None) -> Iterator[Outcome]:
     """Audit every target in turn with ``options_for(index, target)``; a target that cannot be audited is an
     error outcome (its exit code, label inconclusive) and the others still run."""
     from amdet_audit import api
 
     for i, target in enumerate(targets):
         try:
-            report = api.scan(target, options=options_for(i, target))
+            report = api.scan(target, sources=sources, options=options_for(i, target))
         except AmdetError as err:
             yield Outcome(target, err.exit_code, "inconclusive", error=err)
             continue

@@ -6,14 +6,16 @@ encoders inside them, found by their tensor-name prefixes.
 - SDXL: ``conditioner.embedders.0.transformer.`` (``text_encoder``, CLIP ViT-L) and
   ``conditioner.embedders.1.model.`` (``text_encoder_2`` in OpenCLIP's layout: found, not converted yet).
 - SD3: ``text_encoders.clip_l.transformer.`` and ``text_encoders.clip_g.transformer.`` (``text_encoder``,
-  ``text_encoder_2``, transformers' layout; its T5 is not scanned).
+  ``text_encoder_2``, transformers' layout) and ``text_encoders.t5xxl.`` (``text_encoder_3``, T5: found, not
+  supported yet).
+
+Any other token-embedding table in the file (a tower a web UI might load instead) is listed as a component that
+cannot be loaded, as are the found-but-unsupported ones, so such an audit ends inconclusive, never clean.
 
 The file holds no config: the CLIP config is inferred from the tensor shapes (width, layers, MLP width,
 positions, vocabulary, projection; 64-wide attention heads and the activation of the model family: quick_gelu
 for OpenAI's ViT-L, gelu for OpenCLIP's bigG) and written into the cache; nor a tokenizer: each CLIP reads
-the CLIP vocabulary amdet-audit ships, padded as its pipeline pads. Both are stated in the target's notes. A
-component found in a layout that is not converted yet is kept as a component that cannot be loaded, so the
-audit says so and never passes without it.
+the CLIP vocabulary amdet-audit ships, padded as its pipeline pads. Both are stated in the target's notes.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class Part:
 
     name: str
     prefix: str
-    openclip: bool = False
+    unsupported: str | None = None  # why it is found but not loaded (a layout not converted, a family not modelled)
     tokenizer: str = "clip"  # the shipped tokenizer: clip (EOS padding) or clip-sd2 ("!" padding)
 
 
@@ -52,18 +54,23 @@ class Layout:
     parts: tuple[Part, ...]
 
 
+OPENCLIP = "an OpenCLIP-layout text encoder: converting this layout is not supported yet"
 LAYOUTS = (
     Layout("an SDXL single-file checkpoint", "StableDiffusionXLPipeline",
            (Part("text_encoder", "conditioner.embedders.0.transformer."),
-            Part("text_encoder_2", "conditioner.embedders.1.model.", openclip=True, tokenizer="clip-sd2"))),
+            Part("text_encoder_2", "conditioner.embedders.1.model.", unsupported=OPENCLIP, tokenizer="clip-sd2"))),
     Layout("an SD3 single-file checkpoint", "StableDiffusion3Pipeline",
            (Part("text_encoder", "text_encoders.clip_l.transformer."),
-            Part("text_encoder_2", "text_encoders.clip_g.transformer.", tokenizer="clip-sd2"))),
+            Part("text_encoder_2", "text_encoders.clip_g.transformer.", tokenizer="clip-sd2"),
+            Part("text_encoder_3", "text_encoders.t5xxl.", unsupported="a T5 encoder: not supported yet"))),
     Layout("an SD 1.x single-file checkpoint", "StableDiffusionPipeline",
            (Part("text_encoder", "cond_stage_model.transformer."),)),
     Layout("an SD 2.x single-file checkpoint", "StableDiffusionPipeline",
-           (Part("text_encoder", "cond_stage_model.model.", openclip=True, tokenizer="clip-sd2"),)),
+           (Part("text_encoder", "cond_stage_model.model.", unsupported=OPENCLIP, tokenizer="clip-sd2"),)),
 )
+#: tensor-name endings of a text encoder's token-embedding table (CLIP, OpenCLIP, BERT, T5): one under a prefix
+#: that no part of the detected layout covers is a text encoder the audit must not pass over in silence
+TOKEN_TABLES = ("token_embedding.weight", "word_embeddings.weight", "shared.weight", "embed_tokens.weight")
 
 
 #: key patterns of text-encoder LoRAs -> what to call them
@@ -90,70 +97,98 @@ def detect(shapes: dict[str, tuple[int, ...]]) -> Layout | None:
 
 
 def infer_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, object]:
-    """A CLIPTextConfig dict from one CLIP tower's tensor shapes (names without the part's prefix)."""
+    """A CLIPTextConfig dict from one CLIP tower's tensor shapes (names without the part's prefix); ValueError
+    when the shapes do not describe one."""
     shapes = {key.removeprefix(TEXT): shape for key, shape in shapes.items()}
-    embed = shapes.get("embeddings.token_embedding.weight")
-    positions = shapes.get("embeddings.position_embedding.weight")
-    fc1 = shapes.get("encoder.layers.0.mlp.fc1.weight")
-    if embed is None or positions is None or fc1 is None or len(embed) != 2:
-        raise ValueError("no CLIP text tower (token and position embeddings, MLP) under this prefix")
-    vocab, width = embed
-    layers = 1 + max(int(m.group(1)) for key in shapes if (m := LAYER.match(key)))
+    needed = {name: shapes.get(name) for name in ("embeddings.token_embedding.weight",
+                                                   "embeddings.position_embedding.weight",
+                                                   "encoder.layers.0.mlp.fc1.weight")}
     projection = shapes.get("text_projection.weight")
+    for name, shape in [*needed.items(), *([("text_projection.weight", projection)] if projection else [])]:
+        if shape is None or len(shape) != 2 or min(shape) < 1:
+            raise ValueError(f"no CLIP text tower here: {name} is {'missing' if shape is None else list(shape)}")
+    (vocab, width), (positions, _), (mlp, _) = needed.values()  # type: ignore[misc]
+    if width % HEAD_WIDTH:
+        raise ValueError(f"width {width} is not a multiple of the {HEAD_WIDTH}-wide attention heads")
+    layers = 1 + max(int(m.group(1)) for key in shapes if (m := LAYER.match(key)))
     return {"architectures": ["CLIPTextModelWithProjection" if projection else "CLIPTextModel"],
             "model_type": "clip_text_model", "vocab_size": vocab, "hidden_size": width,
-            "intermediate_size": fc1[0], "num_hidden_layers": layers,
-            "num_attention_heads": max(1, width // HEAD_WIDTH), "max_position_embeddings": positions[0],
-            "hidden_act": "quick_gelu" if width <= 1024 else "gelu", "layer_norm_eps": 1e-5,
-            "projection_dim": projection[0] if projection else width,
+            "intermediate_size": mlp, "num_hidden_layers": layers, "num_attention_heads": width // HEAD_WIDTH,
+            "max_position_embeddings": positions, "hidden_act": "quick_gelu" if width <= 1024 else "gelu",
+            "layer_norm_eps": 1e-5, "projection_dim": projection[0] if projection else width,
             "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
 
 
-def write_config(config: dict[str, object], identity: str) -> Path:
-    """The inferred config as a config.json in the cache, named by ``identity`` (written whole)."""
-    folder = store("configs") / hashlib.sha256(identity.encode()).hexdigest()[:32]
+def write_config(config: dict[str, object]) -> Path:
+    """The inferred config as a config.json in the cache, named by its own content (written whole)."""
+    text = json.dumps(config, indent=2, sort_keys=True)
+    folder = store("configs") / hashlib.sha256(text.encode()).hexdigest()[:32]
     path = folder / "config.json"
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".config.{time.time_ns()}.tmp"
-        tmp.write_text(json.dumps(config, indent=2), encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
     return path
 
 
-def components(path: Path, shapes: dict[str, tuple[int, ...]], layout: Layout) -> tuple[list[Component], list[str]]:
-    """The layout's text encoders in ``path`` as components, and the notes that say how each was made."""
-    from amdet_audit.sources.tokenizer_choice import CLIP_VOCAB_SIZE, SHIPPED, shipped_tokenizer
+def refused(path: Path, name: str, prefix: str, reason: str) -> Component:
+    """A text encoder found in the file that cannot be loaded: loading it raises ``reason`` (the audit then
+    cannot pass)."""
+    return Component(name=name, config_path=path, weight_files=(path,), tokenizer_path=None, architecture="unknown",
+                     model_type="unknown", key_prefix=prefix, refusal=f"{prefix}* in {path.name}: {reason}")
 
-    header = json.dumps(sorted(shapes.items()))
+
+def stray_encoders(shapes: dict[str, tuple[int, ...]], layout: Layout) -> list[str]:
+    """Prefixes (two name parts) of token-embedding tables that no part of ``layout`` covers: an encoder the
+    layout does not name, such as a second tower added beside the one a scanner would read."""
+    covered = tuple(part.prefix for part in layout.parts)
+    stray = set()
+    for key in shapes:
+        if key.endswith(TOKEN_TABLES) and not key.startswith(covered):
+            names = key.split(".")
+            stray.add(".".join(names[:2]) + "." if len(names) > 2 else key)
+    return sorted(stray)
+
+
+def component(path: Path, part: Part, own: dict[str, tuple[int, ...]], layout: Layout) -> tuple[Component, list[str]]:
+    """One part of the layout as a component (refused when unsupported or its shapes do not hold a CLIP tower)."""
+    from amdet_audit.errors import AmdetError
+    from amdet_audit.sources.config_limits import check_config
+    from amdet_audit.sources.shipped_tokenizer import CLIP_VOCAB_SIZE, SHIPPED, shipped_tokenizer
+
+    if part.unsupported is not None:
+        return refused(path, part.name, part.prefix, f"{part.unsupported} ({layout.name})"), []
+    try:
+        config = infer_config(own)
+        check_config(config, Path(f"{path.name}:{part.prefix}*"))
+    except (ValueError, AmdetError) as err:
+        return refused(path, part.name, part.prefix, str(err)), []
+    config_path = write_config(config)
+    notes = [f"{part.name}: config inferred from the tensor shapes ({config['num_hidden_layers']} layers, width "
+             f"{config['hidden_size']}, {config['hidden_act']}), written to {config_path}"]
+    tokenizer = shipped_tokenizer(part.tokenizer) if config["vocab_size"] == CLIP_VOCAB_SIZE else None
+    if tokenizer is not None:
+        notes.append(f"tokenizer: {part.name} reads the CLIP vocabulary amdet-audit ships, padding with "
+                     f"{json.dumps(SHIPPED[part.tokenizer])} as its pipeline does (the file has no tokenizer)")
+    architecture = str(config["architectures"][0])  # type: ignore[index]
+    return Component(name=part.name, config_path=config_path, weight_files=(path,), tokenizer_path=tokenizer,
+                     architecture=architecture, model_type="clip_text_model", key_prefix=part.prefix), notes
+
+
+def components(path: Path, shapes: dict[str, tuple[int, ...]], layout: Layout) -> tuple[list[Component], list[str]]:
+    """The layout's text encoders in ``path`` as components, any other token-embedding table as a refused one,
+    and the notes that say how each was made."""
     found, notes = [], [f"{layout.name}: its text encoders are read from their key prefixes"]
     for part in layout.parts:
         own = {key.removeprefix(part.prefix): shape for key, shape in shapes.items() if key.startswith(part.prefix)}
         if not own:
             notes.append(f"{part.name}: no tensors under {part.prefix}: not in this file")
             continue
-        if part.openclip:
-            found.append(Component(name=part.name, config_path=path, weight_files=(path,), tokenizer_path=None,
-                                   architecture="OpenCLIP", model_type="open_clip", key_prefix=part.prefix,
-                                   refusal=f"an OpenCLIP-layout text encoder ({part.prefix}*) of {layout.name}: "
-                                           "converting this layout is not supported yet, so it is not scanned"))
-            continue
-        try:
-            config = infer_config(own)
-        except ValueError as err:
-            found.append(Component(name=part.name, config_path=path, weight_files=(path,), tokenizer_path=None,
-                                   architecture="unknown", model_type="unknown", key_prefix=part.prefix,
-                                   refusal=f"{part.prefix}*: {err}"))
-            continue
-        config_path = write_config(config, f"{header}|{part.prefix}")
-        tokenizer = shipped_tokenizer(part.tokenizer) if config["vocab_size"] == CLIP_VOCAB_SIZE else None
-        notes.append(f"{part.name}: config inferred from the tensor shapes ({config['num_hidden_layers']} layers, "
-                     f"width {config['hidden_size']}, {config['hidden_act']}), written to {config_path}")
-        if tokenizer is not None:
-            notes.append(f"tokenizer: {part.name} reads the CLIP vocabulary amdet-audit ships, padding with "
-                         f"{json.dumps(SHIPPED[part.tokenizer])} as its pipeline does (the file has no tokenizer)")
-        architecture = "CLIPTextModelWithProjection" if "text_projection.weight" in own else "CLIPTextModel"
-        found.append(Component(name=part.name, config_path=config_path, weight_files=(path,),
-                               tokenizer_path=tokenizer, architecture=architecture, model_type="clip_text_model",
-                               key_prefix=part.prefix))
+        comp, made = component(path, part, own, layout)
+        found.append(comp)
+        notes += made
+    for i, prefix in enumerate(stray_encoders(shapes, layout)):
+        found.append(refused(path, f"other_encoder_{i + 1}", prefix,
+                             f"a token-embedding table {layout.name} does not have: an encoder that is not scanned"))
     return found, notes

@@ -1,26 +1,24 @@
 """``--tokenizer PATH|clip|clip-sd2``: the tokenizer of a target that ships none (a lone weights file), or another.
 
-``clip`` is the CLIP BPE vocabulary amdet-audit ships (49,408 tokens, see data/NOTICE.md), padding with
-``<|endoftext|>`` as SD 1.x and CLIP do; ``clip-sd2`` pads with ``!`` as SD 2.x and SDXL's ``text_encoder_2``
-do. It is used only for a model whose embedding table has exactly that many rows; the choice is recorded in
-the target's notes (report.json ``target.notes``).
+``clip`` and ``clip-sd2`` are the CLIP vocabulary amdet-audit ships (:mod:`amdet_audit.sources.shipped_tokenizer`),
+used only for a model whose embedding table has exactly that many rows. The choice replaces every other
+tokenizer note of the target and is recorded in its notes (report.json ``target.notes``) and the scan cache key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-import shutil
-import time
 from pathlib import Path
 
-from amdet_audit.cache import build_lock, store
 from amdet_audit.errors import UsageError
+from amdet_audit.sources import safe_files
+from amdet_audit.sources.digest import sha256_file
+from amdet_audit.sources.local import check_tokenizer, tokenizer_files
 from amdet_audit.sources.model import ResolvedTarget, has_tokenizer
 from amdet_audit.sources.safe_files import read_json
-
-SHIPPED = {"clip": "<|endoftext|>", "clip-sd2": "!"}  # name -> pad token
-CLIP_VOCAB_SIZE = 49408
+from amdet_audit.sources.shipped_tokenizer import CLIP_VOCAB_SIZE, SHIPPED, shipped_tokenizer
 
 
 def vocab_size(config_path: Path) -> int | None:
@@ -30,25 +28,20 @@ def vocab_size(config_path: Path) -> int | None:
     return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
-def shipped_tokenizer(name: str) -> Path:
-    """The folder of the shipped CLIP tokenizer ``name``, written once into the cache."""
-    from amdet_audit.tokenization import write_clip_tokenizer
-
-    folder = store("tokenizers") / name
-    with build_lock(folder.parent / f".{name}.lock"):
-        if not has_tokenizer(folder):
-            if folder.exists():
-                shutil.rmtree(folder)  # left half-written by a crash
-            tmp = folder.with_name(f".{name}.{time.time_ns()}.tmp")
-            write_clip_tokenizer(tmp, pad_token=SHIPPED[name])
-            tmp.rename(folder)
-    return folder
+def folder_digest(folder: Path) -> str:
+    """sha256 over the tokenizer files of ``folder`` (their names and contents), for the cache key."""
+    digest = hashlib.sha256()
+    for path in tokenizer_files(folder):
+        digest.update(path.name.encode() + b"\0" + sha256_file(path).encode())
+    return digest.hexdigest()
 
 
 def with_tokenizer(resolved: ResolvedTarget, choice: str) -> ResolvedTarget:
-    """``resolved`` with every component reading its prompts through ``choice`` (a folder or a shipped name)."""
+    """``resolved`` with every loadable component reading its prompts through ``choice`` (a folder or a
+    shipped name)."""
+    loadable = [comp for comp in resolved.components if comp.refusal is None]
     if choice in SHIPPED:
-        for comp in resolved.components:
+        for comp in loadable:
             size = vocab_size(comp.config_path)
             if size != CLIP_VOCAB_SIZE:
                 raise UsageError(f"--tokenizer {choice}: {comp.name} has a vocabulary of {size} tokens, the CLIP "
@@ -61,6 +54,9 @@ def with_tokenizer(resolved: ResolvedTarget, choice: str) -> ResolvedTarget:
         if not has_tokenizer(folder):
             raise UsageError(f"--tokenizer {choice}: not a folder with tokenizer files (vocab.json + merges.txt, "
                              "tokenizer.json or vocab.txt); or pass --tokenizer clip or clip-sd2")
-        note = f"tokenizer: {folder} (--tokenizer), not one of the target's files"
-    components = [dataclasses.replace(comp, tokenizer_path=folder) for comp in resolved.components]
-    return dataclasses.replace(resolved, components=components, notes=[*resolved.notes, note])
+        check_tokenizer(folder, safe_files.Jail(folder), whole_folder=False)  # regular, capped files only
+        note = f"tokenizer: {folder} (--tokenizer, files sha256 {folder_digest(folder)}), not one of the target's"
+    components = [dataclasses.replace(comp, tokenizer_path=folder) if comp.refusal is None else comp
+                  for comp in resolved.components]
+    notes = [n for n in resolved.notes if not n.startswith("tokenizer:")] + [note]
+    return dataclasses.replace(resolved, components=components, notes=notes)
