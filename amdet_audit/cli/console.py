@@ -110,6 +110,8 @@ def print_report(report: AuditReport, console: Console | None = None) -> None:
     verdict = report.verdict
     console.print(f"[{VERDICT_STYLE[verdict['label']]}]{verdict['label'].upper()}[/]  {esc(report.target['input'])}"
                   f"  (exit {verdict['exit_code']})")
+    for note in report.target.get("notes", []):
+        console.print(f"note: {esc(note)}")
     for entry in report.components:
         if "scan" not in entry:
             console.print(f"{esc(entry['name'])}: [yellow]not scanned: {esc(entry.get('error'))}[/]")
