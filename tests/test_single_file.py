@@ -41,9 +41,10 @@ def single_file(path: Path, parts: dict[str, Path], extra: dict[str, torch.Tenso
     return path
 
 
-def outputs(adapter) -> tuple[torch.Tensor, torch.Tensor]:
+def outputs(adapter, ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(read sequence, pooled) of ``PROMPT`` (or of ``ids``: the same tokens for two adapters)."""
     with torch.no_grad():
-        out = adapter(adapter.tokenize([PROMPT]).ids)
+        out = adapter(adapter.tokenize([PROMPT]).ids if ids is None else ids)
     return out.read, out.pooled
 
 
@@ -80,24 +81,69 @@ def test_an_sd3_single_file_reads_both_clips_at_the_penultimate_layer(towers: di
     assert torch.equal(outputs(two)[1], outputs(reference)[1])  # the projected pooled output
 
 
-def test_an_sdxl_single_file_never_passes_without_its_openclip_encoder(towers: dict[str, Path],
-                                                                       tmp_path: Path) -> None:
-    openclip = {"conditioner.embedders.1.model.transformer.resblocks.0.attn.in_proj_weight": torch.zeros(6, 2),
-                "conditioner.embedders.1.model.token_embedding.weight": torch.zeros(8, 2)}
+def openclip_names(folder: Path) -> dict[str, torch.Tensor]:
+    """A transformers CLIP tower's tensors under OpenCLIP's names (stacked q/k/v, a [D, P] projection)."""
+    state = {k.removeprefix("text_model."): v for k, v in load_file(folder / "model.safetensors").items()}
+    out = {"token_embedding.weight": state["embeddings.token_embedding.weight"],
+           "positional_embedding": state["embeddings.position_embedding.weight"],
+           "ln_final.weight": state["final_layer_norm.weight"], "ln_final.bias": state["final_layer_norm.bias"],
+           "text_projection": state["text_projection.weight"].T.contiguous()}
+    layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layers."))
+    for i in range(layers):
+        old, new = f"encoder.layers.{i}.", f"transformer.resblocks.{i}."
+        for leaf in ("weight", "bias"):
+            out[f"{new}attn.in_proj_{leaf}"] = torch.cat([state[f"{old}self_attn.{n}_proj.{leaf}"] for n in "qkv"])
+            for mine, theirs in (("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"), ("attn.out_proj",
+                                 "self_attn.out_proj"), ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2")):
+                out[f"{new}{mine}.{leaf}"] = state[f"{old}{theirs}.{leaf}"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def gelu_tower(towers: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The projected tower as OpenCLIP's towers are: gelu."""
+    import shutil
+
+    folder = Path(shutil.copytree(towers["projected"], tmp_path_factory.mktemp("gelu") / "t"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))
+    return folder
+
+
+def test_an_sdxl_single_file_converts_its_openclip_encoder(towers: dict[str, Path], gelu_tower: Path,
+                                                           tmp_path: Path) -> None:
+    openclip = {f"conditioner.embedders.1.model.{k}": v for k, v in openclip_names(gelu_tower).items()}
+    openclip["conditioner.embedders.1.model.logit_scale"] = torch.ones(())
     path = single_file(tmp_path / "sdxl.safetensors", {"conditioner.embedders.0.transformer.": towers["plain"]},
                        extra=openclip)
     target = resolve(str(path))
     assert target.pipeline_class == "StableDiffusionXLPipeline"
-    assert [c.name for c in target.components] == ["text_encoder", "text_encoder_2"]
-    load_component(target.components[0])
-    with pytest.raises(NotATextEncoderError, match="an OpenCLIP-layout text encoder: converting this layout is not supported yet"):
-        load_component(target.components[1])
+    assert [(c.name, c.key_layout, c.refusal) for c in target.components] == [
+        ("text_encoder", "transformers", None), ("text_encoder_2", "openclip", None)]
+    two = load_component(target.components[1], read_layer=-2, read_norm=False)
+    same = load_component(resolve(str(gelu_tower)).components[0], read_layer=-2, read_norm=False)
+    assert two.tokenizer.pad_token == "!"
+    ids = two.tokenize([PROMPT]).ids
+    for mine, theirs in zip(outputs(two, ids), outputs(same, ids), strict=True):
+        assert torch.allclose(mine, theirs, atol=1e-6)  # hidden_states[-2] and the projected pooled output
+
+
+def test_an_sd2_single_file_leaves_out_the_last_block(gelu_tower: Path, tmp_path: Path) -> None:
+    openclip = {f"cond_stage_model.model.{k}": v for k, v in openclip_names(gelu_tower).items()}
+    path = tmp_path / "sd2.safetensors"
+    save_file({**openclip, "model.diffusion_model.out.2.weight": torch.zeros(2, 2)}, path)
+    (comp,) = resolve(str(path)).components
+    encoder = load_component(comp)  # SD 2.x reads the penultimate block through the final norm
+    assert encoder.num_layers == 2 and encoder.read_layer == -1
+    full = load_component(resolve(str(gelu_tower)).components[0], read_layer=-2, read_norm=True)
+    ids = encoder.tokenize([PROMPT]).ids
+    assert torch.allclose(outputs(encoder, ids)[0], outputs(full, ids)[0], atol=1e-6)
 
 
 @pytest.mark.slow
 def test_an_sdxl_single_file_scan_says_which_encoder_it_could_not_read(towers: dict[str, Path], tmp_path: Path,
                                                                         run_cli) -> None:
-    openclip = {"conditioner.embedders.1.model.token_embedding.weight": torch.zeros(8, 2)}
+    openclip = {"conditioner.embedders.1.model.token_embedding.weight": torch.zeros(8, 2)}  # a broken tower
     path = single_file(tmp_path / "sdxl.safetensors", {"conditioner.embedders.0.transformer.": towers["plain"]},
                        extra=openclip)
     result = run_cli("scan", path, "--reference-free", "--out", tmp_path / "r")
@@ -106,7 +152,7 @@ def test_an_sdxl_single_file_scan_says_which_encoder_it_could_not_read(towers: d
     assert [c["consumer"]["reads"] for c in report["components"] if "scan" in c] == ["hidden[-2]"]
     assert {r["check"]: r["status"] for r in report["coverage"]}["assimilation"] == "error"
     missing = [f for f in report["findings"] if f["component"] == "text_encoder_2"]
-    assert [f["kind"] for f in missing] == ["inconclusive"] and "OpenCLIP" in missing[0]["message"]
+    assert [f["kind"] for f in missing] == ["inconclusive"] and "no OpenCLIP text tower" in missing[0]["message"]
 
 
 @pytest.mark.parametrize(("key", "kind"), [

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from amdet_audit.encoders import openclip
 from amdet_audit.encoders.base import EncoderOutput, PaddedTokenizerMixin
 from amdet_audit.encoders.insertion import insert_after_bos, shift_mask
 from amdet_audit.encoders.weights import (
@@ -296,12 +297,25 @@ def build(
     ignorable = clip_ignorable(full)
     keep, canonical = prefixed_keys(STATE_PREFIX, ignorable, component.key_prefix)
 
+    layers = int(text_config.num_hidden_layers)
+    if component.key_layout == "openclip":  # OpenCLIP names under the component's prefix, converted on load
+        def keep(key: str) -> bool:
+            return key.startswith(component.key_prefix)
+
+        def convert(found: Any) -> Any:
+            return openclip.convert_shapes(found, component.key_prefix, layers)
+    else:
+        def convert(found: Any) -> Any:
+            return found
     tensors = read_weights(component, keep=keep) if component.weight_format == "pickle" else None
-    declared = declared_shapes(component, keep, tensors)
+    declared = convert(declared_shapes(component, keep, tensors))
     cls = getattr(transformers, clip_class_name(config, component, declared, full))
-    check_budget(lambda n: cls(with_layers(text_config, n)), int(text_config.num_hidden_layers), declared,
+    check_budget(lambda n: cls(with_layers(text_config, n)), layers, declared,
                  canonical=canonical, ignorable=ignorable, where=component.config_path)
-    tensors = tensors if tensors is not None else read_weights(component, keep=keep)
+    if tensors is None:
+        tensors = read_weights(component, keep=keep)
+    if component.key_layout == "openclip":
+        tensors = openclip.convert_tensors(tensors, component.key_prefix, layers)
     model = build_on_meta(lambda: cls(text_config), component.config_path)
     state = match_tensors(model, tensors, canonical=canonical, ignorable=ignorable)
     model = load_strict(model, state).to(device=device, dtype=dtype or torch.float32)

@@ -47,6 +47,7 @@ class Component:
     model_type: str
     weight_format: str = "safetensors"
     key_prefix: str = ""  # where its tensors sit in a file shared with others (single-file checkpoints)
+    key_layout: str = "transformers"  # the tensor names under it: transformers', or "openclip" (converted on load)
     refusal: str | None = None  # why it cannot be loaded although it was found (a layout not converted yet)
 
 

@@ -2,19 +2,20 @@
 encoders inside them, found by their tensor-name prefixes.
 
 - SD 1.x: ``cond_stage_model.transformer.``: ``text_encoder``, CLIP ViT-L in transformers' layout.
-- SD 2.x: ``cond_stage_model.model.``: ``text_encoder`` in OpenCLIP's layout (found, not converted yet).
+- SD 2.x: ``cond_stage_model.model.``: ``text_encoder`` in OpenCLIP's layout (converted on load; its last block
+  left out, as diffusers' SD 2.x text encoder is one block shorter: the pipeline reads the penultimate one).
 - SDXL: ``conditioner.embedders.0.transformer.`` (``text_encoder``, CLIP ViT-L) and
-  ``conditioner.embedders.1.model.`` (``text_encoder_2`` in OpenCLIP's layout: found, not converted yet).
+  ``conditioner.embedders.1.model.`` (``text_encoder_2`` in OpenCLIP's layout, converted on load).
 - SD3: ``text_encoders.clip_l.transformer.`` and ``text_encoders.clip_g.transformer.`` (``text_encoder``,
   ``text_encoder_2``, transformers' layout) and ``text_encoders.t5xxl.`` (``text_encoder_3``, T5: found, not
   supported yet).
 
 Any other token-embedding table in the file (a tower a web UI might load instead) is listed as a component that
-cannot be loaded, as are the found-but-unsupported ones, so such an audit ends inconclusive, never clean.
+cannot be loaded, as is SD3's T5, so such an audit ends inconclusive, never clean.
 
 The file holds no config: the CLIP config is inferred from the tensor shapes (width, layers, MLP width,
 positions, vocabulary, projection; 64-wide attention heads and the activation of the model family: quick_gelu
-for OpenAI's ViT-L, gelu for OpenCLIP's bigG) and written into the cache; nor a tokenizer: each CLIP reads
+for OpenAI's ViT-L, gelu for OpenCLIP's towers) and written into the cache; nor a tokenizer: each CLIP reads
 the CLIP vocabulary amdet-audit ships, padded as its pipeline pads. Both are stated in the target's notes.
 """
 
@@ -41,8 +42,10 @@ class Part:
 
     name: str
     prefix: str
-    unsupported: str | None = None  # why it is found but not loaded (a layout not converted, a family not modelled)
+    unsupported: str | None = None  # why it is found but not loaded (a family not modelled)
     tokenizer: str = "clip"  # the shipped tokenizer: clip (EOS padding) or clip-sd2 ("!" padding)
+    layout: str = "transformers"  # its tensor names: transformers' or "openclip" (converted on load)
+    drop_last: bool = False  # the pipeline reads the penultimate block (SD 2.x): modelled one block shorter
 
 
 @dataclass(frozen=True)
@@ -54,11 +57,10 @@ class Layout:
     parts: tuple[Part, ...]
 
 
-OPENCLIP = "an OpenCLIP-layout text encoder: converting this layout is not supported yet"
 LAYOUTS = (
     Layout("an SDXL single-file checkpoint", "StableDiffusionXLPipeline",
            (Part("text_encoder", "conditioner.embedders.0.transformer."),
-            Part("text_encoder_2", "conditioner.embedders.1.model.", unsupported=OPENCLIP, tokenizer="clip-sd2"))),
+            Part("text_encoder_2", "conditioner.embedders.1.model.", tokenizer="clip-sd2", layout="openclip"))),
     Layout("an SD3 single-file checkpoint", "StableDiffusion3Pipeline",
            (Part("text_encoder", "text_encoders.clip_l.transformer."),
             Part("text_encoder_2", "text_encoders.clip_g.transformer.", tokenizer="clip-sd2"),
@@ -66,7 +68,8 @@ LAYOUTS = (
     Layout("an SD 1.x single-file checkpoint", "StableDiffusionPipeline",
            (Part("text_encoder", "cond_stage_model.transformer."),)),
     Layout("an SD 2.x single-file checkpoint", "StableDiffusionPipeline",
-           (Part("text_encoder", "cond_stage_model.model.", unsupported=OPENCLIP, tokenizer="clip-sd2"),)),
+           (Part("text_encoder", "cond_stage_model.model.", tokenizer="clip-sd2", layout="openclip",
+                 drop_last=True),)),
 )
 #: tensor-name endings of a text encoder's token-embedding table (CLIP, OpenCLIP, BERT, T5): one under a prefix
 #: that no part of the detected layout covers is a text encoder the audit must not pass over in silence
@@ -119,6 +122,30 @@ def infer_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, object]:
             "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
 
 
+OPENCLIP_BLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.")
+
+
+def infer_openclip_config(shapes: dict[str, tuple[int, ...]], drop_last: bool) -> dict[str, object]:
+    """A CLIPTextConfig dict from an OpenCLIP text tower's tensor shapes (names without the part's prefix)."""
+    needed = {name: shapes.get(name) for name in ("token_embedding.weight", "positional_embedding",
+                                                   "transformer.resblocks.0.mlp.c_fc.weight")}
+    projection = shapes.get("text_projection")
+    for name, shape in [*needed.items(), *([("text_projection", projection)] if projection else [])]:
+        if shape is None or len(shape) != 2 or min(shape) < 1:
+            raise ValueError(f"no OpenCLIP text tower here: {name} is {'missing' if shape is None else list(shape)}")
+    (vocab, width), (positions, _), (mlp, _) = needed.values()  # type: ignore[misc]
+    if width % HEAD_WIDTH:
+        raise ValueError(f"width {width} is not a multiple of the {HEAD_WIDTH}-wide attention heads")
+    blocks = 1 + max(int(m.group(1)) for key in shapes if (m := OPENCLIP_BLOCK.match(key)))
+    layers = blocks - 1 if drop_last and blocks > 1 else blocks
+    return {"architectures": ["CLIPTextModelWithProjection" if projection else "CLIPTextModel"],
+            "model_type": "clip_text_model", "vocab_size": vocab, "hidden_size": width, "intermediate_size": mlp,
+            "num_hidden_layers": layers, "num_attention_heads": width // HEAD_WIDTH,
+            "max_position_embeddings": positions, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
+            "projection_dim": projection[1] if projection else width,
+            "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
+
+
 def write_config(config: dict[str, object]) -> Path:
     """The inferred config as a config.json in the cache, named by its own content (written whole)."""
     text = json.dumps(config, indent=2, sort_keys=True)
@@ -160,20 +187,25 @@ def component(path: Path, part: Part, own: dict[str, tuple[int, ...]], layout: L
     if part.unsupported is not None:
         return refused(path, part.name, part.prefix, f"{part.unsupported} ({layout.name})"), []
     try:
-        config = infer_config(own)
+        config = infer_openclip_config(own, part.drop_last) if part.layout == "openclip" else infer_config(own)
         check_config(config, Path(f"{path.name}:{part.prefix}*"))
     except (ValueError, AmdetError) as err:
         return refused(path, part.name, part.prefix, str(err)), []
     config_path = write_config(config)
     notes = [f"{part.name}: config inferred from the tensor shapes ({config['num_hidden_layers']} layers, width "
              f"{config['hidden_size']}, {config['hidden_act']}), written to {config_path}"]
+    if part.layout == "openclip":
+        notes.append(f"{part.name}: OpenCLIP tensor names converted to transformers' on load"
+                     + ("; its last block is left out, as SD 2.x pipelines read the one before" if part.drop_last
+                        else ""))
     tokenizer = shipped_tokenizer(part.tokenizer) if config["vocab_size"] == CLIP_VOCAB_SIZE else None
     if tokenizer is not None:
         notes.append(f"tokenizer: {part.name} reads the CLIP vocabulary amdet-audit ships, padding with "
                      f"{json.dumps(SHIPPED[part.tokenizer])} as its pipeline does (the file has no tokenizer)")
     architecture = str(config["architectures"][0])  # type: ignore[index]
     return Component(name=part.name, config_path=config_path, weight_files=(path,), tokenizer_path=tokenizer,
-                     architecture=architecture, model_type="clip_text_model", key_prefix=part.prefix), notes
+                     architecture=architecture, model_type="clip_text_model", key_prefix=part.prefix,
+                     key_layout=part.layout), notes
 
 
 def components(path: Path, shapes: dict[str, tuple[int, ...]], layout: Layout) -> tuple[list[Component], list[str]]:
