@@ -47,7 +47,7 @@ def describe(target: str, *, sources: SourceOptions | None = None, device: str =
     for comp in resolved.components:
         read = reader.read(comp.name, read_layer)
         adapter = load_component(comp, device=device, read_layer=read.layer, read_norm=read.final_norm)
-        description.components[comp.name] = {**adapter.describe(), "consumer": reader.to_dict(comp.name, read_layer)}
+        description.components[comp.name] = {**adapter.describe(), "consumer": reader.record(read)}
     return description
 
 

@@ -124,7 +124,7 @@ def scan_component(resolved: ResolvedTarget, name: str, sources: SourceOptions, 
     if options.policy is not None:
         config = replace(config, thresholds=options.policy.thresholds)
     entry: dict[str, Any] = {"name": name, "encoder": suspect.describe(),
-                             "consumer": consumer.to_dict(name, options.read_layer)}
+                             "consumer": consumer.record(read)}
     ref_target, ref_name, how = pick_reference(suspect, name, options, sources)
     reference = baseline = ref_record = None
     if ref_target is not None and ref_name is not None:

@@ -298,23 +298,20 @@ def build(
     keep, canonical = prefixed_keys(STATE_PREFIX, ignorable, component.key_prefix)
 
     layers = int(text_config.num_hidden_layers)
-    if component.key_layout == "openclip":  # OpenCLIP names under the component's prefix, converted on load
+    from_openclip = component.key_layout == "openclip"  # OpenCLIP names under its prefix, converted on load
+    if from_openclip:
         def keep(key: str) -> bool:
             return key.startswith(component.key_prefix)
-
-        def convert(found: Any) -> Any:
-            return openclip.convert_shapes(found, component.key_prefix, layers)
-    else:
-        def convert(found: Any) -> Any:
-            return found
     tensors = read_weights(component, keep=keep) if component.weight_format == "pickle" else None
-    declared = convert(declared_shapes(component, keep, tensors))
+    declared = declared_shapes(component, keep, tensors)
+    if from_openclip:
+        declared = openclip.convert_shapes(declared, component.key_prefix, layers)
     cls = getattr(transformers, clip_class_name(config, component, declared, full))
     check_budget(lambda n: cls(with_layers(text_config, n)), layers, declared,
                  canonical=canonical, ignorable=ignorable, where=component.config_path)
     if tensors is None:
         tensors = read_weights(component, keep=keep)
-    if component.key_layout == "openclip":
+    if from_openclip:
         tensors = openclip.convert_tensors(tensors, component.key_prefix, layers)
     model = build_on_meta(lambda: cls(text_config), component.config_path)
     state = match_tensors(model, tensors, canonical=canonical, ignorable=ignorable)

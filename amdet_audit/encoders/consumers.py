@@ -57,9 +57,8 @@ class Consumer:
             raise UsageError(f"--read-layer must be negative (hidden_states counted from the end), not {layer}")
         return Read(layer=layer, final_norm=self.skip_norm, pooled=base.pooled)
 
-    def to_dict(self, component: str, layer: int | None = None) -> dict[str, object]:
-        """The report's record of how one component was read."""
-        read = self.read(component, layer)
+    def record(self, read: Read) -> dict[str, object]:
+        """The report's record of how one component was read (``read`` from :meth:`read`)."""
         return {"name": self.name, "description": self.description, **asdict(read), "reads": read.describe()}
 
 

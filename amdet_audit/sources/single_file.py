@@ -24,11 +24,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from amdet_audit.cache import store
+from amdet_audit.cache import store, write_json
 from amdet_audit.sources.model import Component
 
 HEAD_WIDTH = 64  # every CLIP text tower of these pipelines uses 64-wide attention heads
@@ -99,27 +98,46 @@ def detect(shapes: dict[str, tuple[int, ...]]) -> Layout | None:
     return None
 
 
+def matrix(shapes: dict[str, tuple[int, ...]], name: str, what: str) -> tuple[int, int]:
+    """The shape of tensor ``name``: 2-D with positive sizes, else ValueError naming it."""
+    shape = shapes.get(name)
+    if shape is None or len(shape) != 2 or min(shape) < 1:
+        raise ValueError(f"no {what} here: {name} is {'missing' if shape is None else list(shape)}")
+    return shape[0], shape[1]
+
+
+def tower_matrices(shapes: dict[str, tuple[int, ...]], names: tuple[str, str, str], projection: str,
+                   what: str) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int] | None]:
+    """The token embedding, position embedding and first MLP matrix named ``names`` and the optional
+    ``projection``; the width must be a multiple of the heads. ValueError otherwise."""
+    embed, positions, mlp = (matrix(shapes, name, what) for name in names)
+    projected = matrix(shapes, projection, what) if projection in shapes else None
+    if embed[1] % HEAD_WIDTH:
+        raise ValueError(f"width {embed[1]} is not a multiple of the {HEAD_WIDTH}-wide attention heads")
+    return embed, positions, mlp, projected
+
+
+def clip_config(embed: tuple[int, int], positions: tuple[int, int], mlp: tuple[int, int], layers: int,
+                projection_dim: int | None, act: str) -> dict[str, object]:
+    """A CLIPTextConfig dict (64-wide heads; the legacy OpenAI token ids, pooling at the highest id)."""
+    (vocab, width), (length, _), (inner, _) = embed, positions, mlp
+    return {"architectures": ["CLIPTextModelWithProjection" if projection_dim else "CLIPTextModel"],
+            "model_type": "clip_text_model", "vocab_size": vocab, "hidden_size": width, "intermediate_size": inner,
+            "num_hidden_layers": layers, "num_attention_heads": width // HEAD_WIDTH,
+            "max_position_embeddings": length, "hidden_act": act, "layer_norm_eps": 1e-5,
+            "projection_dim": projection_dim or width, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
+
+
 def infer_config(shapes: dict[str, tuple[int, ...]]) -> dict[str, object]:
     """A CLIPTextConfig dict from one CLIP tower's tensor shapes (names without the part's prefix); ValueError
     when the shapes do not describe one."""
     shapes = {key.removeprefix(TEXT): shape for key, shape in shapes.items()}
-    needed = {name: shapes.get(name) for name in ("embeddings.token_embedding.weight",
-                                                   "embeddings.position_embedding.weight",
-                                                   "encoder.layers.0.mlp.fc1.weight")}
-    projection = shapes.get("text_projection.weight")
-    for name, shape in [*needed.items(), *([("text_projection.weight", projection)] if projection else [])]:
-        if shape is None or len(shape) != 2 or min(shape) < 1:
-            raise ValueError(f"no CLIP text tower here: {name} is {'missing' if shape is None else list(shape)}")
-    (vocab, width), (positions, _), (mlp, _) = needed.values()  # type: ignore[misc]
-    if width % HEAD_WIDTH:
-        raise ValueError(f"width {width} is not a multiple of the {HEAD_WIDTH}-wide attention heads")
+    embed, positions, mlp, projection = tower_matrices(
+        shapes, ("embeddings.token_embedding.weight", "embeddings.position_embedding.weight",
+                 "encoder.layers.0.mlp.fc1.weight"), "text_projection.weight", "CLIP text tower")
     layers = 1 + max(int(m.group(1)) for key in shapes if (m := LAYER.match(key)))
-    return {"architectures": ["CLIPTextModelWithProjection" if projection else "CLIPTextModel"],
-            "model_type": "clip_text_model", "vocab_size": vocab, "hidden_size": width,
-            "intermediate_size": mlp, "num_hidden_layers": layers, "num_attention_heads": width // HEAD_WIDTH,
-            "max_position_embeddings": positions, "hidden_act": "quick_gelu" if width <= 1024 else "gelu",
-            "layer_norm_eps": 1e-5, "projection_dim": projection[0] if projection else width,
-            "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
+    return clip_config(embed, positions, mlp, layers, projection[0] if projection else None,
+                       "quick_gelu" if embed[1] <= 1024 else "gelu")
 
 
 OPENCLIP_BLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.")
@@ -127,35 +145,20 @@ OPENCLIP_BLOCK = re.compile(r"^transformer\.resblocks\.(\d+)\.")
 
 def infer_openclip_config(shapes: dict[str, tuple[int, ...]], drop_last: bool) -> dict[str, object]:
     """A CLIPTextConfig dict from an OpenCLIP text tower's tensor shapes (names without the part's prefix)."""
-    needed = {name: shapes.get(name) for name in ("token_embedding.weight", "positional_embedding",
-                                                   "transformer.resblocks.0.mlp.c_fc.weight")}
-    projection = shapes.get("text_projection")
-    for name, shape in [*needed.items(), *([("text_projection", projection)] if projection else [])]:
-        if shape is None or len(shape) != 2 or min(shape) < 1:
-            raise ValueError(f"no OpenCLIP text tower here: {name} is {'missing' if shape is None else list(shape)}")
-    (vocab, width), (positions, _), (mlp, _) = needed.values()  # type: ignore[misc]
-    if width % HEAD_WIDTH:
-        raise ValueError(f"width {width} is not a multiple of the {HEAD_WIDTH}-wide attention heads")
+    embed, positions, mlp, projection = tower_matrices(
+        shapes, ("token_embedding.weight", "positional_embedding", "transformer.resblocks.0.mlp.c_fc.weight"),
+        "text_projection", "OpenCLIP text tower")
     blocks = 1 + max(int(m.group(1)) for key in shapes if (m := OPENCLIP_BLOCK.match(key)))
     layers = blocks - 1 if drop_last and blocks > 1 else blocks
-    return {"architectures": ["CLIPTextModelWithProjection" if projection else "CLIPTextModel"],
-            "model_type": "clip_text_model", "vocab_size": vocab, "hidden_size": width, "intermediate_size": mlp,
-            "num_hidden_layers": layers, "num_attention_heads": width // HEAD_WIDTH,
-            "max_position_embeddings": positions, "hidden_act": "gelu", "layer_norm_eps": 1e-5,
-            "projection_dim": projection[1] if projection else width,
-            "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1}
+    return clip_config(embed, positions, mlp, layers, projection[1] if projection else None, "gelu")
 
 
 def write_config(config: dict[str, object]) -> Path:
     """The inferred config as a config.json in the cache, named by its own content (written whole)."""
-    text = json.dumps(config, indent=2, sort_keys=True)
-    folder = store("configs") / hashlib.sha256(text.encode()).hexdigest()[:32]
-    path = folder / "config.json"
+    name = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:32]
+    path = store("configs") / name / "config.json"
     if not path.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".config.{time.time_ns()}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        write_json(path, config)
     return path
 
 
