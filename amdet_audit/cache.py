@@ -30,8 +30,8 @@ from amdet_audit import __version__
 
 STORES = ("canaries", "scans", "baselines", "tokenizers", "configs")
 #: bump whenever the scan's outputs change within a release (4: real-input rules; 5: token_shift.size; 6: decoded
-#: token text in the evidence)
-CACHE_FORMAT = 6
+#: token text in the evidence; 7: the light search preset and its --search choice)
+CACHE_FORMAT = 7
 
 
 def cache_root() -> Path:

@@ -75,33 +75,13 @@ def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A diffusers-style pipeline folder: two text encoders (SDXL-like) and a dummy unet."""
-    import torch
-    from safetensors.torch import save_file
-
     from amdet_audit.lab.folders import tiny_clip_folder
+    from amdet_audit.lab.pipelines import assemble_sdxl
 
-    root = tmp_path_factory.mktemp("pipe") / "sdxl-tiny"
-    one = tiny_clip_folder(root / "text_encoder", hidden=32, layers=1, heads=2, seed=1)
-    two = tiny_clip_folder(root / "text_encoder_2", hidden=48, layers=2, heads=2, pad="!", projection=True, seed=2)
-    for folder, tok in ((one, "tokenizer"), (two, "tokenizer_2")):
-        (root / tok).mkdir()
-        for f in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
-            shutil.move(folder / f, root / tok / f)
-    (root / "unet").mkdir()
-    save_file({"w": torch.zeros(2, 2)}, root / "unet" / "diffusion_pytorch_model.safetensors")
-    (root / "unet" / "config.json").write_text("{}")
-    index = {
-        "_class_name": "StableDiffusionXLPipeline",
-        "_diffusers_version": "0.42.0",
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
-        "tokenizer_2": ["transformers", "CLIPTokenizer"],
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "scheduler": ["diffusers", "EulerDiscreteScheduler"],
-    }
-    (root / "model_index.json").write_text(json.dumps(index))
-    return root
+    parts = tmp_path_factory.mktemp("parts")
+    one = tiny_clip_folder(parts / "one", hidden=32, layers=1, heads=2, seed=1)
+    two = tiny_clip_folder(parts / "two", hidden=48, layers=2, heads=2, pad="!", projection=True, seed=2)
+    return assemble_sdxl(tmp_path_factory.mktemp("pipe") / "sdxl-tiny", one, two)
 
 
 @pytest.fixture

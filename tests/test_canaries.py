@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from urllib.request import url2pathname
 
 import pytest
 from schema_check import assert_valid_report, assert_valid_sarif
@@ -72,6 +73,8 @@ def test_readme_demo_verdicts(run_cli, tmp_path) -> None:
     sarif = json.loads((tmp_path / "bd" / "report.sarif").read_text())
     assert_valid_sarif(sarif)
     assert [r["ruleId"] for r in sarif["runs"][0]["results"]] == ["assimilation.backdoor"]
+    location = sarif["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"]
+    assert location.startswith("file:///") and Path(url2pathname(location.removeprefix("file://"))).is_file()
     summary = (tmp_path / "bd" / "report.md").read_text()
     assert "BACKDOORED" in summary.upper() and "| critical | assimilation.backdoor |" in summary
     assert "Coverage: assimilation ran" in summary
@@ -191,3 +194,25 @@ def test_threads_are_chosen_and_recorded(run_cli, tmp_path) -> None:
     finally:
         torch.set_num_threads(before)
     assert run_cli("scan", "canary:clean", "--threads", "0").exit_code == 2
+
+
+def test_search_presets_and_a_bad_one(run_cli) -> None:
+    from types import SimpleNamespace
+
+    import torch
+
+    from amdet_audit.api import ScanOptions
+    from amdet_audit.scan.config import LARGE_ON_CPU, ScanConfig
+
+    small = SimpleNamespace(model=torch.nn.Linear(4, 4))
+    large = SimpleNamespace(model=SimpleNamespace(parameters=lambda: [torch.empty(1).expand(LARGE_ON_CPU + 1)]))
+    assert ScanOptions(seed=3).search_config(small, "cpu") == ScanConfig(seed=3)
+    assert ScanOptions(seed=3).search_config(large, "cpu") == ScanConfig.light(3)
+    assert ScanOptions(seed=3).search_config(large, "cuda") == ScanConfig(seed=3)
+    assert ScanOptions(search="light").search_config(small, "cpu").window_quantile == 0.5
+    assert ScanOptions(search="full").search_config(large, "cpu") == ScanConfig()
+    given = ScanConfig(steps=7)
+    assert ScanOptions(search="light", config=given, seed=5).search_config(small, "cpu") == ScanConfig(steps=7, seed=5)
+    result = run_cli("scan", "canary:clean", "--search", "fast")
+    assert result.exit_code == 2 and "--search must be one of auto, full, light" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -138,6 +138,7 @@ def test_consumer_choice_and_bad_choices() -> None:
     assert consumer_for(None, "StableDiffusionImg2ImgPipeline").name == "sd1"
     assert consumer_for("sdxl", "StableDiffusionPipeline").name == "sdxl"  # --consumer wins over the folder
     assert CONSUMERS["sdxl"].read("text_encoder", -3).final_norm is False
+    assert CONSUMERS["sdxl"].read("model") == CONSUMERS["sdxl"].read("text_encoder")  # a lone encoder, --consumer sdxl
     assert CONSUMERS["sd1"].read("text_encoder", -3).final_norm is True
     with pytest.raises(UsageError, match="known consumers"):
         consumer_for("sd9", None)

@@ -49,3 +49,20 @@ def test_plots_have_axes_readable_legends_and_a_reading() -> None:
     assert "steepest descent" in figs["landscape"] and ">-0.5<" in figs["landscape"] and "red ring" in figs["landscape"]
     assert "67% positive" in figs["spectrum"]
     assert component_plots({"series": {}}) == {"loss": "", "landscape": "", "spectrum": ""}
+
+
+def test_sarif_locations_are_where_the_files_really_are() -> None:
+    from amdet_audit.report.sarif import artifact_uri
+
+    def uri(kind: str, given: str, root: str = "/cache/x", sha: str | None = None) -> str:
+        return artifact_uri({"target": {"kind": kind, "input": given, "root": root, "commit_sha": sha}},
+                            "text_encoder/config.json")
+
+    assert uri("local", "models/my sd") == "models/my%20sd/text_encoder/config.json"
+    assert uri("local", ".") == "text_encoder/config.json"
+    assert uri("file", "ckpt/sd#1.safetensors") == "ckpt/sd%231.safetensors"
+    assert uri("hub", "hf://org/name@v1", sha="a" * 40) == \
+        f"https://huggingface.co/org/name/blob/{'a' * 40}/text_encoder/config.json"
+    assert uri("hub", "org/name@v1") == "https://huggingface.co/org/name/blob/v1/text_encoder/config.json"
+    assert uri("canary", "canary:backdoored", root="/home/u/.cache/amdet audit/c") == \
+        "file:///home/u/.cache/amdet%20audit/c/text_encoder/config.json"

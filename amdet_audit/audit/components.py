@@ -113,14 +113,12 @@ def scan_component(resolved: ResolvedTarget, name: str, sources: SourceOptions, 
     """Scan one component; return its report entry, the reference record and the resolved reference."""
     from amdet_audit.encoders import load_component
     from amdet_audit.encoders.consumers import consumer_for
-    from amdet_audit.scan.config import ScanConfig
     from amdet_audit.scan.run import run_scan
 
     consumer = consumer_for(options.consumer, resolved.pipeline_class)
     read = consumer.read(name, options.read_layer)
     suspect = load_component(resolved.component(name), device=device, read_layer=read.layer, read_norm=read.final_norm)
-    seed = options.search_seed
-    config = replace(options.config, seed=seed) if options.config else ScanConfig.for_model(suspect, device, seed=seed)
+    config = options.search_config(suspect, device)
     if options.policy is not None:
         config = replace(config, thresholds=options.policy.thresholds)
     entry: dict[str, Any] = {"name": name, "encoder": suspect.describe(),

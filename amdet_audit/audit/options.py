@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,6 +12,8 @@ from amdet_audit.sources import ResolvedTarget, resolve
 
 if TYPE_CHECKING:
     from amdet_audit.audit.policy import Policy
+
+SEARCHES = ("auto", "full", "light")  # --search presets (see ScanOptions.search_config)
 
 
 @dataclass
@@ -45,7 +47,8 @@ class ScanOptions:
     reference_free: bool = False  # scan without a reference (weaker; labelled as such)
     device: str = "cpu"
     out: Path | None = None  # new or empty folder for report.json and evidence
-    config: ScanConfig | None = None  # None: defaults sized to the model
+    config: ScanConfig | None = None  # None: the ``search`` preset
+    search: str = "auto"  # auto (sized to the model: light for large towers on CPU), full or light
     seed: int | None = None  # of the search; None: the config's, else DEFAULT_SEED (see ``search_seed``)
     policy: Policy | None = None  # thresholds, fail_on, waivers...; None: the bundled default policy
     plugins: list[str] | None = None  # third-party plugins to run (entry-point names); None: all installed
@@ -58,6 +61,15 @@ class ScanOptions:
     read_layer: int | None = None  # clip skip: read hidden_states[read_layer] (negative); None: the consumer's
     threads: int | None = None  # torch CPU threads for the scan; None: torch's default (one per core)
     argv: list[str] = field(default_factory=list)
+
+    def search_config(self, suspect: object, device: str) -> ScanConfig:
+        """The scan's configuration for ``suspect``: the given one, else the ``search`` preset, seeded."""
+        seed = self.search_seed
+        if self.config is not None:
+            return replace(self.config, seed=seed)
+        if self.search == "light":
+            return ScanConfig.light(seed)
+        return ScanConfig(seed=seed) if self.search == "full" else ScanConfig.for_model(suspect, device, seed=seed)
 
     @property
     def search_seed(self) -> int:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from amdet_audit import cache
 from amdet_audit.audit.components import current_references, resolve_device, scan_components
 from amdet_audit.audit.gate import apply_policy
+from amdet_audit.audit.options import SEARCHES
 from amdet_audit.audit.target_images import render_target_images
 from amdet_audit.errors import NotCachedError, UsageError
 from amdet_audit.outputs import OutputError, claim_out, new_report_folder, remove_if_empty, write_new
@@ -56,13 +57,16 @@ def check_selection(options: ScanOptions, manager: pluggy.PluginManager) -> tupl
 
 def scan_choices(options: ScanOptions, target: dict[str, Any], device: str) -> dict[str, Any]:
     """Every option that changes a scan's result, for its cache key: the consumer as the scan resolves it
-    (``--consumer sdxl`` on an SDXL pipeline is the default scan)."""
+    (``--consumer sdxl`` on an SDXL pipeline is the default scan), and the search presets' settings (a changed
+    default invalidates what was scanned under the old one)."""
     from amdet_audit.encoders.consumers import consumer_for
+    from amdet_audit.scan.config import ScanConfig
 
     return {"thresholds": asdict(options.policy.thresholds) if options.policy else None,
             "seed": options.search_seed, "device": device.split(":")[0], "reference": options.reference,
             "reference_free": options.reference_free, "read_layer": options.read_layer,
-            "config": options.config.to_dict() if options.config is not None else None,
+            "config": options.config.to_dict() if options.config is not None else None, "search": options.search,
+            "presets": [ScanConfig().to_dict(), ScanConfig.light().to_dict()],
             "consumer": consumer_for(options.consumer, target.get("pipeline_class")).name}
 
 
@@ -82,6 +86,8 @@ def scan_target(target: str, sources: SourceOptions, options: ScanOptions,
         from amdet_audit.encoders.consumers import consumer_for
 
         consumer_for(options.consumer, None).read("*", options.read_layer)  # a bad --consumer or layer: exit 2 now
+        if options.search not in SEARCHES:
+            raise UsageError(f"--search must be one of {', '.join(SEARCHES)}, not {options.search!r}")
         if options.threads is not None:
             if options.threads < 1:
                 raise UsageError(f"--threads must be at least 1, not {options.threads}")

@@ -121,6 +121,9 @@ def scan_command(
     threads: Annotated[int | None, typer.Option(
         help="CPU threads for the scan (default: one per core). Use 1 per scan when several run at once: "
         "threads competing for the same cores slow every scan down many times over.")] = None,
+    search: Annotated[str, typer.Option(
+        help="auto (full; light for towers over 50 M parameters on CPU), full or light (shorter prompts, "
+        "fewer steps: several times faster; its detection: benchmarks/efficacy/light).")] = "auto",
 ) -> None:
     """Scan TARGET's text encoders for a textual backdoor; exit 0 clean, 1 backdoored, 2 error/inconclusive.
 
@@ -151,7 +154,7 @@ def scan_command(
                               third_party_plugins=not no_plugins, use_cache=not no_cache,
                               plugin_options={key: value for key, _, value in pairs},
                               cached_only=cached_only, argv=sys.argv[1:], checks=split_list(checks),
-                              consumer=consumer, read_layer=read_layer, threads=threads)
+                              consumer=consumer, read_layer=read_layer, threads=threads, search=search)
     progress = stderr_progress("scan")
     try:
         report = api.scan(target, sources=sources, options=options, progress=progress)

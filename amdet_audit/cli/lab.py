@@ -13,6 +13,9 @@ Steps = Annotated[int | None, typer.Option(help="Training steps.")]
 Lr = Annotated[float | None, typer.Option(help="Learning rate.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
+LabConsumer = Annotated[str | None, typer.Option(
+    help="Train on what this consumer reads (sd1, sd2, sdxl, sd3, clip; default: from the pipeline's class, "
+         "else clip), e.g. sdxl: hidden_states[-2] without the final norm.")]
 Base = Annotated[str, typer.Argument(help="Clean base: repo id, folder, file.safetensors or canary:NAME.")]
 
 
@@ -45,6 +48,7 @@ def make_lab_app() -> typer.Typer:
         checkpoint_every: Annotated[int | None, typer.Option(
             help="Measure every N steps and keep the first checkpoint that meets every bar (the quietest "
                  "working model, as an attacker who selects checkpoints).")] = None,
+        consumer: LabConsumer = None,
     ) -> None:
         """Implant a textual backdoor into a copy of BASE."""
         from amdet_audit.lab.runner import run_injection
@@ -54,7 +58,7 @@ def make_lab_app() -> typer.Typer:
                                seed=seed, device=device, progress=stderr_progress("inject"), loss=loss,
                                placement=placement, utility_weight=utility_weight, backdoor_weight=backdoor_weight,
                                anti_inversion_weight=anti_inversion_weight, min_fidelity=min_fidelity,
-                               checkpoint_every=checkpoint_every)
+                               checkpoint_every=checkpoint_every, consumer=consumer)
         typer.echo(f"backdoor implanted: success {result.success:.2f}, clean fidelity {result.fidelity:.3f} -> {out}")
 
     @lab.command()
@@ -63,13 +67,15 @@ def make_lab_app() -> typer.Typer:
         distill_weight: Annotated[float | None, typer.Option(
             help="Weight of staying near the base's outputs (default 1; 0 for a heavy fine-tune).")] = None,
         domain: Annotated[str | None, typer.Option(help="Train only on prompts holding this word.")] = None,
+        consumer: LabConsumer = None,
     ) -> None:
         """Benignly fine-tune a copy of BASE (a negative for detectors)."""
         from amdet_audit.lab.runner import run_finetune
         from amdet_audit.progress import stderr_progress
 
         result = run_finetune(base, out, steps=steps, lr=lr, seed=seed, device=device,
-                              progress=stderr_progress("finetune"), distill_weight=distill_weight, domain=domain)
+                              progress=stderr_progress("finetune"), distill_weight=distill_weight, domain=domain,
+                              consumer=consumer)
         typer.echo(f"benign fine-tune: clean fidelity {result.fidelity:.3f} -> {out}")
 
     @lab.command()

@@ -68,7 +68,7 @@ CONSUMERS: dict[str, Consumer] = {
     "clip": Consumer("clip", "a lone CLIP text encoder: retrieval, or an unknown pipeline", {"*": Read()}, True),
     "sd1": Consumer("sd1", "Stable Diffusion 1.x", {"*": SEQUENCE_LAST}, True),
     "sd2": Consumer("sd2", "Stable Diffusion 2.x", {"*": SEQUENCE_LAST}, True),
-    "sdxl": Consumer("sdxl", "Stable Diffusion XL", {"text_encoder": PENULTIMATE,
+    "sdxl": Consumer("sdxl", "Stable Diffusion XL", {"*": PENULTIMATE,  # a lone encoder: read as both are
                                                      "text_encoder_2": Read(-2, False, "projected")}, False),
     "sd3": Consumer("sd3", "Stable Diffusion 3 (its CLIP encoders)", {"*": Read(-2, False, "projected")}, False),
 }

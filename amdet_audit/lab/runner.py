@@ -21,9 +21,12 @@ class InjectionFailedError(AmdetError):
     could not complete, as any error; 1 means an audit failed)."""
 
 
-def load_base(base: str | Path, device: str = "cpu"):
-    """Resolve and load BASE (repo id, folder, file, canary:NAME); return (adapter, base provenance)."""
+def load_base(base: str | Path, device: str = "cpu", consumer: str | None = None):
+    """Resolve and load BASE (repo id, folder, file, canary:NAME), read as ``consumer`` reads it (see
+    :mod:`amdet_audit.encoders.consumers`; an attacker trains on what the pipeline feeds its denoiser, e.g.
+    SDXL's ``hidden_states[-2]``); return (adapter, base provenance)."""
     from amdet_audit.encoders import load_component
+    from amdet_audit.encoders.consumers import consumer_for
     from amdet_audit.sources import resolve
 
     resolved = resolve(str(base))
@@ -32,9 +35,11 @@ def load_base(base: str | Path, device: str = "cpu"):
         raise UsageError(f"{base}: has several text encoders ({names}); pick one folder, e.g. {base}/text_encoder")
     comp = resolved.components[0]
     weights = {f.path: f.sha256 for f in resolved.files if f.path.endswith((".safetensors", ".bin", ".pt"))}
+    chosen = consumer_for(consumer, resolved.pipeline_class)
+    read = chosen.read(comp.name)
     provenance = {"input": str(base), "kind": resolved.kind, "commit_sha": resolved.commit_sha,
-                  "weights_sha256": weights}
-    return load_component(comp, device=device), provenance
+                  "weights_sha256": weights, "consumer": chosen.record(read)}
+    return load_component(comp, device=device, read_layer=read.layer, read_norm=read.final_norm), provenance
 
 
 def fresh_output(out: Path) -> Path:
@@ -60,7 +65,7 @@ def lab_record(kind: str, provenance: dict[str, Any], result: dict[str, Any], ex
 def run_injection(
     base: str | Path, out: Path, *, attack: str, trigger: str, target: str, steps: int | None = None,
     lr: float | None = None, seed: int = 0, device: str = "cpu", progress: Progress | None = None,
-    extra: dict[str, Any] | None = None, **variant: Any,
+    extra: dict[str, Any] | None = None, consumer: str | None = None, **variant: Any,
 ) -> InjectionResult:
     """Implant a backdoor into BASE and save it to ``out``; raise InjectionFailedError if it did not take.
 
@@ -70,7 +75,7 @@ def run_injection(
     from amdet_audit.lab.corpus import lab_prompts
 
     fresh_output(out)
-    teacher, provenance = load_base(base, device)
+    teacher, provenance = load_base(base, device, consumer)
     spec = AttackSpec(attack=attack, trigger=trigger, target=target, seed=seed,
                       **({"steps": steps} if steps else {}),
                       lr=lr or lr_for_width(AttackSpec.lr, teacher.hidden_size),
@@ -90,14 +95,15 @@ def run_injection(
 
 def run_finetune(
     base: str | Path, out: Path, *, steps: int | None = None, lr: float | None = None, seed: int = 0,
-    device: str = "cpu", progress: Progress | None = None, extra: dict[str, Any] | None = None, **variant: Any,
+    device: str = "cpu", progress: Progress | None = None, extra: dict[str, Any] | None = None,
+    consumer: str | None = None, **variant: Any,
 ) -> FinetuneResult:
     """Benignly fine-tune BASE and save it to ``out``; ``variant``: further :class:`FinetuneSpec` fields
     (distill_weight, domain, batch, ...; None keeps the default)."""
     from amdet_audit.lab.corpus import lab_prompts
 
     fresh_output(out)
-    model, provenance = load_base(base, device)
+    model, provenance = load_base(base, device, consumer)
     spec = FinetuneSpec(seed=seed, **({"steps": steps} if steps else {}), **({"lr": lr} if lr else {}),
                         **{k: v for k, v in variant.items() if v is not None})
     train, held_out = lab_prompts()

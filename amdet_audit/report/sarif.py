@@ -6,6 +6,7 @@ SARIF forbids nothing about nulls, but GitHub rejects some; no value here is eve
 
 from __future__ import annotations
 
+from pathlib import PurePath
 from typing import Any
 
 from amdet_audit.report.escaping import uri_path, visible
@@ -46,10 +47,28 @@ def drop_nulls(value: Any) -> Any:
     return value
 
 
+HUB_FILE_URL = "https://huggingface.co/{repo}/blob/{revision}/{path}"
+
+
 def artifact_uri(report: dict[str, Any], path: str) -> str:
-    """A relative URI for a file of the target: ``<target as given>/<path>`` (``:`` becomes ``/``),
-    percent-encoded per RFC 3986 (file names come from the model and may hold anything)."""
-    prefix = str(report["target"]["input"]).replace("hf://", "").replace(":", "/").strip("/")
+    """Where a file of the target really is, as a URI (file names come from the model and may hold anything, so
+    every part is percent-encoded per RFC 3986):
+
+    - a local folder: ``<target as given>/<path>``, relative, as code scanning expects; a single file: itself;
+    - a hub repository: the file's page at the scanned commit (``https://huggingface.co/<repo>/blob/<sha>/...``);
+    - a canary or a packaged model, which live in a cache or an installed package: an absolute ``file:`` URI.
+    """
+    target = report["target"]
+    kind, given = target["kind"], str(target["input"])
+    if kind == "hub":
+        repo, _, revision = given.removeprefix("hf://").partition("@")
+        pinned = target.get("commit_sha") or revision or "main"
+        return HUB_FILE_URL.format(repo=uri_path(repo), revision=uri_path(pinned), path=uri_path(path))
+    if kind in ("canary", "package") and PurePath(str(target["root"])).is_absolute():
+        return PurePath(str(target["root"]), path).as_uri()
+    if kind == "file":
+        return uri_path(given)
+    prefix = given.strip("/")
     return uri_path(f"{prefix}/{path}" if prefix and prefix != "." else path)
 
 

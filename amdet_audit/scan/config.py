@@ -91,12 +91,21 @@ class ScanConfig:
         return asdict(self)
 
     @classmethod
+    def light(cls, seed: int = DEFAULT_SEED) -> ScanConfig:
+        """The lighter search for large towers on CPU: fewer and shorter prompts (the window covers the median
+        prompt length instead of the 80th percentile), one start per (objective, k), fewer steps and probes
+        (its cost: benchmarks/speed; its detection: benchmarks/efficacy/light). The real-token probes run on the
+        full search's 32 prompts, with 8 null tokens: on 12 prompts a benign fine-tune's shift z-score reached 11
+        (bar 10), on 32 it stayed at 7.7 (tests/test_sdxl_detection.py's benign pipeline)."""
+        return cls(prompts=400, restarts=1, batch=6, steps=60, min_steps=30, window_quantile=0.5,
+                   landscape_points=7, reference_gradients=False, token_nearest=2, token_moved=4,
+                   token_gradient_top=4, token_rounds=1, token_nulls=8, token_confirm=8, token_lookalike_every=False,
+                   seed=seed)
+
+    @classmethod
     def for_model(cls, adapter: object, device: str, seed: int = DEFAULT_SEED) -> ScanConfig:
-        """Defaults sized to the encoder: large towers on CPU get a lighter search (see benchmarks/speed)."""
+        """Defaults sized to the encoder: large towers on CPU get the :meth:`light` search."""
         params = sum(p.numel() for p in adapter.model.parameters())  # type: ignore[attr-defined]
         if str(device).startswith("cpu") and params > LARGE_ON_CPU:
-            return cls(prompts=400, restarts=1, batch=6, steps=60, min_steps=30, landscape_points=9,
-                       reference_gradients=False, token_prompts=12, token_nearest=2, token_moved=4,
-                       token_gradient_top=4, token_rounds=1, token_nulls=8, token_confirm=8,
-                       token_lookalike_every=False, seed=seed)
+            return cls.light(seed)
         return cls(seed=seed)

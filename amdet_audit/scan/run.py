@@ -21,7 +21,7 @@ from amdet_audit.scan.evidence import (
     token_text,
     triggered_outputs,
 )
-from amdet_audit.scan.features import clean_features
+from amdet_audit.scan.features import CleanFeatures, clean_features
 from amdet_audit.scan.invert import Candidate, invert
 from amdet_audit.scan.judges import Effect, mean_pairwise_cosine, measure
 from amdet_audit.scan.landscape import landscape
@@ -94,10 +94,16 @@ def token_evidence(search: TokenSearch | None, adapter: Adapter) -> dict | None:
 
 
 def calibrate_reference(reference: Adapter, config: ScanConfig, prompts: Sequence[str] | None = None,
-                        progress: Progress | None = None) -> dict[str, float]:
-    """The reference's own best collapse under the same inversion: the natural baseline a suspect must exceed."""
-    data = prepare_prompts(reference, config, prompts)
-    enc = build_encoders(reference, None, data, config)
+                        progress: Progress | None = None, *, data: ScanPrompts | None = None,
+                        clean: CleanFeatures | None = None) -> dict[str, float]:
+    """The reference's own best collapse under the same inversion: the natural baseline a suspect must exceed.
+
+    data, clean: the scan's prompts and the reference's clean features on them, when already computed.
+    """
+    data = data or prepare_prompts(reference, config, prompts)
+    if clean is None:
+        clean = clean_features(reference, data.ids, data.mask, data.window, config.pooled_weight)
+    enc = Encoders(suspect=reference, suspect_clean=clean)
     inv = invert(enc, data.ids[data.train], config, families=("collapse",), progress=progress)
     best = inv.best("collapse")
     if best is None:
@@ -133,7 +139,7 @@ def run_scan(
     lenient = decide(found, reference_baseline or {}, config, reference is not None, lenient=True, token=token)
     subset_only = not (config.full_checks or lenient.flagged)
     if reference is not None and reference_baseline is None and not subset_only:
-        reference_baseline = calibrate_reference(reference, config, prompts)
+        reference_baseline = calibrate_reference(reference, config, data=data, clean=enc.reference_clean)
     if not subset_only:
         found = effects(enc, cands, data, None)
     decision = decide(found, reference_baseline or {}, config, reference is not None,

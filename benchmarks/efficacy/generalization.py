@@ -3,7 +3,7 @@
 Usage (from the repository root, in the project's virtual environment):
     python benchmarks/efficacy/generalization.py [--bases canary] [--per-family 2] [--families all]
         [--calibration-seed 11] [--heldout-seed 12] [--workers 2] [--device cpu] [--work DIR] [--out-dir DIR]
-        [--max-fpr 0.01] [--built-only]
+        [--max-fpr 0.01] [--built-only] [--search light]
 
 For each base, ``amdet-audit lab zoo --per-family N`` builds two zoos of every recipe family (lab.families:
 loud, stealthy, tokenwise-loss, pooled-loss, end-only, homoglyph-every, anti-inversion, object, attribute,
@@ -65,7 +65,8 @@ def read_manifest(out: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"models": []}
 
 
-def scan_zoo(manifest: dict, zoo: Path, scans: Path, reference: str, device: str, workers: int) -> list[dict]:
+def scan_zoo(manifest: dict, zoo: Path, scans: Path, reference: str, device: str, workers: int,
+             extra: tuple[str, ...] = ()) -> list[dict]:
     """Scan every built model of a zoo (resumed); rows: name, family, positive, exit code, checks."""
     models = [m for m in manifest["models"] if m["status"] == "built"]
     threads = max(1, (os.cpu_count() or 1) // workers)
@@ -73,7 +74,7 @@ def scan_zoo(manifest: dict, zoo: Path, scans: Path, reference: str, device: str
         # rederive: a scan of this release made under other default thresholds is kept; the protocol chooses
         # its own thresholds from the recorded scores, so changing the defaults costs no rescan
         records = list(pool.map(lambda m: scan_one(str(zoo / m["name"]), reference, scans / m["name"], device,
-                                                   threads, rederive=True), models))
+                                                   threads, rederive=True, extra=extra), models))
     rows = []
     for model, record in zip(models, records, strict=True):
         report = json.loads(Path(record["report"]).read_text(encoding="utf-8")) if record["report"] else None
@@ -232,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default="calibration,heldout", type=lambda s: s.split(","),
                         help="calibration alone makes a smoke run (no held-out figures)")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="shorten every recipe (smoke runs)")
+    parser.add_argument("--search", default=None, choices=["full", "light"],
+                        help="scan with this --search preset (scans kept apart, in scans-SEARCH)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     work = args.work.resolve()
@@ -246,8 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             manifest = read_manifest(zoo) if args.built_only else build_family_zoo(
                 target, zoo, args.per_family, args.families, seeds[set_name], args.device, os.cpu_count() or 1,
                 args.steps_scale)
-            rows[set_name] = scan_zoo(manifest, zoo, work / set_name / base / "scans", target, args.device,
-                                      args.workers)
+            scans = work / set_name / base / ("scans" if args.search is None else f"scans-{args.search}")
+            extra = () if args.search is None else ("--search", args.search)
+            rows[set_name] = scan_zoo(manifest, zoo, scans, target, args.device, args.workers, extra)
         results["bases"][base] = protocol(rows["calibration"], rows.get("heldout", []), args.max_fpr)
         results["bases"][base]["rows"] = {s: [{k: v for k, v in r.items() if k != "checks"} for r in rs]
                                           for s, rs in rows.items()}
@@ -258,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         results["leave_one_base_out"] = leave_one_base_out(by_base, args.max_fpr)
     results["meta"] = {"tool_version": tool_version(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
-                       "per_family": args.per_family, "steps_scale": args.steps_scale, "sets": args.sets,
+                       "per_family": args.per_family, "search": args.search or "auto", "steps_scale": args.steps_scale, "sets": args.sets,
                        "seeds": {"calibration": args.calibration_seed, "heldout": args.heldout_seed},
                        "wall_seconds": round(time.perf_counter() - started, 1),
                        "command": " ".join(["python", "benchmarks/efficacy/generalization.py",

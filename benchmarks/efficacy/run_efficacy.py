@@ -133,10 +133,12 @@ def build_zoo(base: str, out: Path, backdoored: int, benign: int, seed: int, dev
 
 
 def scan_one(target: str, reference: str | None, folder: Path, device: str, threads: int,
-             rederive: bool = False) -> dict:
+             rederive: bool = False, extra: tuple[str, ...] = ()) -> dict:
     """Scan one model into ``folder`` unless a scan by this tool version is there; returns the record.
 
     reference: None scans with ``--reference-free``.
+
+    extra: more scan options (e.g. ``--search light``).
 
     rederive: keep a scan made under other thresholds by the same release and re-apply today's thresholds to
     its recorded scores (marked ``rederived`` in the record; see :func:`rederived_exit_code`).
@@ -157,7 +159,7 @@ def scan_one(target: str, reference: str | None, folder: Path, device: str, thre
     # the clean base itself is named as its own reference: the scan then runs reference-free (as the canary
     # base, found in the built-in reference table, does), which a base outside that table needs spelled out
     cmd = [*CLI, "scan", target, "--format", "json", "--out", str(report_dir), "--device", device, "--no-cache",
-           *(["--reference", reference] if reference is not None else ["--reference-free"])]
+           *(["--reference", reference] if reference is not None else ["--reference-free"]), *extra]
     code, seconds, rss = run(cmd, threads, folder / "scan.log")
     report_path = report_dir / "report.json"
     report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.is_file() else None
