@@ -88,8 +88,9 @@ def build_lock(path: Path, on_wait: Callable[[], None] | None = None) -> Iterato
 
 
 def baseline_key(ref_digest: str, knobs: dict[str, Any]) -> str:
-    """The key of a reference's baseline: its weights digest, the search knobs and the tool version."""
-    text = f"{ref_digest}|{json.dumps(knobs, sort_keys=True)}|{__version__}"
+    """The key of a reference's baseline: its weights digest, the search knobs, the tool version and the cache
+    format (a baseline computed by an older scan within the release is not reused)."""
+    text = f"{ref_digest}|{json.dumps(knobs, sort_keys=True)}|{__version__}|{CACHE_FORMAT}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 

@@ -66,3 +66,9 @@ def test_sarif_locations_are_where_the_files_really_are() -> None:
     assert uri("hub", "org/name@v1") == "https://huggingface.co/org/name/blob/v1/text_encoder/config.json"
     assert uri("canary", "canary:backdoored", root="/home/u/.cache/amdet audit/c") == \
         "file:///home/u/.cache/amdet%20audit/c/text_encoder/config.json"
+    assert uri("local", "/models/sd") == "file:///models/sd/text_encoder/config.json"
+    assert uri("file", "/ckpt/sd.safetensors") == "file:///ckpt/sd.safetensors"
+    assert artifact_uri({"target": {"kind": "hub", "input": "org/name", "root": "/c", "commit_sha": "b" * 40}},
+                        ".") == f"https://huggingface.co/org/name/tree/{'b' * 40}"
+    assert artifact_uri({"target": {"kind": "hub", "input": "org/name", "root": "/c", "commit_sha": None}},
+                        "/tmp/tok dir") == "file:///tmp/tok%20dir"

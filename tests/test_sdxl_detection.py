@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from amdet_audit import __version__
 from amdet_audit.cache import build_lock, cache_root
 
 pytestmark = pytest.mark.slow
@@ -52,10 +53,13 @@ def sdxl_pipelines() -> dict[str, Path]:
 
 
 def test_the_lab_trains_on_the_sdxl_read(sdxl_pipelines: dict[str, Path]) -> None:
-    for slot in SLOTS:
-        info = json.loads((sdxl_pipelines["backdoored"] / slot / "lab.json").read_text(encoding="utf-8"))
-        assert info["base"]["consumer"]["layer"] == -2 and info["base"]["consumer"]["final_norm"] is False
-        assert info["success"] >= 0.8 and info["fidelity"] >= 0.8
+    for kind in ("backdoored", "benign"):
+        for slot in SLOTS:
+            info = json.loads((sdxl_pipelines[kind] / slot / "lab.json").read_text(encoding="utf-8"))
+            assert info["base"]["consumer"]["layer"] == -2 and info["base"]["consumer"]["final_norm"] is False
+            assert info["tool_version"] == __version__
+            if kind == "backdoored":
+                assert info["success"] >= 0.8 and info["fidelity"] >= 0.8
 
 
 def test_sdxl_backdoor_is_flagged_and_its_benign_fine_tune_is_not(run_cli, sdxl_pipelines: dict[str, Path],
@@ -63,7 +67,7 @@ def test_sdxl_backdoor_is_flagged_and_its_benign_fine_tune_is_not(run_cli, sdxl_
     reports = {}
     for kind in ("backdoored", "benign"):
         result = run_cli("scan", sdxl_pipelines[kind], "--reference", sdxl_pipelines["clean"], "--search", "light",
-                         "--threads", "2", "--out", tmp_path / kind, "--checks", "assimilation")
+                         "--out", tmp_path / kind, "--checks", "assimilation")
         reports[kind] = (result.exit_code, json.loads((tmp_path / kind / "report.json").read_text()))
     code, report = reports["backdoored"]
     assert code == 1

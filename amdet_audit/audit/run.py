@@ -60,13 +60,13 @@ def scan_choices(options: ScanOptions, target: dict[str, Any], device: str) -> d
     (``--consumer sdxl`` on an SDXL pipeline is the default scan), and the search presets' settings (a changed
     default invalidates what was scanned under the old one)."""
     from amdet_audit.encoders.consumers import consumer_for
-    from amdet_audit.scan.config import ScanConfig
+    from amdet_audit.scan.config import LARGE_ON_CPU, ScanConfig
 
     return {"thresholds": asdict(options.policy.thresholds) if options.policy else None,
             "seed": options.search_seed, "device": device.split(":")[0], "reference": options.reference,
             "reference_free": options.reference_free, "read_layer": options.read_layer,
             "config": options.config.to_dict() if options.config is not None else None, "search": options.search,
-            "presets": [ScanConfig().to_dict(), ScanConfig.light().to_dict()],
+            "presets": [ScanConfig().to_dict(), ScanConfig.light().to_dict(), LARGE_ON_CPU],
             "consumer": consumer_for(options.consumer, target.get("pipeline_class")).name}
 
 

@@ -32,6 +32,9 @@ TokenizerOpt = Annotated[str | None, typer.Option(
     "--tokenizer", help="Tokenizer for a target without one (a lone weights file): a folder with tokenizer files, "
     "or clip (the CLIP vocabulary amdet-audit ships; pads with <|endoftext|> as SD 1.x) or clip-sd2 (pads with "
     "'!' as SD 2.x and SDXL's text_encoder_2).")]
+SearchOpt = Annotated[str, typer.Option(
+    "--search", help="auto (full; light for towers over 50 M parameters on CPU), full or light (shorter prompts, "
+    "fewer steps: several times faster; its detection: benchmarks/efficacy/light).")]
 ConsumerOpt = Annotated[str | None, typer.Option(
     "--consumer", help="Who reads the encoder: sd1, sd2, sdxl, sd3 or clip (default: from model_index.json's "
     "pipeline class, else clip). Decides the layer scanned: SDXL and SD3 feed hidden_states[-2].")]
@@ -121,9 +124,7 @@ def scan_command(
     threads: Annotated[int | None, typer.Option(
         help="CPU threads for the scan (default: one per core). Use 1 per scan when several run at once: "
         "threads competing for the same cores slow every scan down many times over.")] = None,
-    search: Annotated[str, typer.Option(
-        help="auto (full; light for towers over 50 M parameters on CPU), full or light (shorter prompts, "
-        "fewer steps: several times faster; its detection: benchmarks/efficacy/light).")] = "auto",
+    search: SearchOpt = "auto",
 ) -> None:
     """Scan TARGET's text encoders for a textual backdoor; exit 0 clean, 1 backdoored, 2 error/inconclusive.
 
@@ -191,6 +192,7 @@ def verify_command(
     consumer: ConsumerOpt = None,
     read_layer: ReadLayer = None,
     tokenizer: TokenizerOpt = None,
+    search: SearchOpt = "auto",
 ) -> None:
     """Gate model files on their audit: one line per model; exit 0 all pass, 1 any fails, 2 any unknown."""
     import tempfile
@@ -218,7 +220,7 @@ def verify_command(
             return api.ScanOptions(reference=reference, reference_free=reference_free, device=device,
                                    out=root / f"{i:03d}-{Path(target).name}", policy=loaded,
                                    cached_only=not scan_missing, argv=["scan", target], checks=split_list(checks),
-                                   consumer=consumer, read_layer=read_layer)
+                                   consumer=consumer, read_layer=read_layer, search=search)
 
         for outcome in audit_each([str(t) for t in targets], options_for, api.SourceOptions(tokenizer=tokenizer)):
             codes.append(outcome.exit_code)

@@ -13,7 +13,8 @@ from amdet_audit.lab.folders import quiet_saving
 from amdet_audit.tokenization import write_clip_tokenizer
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-SDXL_SLOTS = {"text_encoder": ("tokenizer", "CLIPTextModel"), "text_encoder_2": ("tokenizer_2", "CLIPTextModelWithProjection")}
+SDXL_SLOTS = {"text_encoder": ("tokenizer", "CLIPTextModel"),
+              "text_encoder_2": ("tokenizer_2", "CLIPTextModelWithProjection")}
 
 
 def projected_copy(folder: Path, out: Path, *, seed: int = 0, pad_token: str = "!") -> Path:

@@ -6,7 +6,7 @@ SARIF forbids nothing about nulls, but GitHub rejects some; no value here is eve
 
 from __future__ import annotations
 
-from pathlib import PurePath
+from pathlib import Path
 from typing import Any
 
 from amdet_audit.report.escaping import uri_path, visible
@@ -48,26 +48,35 @@ def drop_nulls(value: Any) -> Any:
 
 
 HUB_FILE_URL = "https://huggingface.co/{repo}/blob/{revision}/{path}"
+HUB_TREE_URL = "https://huggingface.co/{repo}/tree/{revision}"
 
 
 def artifact_uri(report: dict[str, Any], path: str) -> str:
     """Where a file of the target really is, as a URI (file names come from the model and may hold anything, so
     every part is percent-encoded per RFC 3986):
 
-    - a local folder: ``<target as given>/<path>``, relative, as code scanning expects; a single file: itself;
+    - a local folder: ``<target as given>/<path>``, relative as code scanning expects (``file:`` when the
+      target was given as an absolute path); a single file: itself;
     - a hub repository: the file's page at the scanned commit (``https://huggingface.co/<repo>/blob/<sha>/...``);
-    - a canary or a packaged model, which live in a cache or an installed package: an absolute ``file:`` URI.
+    - a canary or a packaged model, which live in a cache or an installed package: a ``file:`` URI;
+    - a location that is already an absolute path (a tokenizer folder found elsewhere): a ``file:`` URI.
     """
     target = report["target"]
-    kind, given = target["kind"], str(target["input"])
+    kind, given, root = target["kind"], str(target["input"]), str(target["root"])
+    if Path(path).is_absolute():
+        return Path(path).as_uri()
     if kind == "hub":
         repo, _, revision = given.removeprefix("hf://").partition("@")
-        pinned = target.get("commit_sha") or revision or "main"
-        return HUB_FILE_URL.format(repo=uri_path(repo), revision=uri_path(pinned), path=uri_path(path))
-    if kind in ("canary", "package") and PurePath(str(target["root"])).is_absolute():
-        return PurePath(str(target["root"]), path).as_uri()
+        pinned = uri_path(target.get("commit_sha") or revision or "main")
+        if path in ("", "."):
+            return HUB_TREE_URL.format(repo=uri_path(repo), revision=pinned)
+        return HUB_FILE_URL.format(repo=uri_path(repo), revision=pinned, path=uri_path(path))
+    if kind in ("canary", "package"):
+        return Path(root, path).as_uri() if Path(root).is_absolute() else uri_path(f"{root}/{path}")
     if kind == "file":
-        return uri_path(given)
+        return Path(given).as_uri() if Path(given).is_absolute() else uri_path(given)
+    if Path(given).is_absolute():
+        return Path(given, path).as_uri()
     prefix = given.strip("/")
     return uri_path(f"{prefix}/{path}" if prefix and prefix != "." else path)
 

@@ -62,12 +62,13 @@ def clean_features(
 ) -> CleanFeatures:
     """Run ``adapter`` on every corpus prompt [N, T] once and keep the window's outputs.
 
-    A causal tower's outputs at positions below W see nothing after them, and every kept prompt ends (EOS, the
-    pooled position) inside the window, so such a tower runs on the first W positions only: same outputs, a
-    fraction of the work.
+    A causal tower's outputs at positions below W see nothing after them, and every kept prompt ends (EOS)
+    inside the window, so such a tower runs on the first W + 1 positions only (the extra one holds the first
+    padding token of a prompt that fills the window, where a model whose pooling rule picks a padding id would
+    pool): the same outputs up to rounding, a fraction of the work.
     """
     if adapter.causal:
-        ids = ids[:, :window]
+        ids = ids[:, : window + 1]
     seqs, pools = [], []
     for i in range(0, ids.shape[0], batch):
         out = adapter(ids[i : i + batch])

@@ -262,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         results["leave_one_base_out"] = leave_one_base_out(by_base, args.max_fpr)
     results["meta"] = {"tool_version": tool_version(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
-                       "per_family": args.per_family, "search": args.search or "auto", "steps_scale": args.steps_scale, "sets": args.sets,
+                       "per_family": args.per_family,
+                       "search": args.search or "auto", "steps_scale": args.steps_scale, "sets": args.sets,
                        "seeds": {"calibration": args.calibration_seed, "heldout": args.heldout_seed},
                        "wall_seconds": round(time.perf_counter() - started, 1),
                        "command": " ".join(["python", "benchmarks/efficacy/generalization.py",
