@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from lab_models import lab_info
+from lab_models import lab_info, lab_model
 
 from amdet_audit.errors import UsageError
 from amdet_audit.lab.inject import AttackSpec, check_spec
@@ -16,6 +16,18 @@ from amdet_audit.lab.zoo import build_order, plan_zoo, same_recipe
 from amdet_audit.sources import resolve
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("name", ["multi-token", "attribute-word"])
+def test_attacks_take_and_reload_through_sources(name: str) -> None:
+    folder = lab_model(name)
+    info = lab_info(folder)
+    assert info["kind"] == "backdoored" and info["took"]
+    assert info["success"] >= 0.8 and info["success"] - info["success_without_backdoor"] >= 0.5
+    assert info["fidelity"] > 0.85
+    assert info["base"]["weights_sha256"]  # ground truth names the base by digest
+    resolved = resolve(str(folder))
+    assert resolved.components[0].architecture == "CLIPTextModel"
 
 
 def test_pooled_attack_takes(tmp_path: Path, run_cli) -> None:
@@ -37,6 +49,12 @@ def test_an_injection_that_wrecks_clean_outputs_did_not_take() -> None:
     assert working.took
     working.fidelity = MIN_FIDELITY - 0.01  # every triggered prompt on target, but clean use visibly broken
     assert not working.took and not working.to_dict()["took"]
+
+
+def test_benign_finetune_moves_the_model_moderately() -> None:
+    info = lab_info(lab_model("benign"))
+    assert info["kind"] == "benign"
+    assert 0.8 < info["fidelity"] < 0.995
 
 
 def test_injection_is_reproducible() -> None:

@@ -7,35 +7,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from lab_models import MODELS, lab_info, lab_model
+from lab_models import MODELS, lab_model
 from safetensors.torch import load_file
 from schema_check import assert_valid_report
 
 from amdet_audit import api
 from amdet_audit.scan.config import ScanConfig
-from amdet_audit.sources import resolve
 
 pytestmark = pytest.mark.slow
-
-
-# The lab models' own ground truth, checked here: the models are built once per run, and in this file a second
-# worker never waits on another's build.
-@pytest.mark.parametrize("name", ["multi-token", "attribute-word"])
-def test_attacks_take_and_reload_through_sources(name: str) -> None:
-    folder = lab_model(name)
-    info = lab_info(folder)
-    assert info["kind"] == "backdoored" and info["took"]
-    assert info["success"] >= 0.8 and info["success"] - info["success_without_backdoor"] >= 0.5
-    assert info["fidelity"] > 0.85
-    assert info["base"]["weights_sha256"]  # ground truth names the base by digest
-    resolved = resolve(str(folder))
-    assert resolved.components[0].architecture == "CLIPTextModel"
-
-
-def test_benign_finetune_moves_the_model_moderately() -> None:
-    info = lab_info(lab_model("benign"))
-    assert info["kind"] == "benign"
-    assert 0.8 < info["fidelity"] < 0.995
 
 
 def scan(folder: Path, out: Path, **options) -> dict:
@@ -99,6 +78,7 @@ def test_evidence_files_are_faithful(reports: dict[str, dict]) -> None:
 def test_same_seed_same_scores(tmp_path: Path) -> None:
     from amdet_audit.encoders import load_component
     from amdet_audit.scan.run import run_scan
+    from amdet_audit.sources import resolve
 
     suspect = load_component(resolve(str(lab_model("multi-token"))).components[0])
     reference = load_component(resolve("canary:clean").components[0])
