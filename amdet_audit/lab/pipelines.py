@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 from amdet_audit.lab.folders import quiet_saving
+from amdet_audit.sources.local import tokenizer_files
 from amdet_audit.tokenization import write_clip_tokenizer
 
-TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 SDXL_SLOTS = {"text_encoder": ("tokenizer", "CLIPTextModel"),
               "text_encoder_2": ("tokenizer_2", "CLIPTextModelWithProjection")}
 
@@ -52,11 +52,11 @@ def assemble_sdxl(root: Path, text_encoder: Path, text_encoder_2: Path) -> Path:
         tokenizer, cls = SDXL_SLOTS[slot]
         (root / slot).mkdir()
         (root / tokenizer).mkdir()
-        for item in source.iterdir():
-            if item.name in ("config.json", "model.safetensors", "lab.json"):
-                shutil.copy2(item, root / slot / item.name)
-            elif item.name in TOKENIZER_FILES:
-                shutil.copy2(item, root / tokenizer / item.name)
+        for name in ("config.json", "model.safetensors", "lab.json"):
+            if (source / name).is_file():
+                shutil.copy2(source / name, root / slot / name)
+        for item in tokenizer_files(source):
+            shutil.copy2(item, root / tokenizer / item.name)
         index.update({slot: ["transformers", cls], tokenizer: ["transformers", "CLIPTokenizer"]})
     (root / "unet").mkdir()
     save_file({"placeholder": torch.zeros(2, 2)}, root / "unet" / "diffusion_pytorch_model.safetensors")
