@@ -71,7 +71,7 @@ def test_smoke_run_builds_scans_and_judges_a_stealthy_and_an_adaptive_recipe(tmp
     out, work = tmp_path / "out", tmp_path / "work"
     args = ["--bases", "smoke", "--sets", "calibration", "--per-family", "1", "--families",
             "stealthy,anti-inversion,fp16", "--steps-scale", "0.1", "--workers", "1", "--work", str(work),
-            "--out-dir", str(out)]
+            "--out-dir", str(out), "--search", "light"]
     assert generalization.main(args) == 0
     zoo = json.loads((work / "calibration" / "smoke" / "zoo" / "zoo.json").read_text())
     status = {m["family"]: m["status"] for m in zoo["models"]}
@@ -86,7 +86,7 @@ def test_smoke_run_builds_scans_and_judges_a_stealthy_and_an_adaptive_recipe(tmp
     assert set(results["families"]) == took
     assert "leave-one-family-out" in (out / "GENERALIZATION.md").read_text()
     # resumable: nothing is rebuilt or rescanned
-    records = sorted(work.glob("calibration/smoke/scans/*/record.json"))
+    records = sorted(work.glob("calibration/smoke/scans-light/*/record.json"))
     stamps = [r.stat().st_mtime_ns for r in records]
     assert generalization.main(args) == 0
     assert [r.stat().st_mtime_ns for r in records] == stamps

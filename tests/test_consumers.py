@@ -130,8 +130,38 @@ def test_sd3_clip_parts_read_the_penultimate_layer_and_projected_pools(tiny_pipe
         assert torch.allclose(read, embeds, atol=1e-5) and torch.allclose(our_pooled, pooled, atol=1e-5), name
 
 
+def test_flux_reads_the_clip_pooled_output_alone(sd1_folder: Path, tmp_path: Path) -> None:
+    """FLUX feeds its transformer CLIP's pooler_output only: the consumer reads that, and the scan scores it
+    alone (no sequence feature, no token assimilation)."""
+    from diffusers import FluxPipeline
+    from transformers import CLIPTextModel
+
+    from amdet_audit.scan.features import clean_features
+
+    folder = Path(shutil.copytree(sd1_folder, tmp_path / "flux"))
+    index = json.loads((folder / "model_index.json").read_text())
+    index["_class_name"] = "FluxPipeline"
+    (folder / "model_index.json").write_text(json.dumps(index))
+    (tokenizer,) = pipeline_tokenizers(folder, ("tokenizer",))
+    encoder = CLIPTextModel.from_pretrained(str(folder / "text_encoder"))
+    pipe = FluxPipeline(scheduler=None, vae=None, text_encoder=encoder, tokenizer=tokenizer, text_encoder_2=None,
+                        tokenizer_2=None, transformer=None)
+    expected = pipe._get_clip_prompt_embeds(PROMPT, device="cpu")
+    assert consumer_for(None, "FluxPipeline").name == "flux"
+    read = consumer_for(None, "FluxPipeline").read("text_encoder")
+    assert read.sequence is False and read.describe() == "pooled"
+    adapter = adapters(folder)["text_encoder"]
+    _, pooled = scan_read(adapter)
+    assert torch.allclose(pooled, expected, atol=1e-5)
+    ids = adapter.tokenize([PROMPT, "a cat"]).ids
+    feats = clean_features(adapter, ids, torch.ones_like(ids), 8, 0.5, pooled_only=True)
+    assert feats.clean(torch.arange(2)).shape == (2, pooled.shape[-1])  # the pooled output alone
+    with pytest.raises(UsageError, match="reads no hidden layer"):
+        consumer_for("flux", None).read("text_encoder", -2)
+
+
 def test_consumer_choice_and_bad_choices() -> None:
-    assert consumer_for(None, None).name == "clip" and consumer_for(None, "FluxPipeline").name == "clip"
+    assert consumer_for(None, None).name == "clip" and consumer_for(None, "FluxPipeline").name == "flux"
     assert all(PIPELINES[name] in CONSUMERS for name in PIPELINES)
     assert consumer_for(None, "StableDiffusionXLControlNetPipeline").name == "sdxl"
     assert consumer_for(None, "StableDiffusion3Img2ImgPipeline").name == "sd3"

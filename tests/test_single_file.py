@@ -157,15 +157,16 @@ def test_an_sdxl_single_file_scan_says_which_encoder_it_could_not_read(towers: d
 
 @pytest.mark.parametrize(("key", "kind"), [
     ("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight", "a kohya text-encoder LoRA"),
-    ("lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight", "a kohya SDXL text-encoder LoRA"),
-    ("base_model.model.text_model.encoder.layers.0.mlp.fc1.lora_A.weight", "a PEFT LoRA"),
-    ("text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.down.weight", "a diffusers LoRA"),
+    ("lora_te2_text_model_encoder_layers_0_mlp_fc1.lora_up.weight", "a kohya text-encoder LoRA"),
+    ("base_model.model.text_model.encoder.layers.0.mlp.fc1.lora_A.weight", "a PEFT text-encoder LoRA"),
+    ("text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.down.weight",
+     "a diffusers text-encoder LoRA"),
 ])
 def test_a_lora_is_named_as_one(tmp_path: Path, run_cli, key: str, kind: str) -> None:
     path = tmp_path / "style.safetensors"
     save_file({key: torch.zeros(4, 2)}, path)
     result = run_cli("scan", path, "--out", tmp_path / "r")
-    assert result.exit_code == 2 and f"{kind}, not a text encoder" in result.stderr and "merge it" in result.stderr
+    assert result.exit_code == 2 and f"{kind}: pass --base REF" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
@@ -203,3 +204,38 @@ def test_the_tokenizer_option_leaves_refused_encoders_alone(towers: dict[str, Pa
         'tokenizer: the CLIP vocabulary amdet-audit ships (--tokenizer clip, padding with "<|endoftext|>"), not one '
         "of the target's files"]
     assert target.components[1].refusal is not None and target.components[1].tokenizer_path is None
+
+
+def canonical_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A CLIP text tower's tensors by canonical name (no ``text_model.`` nesting, no position ids)."""
+    return {k.removeprefix("text_model."): v for k, v in state.items() if not k.endswith("position_ids")}
+
+
+def test_single_files_load_as_diffusers_converts_them(towers: dict[str, Path], gelu_tower: Path,
+                                                      tmp_path: Path) -> None:
+    """The weights each single-file encoder loads to equal diffusers' own conversion of the same file
+    (``convert_ldm_clip_checkpoint``, ``convert_open_clip_checkpoint``: what ``from_single_file`` runs)."""
+    from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint, convert_open_clip_checkpoint
+
+    openclip = {f"conditioner.embedders.1.model.{k}": v for k, v in openclip_names(gelu_tower).items()}
+    sdxl = single_file(tmp_path / "sdxl.safetensors", {"conditioner.embedders.0.transformer.": towers["plain"]},
+                       extra=openclip)
+    sd1 = single_file(tmp_path / "sd1.safetensors", {"cond_stage_model.transformer.": towers["plain"]})
+    for path in (sdxl, sd1):
+        mine = canonical_state(load_component(resolve(str(path)).components[0]).model.state_dict())
+        theirs = canonical_state(convert_ldm_clip_checkpoint(load_file(path)))
+        assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine), path.name
+    two = load_component(resolve(str(sdxl)).component("text_encoder_2")).model
+    theirs = canonical_state(convert_open_clip_checkpoint(two, load_file(sdxl), prefix="conditioner.embedders.1.model."))
+    mine = canonical_state(two.state_dict())
+    assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    # SD 2.x: diffusers' text encoder is one block shorter (it drops OpenCLIP's last block by name, for the
+    # 24-block ViT-H); the tower loaded here is the same minus that block
+    sd2 = tmp_path / "sd2.safetensors"
+    save_file({f"cond_stage_model.model.{k}": v for k, v in openclip_names(gelu_tower).items()}, sd2)
+    short = load_component(resolve(str(sd2)).components[0]).model
+    mine = canonical_state(short.state_dict())
+    theirs = canonical_state(convert_open_clip_checkpoint(short, load_file(sd2)))
+    last = f"encoder.layers.{short.config.num_hidden_layers}."
+    assert {k for k in theirs if k not in mine} == {k for k in theirs if k.startswith(last)} != set()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine if k != "text_projection.weight")

@@ -38,24 +38,31 @@ def resolve_device(device: str) -> str:
 
 
 def weights_digest(resolved: ResolvedTarget, component: str) -> str:
-    """sha256 over a component's weight files' sha256s (its identity for caching)."""
+    """sha256 over a component's weight files' sha256s (its identity for caching); a LoRA target's component
+    counts its base's weight files and the LoRA's file."""
     comp = resolved.component(component)
-    names = {str(p) for p in comp.weight_files}
-    shas = sorted(f.sha256 for f in resolved.files if str(resolved.root / f.path) in names or f.path in names)
-    return hashlib.sha256("".join(shas).encode()).hexdigest()
+    shas: dict[str, str] = {}
+    for target in (resolved, resolved.base):
+        for record in target.files if target is not None else ():
+            shas[str(target.root / record.path)] = shas[record.path] = record.sha256
+    paths = [*comp.weight_files, *([comp.patch.path] if comp.patch is not None else [])]
+    return hashlib.sha256("".join(sorted(shas[str(p)] for p in paths if str(p) in shas)).encode()).hexdigest()
 
 
-def pick_reference(adapter: Adapter, name: str, options: ScanOptions,
-                   sources: SourceOptions) -> tuple[ResolvedTarget | None, str | None, str]:
-    """(resolved reference, its component, how it was chosen) for one suspect component."""
+def pick_reference(adapter: Adapter, name: str, options: ScanOptions, sources: SourceOptions,
+                   base: ResolvedTarget | None = None) -> tuple[ResolvedTarget | None, str | None, str]:
+    """(resolved reference, its component, how it was chosen) for one suspect component; ``base``: a LoRA
+    target's base, its reference unless another is given."""
     from amdet_audit.audit.references import known_base, split_component
 
     if options.reference_free:
         return None, None, "none (--reference-free)"
-    if options.reference:
-        ref = resolve(options.reference, offline=sources.offline, allow_pickle=sources.allow_pickle)
+    if options.reference or base is not None:
+        ref = base if not options.reference else resolve(options.reference, offline=sources.offline,
+                                                         allow_pickle=sources.allow_pickle)
         names = [c.name for c in ref.components]
-        return ref, (name if name in names else names[0]), "explicit (--reference)"
+        how = "explicit (--reference)" if options.reference else "the LoRA's base (--base)"
+        return ref, (name if name in names else names[0]), how
     base = known_base(adapter.describe())
     if base is None:
         raise UsageError("no known clean base for this architecture; pass --reference REF (its base model) "
@@ -118,12 +125,14 @@ def scan_component(resolved: ResolvedTarget, name: str, sources: SourceOptions, 
     consumer = consumer_for(options.consumer, resolved.pipeline_class)
     read = consumer.read(name, options.read_layer)
     suspect = load_component(resolved.component(name), device=device, read_layer=read.layer, read_norm=read.final_norm)
-    config = options.search_config(suspect, device)
+    config = options.search_config(device)
+    if not read.sequence:  # the consumer reads the pooled output alone (FLUX's CLIP): so does the scan
+        config = replace(config, pooled_only=True, assimilation_weight=0.0)
     if options.policy is not None:
         config = replace(config, thresholds=options.policy.thresholds)
     entry: dict[str, Any] = {"name": name, "encoder": suspect.describe(),
                              "consumer": consumer.record(read)}
-    ref_target, ref_name, how = pick_reference(suspect, name, options, sources)
+    ref_target, ref_name, how = pick_reference(suspect, name, options, sources, resolved.base)
     reference = baseline = ref_record = None
     if ref_target is not None and ref_name is not None:
         ref_digest = weights_digest(ref_target, ref_name)

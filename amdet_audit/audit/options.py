@@ -27,11 +27,13 @@ class SourceOptions:
     allow_pickle: bool = False
     cache_dir: Path | None = None
     tokenizer: str | None = None  # a tokenizer folder, or clip / clip-sd2 (the shipped CLIP vocabulary)
+    base: str | None = None  # for a LoRA target: the model it is applied onto (any TARGET form)
 
     def resolve(self, target: str) -> ResolvedTarget:
         """Resolve ``target`` with these options."""
         resolved = resolve(target, revision=self.revision, component=self.component, config=self.config,
-                           offline=self.offline, allow_pickle=self.allow_pickle, cache_dir=self.cache_dir)
+                           offline=self.offline, allow_pickle=self.allow_pickle, cache_dir=self.cache_dir,
+                           base=self.base)
         if self.tokenizer is None:
             return resolved
         from amdet_audit.sources.tokenizer_choice import with_tokenizer
@@ -48,7 +50,7 @@ class ScanOptions:
     device: str = "cpu"
     out: Path | None = None  # new or empty folder for report.json and evidence
     config: ScanConfig | None = None  # None: the ``search`` preset
-    search: str = "auto"  # auto (sized to the model: light for large towers on CPU), full or light
+    search: str = "auto"  # auto (light on CPU, full on an accelerator), full or light
     seed: int | None = None  # of the search; None: the config's, else DEFAULT_SEED (see ``search_seed``)
     policy: Policy | None = None  # thresholds, fail_on, waivers...; None: the bundled default policy
     plugins: list[str] | None = None  # third-party plugins to run (entry-point names); None: all installed
@@ -62,14 +64,12 @@ class ScanOptions:
     threads: int | None = None  # torch CPU threads for the scan; None: torch's default (one per core)
     argv: list[str] = field(default_factory=list)
 
-    def search_config(self, suspect: object, device: str) -> ScanConfig:
-        """The scan's configuration for ``suspect``: the given one, else the ``search`` preset, seeded."""
+    def search_config(self, device: str) -> ScanConfig:
+        """The scan's configuration on ``device``: the given one, else the ``search`` preset, seeded."""
         seed = self.search_seed
         if self.config is not None:
             return replace(self.config, seed=seed)
-        if self.search == "light":
-            return ScanConfig.light(seed)
-        return ScanConfig(seed=seed) if self.search == "full" else ScanConfig.for_model(suspect, device, seed=seed)
+        return ScanConfig.preset(self.search, device, seed)
 
     @property
     def search_seed(self) -> int:

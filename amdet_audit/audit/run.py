@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from amdet_audit.audit.options import ScanOptions, SourceOptions
     from amdet_audit.progress import ProgressCallback
+    from amdet_audit.sources import ResolvedTarget
 
 
 def output_folder(out: Path | None, target: str) -> tuple[Path, bool]:
@@ -57,16 +58,14 @@ def check_selection(options: ScanOptions, manager: pluggy.PluginManager) -> tupl
 
 def scan_choices(options: ScanOptions, target: dict[str, Any], device: str) -> dict[str, Any]:
     """Every option that changes a scan's result, for its cache key: the consumer as the scan resolves it
-    (``--consumer sdxl`` on an SDXL pipeline is the default scan), and the search presets' settings (a changed
-    default invalidates what was scanned under the old one)."""
+    (``--consumer sdxl`` on an SDXL pipeline is the default scan), and the settings of the search it runs (a
+    changed preset, or a changed meaning of ``auto``, invalidates what was scanned under the old one)."""
     from amdet_audit.encoders.consumers import consumer_for
-    from amdet_audit.scan.config import LARGE_ON_CPU, ScanConfig
 
     return {"thresholds": asdict(options.policy.thresholds) if options.policy else None,
             "seed": options.search_seed, "device": device.split(":")[0], "reference": options.reference,
             "reference_free": options.reference_free, "read_layer": options.read_layer,
-            "config": options.config.to_dict() if options.config is not None else None, "search": options.search,
-            "presets": [ScanConfig().to_dict(), ScanConfig.light().to_dict(), LARGE_ON_CPU],
+            "config": options.search_config(device).to_dict(),
             "consumer": consumer_for(options.consumer, target.get("pipeline_class")).name}
 
 
@@ -134,7 +133,7 @@ def audit(target: str, sources: SourceOptions, options: ScanOptions, progress: P
         if options.use_cache and all("scan" in e for e in entries):
             cache.store_scan(key, entries, refs, when)
     render_target_images(manager, entries, out, options.plugin_options)
-    context = CheckContext(target=resolved, reference=next((r for r in ref_targets.values() if r), None),
+    context = CheckContext(target=resolved, reference=reference_view(ref_targets, refs),
                            components=entries if scan_selected else None)
     checks = [r.to_dict() for r in run_checks(manager, context, options.checks)]
     run = {"argv": redact_argv(options.argv), "started": when, "duration_s": round(time.perf_counter() - started, 2),
@@ -152,6 +151,17 @@ def audit(target: str, sources: SourceOptions, options: ScanOptions, progress: P
         report.sections = [{"title": "plugin error", "body": f"a report section hook failed: {err}", "data": None}]
     write_reports(report.to_dict(), out)
     return report
+
+
+def reference_view(ref_targets: dict[str, ResolvedTarget | None], refs: dict[str, Any]) -> ResolvedTarget | None:
+    """One reference for the checks: each scanned component's reference component, under the scanned
+    component's name (a pipeline's two encoders against their two references, a cached scan's as well)."""
+    chosen = [(name, ref, refs[name]["component"]) for name, ref in ref_targets.items() if ref and refs.get(name)]
+    if not chosen:
+        return None
+    components = [replace(ref.component(component), name=name) for name, ref, component in chosen]
+    files = list({(f.path, f.sha256): f for _, ref, _ in chosen for f in ref.files}.values())
+    return replace(chosen[0][1], components=components, files=files)
 
 
 def write_reports(document: dict[str, Any], out: Path) -> None:

@@ -1,6 +1,7 @@
 """The ``weights-diff`` check: which parts of each text encoder moved how far from the reference model.
 
-Reads both models' safetensors tensors one at a time (no model is built) and reports, per layer group, the
+Reads both models' safetensors tensors one at a time (no model is built; a LoRA target's change is added to its
+base's tensors) and reports, per layer group, the
 relative change ||W - W_ref|| / ||W_ref||, plus the token-embedding rows that moved most, decoded through the
 target's vocabulary: a textual backdoor trained into new trigger tokens often shows there. Everything is
 information for the reviewer (severity info), except an encoder whose tensors do not match the reference's
@@ -62,6 +63,16 @@ def tensor_names(component: Component) -> dict[str, tuple[Path, str]]:
     return names
 
 
+def lora_changes(component: Component, names: dict[str, tuple[Path, str]]) -> dict:
+    """canonical name -> the change a LoRA target's patch makes to that tensor (empty without a patch)."""
+    if component.patch is None:
+        return {}
+    from amdet_audit.encoders.lora import deltas
+
+    headers = {path: safe_files.safetensors_header(path) for path in {p for p, _ in names.values()}}
+    return deltas(component.patch, {name: headers[path][key][1] for name, (path, key) in names.items()})
+
+
 def load(where: tuple[Path, str]):
     """One tensor, as float32."""
     from safetensors import safe_open
@@ -118,6 +129,7 @@ def compare(component: Component, reference: Component, jail: safe_files.Jail) -
     import torch
 
     mine, theirs = tensor_names(component), tensor_names(reference)
+    changes = lora_changes(component, mine)  # a LoRA target: its base's tensors plus the LoRA's change
     shared = sorted(set(mine) & set(theirs))
     findings, groups = [], {}
     only = sorted(set(mine) ^ set(theirs))
@@ -125,6 +137,8 @@ def compare(component: Component, reference: Component, jail: safe_files.Jail) -
     embedding_rows: list[tuple[float, int]] = []
     for key in shared:
         a, b = load(mine[key]), load(theirs[key])
+        if key in changes:
+            a = a + changes[key]
         if a.shape != b.shape:
             mismatched.append(key)
             continue

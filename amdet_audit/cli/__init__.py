@@ -32,9 +32,13 @@ TokenizerOpt = Annotated[str | None, typer.Option(
     "--tokenizer", help="Tokenizer for a target without one (a lone weights file): a folder with tokenizer files, "
     "or clip (the CLIP vocabulary amdet-audit ships; pads with <|endoftext|> as SD 1.x) or clip-sd2 (pads with "
     "'!' as SD 2.x and SDXL's text_encoder_2).")]
+BaseOpt = Annotated[str | None, typer.Option(
+    "--base", help="For a text-encoder LoRA (kohya, PEFT, diffusers): the model it was trained on (any TARGET "
+    "form). The LoRA is merged onto it and scanned against it (or against --reference).")]
 SearchOpt = Annotated[str, typer.Option(
-    "--search", help="auto (full; light for towers over 50 M parameters on CPU), full or light (shorter prompts, "
-    "fewer steps: several times faster; its detection: benchmarks/efficacy/light).")]
+    "--search", help="auto (light on CPU, full on a GPU), full or light (shorter prompts, fewer starts and "
+    "steps: about three times faster, and judged the benchmark's 60 lab models as the full search did: "
+    "benchmarks/efficacy/light).")]
 ConsumerOpt = Annotated[str | None, typer.Option(
     "--consumer", help="Who reads the encoder: sd1, sd2, sdxl, sd3 or clip (default: from model_index.json's "
     "pipeline class, else clip). Decides the layer scanned: SDXL and SD3 feed hidden_states[-2].")]
@@ -125,6 +129,7 @@ def scan_command(
         help="CPU threads for the scan (default: one per core). Use 1 per scan when several run at once: "
         "threads competing for the same cores slow every scan down many times over.")] = None,
     search: SearchOpt = "auto",
+    base: BaseOpt = None,
 ) -> None:
     """Scan TARGET's text encoders for a textual backdoor; exit 0 clean, 1 backdoored, 2 error/inconclusive.
 
@@ -147,7 +152,7 @@ def scan_command(
     if any(not key or not eq for key, eq, _ in pairs):
         fail("--plugin-option takes KEY=VALUE")
     sources = api.SourceOptions(revision=revision, component=component, config=config,
-                                offline=offline or None, allow_pickle=allow_pickle, tokenizer=tokenizer)
+                                offline=offline or None, allow_pickle=allow_pickle, tokenizer=tokenizer, base=base)
     from amdet_audit.audit.policy import load_policy
 
     options = api.ScanOptions(reference=reference, reference_free=reference_free, device=device, out=out,
@@ -246,6 +251,7 @@ def inspect_command(
     consumer: ConsumerOpt = None,
     read_layer: ReadLayer = None,
     tokenizer: TokenizerOpt = None,
+    base: BaseOpt = None,
 ) -> None:
     """Resolve, load and describe TARGET's text encoders (files, digests, architecture, what the consumer reads)
     without scanning."""
@@ -253,7 +259,7 @@ def inspect_command(
 
     check_format(output_format)
     sources = api.SourceOptions(revision=revision, component=component, config=config,
-                                offline=offline or None, allow_pickle=allow_pickle, tokenizer=tokenizer)
+                                offline=offline or None, allow_pickle=allow_pickle, tokenizer=tokenizer, base=base)
     description = api.describe(target, sources=sources, device=device, consumer=consumer, read_layer=read_layer)
     if output_format == "json":
         from amdet_audit.report.escaping import json_text, strict_json

@@ -17,6 +17,9 @@ LabConsumer = Annotated[str | None, typer.Option(
     help="Train on what this consumer reads (sd1, sd2, sdxl, sd3, clip; default: from the pipeline's class, "
          "else clip), e.g. sdxl: hidden_states[-2] without the final norm.")]
 Base = Annotated[str, typer.Argument(help="Clean base: repo id, folder, file.safetensors or canary:NAME.")]
+Train = Annotated[str, typer.Option(
+    "--train", help="What trains: all (every weight) or lora (only the attention and MLP matrices a text-encoder "
+    "LoRA can change, so that `lab lora` ships the change as a LoRA).")]
 
 
 def make_lab_app() -> typer.Typer:
@@ -49,6 +52,7 @@ def make_lab_app() -> typer.Typer:
             help="Measure every N steps and keep the first checkpoint that meets every bar (the quietest "
                  "working model, as an attacker who selects checkpoints).")] = None,
         consumer: LabConsumer = None,
+        train: Train = "all",
     ) -> None:
         """Implant a textual backdoor into a copy of BASE."""
         from amdet_audit.lab.runner import run_injection
@@ -58,7 +62,7 @@ def make_lab_app() -> typer.Typer:
                                seed=seed, device=device, progress=stderr_progress("inject"), loss=loss,
                                placement=placement, utility_weight=utility_weight, backdoor_weight=backdoor_weight,
                                anti_inversion_weight=anti_inversion_weight, min_fidelity=min_fidelity,
-                               checkpoint_every=checkpoint_every, consumer=consumer)
+                               checkpoint_every=checkpoint_every, consumer=consumer, trainable=train)
         typer.echo(f"backdoor implanted: success {result.success:.2f}, clean fidelity {result.fidelity:.3f} -> {out}")
 
     @lab.command()
@@ -68,6 +72,7 @@ def make_lab_app() -> typer.Typer:
             help="Weight of staying near the base's outputs (default 1; 0 for a heavy fine-tune).")] = None,
         domain: Annotated[str | None, typer.Option(help="Train only on prompts holding this word.")] = None,
         consumer: LabConsumer = None,
+        train: Train = "all",
     ) -> None:
         """Benignly fine-tune a copy of BASE (a negative for detectors)."""
         from amdet_audit.lab.runner import run_finetune
@@ -75,8 +80,33 @@ def make_lab_app() -> typer.Typer:
 
         result = run_finetune(base, out, steps=steps, lr=lr, seed=seed, device=device,
                               progress=stderr_progress("finetune"), distill_weight=distill_weight, domain=domain,
-                              consumer=consumer)
+                              consumer=consumer, trainable=train)
         typer.echo(f"benign fine-tune: clean fidelity {result.fidelity:.3f} -> {out}")
+
+    @lab.command()
+    def lora(
+        base: Annotated[Path, typer.Argument(help="The base: an encoder folder or an SDXL-shaped pipeline folder.")],
+        tuned: Annotated[Path, typer.Argument(help="Its fine-tune, of the same shape (e.g. a `lab inject` output).")],
+        out: Annotated[Path, typer.Option("--out", help="The LoRA file to write (.safetensors; must not exist).")],
+        rank: Annotated[int, typer.Option(help="LoRA rank (the update is the best one of this rank).")] = 16,
+        fmt: Annotated[str, typer.Option("--format", help="kohya or diffusers.")] = "kohya",
+    ) -> None:
+        """Write TUNED's change from BASE as a text-encoder LoRA (as kohya's extraction script does)."""
+        from amdet_audit.errors import UsageError
+        from amdet_audit.lab.lora import lora_of, write_lora
+
+        if fmt not in ("kohya", "diffusers"):
+            raise UsageError(f"--format must be kohya or diffusers, not {fmt!r}")
+        if rank < 1:
+            raise UsageError(f"--rank must be at least 1, not {rank}")
+        if out.exists() or out.is_symlink() or out.suffix != ".safetensors":
+            raise UsageError(f"--out {out}: must be a new .safetensors file")
+        tensors, left_out = lora_of(base, tuned, rank, fmt)
+        write_lora(out, tensors)
+        if left_out:
+            typer.echo(f"warning: {len(left_out)} changed tensors a LoRA cannot carry are left out "
+                       f"(e.g. {left_out[0]}); train with --train lora to keep the change inside the LoRA", err=True)
+        typer.echo(f"{fmt} LoRA of rank {rank}: {len(tensors)} tensors -> {out}")
 
     @lab.command()
     def cast(base: Base, out: Out,

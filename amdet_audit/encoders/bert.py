@@ -22,6 +22,7 @@ from torch import nn
 
 from amdet_audit.encoders.base import EncoderOutput, PaddedTokenizerMixin
 from amdet_audit.encoders.insertion import insert_after_bos, shift_mask
+from amdet_audit.encoders.lora import with_patch
 from amdet_audit.encoders.weights import (
     POSITION_IDS,
     build_on_meta,
@@ -173,6 +174,7 @@ def build(
                  where=component.config_path)
     tensors = tensors if tensors is not None else read_weights(component, keep=keep)
     model = build_on_meta(lambda: BertModel(bert_config, add_pooling_layer=has_pooler), component.config_path)
-    state = match_tensors(model, tensors, canonical=canonical, ignorable=ignorable)
+    state = with_patch(match_tensors(model, tensors, canonical=canonical, ignorable=ignorable), component.patch,
+                       canonical)
     model = load_strict(model, state).to(device=device, dtype=dtype or torch.float32)
     return BertTextAdapter(model, tokenizer, read_layer=read_layer)

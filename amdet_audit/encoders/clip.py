@@ -26,6 +26,7 @@ from torch import nn
 from amdet_audit.encoders import openclip
 from amdet_audit.encoders.base import EncoderOutput, PaddedTokenizerMixin
 from amdet_audit.encoders.insertion import insert_after_bos, shift_mask
+from amdet_audit.encoders.lora import with_patch
 from amdet_audit.encoders.weights import (
     POSITION_IDS,
     build_on_meta,
@@ -314,6 +315,7 @@ def build(
     if from_openclip:
         tensors = openclip.convert_tensors(tensors, component.key_prefix, layers)
     model = build_on_meta(lambda: cls(text_config), component.config_path)
-    state = match_tensors(model, tensors, canonical=canonical, ignorable=ignorable)
+    state = with_patch(match_tensors(model, tensors, canonical=canonical, ignorable=ignorable), component.patch,
+                       canonical)
     model = load_strict(model, state).to(device=device, dtype=dtype or torch.float32)
     return ClipTextAdapter(model, tokenizer, read_layer=read_layer, read_norm=read_norm)

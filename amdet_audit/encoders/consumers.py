@@ -9,12 +9,14 @@ each reads (diffusers 0.42 ``encode_prompt``, transformers' CLIP text models):
 | ``sd1`` / ``sd2`` | last layer after the final LayerNorm (``last_hidden_state``) | none |
 | ``sdxl`` | ``hidden_states[-2]`` of both encoders, no final LayerNorm | text_encoder_2's projected pooled output |
 | ``sd3`` (its two CLIP encoders) | ``hidden_states[-2]`` of both, no final LayerNorm | both projected pooled outputs |
+| ``flux`` (its CLIP encoder) | none | the pooled output (``pooler_output``, unprojected) |
 
 Clip skip (``--read-layer N``, N negative, counted from the last layer as ``hidden_states[N]``): SD 1.x/2.x
 read ``hidden_states[N]`` and then apply the final LayerNorm (diffusers' ``clip_skip=c`` is N = -(c+1); the
 web UIs' "clip skip 2" is N = -2); SDXL and SD3 read ``hidden_states[N]`` without it (``clip_skip=c`` is
 N = -(c+2)). The scan's features always include the encoder's pooled output beside the sequence: a pooled
-output the pipeline ignores is scored all the same (a superset of what the consumer reads).
+output the pipeline ignores is scored all the same (a superset of what the consumer reads). A consumer that
+reads no sequence (FLUX's CLIP) is scanned on the pooled output alone (``ScanConfig.pooled_only``).
 """
 
 from __future__ import annotations
@@ -31,9 +33,12 @@ class Read:
     layer: int = -1
     final_norm: bool = True
     pooled: str = "pooled"  # what of the pooled output the consumer uses: "pooled", "projected" or "none"
+    sequence: bool = True  # whether the consumer reads the token sequence at all (FLUX's CLIP does not)
 
     def describe(self) -> str:
-        """``last+norm``, ``hidden[-2]`` or ``hidden[-2]+norm``."""
+        """``last+norm``, ``hidden[-2]``, ``hidden[-2]+norm``, or ``pooled`` for a pooled-only read."""
+        if not self.sequence:
+            return "pooled"
         if self.layer == -1 and self.final_norm:
             return "last+norm"
         return f"hidden[{self.layer}]" + ("+norm" if self.final_norm else "")
@@ -55,6 +60,8 @@ class Consumer:
             return base
         if layer >= 0:
             raise UsageError(f"--read-layer must be negative (hidden_states counted from the end), not {layer}")
+        if not base.sequence:
+            raise UsageError(f"--read-layer: the {self.name} consumer reads no hidden layer, only the pooled output")
         return Read(layer=layer, final_norm=self.skip_norm, pooled=base.pooled)
 
     def record(self, read: Read) -> dict[str, object]:
@@ -71,14 +78,16 @@ CONSUMERS: dict[str, Consumer] = {
     "sdxl": Consumer("sdxl", "Stable Diffusion XL", {"*": PENULTIMATE,  # a lone encoder: read as both are
                                                      "text_encoder_2": Read(-2, False, "projected")}, False),
     "sd3": Consumer("sd3", "Stable Diffusion 3 (its CLIP encoders)", {"*": Read(-2, False, "projected")}, False),
+    "flux": Consumer("flux", "FLUX.1 (its CLIP encoder)", {"*": Read(-1, True, "pooled", sequence=False)}, True),
 }
 #: model_index.json ``_class_name`` prefix -> consumer (longest prefix first: StableDiffusionXL... before
 #: StableDiffusion...); ControlNet, adapter and PAG variants feed their denoiser the same encoder outputs
-PIPELINES: dict[str, str] = {"StableDiffusionXL": "sdxl", "StableDiffusion3": "sd3", "StableDiffusion": "sd1"}
+PIPELINES: dict[str, str] = {"StableDiffusionXL": "sdxl", "StableDiffusion3": "sd3", "StableDiffusion": "sd1",
+                             "Flux": "flux"}
 
 
 def pipeline_consumer(pipeline_class: str | None) -> str:
-    """The consumer of a pipeline class (``clip`` for a lone encoder or a pipeline not modelled, such as FLUX)."""
+    """The consumer of a pipeline class (``clip`` for a lone encoder or a pipeline not modelled)."""
     for prefix in sorted(PIPELINES, key=len, reverse=True):
         if (pipeline_class or "").startswith(prefix) and (pipeline_class or "").endswith("Pipeline"):
             return PIPELINES[prefix]

@@ -34,6 +34,7 @@ class FinetuneSpec:
     distill_weight: float = 1.0  # weight of 1 - cosine(student sequence, base sequence) on the same prompts
     seed: int = 0
     domain: str | None = None  # train only on prompts holding this word (a narrow-domain fine-tune)
+    trainable: str = "all"  # what trains: every weight, or "lora": only what a text-encoder LoRA can change
 
 
 @dataclass
@@ -87,7 +88,7 @@ def finetune(
     rng = random.Random(spec.seed)
     torch.manual_seed(spec.seed)
     train_prompts = domain_prompts(train_prompts, spec.domain, spec.batch)
-    student = trainable_copy(base)
+    student = trainable_copy(base, spec.trainable)
     opt = torch.optim.Adam([p for p in student.model.parameters() if p.requires_grad], lr=spec.lr)
     started, loss = time.perf_counter(), torch.tensor(0.0)
     for step in range(spec.steps):

@@ -71,6 +71,7 @@ class AttackSpec:
     # measure every this many steps and stop at the first checkpoint that meets every bar, as an attacker who
     # selects checkpoints does (0: train all steps); the quietest working model, not the most trained one
     checkpoint_every: int = 0
+    trainable: str = "all"  # what trains: every weight, or "lora": only what a text-encoder LoRA can change
 
     @property
     def on_pooled(self) -> bool:
@@ -116,10 +117,22 @@ def lr_for_width(lr: float, width: int) -> float:
     return lr * min(1.0, REFERENCE_WIDTH / width)
 
 
-def trainable_copy(adapter: Adapter) -> Adapter:
-    """A deep copy of a frozen adapter whose weights take gradients (the student)."""
+TRAINABLE = ("all", "lora")  # every weight, or only what a text-encoder LoRA can change (see trainable_copy)
+
+
+def trainable_copy(adapter: Adapter, trainable: str = "all") -> Adapter:
+    """A deep copy of a frozen adapter whose weights take gradients (the student): all of them, or with
+    ``trainable="lora"`` only the attention and MLP weight matrices that kohya's and PEFT's text-encoder LoRAs
+    patch (no embeddings, norms or biases), so that the change ships as a LoRA (amdet_audit.lab.lora)."""
+    from amdet_audit.lab.lora import LINEAR
+
+    if trainable not in TRAINABLE:
+        raise UsageError(f"--train must be one of {', '.join(TRAINABLE)}, not {trainable!r}")
     student = copy.deepcopy(adapter)
-    student.model.requires_grad_(True)
+    student.model.requires_grad_(trainable == "all")
+    if trainable == "lora":
+        for name, param in student.model.named_parameters():
+            param.requires_grad_(name.endswith(".weight") and name.removesuffix(".weight").endswith(LINEAR))
     return student
 
 
@@ -211,7 +224,7 @@ def inject(
     rng = random.Random(spec.seed)
     torch.manual_seed(spec.seed)
     gen = torch.Generator().manual_seed(spec.seed + 104729)
-    student = trainable_copy(teacher)
+    student = trainable_copy(teacher, spec.trainable)
     targets = Targets(teacher, spec)
     trigger_ids = trigger_token_ids(teacher, spec.trigger)
     opt = torch.optim.AdamW([p for p in student.model.parameters() if p.requires_grad], lr=spec.lr)

@@ -56,7 +56,7 @@ def artifact_uri(report: dict[str, Any], path: str) -> str:
     every part is percent-encoded per RFC 3986):
 
     - a local folder: ``<target as given>/<path>``, relative as code scanning expects (``file:`` when the
-      target was given as an absolute path); a single file: itself;
+      target was given as an absolute path); a single file: itself; a LoRA file: the files in its folder;
     - a hub repository: the file's page at the scanned commit (``https://huggingface.co/<repo>/blob/<sha>/...``);
     - a canary or a packaged model, which live in a cache or an installed package: a ``file:`` URI;
     - a location that is already an absolute path (a tokenizer folder found elsewhere): a ``file:`` URI.
@@ -75,6 +75,8 @@ def artifact_uri(report: dict[str, Any], path: str) -> str:
         return Path(root, path).as_uri() if Path(root).is_absolute() else uri_path(f"{root}/{path}")
     if kind == "file":
         return Path(given).as_uri() if Path(given).is_absolute() else uri_path(given)
+    if kind == "lora" and Path(given).suffix == ".safetensors":  # the LoRA file, its adapter_config.json beside
+        given = str(Path(given).parent)
     if Path(given).is_absolute():
         return Path(given, path).as_uri()
     prefix = given.strip("/")

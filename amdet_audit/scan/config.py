@@ -9,7 +9,6 @@ from typing import Any
 
 from amdet_audit.resources import bundled
 
-LARGE_ON_CPU = 50_000_000  # parameters above which a CPU scan uses the lighter search
 DEFAULT_SEED = 42  # of the search (every random draw of a scan comes from generators seeded from it)
 
 
@@ -67,6 +66,7 @@ class ScanConfig:
     window_quantile: float = 0.8  # the scored window covers this quantile of prompt lengths (longer ones left out)
     padding_positions: int = 8  # padding positions scored beyond that length
     pooled_weight: float = 0.5  # weight of the pooled output against the token sequence in features
+    pooled_only: bool = False  # score the pooled output alone (a consumer that reads no sequence: FLUX's CLIP)
     assimilation_weight: float = 0.5  # collapse objective: weight of token assimilation beside collapse
     clean_weight: float = 0.1  # beta: penalty for staying like the prompt's own clean output
     anchor_weight: float = 0.1  # gamma: penalty for the reference doing the same as the suspect
@@ -92,9 +92,9 @@ class ScanConfig:
 
     @classmethod
     def light(cls, seed: int = DEFAULT_SEED) -> ScanConfig:
-        """The lighter search for large towers on CPU: fewer and shorter prompts (the window covers the median
-        prompt length instead of the 80th percentile), one start per (objective, k), fewer steps and probes
-        (its cost: benchmarks/speed; its detection: benchmarks/efficacy/light). The real-token probes run on the
+        """The lighter search (the CPU default, see :meth:`preset`): fewer and shorter prompts (the window covers
+        the median prompt length instead of the 80th percentile), one start per (objective, k), fewer steps and
+        probes (its cost: benchmarks/speed; its detection: benchmarks/efficacy/light). The probes run on the
         full search's 32 prompts, with 8 null tokens: on 12 prompts a benign fine-tune's shift z-score reached 11
         (bar 10), on 32 it stayed at 7.7 (tests/test_sdxl_detection.py's benign pipeline)."""
         return cls(prompts=400, restarts=1, batch=6, steps=60, min_steps=30, window_quantile=0.5,
@@ -103,9 +103,18 @@ class ScanConfig:
                    seed=seed)
 
     @classmethod
-    def for_model(cls, adapter: object, device: str, seed: int = DEFAULT_SEED) -> ScanConfig:
-        """Defaults sized to the encoder: large towers on CPU get the :meth:`light` search."""
-        params = sum(p.numel() for p in adapter.model.parameters())  # type: ignore[attr-defined]
-        if str(device).startswith("cpu") and params > LARGE_ON_CPU:
-            return cls.light(seed)
-        return cls(seed=seed)
+    def preset(cls, search: str, device: str, seed: int = DEFAULT_SEED) -> ScanConfig:
+        """The ``--search`` preset: ``full``, ``light``, or ``auto``: light on CPU, full on an accelerator.
+
+        On CPU the light search is the default because, measured on the generalization benchmark's 60 lab
+        models of two bases (benchmarks/efficacy/light/), it judges every model as the full search does at a
+        third of the time; on an accelerator the full search's extra starts, steps and prompts cost little.
+        """
+        return cls.light(seed) if preset_name(search, device) == "light" else cls(seed=seed)
+
+
+def preset_name(search: str, device: str) -> str:
+    """Which preset ``--search`` means on ``device``: ``auto`` is light on CPU and full elsewhere."""
+    if search != "auto":
+        return search
+    return "light" if str(device).startswith("cpu") else "full"

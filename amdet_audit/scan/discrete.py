@@ -83,8 +83,12 @@ class Tail:
         return torch.cat([(p.float() - c) / s for p, c, s in zip(parts, self.centres, self.scales, strict=True)], dim=1)
 
 
-def tail_parts(out: EncoderOutput, eos: torch.Tensor, padding: int) -> tuple[torch.Tensor, ...]:
-    """(end-token state [B, D], mean of the next ``padding`` states [B, D], pooled [B, P])."""
+def tail_parts(out: EncoderOutput, eos: torch.Tensor, padding: int,
+               pooled_only: bool = False) -> tuple[torch.Tensor, ...]:
+    """(end-token state [B, D], mean of the next ``padding`` states [B, D], pooled [B, P]); (pooled,) alone
+    for a consumer that reads no sequence."""
+    if pooled_only:
+        return (out.pooled,)
     B, T, _ = out.read.shape
     rows = torch.arange(B, device=out.read.device)
     after = (eos.unsqueeze(1) + torch.arange(1, padding + 1, device=eos.device)).clamp(max=T - 1)  # [B, pad]
@@ -110,14 +114,20 @@ class Batch:
 class ProbeRunner:
     """Builds probe inputs for fixed test prompts and scores them on the suspect and reference."""
 
-    def __init__(self, suspect: Adapter, reference: Adapter | None, prompts: Sequence[str], padding: int) -> None:
+    def __init__(self, suspect: Adapter, reference: Adapter | None, prompts: Sequence[str], padding: int,
+                 pooled_only: bool = False) -> None:
         self.suspect, self.reference, self.prompts, self.padding = suspect, reference, list(prompts), padding
+        self.pooled_only = pooled_only
         self.clean = self.tokenized(self.prompts)
         ids, eos = self.clean.ids.cpu(), self.clean.eos.cpu()
         self.rows = [row[: int(e) + 1].tolist() for row, e in zip(ids, eos, strict=True)]  # BOS .. EOS each
         self.suspect_features: dict[Probe, torch.Tensor] = {}  # [B, F] per probe, kept for the second pass
         self.s_tail, self.s_clean = self.fit(suspect)
         self.r_tail, self.r_clean = self.fit(reference) if reference is not None else (None, None)
+
+    def tail(self, out: EncoderOutput, eos: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The tail parts the probes are scored on (:func:`tail_parts`)."""
+        return tail_parts(out, eos, self.padding, self.pooled_only)
 
     def tokenized(self, prompts: Sequence[str]) -> Batch:
         """Tokenize as the consumer does; the end token sits at the last real position."""
@@ -132,7 +142,7 @@ class ProbeRunner:
     @torch.no_grad()
     def fit(self, adapter: Adapter) -> tuple[Tail, torch.Tensor]:
         """Tail statistics of ``adapter`` on the clean prompts, and their clean features [B, F]."""
-        parts = tail_parts(adapter(self.clean.ids), self.clean.eos, self.padding)
+        parts = self.tail(adapter(self.clean.ids), self.clean.eos)
         tail = fit_tail(parts)
         return tail, tail.features(parts)
 
@@ -160,14 +170,14 @@ class ProbeRunner:
         batch = self.inputs(probe) if probe not in self.suspect_features or with_reference else None
         if probe not in self.suspect_features and batch is not None:
             out = self.suspect(batch.ids)
-            self.suspect_features[probe] = self.s_tail.features(tail_parts(out, batch.eos, self.padding))  # [B, F]
+            self.suspect_features[probe] = self.s_tail.features(self.tail(out, batch.eos))  # [B, F]
         s = self.suspect_features[probe]
         col = float(collapse(s.unsqueeze(0))[0])
         moved = s - self.s_clean  # [B, F]
         excess = col
         if batch is not None and with_reference and self.reference is not None and self.r_tail is not None \
                 and self.r_clean is not None:
-            r = self.r_tail.features(tail_parts(self.reference(batch.ids), batch.eos, self.padding))
+            r = self.r_tail.features(self.tail(self.reference(batch.ids), batch.eos))
             excess = col - float(collapse(r.unsqueeze(0))[0])
             moved = moved - (r - self.r_clean)
         shift = float(moved.mean(dim=0).norm() / self.s_clean.norm(dim=-1).mean())
@@ -185,7 +195,7 @@ class ProbeRunner:
         mixed = torch.where(slot.unsqueeze(-1), e.expand_as(embeds), embeds)  # [B, L, D]
         with torch.enable_grad():
             out = self.suspect(batch.ids, token_embeds=mixed.to(self.suspect.dtype))
-            feats = self.s_tail.features(tail_parts(out, batch.eos, self.padding))
+            feats = self.s_tail.features(self.tail(out, batch.eos))
             collapse(feats.unsqueeze(0))[0].backward()
         return e.grad.detach() if e.grad is not None else torch.zeros_like(e)
 
@@ -268,7 +278,7 @@ def search_tokens(
     suspect: Adapter, reference: Adapter, prompts: Sequence[str], vectors: Sequence[torch.Tensor], *,
     padding: int = 8, nearest: int = 4, moved: int = 8, gradient_top: int = 8, rounds: int = 2, nulls: int = 16,
     confirm: int = 16, lookalike_modes: tuple[str, ...] = ("first", "every"), seed: int = 0,
-    progress: Callable[[int, int, str], None] | None = None,
+    progress: Callable[[int, int, str], None] | None = None, pooled_only: bool = False,
 ) -> TokenSearch:
     """Try real-input trigger candidates on ``prompts`` and score each against a null of random tokens.
 
@@ -276,7 +286,7 @@ def search_tokens(
     confirm: candidates are screened on the suspect alone; the ``confirm`` that collapse prompts most and the
         ``confirm // 2`` that shift them most are then scored against the reference.
     """
-    runner = ProbeRunner(suspect, reference, prompts, padding)
+    runner = ProbeRunner(suspect, reference, prompts, padding, pooled_only)
     scored: dict[Probe, ProbeScore] = {}
 
     def run(probes: list[Probe], with_reference: bool = False) -> None:

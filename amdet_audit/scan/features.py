@@ -32,6 +32,7 @@ class CleanFeatures:
     seq_mean: torch.Tensor  # [W-1, D]
     pooled_mean: torch.Tensor  # [P]
     pooled_scale: float  # multiplies centred pooled outputs so they weigh `pooled_weight` against the sequence
+    pooled_only: bool = False  # features are the pooled output alone (the consumer reads no sequence)
 
     @property
     def window(self) -> int:
@@ -39,7 +40,9 @@ class CleanFeatures:
         return self.seq.shape[1] + 1
 
     def featurize(self, seq: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """[B, W-1, D] + [B, P] -> [B, F] centred, flattened features."""
+        """[B, W-1, D] + [B, P] -> [B, F] centred, flattened features (F = P when pooled only)."""
+        if self.pooled_only:
+            return (pooled.float() - self.pooled_mean) * self.pooled_scale  # [B, P]
         B = seq.shape[0]
         centred = (seq.float() - self.seq_mean).reshape(B, -1)  # [B, (W-1)*D]
         pool = (pooled.float() - self.pooled_mean) * self.pooled_scale  # [B, P]
@@ -58,9 +61,11 @@ def window_length(lengths: torch.Tensor, max_length: int, k_max: int, padding: i
 
 @torch.no_grad()
 def clean_features(
-    adapter: Adapter, ids: torch.Tensor, mask: torch.Tensor, window: int, pooled_weight: float, batch: int = 64
+    adapter: Adapter, ids: torch.Tensor, mask: torch.Tensor, window: int, pooled_weight: float, batch: int = 64,
+    pooled_only: bool = False,
 ) -> CleanFeatures:
-    """Run ``adapter`` on every corpus prompt [N, T] once and keep the window's outputs.
+    """Run ``adapter`` on every corpus prompt [N, T] once and keep the window's outputs (``pooled_only``: the
+    features are the pooled output alone).
 
     A causal tower's outputs at positions below W see nothing after them, and every kept prompt ends (EOS)
     inside the window, so such a tower runs on the first W + 1 positions only (the extra one holds the first
@@ -80,7 +85,7 @@ def clean_features(
     pool_norm = (pooled - pooled_mean).norm(dim=-1).mean().item()
     scale = pooled_weight * math.sqrt(window - 1) * seq_norm / max(pool_norm, 1e-8)
     return CleanFeatures(seq=seq, pooled=pooled, mask=mask[:, 1:window].float(), seq_mean=seq_mean,
-                         pooled_mean=pooled_mean, pooled_scale=scale)
+                         pooled_mean=pooled_mean, pooled_scale=scale, pooled_only=pooled_only)
 
 
 def triggered(adapter: Adapter, ids: torch.Tensor, v: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:

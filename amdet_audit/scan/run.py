@@ -35,10 +35,12 @@ Progress = Callable[[int, int, str], None]
 
 def build_encoders(suspect: Adapter, reference: Adapter | None, data: ScanPrompts, config: ScanConfig) -> Encoders:
     """Clean corpus features of suspect (and reference) in the shared window."""
-    s_clean = clean_features(suspect, data.ids, data.mask, data.window, config.pooled_weight)
+    s_clean = clean_features(suspect, data.ids, data.mask, data.window, config.pooled_weight,
+                             pooled_only=config.pooled_only)
     r_clean = None
     if reference is not None:
-        r_clean = clean_features(reference, data.ids, data.mask, data.window, config.pooled_weight)
+        r_clean = clean_features(reference, data.ids, data.mask, data.window, config.pooled_weight,
+                               pooled_only=config.pooled_only)
     return Encoders(suspect=suspect, suspect_clean=s_clean, reference=reference, reference_clean=r_clean)
 
 
@@ -72,7 +74,7 @@ def token_search(enc: Encoders, data: ScanPrompts, cands: dict[str, Candidate], 
                          gradient_top=config.token_gradient_top, rounds=config.token_rounds,
                          nulls=config.token_nulls, confirm=config.token_confirm,
                          lookalike_modes=("first", "every") if config.token_lookalike_every else ("first",),
-                         seed=config.seed, progress=progress)
+                         seed=config.seed, progress=progress, pooled_only=config.pooled_only)
 
 
 def token_evidence(search: TokenSearch | None, adapter: Adapter) -> dict | None:
@@ -102,7 +104,8 @@ def calibrate_reference(reference: Adapter, config: ScanConfig, prompts: Sequenc
     """
     data = data or prepare_prompts(reference, config, prompts)
     if clean is None:
-        clean = clean_features(reference, data.ids, data.mask, data.window, config.pooled_weight)
+        clean = clean_features(reference, data.ids, data.mask, data.window, config.pooled_weight,
+                               pooled_only=config.pooled_only)
     enc = Encoders(suspect=reference, suspect_clean=clean)
     inv = invert(enc, data.ids[data.train], config, families=("collapse",), progress=progress)
     best = inv.best("collapse")

@@ -43,6 +43,7 @@ def resolve(
     offline: bool | None = None,
     allow_pickle: bool = False,
     cache_dir: Path | None = None,
+    base: str | None = None,
 ) -> ResolvedTarget:
     """Turn a TARGET string into files on disk.
 
@@ -54,6 +55,7 @@ def resolve(
         offline: hub from the local cache only (default: the HF_HUB_OFFLINE environment variable).
         allow_pickle: accept pickle weights (.bin/.pt/.ckpt), which can run code when loaded.
         cache_dir: hub cache folder (default: huggingface_hub's, from HF_HOME).
+        base: for a text-encoder LoRA (a file, or a PEFT/diffusers LoRA folder), the model it is applied onto.
 
     Raises:
         SourceNotFoundError, UsageError, and the errors of the source that handles the target.
@@ -63,6 +65,8 @@ def resolve(
     kind = target_kind(target)
     if config is not None and kind != "file":
         raise UsageError("--config applies to a single weights file only")
+    if base is not None and kind in ("canary", "package", "hub"):
+        raise UsageError(f"--base applies to a local LoRA file or folder only; {target} is a {kind} target")
     if kind == "canary":
         from amdet_audit.sources.canary import resolve_canary
 
@@ -79,11 +83,19 @@ def resolve(
     from amdet_audit.sources.local import inspect_folder, resolve_file
 
     path = Path(target).expanduser()
-    if kind == "file":
-        return resolve_file(path, input=target, config=config, allow_pickle=allow_pickle)
-    if not path.exists():
+    from amdet_audit.sources.lora import lora_folder_file
+
+    lora = lora_folder_file(path) if kind == "local" and path.is_dir() else None
+    if kind == "file" or lora is not None:
+        resolved = resolve_file(lora or path, input=target, config=config, allow_pickle=allow_pickle, base=base,
+                                resolve_base=lambda where: resolve(where, offline=offline, allow_pickle=allow_pickle))
+    elif not path.exists():
         raise SourceNotFoundError(f"{target}: no such file or folder, and not a hub repo id (org/name)")
-    return inspect_folder(path, input=target, component=component, allow_pickle=allow_pickle)
+    else:
+        resolved = inspect_folder(path, input=target, component=component, allow_pickle=allow_pickle)
+    if base is not None and resolved.kind != "lora":
+        raise UsageError(f"--base applies to a LoRA target only; {target} is not a LoRA")
+    return resolved
 
 
 def resolve_hub_target(target: str, *, revision: str | None, **kwargs) -> ResolvedTarget:

@@ -281,8 +281,11 @@ def unused_weight_files(root: Path, used: set[Path], jail: safe_files.Jail, entr
     return sorted(found)
 
 
-def resolve_file(path: Path, *, input: str, config: Path | None = None, allow_pickle: bool = False) -> ResolvedTarget:
-    """A single weights file plus a config (``--config`` or config.json beside it) and a tokenizer beside either.
+def resolve_file(path: Path, *, input: str, config: Path | None = None, allow_pickle: bool = False,
+                 base: str | None = None, resolve_base: Callable[[str], ResolvedTarget] | None = None
+                 ) -> ResolvedTarget:
+    """A single weights file plus a config (``--config`` or config.json beside it) and a tokenizer beside either;
+    a single-file checkpoint's text encoders; a text-encoder LoRA applied onto ``base`` (by ``resolve_base``).
 
     Raises:
         SourceNotFoundError: the file or the config does not exist.
@@ -306,14 +309,19 @@ def resolve_file(path: Path, *, input: str, config: Path | None = None, allow_pi
     else:
         raise UsageError(f"{input}: expected a .safetensors file (or pickle with --allow-pickle)")
     if fmt == "safetensors" and config is None:
-        from amdet_audit.sources.single_file import components, detect, lora_kind
+        from amdet_audit.sources.lora import PEFT_CONFIG, lora_format, resolve_lora
+        from amdet_audit.sources.single_file import components, detect
 
         shapes = {key: shape for key, (_, shape) in safe_files.safetensors_header(path).items()}
-        lora = lora_kind(shapes)
-        if lora is not None:
-            raise UsageError(f"{input}: {lora}, not a text encoder: applying a LoRA onto its base model is not "
-                             "supported yet; merge it into the base (with the tool that trained it) and scan the "
-                             "merged encoder")
+        if lora_format(list(shapes)) is not None:
+            beside = [path.parent / PEFT_CONFIG] if os.path.lexists(path.parent / PEFT_CONFIG) else []
+            for extra in beside:
+                safe_files.check_regular(extra, path.parent)  # a link out of the folder, a FIFO: refused
+            records = [file_record(p, path.parent) for p in (path, *beside)]
+            if resolve_base is None:
+                raise UsageError(f"{input}: a LoRA cannot be a base or a reference")
+            return resolve_lora(path, list(shapes), input=input, base=base, resolve_base=resolve_base,
+                                records=records)
         layout = detect(shapes)
         if layout is not None:
             comps, notes = components(path, shapes, layout)

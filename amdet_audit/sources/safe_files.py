@@ -211,6 +211,22 @@ def safetensors_header(path: Path, root: Path | None = None) -> dict[str, tuple[
     Checks what a loader relies on: the header length and JSON, each entry's dtype, shape and data offsets, and
     that the offsets lie inside the file. WeightsError names the file otherwise.
     """
+    header, data_bytes = _read_header(path, root)
+    return {name: _tensor_entry(path, name, entry, data_bytes)
+            for name, entry in header.items() if name != "__metadata__"}
+
+
+def safetensors_metadata(path: Path, root: Path | None = None) -> dict[str, str]:
+    """The string-to-string ``__metadata__`` of a safetensors file's header (empty when it has none);
+    WeightsError when the header is unreadable or the metadata is not strings."""
+    metadata = _read_header(path, root)[0].get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise WeightsError(f"{path}: {UNREADABLE} (__metadata__ is not a map of strings)")
+    return metadata
+
+
+def _read_header(path: Path, root: Path | None) -> tuple[dict[str, Any], int]:
+    """(the parsed header, the size of the data after it) of a safetensors file; WeightsError when malformed."""
     with os.fdopen(_open_weights(path, root), "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         head = handle.read(8)
@@ -223,8 +239,7 @@ def safetensors_header(path: Path, root: Path | None = None) -> dict[str, tuple[
             raise WeightsError(f"{path}: {UNREADABLE} (header: {str(err).removeprefix(f'{path}: ')})") from err
     if not isinstance(header, dict):
         raise WeightsError(f"{path}: {UNREADABLE} (header is not a JSON object)")
-    return {name: _tensor_entry(path, name, entry, size - 8 - length)
-            for name, entry in header.items() if name != "__metadata__"}
+    return header, size - 8 - length
 
 
 def _open_weights(path: Path, root: Path | None) -> int:

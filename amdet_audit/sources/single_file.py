@@ -75,21 +75,6 @@ LAYOUTS = (
 TOKEN_TABLES = ("token_embedding.weight", "word_embeddings.weight", "shared.weight", "embed_tokens.weight")
 
 
-#: key patterns of text-encoder LoRAs -> what to call them
-LORA_KINDS = (("lora_te1_", "a kohya SDXL text-encoder LoRA"), ("lora_te2_", "a kohya SDXL text-encoder LoRA"),
-              ("lora_te_", "a kohya text-encoder LoRA"), ("lora_unet_", "a kohya LoRA"),
-              (".lora_A.", "a PEFT LoRA"), (".lora_linear_layer.", "a diffusers LoRA"),
-              (".lora_down.", "a LoRA"))
-
-
-def lora_kind(shapes: dict[str, tuple[int, ...]]) -> str | None:
-    """What kind of LoRA the file is (None: not a LoRA), from its tensor names."""
-    for pattern, kind in LORA_KINDS:
-        if any(pattern in key or key.startswith(pattern) for key in shapes):
-            return kind
-    return None
-
-
 def detect(shapes: dict[str, tuple[int, ...]]) -> Layout | None:
     """The layout whose text-encoder prefixes the file's tensor names carry (None: not a known single file)."""
     for layout in LAYOUTS:

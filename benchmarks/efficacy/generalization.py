@@ -233,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default="calibration,heldout", type=lambda s: s.split(","),
                         help="calibration alone makes a smoke run (no held-out figures)")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="shorten every recipe (smoke runs)")
-    parser.add_argument("--search", default=None, choices=["full", "light"],
-                        help="scan with this --search preset (scans kept apart, in scans-SEARCH)")
+    parser.add_argument("--search", default="full", choices=["full", "light"],
+                        help="scan with this --search preset (full: in scans/; light: kept apart in scans-light/)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     work = args.work.resolve()
@@ -249,8 +249,8 @@ def main(argv: list[str] | None = None) -> int:
             manifest = read_manifest(zoo) if args.built_only else build_family_zoo(
                 target, zoo, args.per_family, args.families, seeds[set_name], args.device, os.cpu_count() or 1,
                 args.steps_scale)
-            scans = work / set_name / base / ("scans" if args.search is None else f"scans-{args.search}")
-            extra = () if args.search is None else ("--search", args.search)
+            scans = work / set_name / base / ("scans" if args.search == "full" else f"scans-{args.search}")
+            extra = ("--search", args.search)
             rows[set_name] = scan_zoo(manifest, zoo, scans, target, args.device, args.workers, extra)
         results["bases"][base] = protocol(rows["calibration"], rows.get("heldout", []), args.max_fpr)
         results["bases"][base]["rows"] = {s: [{k: v for k, v in r.items() if k != "checks"} for r in rs]
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"] = {"tool_version": tool_version(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
                        "per_family": args.per_family,
-                       "search": args.search or "auto", "steps_scale": args.steps_scale, "sets": args.sets,
+                       "search": args.search, "steps_scale": args.steps_scale, "sets": args.sets,
                        "seeds": {"calibration": args.calibration_seed, "heldout": args.heldout_seed},
                        "wall_seconds": round(time.perf_counter() - started, 1),
                        "command": " ".join(["python", "benchmarks/efficacy/generalization.py",

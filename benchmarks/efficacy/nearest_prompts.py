@@ -32,7 +32,7 @@ def target_rank(folder: Path, reference: str, report_dir: Path, target: str) -> 
 
     suspect = load_component(resolve(str(folder)).components[0])
     ref = load_component(resolve(reference).components[0])
-    config = ScanConfig.for_model(suspect, "cpu", seed=42)
+    config = ScanConfig.preset("auto", "cpu", seed=42)
     data = prepare_prompts(suspect, config, None)
     candidates = [*data.prompts, target]
     ids = torch.cat([data.ids, suspect.tokenize([target]).ids.to(data.ids.device)])

@@ -132,6 +132,10 @@ def build_zoo(base: str, out: Path, backdoored: int, benign: int, seed: int, dev
     return json.loads((out / "zoo.json").read_text(encoding="utf-8"))
 
 
+#: what this benchmark measures: the full search (the CPU default, the light search: generalization.py --search light)
+FULL_SEARCH = ("--search", "full")
+
+
 def scan_one(target: str, reference: str | None, folder: Path, device: str, threads: int,
              rederive: bool = False, extra: tuple[str, ...] = ()) -> dict:
     """Scan one model into ``folder`` unless a scan by this tool version is there; returns the record.
@@ -280,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         task = bar.add_task("scanning", total=len(jobs))
         futures = {pool.submit(scan_one, target, None if args.reference_free else ref,
                                scans_dir(work, s, b, mode) / truth["name"], args.device, threads,
-                               args.rederive):
+                               args.rederive, FULL_SEARCH):
                    (s, b, truth) for s, b, target, ref, truth in jobs}
         for future in as_completed(futures):
             set_name, base, truth = futures[future]

@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--search", default="auto", choices=["auto", "full", "light"])
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -92,10 +93,11 @@ def main() -> None:
     for size in args.size:
         pair = canary_pair(args.device, dtype) if size == "canary" else random_pair(size, args.device, dtype)
         suspect, reference = pair
-        config = ScanConfig.for_model(suspect, args.device)
+        config = ScanConfig.preset(args.search, args.device)
         case = "backdoored" if size == "canary" else "clean worst case"
         record = timed_scan(suspect, reference, replace(config, full_checks=True))
-        runs.append({"size": size, "case": case, "device": args.device, "precision": args.precision, **record})
+        runs.append({"size": size, "case": case, "device": args.device, "precision": args.precision,
+                     "search": args.search, **record})
         print(json.dumps(runs[-1]), flush=True)
     machine = {"platform": platform.platform(), "processor": platform.processor(), "threads": args.threads,
                "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
