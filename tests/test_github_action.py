@@ -54,3 +54,5 @@ def test_bad_inputs_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "p.yaml"
     bad.write_text("fail_on: never\n")
     assert run({"AMDET_TARGETS": "x", "AMDET_POLICY": str(bad)}) == 2
+    assert run({"AMDET_TARGETS": "canary:clean", "AMDET_SEARCH": "fast", "AMDET_OUT": str(tmp_path / "r")}) == 2
+    assert run({"AMDET_TARGETS": "canary:clean", "AMDET_BASE": "canary:clean", "AMDET_OUT": str(tmp_path / "r")}) == 2

@@ -239,3 +239,20 @@ def test_single_files_load_as_diffusers_converts_them(towers: dict[str, Path], g
     last = f"encoder.layers.{short.config.num_hidden_layers}."
     assert {k for k in theirs if k not in mine} == {k for k in theirs if k.startswith(last)} != set()
     assert all(torch.equal(mine[k], theirs[k]) for k in mine if k != "text_projection.weight")
+
+
+def test_a_ckpt_single_file_loads_with_allow_pickle_only(towers: dict[str, Path], tmp_path: Path, run_cli) -> None:
+    """An A1111 .ckpt (a pickled {"state_dict": ...}): refused without --allow-pickle, read with it (after the
+    serialization check) into the same encoder as its safetensors twin."""
+    twin = single_file(tmp_path / "sd15.safetensors", {"cond_stage_model.transformer.": towers["plain"]})
+    ckpt = tmp_path / "sd15.ckpt"
+    torch.save({"state_dict": load_file(twin), "global_step": 1000}, ckpt)
+    refused = run_cli("inspect", ckpt)
+    assert refused.exit_code == 2 and "--allow-pickle" in refused.stderr
+    target = resolve(str(ckpt), allow_pickle=True)
+    assert target.pipeline_class == "StableDiffusionPipeline" and target.components[0].weight_format == "pickle"
+    mine, theirs = (load_component(resolve(str(p), allow_pickle=True).components[0]) for p in (ckpt, twin))
+    for a, b in zip(outputs(mine), outputs(theirs), strict=True):
+        assert torch.equal(a, b)
+    shown = run_cli("inspect", ckpt, "--allow-pickle", "--format", "json")
+    assert shown.exit_code == 0 and json.loads(shown.stdout)["encoders"]["text_encoder"]["consumer"]["name"] == "sd1"

@@ -3,8 +3,9 @@
 Reads its inputs from environment variables (set by action.yml), so it runs the same anywhere:
 AMDET_TARGETS (whitespace or newline separated), AMDET_POLICY, AMDET_FAIL_ON (``policy``, a severity, or
 ``never``), AMDET_OUT (report folder), AMDET_REFERENCE (a TARGET, or ``none`` for reference-free scans),
-AMDET_DEVICE, AMDET_CONSUMER (sd1, sdxl...; empty: from each pipeline), AMDET_EXIT_ZERO=1 (exit 0, leaving the
-gate to a later step); GITHUB_OUTPUT and GITHUB_STEP_SUMMARY when GitHub provides them.
+AMDET_DEVICE, AMDET_CONSUMER (sd1, sdxl...; empty: from each pipeline), AMDET_SEARCH (auto, full, light; empty:
+auto), AMDET_BASE (the model a LoRA target is applied onto), AMDET_EXIT_ZERO=1 (exit 0, leaving the gate to a
+later step); GITHUB_OUTPUT and GITHUB_STEP_SUMMARY when GitHub provides them.
 """
 
 from __future__ import annotations
@@ -69,10 +70,11 @@ def run(env: dict[str, str]) -> int:
         return api.ScanOptions(reference=None if reference == "none" else reference,
                                reference_free=reference == "none", device=env.get("AMDET_DEVICE") or "cpu",
                                out=folder_of(i, target), policy=policy, argv=["scan", target],
-                               consumer=env.get("AMDET_CONSUMER") or None)
+                               consumer=env.get("AMDET_CONSUMER") or None, search=env.get("AMDET_SEARCH") or "auto")
 
     codes, labels, summaries = [], [], []
-    for i, outcome in enumerate(audit_each(targets, options_for)):
+    sources = api.SourceOptions(base=env.get("AMDET_BASE") or None)
+    for i, outcome in enumerate(audit_each(targets, options_for, sources)):
         folder = folder_of(i, outcome.target)
         if outcome.error is not None:
             record_error(outcome.target, outcome.error, folder)

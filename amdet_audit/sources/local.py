@@ -281,6 +281,16 @@ def unused_weight_files(root: Path, used: set[Path], jail: safe_files.Jail, entr
     return sorted(found)
 
 
+def tensor_shapes(path: Path, fmt: str) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape of a weights file: from a safetensors header, or from a pickle (a .ckpt) unpickled
+    with ``weights_only`` once the serialization check finds only checkpoint imports in it."""
+    if fmt == "safetensors":
+        return {key: shape for key, (_, shape) in safe_files.safetensors_header(path).items()}
+    from amdet_audit.encoders.weights import read_weight_file
+
+    return {key: tuple(tensor.shape) for key, tensor in read_weight_file(path, "pickle").items()}
+
+
 def resolve_file(path: Path, *, input: str, config: Path | None = None, allow_pickle: bool = False,
                  base: str | None = None, resolve_base: Callable[[str], ResolvedTarget] | None = None
                  ) -> ResolvedTarget:
@@ -308,11 +318,13 @@ def resolve_file(path: Path, *, input: str, config: Path | None = None, allow_pi
         fmt = "safetensors"
     else:
         raise UsageError(f"{input}: expected a .safetensors file (or pickle with --allow-pickle)")
-    if fmt == "safetensors" and config is None:
+    if config is None and (fmt == "safetensors" or not os.path.lexists(path.parent / "config.json")):
         from amdet_audit.sources.lora import PEFT_CONFIG, lora_format, resolve_lora
         from amdet_audit.sources.single_file import components, detect
 
-        shapes = {key: shape for key, (_, shape) in safe_files.safetensors_header(path).items()}
+        shapes = tensor_shapes(path, fmt)
+        if lora_format(list(shapes)) is not None and fmt == "pickle":
+            raise UsageError(f"{input}: a LoRA stored as a pickle; convert it to safetensors to scan it")
         if lora_format(list(shapes)) is not None:
             beside = [path.parent / PEFT_CONFIG] if os.path.lexists(path.parent / PEFT_CONFIG) else []
             for extra in beside:
@@ -324,7 +336,7 @@ def resolve_file(path: Path, *, input: str, config: Path | None = None, allow_pi
                                 records=records)
         layout = detect(shapes)
         if layout is not None:
-            comps, notes = components(path, shapes, layout)
+            comps, notes = components(path, shapes, layout, fmt)
             return ResolvedTarget(input=input, kind="file", root=path.parent, components=comps,
                                   files=[file_record(path, path.parent)], pipeline_class=layout.pipeline_class,
                                   notes=notes)

@@ -166,7 +166,8 @@ def stray_encoders(shapes: dict[str, tuple[int, ...]], layout: Layout) -> list[s
     return sorted(stray)
 
 
-def component(path: Path, part: Part, own: dict[str, tuple[int, ...]], layout: Layout) -> tuple[Component, list[str]]:
+def component(path: Path, part: Part, own: dict[str, tuple[int, ...]], layout: Layout,
+              weight_format: str = "safetensors") -> tuple[Component, list[str]]:
     """One part of the layout as a component (refused when unsupported or its shapes do not hold a CLIP tower)."""
     from amdet_audit.errors import AmdetError
     from amdet_audit.sources.config_limits import check_config
@@ -193,19 +194,20 @@ def component(path: Path, part: Part, own: dict[str, tuple[int, ...]], layout: L
     architecture = str(config["architectures"][0])  # type: ignore[index]
     return Component(name=part.name, config_path=config_path, weight_files=(path,), tokenizer_path=tokenizer,
                      architecture=architecture, model_type="clip_text_model", key_prefix=part.prefix,
-                     key_layout=part.layout), notes
+                     key_layout=part.layout, weight_format=weight_format), notes
 
 
-def components(path: Path, shapes: dict[str, tuple[int, ...]], layout: Layout) -> tuple[list[Component], list[str]]:
+def components(path: Path, shapes: dict[str, tuple[int, ...]], layout: Layout,
+               weight_format: str = "safetensors") -> tuple[list[Component], list[str]]:
     """The layout's text encoders in ``path`` as components, any other token-embedding table as a refused one,
-    and the notes that say how each was made."""
+    and the notes that say how each was made (``weight_format``: safetensors, or pickle for a .ckpt)."""
     found, notes = [], [f"{layout.name}: its text encoders are read from their key prefixes"]
     for part in layout.parts:
         own = {key.removeprefix(part.prefix): shape for key, shape in shapes.items() if key.startswith(part.prefix)}
         if not own:
             notes.append(f"{part.name}: no tensors under {part.prefix}: not in this file")
             continue
-        comp, made = component(path, part, own, layout)
+        comp, made = component(path, part, own, layout, weight_format)
         found.append(comp)
         notes += made
     for i, prefix in enumerate(stray_encoders(shapes, layout)):
