@@ -226,7 +226,8 @@ def test_single_files_load_as_diffusers_converts_them(towers: dict[str, Path], g
         theirs = canonical_state(convert_ldm_clip_checkpoint(load_file(path)))
         assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine), path.name
     two = load_component(resolve(str(sdxl)).component("text_encoder_2")).model
-    theirs = canonical_state(convert_open_clip_checkpoint(two, load_file(sdxl), prefix="conditioner.embedders.1.model."))
+    theirs = canonical_state(convert_open_clip_checkpoint(two, load_file(sdxl),
+                                                          prefix="conditioner.embedders.1.model."))
     mine = canonical_state(two.state_dict())
     assert set(mine) == set(theirs) and all(torch.equal(mine[k], theirs[k]) for k in mine)
     # SD 2.x: diffusers' text encoder is one block shorter (it drops OpenCLIP's last block by name, for the
