@@ -81,6 +81,34 @@ def test_sd1_reads_the_last_layer_after_the_norm_and_clip_skip_keeps_the_norm(sd
         assert torch.allclose(read, expected, atol=1e-5), (clip_skip, (read - expected).abs().max())
 
 
+def test_sd2_reads_as_sd1_with_its_own_padding(tmp_path: Path) -> None:
+    """SD 2.x: the same pipeline class and read; its tokenizer pads with "!" (id 0) and its tower uses gelu."""
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    from amdet_audit.lab.folders import tiny_clip_folder
+
+    root = tmp_path / "sd2"
+    enc = tiny_clip_folder(root / "text_encoder", hidden=32, layers=3, heads=2, seed=4, pad="!")
+    config = json.loads((enc / "config.json").read_text())
+    (enc / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))  # OpenCLIP's activation
+    (root / "tokenizer").mkdir()
+    for f in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.move(enc / f, root / "tokenizer" / f)
+    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.0",
+             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}
+    (root / "model_index.json").write_text(json.dumps(index))
+    (tokenizer,) = pipeline_tokenizers(root, ("tokenizer",))
+    assert tokenizer.pad_token == "!"
+    pipe = StableDiffusionPipeline(vae=None, text_encoder=CLIPTextModel.from_pretrained(str(root / "text_encoder")),
+                                   tokenizer=tokenizer, unet=None, scheduler=None, safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    expected, _ = pipe.encode_prompt(PROMPT, "cpu", 1, False)
+    adapter = adapters(root)["text_encoder"]
+    read, _ = scan_read(adapter)
+    assert adapter.tokenizer.pad_token == "!" and torch.allclose(read, expected, atol=1e-5)
+
+
 def test_sdxl_reads_the_penultimate_layer_of_both_encoders_without_the_norm(tiny_pipeline: Path) -> None:
     from diffusers import StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
