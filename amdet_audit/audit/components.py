@@ -81,16 +81,21 @@ def pick_reference(adapter: Adapter, name: str, options: ScanOptions, sources: S
 
 def cached_baseline(reference: Adapter, ref_digest: str, config: ScanConfig,
                     progress: ProgressCallback | None) -> dict[str, float]:
-    """The reference's natural collapse baseline, computed once per (reference digest, config, version)."""
+    """The reference's natural collapse baseline, computed once per (reference digest, config, version), and
+    once among concurrent scans (fleet workers) sharing the cache."""
     from amdet_audit.scan.run import calibrate_reference
 
     knobs = {k: v for k, v in config.to_dict().items() if k != "thresholds"}
     knobs["read"] = [reference.read_layer, getattr(reference, "read_norm", reference.read_layer == -1)]
     key = cache.baseline_key(ref_digest, knobs)
     baseline = cache.load_baseline(key)
-    if baseline is None:
-        baseline = calibrate_reference(reference, config, progress=phase(progress, "reference baseline"))
-        cache.store_baseline(key, baseline)
+    if baseline is not None:
+        return baseline
+    with cache.build_lock(cache.store("baselines") / f".{key}.lock"):  # concurrent scans compute it once
+        baseline = cache.load_baseline(key)
+        if baseline is None:
+            baseline = calibrate_reference(reference, config, progress=phase(progress, "reference baseline"))
+            cache.store_baseline(key, baseline)
     return baseline
 
 

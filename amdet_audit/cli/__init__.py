@@ -363,6 +363,9 @@ def make_app() -> typer.Typer:
     app.command("verify")(verify_command)
     app.command("inspect")(inspect_command)
     app.command("report")(report_command)
+    from amdet_audit.cli.fleet import fleet_command
+
+    app.command("fleet")(fleet_command)
     policy_app = typer.Typer(help="Policies: what fails an audit (thresholds, severities, waivers) in YAML.",
                              no_args_is_help=True)
     policy_app.command("validate")(policy_validate)
