@@ -189,3 +189,17 @@ def test_fleet_on_a_local_ray_runtime_and_on_a_cluster(run_cli, fleet_targets: t
         assert address in document["executor"] and document["counts"]["finished"] == 2
     finally:
         subprocess.run([ray_bin, "stop", "--force"], capture_output=True, env=env, timeout=120)
+
+
+@pytest.mark.slow
+def test_fleet_benchmark_smoke(tmp_path: Path) -> None:
+    """benchmarks/fleet on one model with two local jobs (the canaries from the test cache)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "fleet"))
+    from run_fleet_bench import main
+
+    out = tmp_path / "results.json"
+    main(["--work", str(tmp_path / "work"), "--out", str(out), "--models", "1", "--modes", "jobs-2",
+          "--cache", os.environ["AMDET_AUDIT_CACHE"]])
+    (run,) = json.loads(out.read_text())["runs"]
+    assert run["mode"] == "jobs-2" and run["exit_code"] == 0 and run["models"] == 1 and run["labels"] == ["clean"]
+    assert run["speedup"] == 1.0 and run["models_per_hour"] > 0

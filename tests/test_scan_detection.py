@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -82,7 +83,7 @@ def test_same_seed_same_scores(tmp_path: Path) -> None:
 
     suspect = load_component(resolve(str(lab_model("multi-token"))).components[0])
     reference = load_component(resolve("canary:clean").components[0])
-    config = ScanConfig(prompts=300, steps=25, min_steps=25, check_subset=32)
+    config = replace(ScanConfig.light(), prompts=300, steps=25, min_steps=25, check_subset=32)
     first, second = (run_scan(suspect, reference, config=config) for _ in range(2))
     assert first.verdict == second.verdict
     for name, value in first.scores.items():

@@ -3,7 +3,8 @@ runtime with 2 one-CPU workers; models per hour, scaling efficiency against the 
 per task (fleet wall time beyond the scans' own, per model).
 
 Usage (from the repository root, in the project's virtual environment, nothing else running):
-    python benchmarks/fleet/run_fleet_bench.py [--work DIR] [--out benchmarks/fleet/results.json]
+    python benchmarks/fleet/run_fleet_bench.py [--work DIR] [--out benchmarks/fleet/results.json] [--models 8]
+        [--modes sequential,jobs-2,ray-2] [--cache DIR]
 
 The 8 models are benign fine-tunes of canary:clean (``amdet-audit lab finetune``, seeds 1-8; built once into
 WORK/models), each scanned against canary:clean with the CPU default search. Every mode starts without cached
@@ -62,17 +63,20 @@ def parallel(mode: str) -> int:
     return 1 if mode == "sequential" else 2
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--out", type=Path, default=HERE / "results.json")
     parser.add_argument("--models", type=int, default=8)
-    args = parser.parse_args()
+    parser.add_argument("--modes", default=",".join(MODES), type=lambda s: s.split(","))
+    parser.add_argument("--cache", type=Path, default=None, help="amdet-audit cache (default: WORK/cache)")
+    args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "AMDET_AUDIT_CACHE": str(args.work / "cache"), "RAY_USAGE_STATS_ENABLED": "0"}
+    cache = args.cache or args.work / "cache"
+    env = {**os.environ, "AMDET_AUDIT_CACHE": str(cache), "RAY_USAGE_STATS_ENABLED": "0"}
     os.environ["AMDET_AUDIT_CACHE"] = env["AMDET_AUDIT_CACHE"]
     models = build_models(args.work, args.models)
-    runs = [run_mode(name, extra, models, args.work, env) for name, extra in MODES.items()]
+    runs = [run_mode(name, MODES[name], models, args.work, env) for name in args.modes]
     base = runs[0]["wall_s"]
     for run in runs:
         run["speedup"] = round(base / run["wall_s"], 2)
@@ -80,7 +84,8 @@ def main() -> None:
         print(json.dumps(run), flush=True)
     result = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
-              "command": " ".join(["python", "benchmarks/fleet/run_fleet_bench.py", *sys.argv[1:]]), "runs": runs}
+              "command": " ".join(["python", "benchmarks/fleet/run_fleet_bench.py",
+                                   *(argv if argv is not None else sys.argv[1:])]), "runs": runs}
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
