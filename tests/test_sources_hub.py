@@ -372,3 +372,24 @@ def test_plan_takes_the_safetensors_index_and_its_shards_only() -> None:
         ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
          "model-00002-of-00002.safetensors", "spiece.model", "tokenizer_config.json"]
     )
+
+
+def test_a_fleet_pins_a_hub_target_once_and_its_worker_fetches_that_commit(hub: HubServer, hub_repos: Hub,
+                                                                           tmp_path: Path) -> None:
+    """`amdet-audit fleet` resolves org/plain@main to its commit sha on the driver (one API call, no download);
+    the scan then fetches that commit only."""
+    hub_vars = ("HF_", "HUGGING", "TRANSFORMERS_OFFLINE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(hub_vars)}
+    env |= {"HF_ENDPOINT": hub.url, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1",
+            "PYTHONPATH": str(ROOT), "AMDET_AUDIT_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "fleet"
+    proc = subprocess.run([sys.executable, "-m", "amdet_audit", "fleet", "org/plain", "--out", str(out),
+                           "--checks", "serialization,remote-code,tokenizer", "--no-plugins"],
+                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (record,) = json.loads((out / "fleet.json").read_text())["targets"]
+    assert record["pinned"] == f"org/plain@{hub_repos.plain_b}" and record["status"] == "done"
+    report = json.loads((out / record["folder"] / "report.json").read_text())
+    assert report["target"]["commit_sha"] == hub_repos.plain_b
+    assert [p for p in hub.paths() if "/revision/main" in p] == ["/api/models/org/plain/revision/main"]
+    assert all("main" not in p for p in hub.paths()[1:])  # the worker asked for the sha only

@@ -1,7 +1,8 @@
 """The fleet driver: plan the targets, resume what a previous run finished, scan identical encoders once, hand
 the rest to an executor, and keep fleet.json consistent after every finished target (and on Ctrl-C).
 
-Identical encoders: targets whose files (paths and sha256) and per-target options are the same form a group;
+Hub targets: the driver resolves each revision to a commit sha once (an API call, no download); workers
+download that commit. Identical encoders: targets whose files (paths and sha256) and per-target options are the same form a group;
 its first target is scanned, the others wait for it and then find its result in the scan cache (each still gets
 its own report folder). Shared reference baselines: the cache keeps each reference's baseline once, and a lock
 makes concurrent workers compute it once (amdet_audit.audit.components.cached_baseline); workers on several
@@ -106,6 +107,21 @@ def group_key(item: Entry) -> str | None:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
+def pin_hub_target(record: dict[str, Any], offline: bool | None) -> None:
+    """A hub target's revision resolved once, here, to a commit sha (``record["pinned"]``): every worker then
+    downloads that commit, whatever the branch does meanwhile. One that cannot be resolved stays as given (its
+    task reports why)."""
+    from amdet_audit.sources import target_kind
+    from amdet_audit.sources.hub import pinned_target
+
+    if target_kind(record["target"]) != "hub":
+        return
+    try:
+        record["pinned"] = pinned_target(record["target"], offline=offline)
+    except AmdetError:
+        record.pop("pinned", None)
+
+
 def folder_for(out: Path, record: dict[str, Any]) -> str:
     """A new report folder name for one attempt at a target (``targets/0003-name``, then ``-2``...)."""
     stem = f"targets/{record['index']:04d}-{Entry(**record['entry']).name}"
@@ -127,6 +143,7 @@ def run_fleet(entries: list[Entry], out: Path, settings: FleetSettings, executor
     waiting: dict[str, list[dict[str, Any]]] = {}
     queue: list[dict[str, Any]] = []
     for record in pending:
+        pin_hub_target(record, settings.offline)
         key = group_key(Entry(**record["entry"])) if settings.use_cache else None
         if key is not None and key in leaders:
             record["duplicate_of"] = leaders[key]["target"]
@@ -147,7 +164,8 @@ def run_fleet(entries: list[Entry], out: Path, settings: FleetSettings, executor
                 record["folder"] = folder_for(out, record)
                 (out / record["folder"]).parent.mkdir(parents=True, exist_ok=True)
                 record["status"], record["attempts"] = "running", record.get("attempts", 0) + 1
-                spec = {**settings.spec_fields(), "index": record["index"], "target": record["target"],
+                spec = {**settings.spec_fields(), "index": record["index"],
+                        "target": record.get("pinned") or record["target"],
                         "entry": record["entry"], "folder": str(out / record["folder"]),
                         "folder_name": record["folder"]}
                 running[executor.submit(spec)] = record

@@ -181,6 +181,22 @@ def resolve_hub(
     return target
 
 
+def pinned_target(target: str, *, offline: bool | None = None, cache_dir: Path | None = None) -> str:
+    """``org/name@<sha>``: a hub TARGET with its revision resolved once to a commit sha (one API call, or the
+    local cache's refs offline; nothing is downloaded), so that every later resolve fetches that commit."""
+    from huggingface_hub import constants
+
+    repo_id, revision = parse_repo_ref(target)
+    check_repo_id(repo_id)
+    request = _Request(repo_id, check_revision(revision or DEFAULT_REVISION), constants.ENDPOINT, is_offline(offline))
+    with hub_errors(request):
+        if request.offline:
+            sha = cached_commit(request, _storage_folder(repo_id, cache_dir), cache_dir)[0]
+        else:
+            sha = remote_commit(request)[0]
+    return f"{repo_id}@{sha}"
+
+
 def is_offline(offline: bool | None) -> bool:
     """Offline when asked, or when HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) says so now or said so at import."""
     from huggingface_hub import constants
