@@ -4,9 +4,10 @@ the rest to an executor, and keep fleet.json consistent after every finished tar
 Hub targets: the driver resolves each revision to a commit sha once (an API call, no download); workers
 download that commit. Identical encoders: targets whose files (paths and sha256) and per-target options are
 the same form a group; its first target is scanned, the others wait for it and then find its result in the
-scan cache (each still gets its own report folder). Shared reference baselines: the cache keeps each reference's baseline once, and a lock
-makes concurrent workers compute it once (amdet_audit.audit.components.cached_baseline); workers on several
-machines share them when ``AMDET_AUDIT_CACHE`` points to shared storage.
+scan cache (each still gets its own report folder). Shared reference baselines: the cache keeps each
+reference's baseline once, and a lock makes concurrent workers compute it once
+(amdet_audit.audit.components.cached_baseline); workers on several machines share them when
+``AMDET_AUDIT_CACHE`` points to shared storage.
 """
 
 from __future__ import annotations
