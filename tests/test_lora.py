@@ -244,3 +244,5 @@ def test_lab_lora_ships_a_fine_tune_as_a_lora(run_cli, tiny_clip: Path, tmp_path
     training = {n for n, p in student.model.named_parameters() if p.requires_grad}
     assert training and all(n.endswith(("proj.weight", "fc1.weight", "fc2.weight")) for n in training)
     assert not any("embedding" in n or "norm" in n or "text_projection" in n for n in training)
+    bad = run_cli("lab", "finetune", str(tiny_clip), "--out", tmp_path / "never", "--train", "embeddings")
+    assert bad.exit_code == 2 and "--train must be one of all, lora" in bad.stderr
