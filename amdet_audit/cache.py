@@ -108,10 +108,12 @@ def store_baseline(key: str, baseline: dict[str, float]) -> None:
 
 
 def scan_key(target: dict[str, Any], choices: dict[str, Any]) -> str:
-    """The cache key of one scan of ``target`` (its report record: files, components, notes) under ``choices``
+    """The cache key of one scan of ``target`` (its report record: files, a LoRA's base's files, components,
+    notes) under ``choices``
     (every option that changes the scan's result; see :func:`amdet_audit.audit.run.scan_choices`)."""
     parts = {"format": CACHE_FORMAT, "version": __version__,
              "files": sorted((f["path"], f["sha256"]) for f in target.get("files", [])),
+             "base": sorted((f["path"], f["sha256"]) for f in (target.get("base") or {}).get("files", [])),
              "components": sorted(c["name"] for c in target.get("components", [])),
              "tokenizer": [n for n in target.get("notes", []) if n.startswith("tokenizer:")], **choices}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()

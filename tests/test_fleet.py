@@ -116,7 +116,7 @@ def test_ctrl_c_leaves_a_consistent_fleet_and_the_rerun_finishes_it(tmp_path: Pa
     from amdet_audit.fleet.run import FleetSettings, run_fleet
 
     def task(spec: dict) -> dict:
-        if spec["target"] == "b":
+        if spec["index"] == 1:  # target "b"
             raise KeyboardInterrupt
         return {"status": "done", "exit_code": 0, "label": "clean", "seconds": 0.0}
 
@@ -129,7 +129,7 @@ def test_ctrl_c_leaves_a_consistent_fleet_and_the_rerun_finishes_it(tmp_path: Pa
     assert document["interrupted"] is True and [r["status"] for r in document["targets"]] == ["done", "pending",
                                                                                                "pending"]
     assert (tmp_path / "f" / "fleet.html").is_file()
-    finished = run_fleet(entries, tmp_path / "f", settings, InProcess(lambda spec: task({**spec, "target": "a"})))
+    finished = run_fleet(entries, tmp_path / "f", settings, InProcess(lambda spec: task({**spec, "index": 0})))
     assert counts(finished["targets"])["passed"] == 3 and "interrupted" not in finished
     assert finished["targets"][0]["attempts"] == 1  # a was not run again
 

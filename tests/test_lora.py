@@ -174,6 +174,13 @@ def hostile(tmp_path: Path, name: str, tensors: dict[str, torch.Tensor]) -> Path
      "DoRA"),
     ({"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(2, 32)},
      "no complete pair"),
+    ({"lora_te_text_model_embeddings_token_embedding.lora_down.weight": torch.zeros(2, 32),
+      "lora_te_text_model_embeddings_token_embedding.lora_up.weight": torch.zeros(49408, 2)},
+     "takes no LoRA update for a matrix"),  # a row of the trigger's embedding: no loader applies this
+    ({"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(2, 32),
+      "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.zeros(32, 2),
+      "lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha": torch.tensor(-4.0)},
+     "not a number >= 0"),
     ({"lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": torch.zeros(2, 32),
       "lora_te_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": torch.full((32, 2), float("inf"))},
      "not finite"),
@@ -203,6 +210,12 @@ def test_lora_usage_errors(run_cli, tiny_clip: Path, tiny_pipeline: Path, tmp_pa
         (["scan", hostile(tmp_path, "t5.safetensors", {**pair, "lora_te3_x.lora_down.weight": torch.zeros(1, 2)}),
           "--base", tiny_pipeline], "T5"),
         (["scan", sdxl, "--base", sdxl], "the base must be"),
+        (["scan", hostile(tmp_path, "both.safetensors", {
+            **{k.replace("te2", "te"): torch.zeros(v.shape[0] * 32 // 48 if v.shape[0] == 48 else v.shape[0],
+                                                     32 if v.shape[1] == 48 else v.shape[1]) for k, v in pair.items()},
+            **{k.replace("te2", "te1"): torch.zeros(v.shape[0] * 32 // 48 if v.shape[0] == 48 else v.shape[0],
+                                                      32 if v.shape[1] == 48 else v.shape[1])
+               for k, v in pair.items()}}), "--base", tiny_pipeline], "both patch text_encoder"),
     ]
     for args, message in cases:
         result = run_cli(*args, "--out", tmp_path / "never")
@@ -246,3 +259,18 @@ def test_lab_lora_ships_a_fine_tune_as_a_lora(run_cli, tiny_clip: Path, tmp_path
     assert not any("embedding" in n or "norm" in n or "text_projection" in n for n in training)
     bad = run_cli("lab", "finetune", str(tiny_clip), "--out", tmp_path / "never", "--train", "embeddings")
     assert bad.exit_code == 2 and "--train must be one of all, lora" in bad.stderr
+
+
+def test_a_kohya_alpha_of_zero_is_the_rank_and_the_base_is_in_the_cache_key(tiny_clip: Path, tmp_path: Path) -> None:
+    """sd-scripts reads alpha 0 as alpha = rank (scale 1); a LoRA scanned on another base is another scan."""
+    from amdet_audit import cache
+
+    updates = {"lora_te_": random_updates(tiny_clip, 2, 8)}
+    plain = kohya_tensors(updates)
+    zero = {k: (torch.tensor(0.0) if k.endswith(".alpha") else v) for k, v in plain.items()}
+    a, b = write_lora(tmp_path / "a.safetensors", plain), write_lora(tmp_path / "b.safetensors", zero)
+    assert_same(ours(a, tiny_clip), ours(b, tiny_clip))
+    record = resolve(str(a), base=str(tiny_clip)).to_dict()
+    moved = [{**f, "sha256": "0" * 64} for f in record["base"]["files"]]
+    other = {**record, "base": {**record["base"], "files": moved}}
+    assert cache.scan_key(record, {}) != cache.scan_key(other, {})

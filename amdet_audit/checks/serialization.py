@@ -544,7 +544,8 @@ def candidate_files(context: CheckContext) -> tuple[list[str], bool, list[str]]:
     that could not be listed (relative POSIX paths)."""
     names = set(target_files(context))
     root = context.target.root
-    if context.target.kind == "file" or not root.is_dir():
+    lora_file = context.target.kind == "lora" and Path(context.target.input).suffix == ".safetensors"
+    if context.target.kind == "file" or lora_file or not root.is_dir():  # a file alone: not its folder's others
         return sorted(names), False, []
     unreadable: list[Path] = []
     walked = [p.relative_to(root).as_posix()

@@ -63,14 +63,15 @@ def tensor_names(component: Component) -> dict[str, tuple[Path, str]]:
     return names
 
 
-def lora_changes(component: Component, names: dict[str, tuple[Path, str]]) -> dict:
-    """canonical name -> the change a LoRA target's patch makes to that tensor (empty without a patch)."""
+def lora_changes(component: Component, names: dict[str, tuple[Path, str]]):
+    """The changes a LoRA target's patch makes (``encoders.lora.Deltas``: ``name in it``, ``.change(name)``),
+    or None without a patch."""
     if component.patch is None:
-        return {}
-    from amdet_audit.encoders.lora import deltas
+        return None
+    from amdet_audit.encoders.lora import Deltas
 
     headers = {path: safe_files.safetensors_header(path) for path in {p for p, _ in names.values()}}
-    return deltas(component.patch, {name: headers[path][key][1] for name, (path, key) in names.items()})
+    return Deltas(component.patch, {name: headers[path][key][1] for name, (path, key) in names.items()})
 
 
 def load(where: tuple[Path, str]):
@@ -90,8 +91,8 @@ def vocabulary(component: Component, jail: safe_files.Jail) -> dict[int, str]:
     folder = component.tokenizer_path
     if folder is None:
         return {}
-    if not folder.resolve().is_relative_to(jail.root.resolve()):  # --tokenizer, or the shipped vocabulary
-        jail = safe_files.Jail(folder)
+    if not folder.resolve().is_relative_to(jail.root.resolve()):  # --tokenizer, the shipped vocabulary, a base
+        jail = safe_files.Jail(folder, safe_files.hub_blob_store(folder))
     if os.path.lexists(folder / "tokenizer.json"):
         path = folder / "tokenizer.json"
         document = jail.json(path, limit=safe_files.MAX_TOKENIZER_BYTES, error=TokenizerError)
@@ -137,8 +138,8 @@ def compare(component: Component, reference: Component, jail: safe_files.Jail) -
     embedding_rows: list[tuple[float, int]] = []
     for key in shared:
         a, b = load(mine[key]), load(theirs[key])
-        if key in changes:
-            a = a + changes[key]
+        if changes is not None and key in changes:
+            a = a + changes.change(key)
         if a.shape != b.shape:
             mismatched.append(key)
             continue
@@ -194,6 +195,10 @@ class WeightsDiffCheck:
             if ref is None:  # e.g. SDXL's text_encoder_2 against a reference for the first encoder
                 findings.append(Finding("weights-diff.no-reference-component", "info",
                                         f"{comp.name}: the reference has no component of this name; not compared"))
+                continue
+            if comp.patch is not None and comp.key_layout != "transformers":
+                findings.append(Finding("weights-diff.not-compared", "info", f"{comp.name}: a LoRA on a base in "
+                                        "OpenCLIP's tensor layout (a single file); not compared"))
                 continue
             if comp.weight_format != "safetensors" or ref.weight_format != "safetensors":
                 return CheckResult(self.id, self.version, "skipped", reason="compares safetensors weights only")

@@ -60,7 +60,7 @@ def fleet_command(
     load_policy(policy)  # a bad policy is one error now, not one per target
     entries = plan(list(targets or []), from_file)
     settings = FleetSettings(reference=reference, reference_free=reference_free, device=device,
-                             policy=str(policy) if policy else None, seed=seed, search=search,
+                             policy=str(policy.resolve()) if policy else None, seed=seed, search=search,
                              checks=[c.strip() for c in checks.split(",") if c.strip()] if checks else None,
                              consumer=consumer,
                              use_cache=not no_cache, plugins=not no_plugins, offline=offline or None,
@@ -68,7 +68,7 @@ def fleet_command(
                              threads=threads_per_scan(jobs, scan_cpus if ray is not None else None),
                              retry_failed=retry_failed, argv=["amdet-audit", *sys.argv[1:]])
     executor = make_executor(jobs, ray, scan_cpus, scan_gpus)
-    document = run_fleet(entries, out, settings, executor, stderr_progress)
+    document = run_fleet(entries, out.absolute(), settings, executor, stderr_progress)  # workers get whole paths
     c = document["counts"]
     typer.echo(f"fleet: {c['failed']} failed, {c['passed']} passed, {c['errors']} could not complete "
                f"({c['total']} targets) -> {out / 'fleet.html'}")

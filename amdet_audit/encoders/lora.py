@@ -11,7 +11,10 @@ Formats, by how their tensors are named (``P`` is the component's prefix in the 
   ``alpha_pattern`` (module names or name endings).
 - diffusers (``pytorch_lora_weights.safetensors``): PEFT names under ``text_encoder.`` / ``text_encoder_2.``
   (or the older ``lora_linear_layer.down`` / ``up``), alphas in the file's ``lora_adapter_metadata``, or per
-  module in ``.alpha`` tensors; with neither, alpha is the most common rank (as diffusers reads such a file).
+  module in ``.alpha`` tensors; with neither, each module's alpha is its rank (scale 1, as diffusers reads it).
+
+A down/up pair patches a matrix (attention, MLP, projection), never an embedding table; an embedding table
+only takes PEFT's ``lora_embedding_A``/``B``: an update no real loader would apply is refused, not merged.
 
 Every tensor under the prefix must be one of these, every module it names must exist in the base with
 matching shapes, and the ranks are checked on the file's header before any tensor is read: anything else (DoRA,
@@ -20,10 +23,10 @@ LoHa/LoKr, biases, whole modules saved beside the adapter) is refused, never hal
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,7 @@ REFUSED = {"dora_scale": "a DoRA adapter", "lora_magnitude_vector": "a DoRA adap
            "lokr_": "a LyCORIS LoKr", "modules_to_save": "whole modules saved beside the adapter",
            ".lora_B.bias": "LoRA biases", "lora_up.bias": "LoRA biases"}
 WRAPPERS = ("base_model.model.", "text_model.")  # PEFT's wrapper and transformers 4.x's nesting of the tower
+EMBEDDING_TABLES = ("embedding", "embeddings")  # module names of token, position and type tables (CLIP, BERT)
 PATTERN = re.compile(r"^[A-Za-z0-9_.]+$")  # rank/alpha pattern keys read as module names, never as regexes
 
 
@@ -106,6 +110,10 @@ def plan(patch: LoraPatch, declared: Mapping[str, tuple[int, ...]],
     if not updates:
         raise WeightsError(f"{patch.path}: no LoRA tensors under {patch.prefix!r}")
     for update in updates.values():
+        if update.embedding != update.module.endswith(EMBEDDING_TABLES):
+            what = "an embedding table" if update.embedding else "a matrix"
+            raise WeightsError(f"{patch.path}: {update.module} takes no LoRA update for {what}: no loader would "
+                               "apply it")
         check_shapes(update, declared, targets[f"{update.module}.weight"], patch.path)
     return list(updates.values())
 
@@ -186,12 +194,14 @@ def scales(patch: LoraPatch, updates: list[Update], declared: Mapping[str, tuple
     """module -> the factor its ``up @ down`` is multiplied by. ``alphas``: module -> its alpha tensor's value."""
     settings = adapter_settings(patch)
     where = patch.config_path or patch.path
-    common = Counter(rank(u, declared) for u in updates).most_common(1)[0][0]
     out = {}
     for update in updates:
         r = rank(update, declared)
         if update.module in alphas:  # kohya, or a diffusers file with per-module alphas
             alpha = alphas[update.module]
+            if not alpha >= 0:
+                raise WeightsError(f"{where}: the alpha of {update.module} is {alpha}, not a number >= 0")
+            alpha = alpha or float(r)  # sd-scripts reads an alpha of 0 as the rank
         elif patch.format == "kohya":
             alpha = float(r)  # no alpha stored: sd-scripts' default alpha is the rank
         elif settings:
@@ -201,49 +211,74 @@ def scales(patch: LoraPatch, updates: list[Update], declared: Mapping[str, tuple
             alpha = number(pattern_value(settings.get("alpha_pattern"), update.module, where)
                            or settings.get("lora_alpha", 8), "lora_alpha", where)
         else:
-            alpha = float(common)  # diffusers without alphas: lora_alpha is the most common rank
+            alpha = float(r)  # diffusers without alphas: each module's alpha is its rank (scale 1)
         if not math.isfinite(alpha):
             raise WeightsError(f"{where}: the alpha of {update.module} is not a finite number")
         out[update.module] = alpha / (math.sqrt(r) if settings.get("use_rslora") else r)
     return out
 
 
-def deltas(patch: LoraPatch, targets: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
-    """Canonical weight name -> the float32 change ``scale * up @ down`` the LoRA makes to it."""
-    from safetensors import SafetensorError, safe_open
+class Deltas:
+    """A LoRA's planned updates of one base, each change ``scale * up @ down`` (float32) computed when asked:
+    one matrix at a time, never all of them at once."""
 
-    declared = {name: shape for name, (_, shape) in safe_files.safetensors_header(patch.path).items()}
-    updates = plan(patch, declared, targets)
-    try:
-        with safe_open(str(patch.path), framework="pt", device="cpu") as handle:
+    def __init__(self, patch: LoraPatch, targets: Mapping[str, tuple[int, ...]]) -> None:
+        declared = {name: shape for name, (_, shape) in safe_files.safetensors_header(patch.path).items()}
+        self.patch = patch
+        self.updates = {f"{u.module}.weight": u for u in plan(patch, declared, targets)}
+        with self.opened() as handle:
             alphas = {u.module: float(handle.get_tensor(u.names["alpha"]).float().reshape(()))
-                      for u in updates if "alpha" in u.names}
-            factors = scales(patch, updates, declared, alphas)
-            out = {}
-            for u in updates:
-                down_role, up_role = ("embedding_down", "embedding_up") if u.embedding else ("down", "up")
-                down = handle.get_tensor(u.names[down_role]).float()
-                up = handle.get_tensor(u.names[up_role]).float()
-                change = factors[u.module] * (up @ down)
-                out[f"{u.module}.weight"] = change.T if u.embedding else change
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise WeightsError(f"{patch.path}: not a readable safetensors file (corrupt or truncated): {exc}") from exc
-    bad = [k for k, v in out.items() if not torch.isfinite(v).all()]
-    if bad:
-        raise WeightsError(f"{patch.path}: the LoRA's change to {bad[0]} is not finite")
-    return out
+                      for u in self.updates.values() if "alpha" in u.names}
+        self.factors = scales(patch, list(self.updates.values()), declared, alphas)
+
+    @contextlib.contextmanager
+    def opened(self) -> Iterator[Any]:
+        """The LoRA file, open; a corrupt one is a WeightsError."""
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(self.patch.path), framework="pt", device="cpu") as handle:
+                yield handle
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise WeightsError(f"{self.patch.path}: not a readable safetensors file (corrupt or truncated): "
+                               f"{exc}") from exc
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.updates
+
+    def names(self) -> list[str]:
+        """The canonical weight names the LoRA changes."""
+        return list(self.updates)
+
+    def change(self, name: str, handle: Any = None) -> torch.Tensor:
+        """The change to weight ``name`` (``handle``: the file already open, when merging many)."""
+        if handle is None:
+            with self.opened() as opened:
+                return self.change(name, opened)
+        u = self.updates[name]
+        down_role, up_role = ("embedding_down", "embedding_up") if u.embedding else ("down", "up")
+        try:
+            down = handle.get_tensor(u.names[down_role]).float()
+            up = handle.get_tensor(u.names[up_role]).float()
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise WeightsError(f"{self.patch.path}: {u.names[down_role]} cannot be read: {exc}") from exc
+        change = self.factors[u.module] * (up @ down)
+        if not torch.isfinite(change).all():
+            raise WeightsError(f"{self.patch.path}: the LoRA's change to {name} is not finite")
+        return change.T if u.embedding else change
 
 
 def with_patch(state: dict[str, torch.Tensor], patch: LoraPatch | None,
                canonical: Callable[[str], str]) -> dict[str, torch.Tensor]:
-    """``state`` (model key -> tensor) with the component's LoRA merged in (unchanged without one);
-    ``canonical`` maps a model key to the name the LoRA's modules are matched on."""
+    """``state`` (model key -> tensor) with the component's LoRA merged in, one matrix at a time (unchanged
+    without one); ``canonical`` maps a model key to the name the LoRA's modules are matched on."""
     if patch is None:
         return state
     names = {canonical(key): key for key in state}
-    changes = deltas(patch, {name: tuple(state[key].shape) for name, key in names.items()})
+    deltas = Deltas(patch, {name: tuple(state[key].shape) for name, key in names.items()})
     merged = dict(state)
-    for name, change in changes.items():
-        key = names[name]
-        merged[key] = (state[key].float() + change).to(state[key].dtype)
+    with deltas.opened() as handle:
+        for name in deltas.names():
+            key = names[name]
+            merged[key] = (state[key].float() + deltas.change(name, handle)).to(state[key].dtype)
     return merged

@@ -57,6 +57,11 @@ class FleetSettings:
         """The settings a task spec carries."""
         return {k: v for k, v in self.__dict__.items() if k not in ("retry_failed", "argv")}
 
+    def digest(self) -> str:
+        """What changes the fleet's results (not how it runs: threads, retries), for resuming safely."""
+        kept = {k: v for k, v in self.spec_fields().items() if k != "threads"}
+        return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
 
 def now() -> str:
     """The time, for fleet.json."""
@@ -75,6 +80,9 @@ def open_fleet(out: Path, entries: list[Entry], settings: FleetSettings) -> dict
             known = {r["target"]: r for r in document["targets"]}
         except (ValueError, KeyError, TypeError) as err:
             raise UsageError(f"{state}: not a fleet.json this tool wrote; use another --out") from err
+        if document.get("settings") != settings.digest():
+            raise UsageError(f"{state}: this fleet was scanned with other options (reference, policy, search...); "
+                             "rerun it with the same options, or use another --out")
     elif out.exists() and any(out.iterdir()):
         raise UsageError(f"--out {out}: a folder that holds other files and no fleet.json; use a new one")
     else:
@@ -83,12 +91,14 @@ def open_fleet(out: Path, entries: list[Entry], settings: FleetSettings) -> dict
     records = []
     for i, item in enumerate(entries):
         record = known.get(item.target) or {"target": item.target, "status": "pending"}
+        changed = record.get("entry", item.to_dict()) != item.to_dict()  # its own reference or consumer changed
         record.update(index=i, entry=item.to_dict())
-        if record["status"] not in ("done", "error") or (record["status"] == "error" and settings.retry_failed):
+        if record["status"] not in ("done", "error") or changed or (record["status"] == "error"
+                                                                    and settings.retry_failed):
             record["status"] = "pending"
         records.append(record)
     document.update(schema_version=FLEET_SCHEMA_VERSION, tool={"name": "amdet-audit", "version": __version__},
-                    command=settings.argv, targets=records, updated=now())
+                    command=settings.argv, settings=settings.digest(), targets=records, updated=now())
     return document
 
 
@@ -101,8 +111,8 @@ def group_key(item: Entry) -> str | None:
         return None
     try:
         resolved = resolve(item.target, component=item.component)
-    except AmdetError:
-        return None  # its task will say why
+    except Exception:  # any failure is the target's own: its task will say why
+        return None
     files = sorted((f.path, f.sha256) for f in resolved.files)
     data = {"files": files, "reference": item.reference, "component": item.component, "consumer": item.consumer}
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
@@ -121,6 +131,13 @@ def pin_hub_target(record: dict[str, Any], offline: bool | None) -> None:
         record["pinned"] = pinned_target(record["target"], offline=offline)
     except AmdetError:
         record.pop("pinned", None)
+
+
+def whole_path(target: str) -> str:
+    """A local TARGET as an absolute path (a worker may run in another folder); other TARGETs unchanged."""
+    from amdet_audit.sources import target_kind
+
+    return str(Path(target).expanduser().absolute()) if target_kind(target) in ("local", "file") else target
 
 
 def folder_for(out: Path, record: dict[str, Any]) -> str:
@@ -166,7 +183,7 @@ def run_fleet(entries: list[Entry], out: Path, settings: FleetSettings, executor
                 (out / record["folder"]).parent.mkdir(parents=True, exist_ok=True)
                 record["status"], record["attempts"] = "running", record.get("attempts", 0) + 1
                 spec = {**settings.spec_fields(), "index": record["index"],
-                        "target": record.get("pinned") or record["target"],
+                        "target": record.get("pinned") or whole_path(record["target"]),
                         "entry": record["entry"], "folder": str(out / record["folder"]),
                         "folder_name": record["folder"]}
                 running[executor.submit(spec)] = record

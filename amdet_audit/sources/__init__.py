@@ -88,7 +88,8 @@ def resolve(
     lora = lora_folder_file(path) if kind == "local" and path.is_dir() else None
     if kind == "file" or lora is not None:
         resolved = resolve_file(lora or path, input=target, config=config, allow_pickle=allow_pickle, base=base,
-                                resolve_base=lambda where: resolve(where, offline=offline, allow_pickle=allow_pickle))
+                                resolve_base=lambda where: resolve(where, offline=offline, allow_pickle=allow_pickle,
+                                                                  cache_dir=cache_dir))
     elif not path.exists():
         raise SourceNotFoundError(f"{target}: no such file or folder, and not a hub repo id (org/name)")
     else:

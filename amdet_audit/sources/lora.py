@@ -111,6 +111,10 @@ def resolve_lora(path: Path, keys: list[str], *, input: str, base: str | None,
     except MissingBaseError as err:
         raise UsageError(f"--base {base}: a LoRA; the base must be the model the LoRA was trained on") from err
     config = path.parent / PEFT_CONFIG if fmt is PEFT and os.path.lexists(path.parent / PEFT_CONFIG) else None
+    twice = sorted(p for p, name in parts.items() if list(parts.values()).count(name) > 1)
+    if twice:
+        raise UsageError(f"{input}: {fmt.description} whose parts {' and '.join(twice)} both patch "
+                         f"{parts[twice[0]]}; a file with one of them can be scanned")
     components = [patched(component_for(resolved_base, name, len(parts), input, fmt),
                           LoraPatch(path=path, format=fmt.name, prefix=prefix, config_path=config))
                   for prefix, name in sorted(parts.items(), key=lambda p: p[1])]
