@@ -4,7 +4,7 @@ per task (fleet wall time beyond the scans' own, per model).
 
 Usage (from the repository root, in the project's virtual environment, nothing else running):
     python benchmarks/fleet/run_fleet_bench.py [--work DIR] [--out benchmarks/fleet/results.json] [--models 8]
-        [--modes sequential,jobs-2,ray-2] [--cache DIR]
+        [--modes sequential,jobs-2,ray-2] [--cache DIR] [--targets TARGET...]
 
 The 8 models are benign fine-tunes of canary:clean (``amdet-audit lab finetune``, seeds 1-8; built once into
 WORK/models), each scanned against canary:clean with the CPU default search. Every mode starts without cached
@@ -70,12 +70,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=int, default=8)
     parser.add_argument("--modes", default=",".join(MODES), type=lambda s: s.split(","))
     parser.add_argument("--cache", type=Path, default=None, help="amdet-audit cache (default: WORK/cache)")
+    parser.add_argument("--targets", nargs="*", default=None, help="scan these instead of building the models")
     args = parser.parse_args(argv)
     args.work.mkdir(parents=True, exist_ok=True)
     cache = args.cache or args.work / "cache"
     env = {**os.environ, "AMDET_AUDIT_CACHE": str(cache), "RAY_USAGE_STATS_ENABLED": "0"}
     os.environ["AMDET_AUDIT_CACHE"] = env["AMDET_AUDIT_CACHE"]
-    models = build_models(args.work, args.models)
+    models = args.targets or build_models(args.work, args.models)
     runs = [run_mode(name, MODES[name], models, args.work, env) for name in args.modes]
     base = runs[0]["wall_s"]
     for run in runs:
