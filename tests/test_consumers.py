@@ -42,13 +42,15 @@ def pipeline_tokenizers(root: Path, names: tuple[str, ...]) -> list:
     return [CLIPTokenizer.from_pretrained(str(root / name)) for name in names]
 
 
-@pytest.fixture(scope="module")
-def sd1_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An SD 1.x-style pipeline folder: one 3-layer text encoder, its tokenizer, model_index.json."""
+def sd_pipeline_folder(root: Path, *, seed: int, pad: str = "eos", act: str | None = None) -> Path:
+    """A StableDiffusionPipeline-shaped folder at ``root``: one 3-layer text encoder (activation ``act`` when
+    given), its tokenizer (padding with ``pad``) in ``tokenizer/``, model_index.json."""
     from amdet_audit.lab.folders import tiny_clip_folder
 
-    root = tmp_path_factory.mktemp("sd1") / "pipe"
-    enc = tiny_clip_folder(root / "text_encoder", hidden=32, layers=3, heads=2, seed=3)
+    enc = tiny_clip_folder(root / "text_encoder", hidden=32, layers=3, heads=2, seed=seed, pad=pad)
+    if act is not None:
+        config = json.loads((enc / "config.json").read_text())
+        (enc / "config.json").write_text(json.dumps({**config, "hidden_act": act}))
     (root / "tokenizer").mkdir()
     for f in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.move(enc / f, root / "tokenizer" / f)
@@ -56,6 +58,12 @@ def sd1_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
              "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}
     (root / "model_index.json").write_text(json.dumps(index))
     return root
+
+
+@pytest.fixture(scope="module")
+def sd1_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An SD 1.x-style pipeline folder: one 3-layer text encoder, its tokenizer, model_index.json."""
+    return sd_pipeline_folder(tmp_path_factory.mktemp("sd1") / "pipe", seed=3)
 
 
 def test_sd1_reads_the_last_layer_after_the_norm_and_clip_skip_keeps_the_norm(sd1_folder: Path) -> None:
@@ -86,18 +94,7 @@ def test_sd2_reads_as_sd1_with_its_own_padding(tmp_path: Path) -> None:
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTextModel
 
-    from amdet_audit.lab.folders import tiny_clip_folder
-
-    root = tmp_path / "sd2"
-    enc = tiny_clip_folder(root / "text_encoder", hidden=32, layers=3, heads=2, seed=4, pad="!")
-    config = json.loads((enc / "config.json").read_text())
-    (enc / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu"}))  # OpenCLIP's activation
-    (root / "tokenizer").mkdir()
-    for f in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.move(enc / f, root / "tokenizer" / f)
-    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.0",
-             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"]}
-    (root / "model_index.json").write_text(json.dumps(index))
+    root = sd_pipeline_folder(tmp_path / "sd2", seed=4, pad="!", act="gelu")  # OpenCLIP's activation
     (tokenizer,) = pipeline_tokenizers(root, ("tokenizer",))
     assert tokenizer.pad_token == "!"
     pipe = StableDiffusionPipeline(vae=None, text_encoder=CLIPTextModel.from_pretrained(str(root / "text_encoder")),
