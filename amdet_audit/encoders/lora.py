@@ -63,6 +63,11 @@ class Update:
         """True for an embedding table's update (PEFT's lora_embedding_A/B)."""
         return "embedding_down" in self.names
 
+    @property
+    def roles(self) -> tuple[str, str]:
+        """The roles of its (down, up) matrices."""
+        return ("embedding_down", "embedding_up") if self.embedding else ("down", "up")
+
 
 def module_of(name: str, fmt: str, prefix: str) -> tuple[str, str]:
     """(module path as stored, role) of one tensor name under ``prefix``; WeightsError when not understood."""
@@ -122,7 +127,7 @@ def check_shapes(update: Update, declared: Mapping[str, tuple[int, ...]], target
                  path: Path) -> None:
     """down [r, in] and up [out, r] (an embedding's A [r, vocab], B [width, r]) against the base matrix [out, in]
     ([vocab, width]), with 1 <= r <= min(out, in): the merge never costs more than the matrix it changes."""
-    down_role, up_role = ("embedding_down", "embedding_up") if update.embedding else ("down", "up")
+    down_role, up_role = update.roles
     if down_role not in update.names or up_role not in update.names:
         raise WeightsError(f"{path}: {update.module} has no complete pair of LoRA matrices")
     down, up = declared[update.names[down_role]], declared[update.names[up_role]]
@@ -138,7 +143,7 @@ def check_shapes(update: Update, declared: Mapping[str, tuple[int, ...]], target
 
 def rank(update: Update, declared: Mapping[str, tuple[int, ...]]) -> int:
     """The update's rank, from its down matrix's shape."""
-    return declared[update.names["embedding_down" if update.embedding else "down"]][0]
+    return declared[update.names[update.roles[0]]][0]
 
 
 def adapter_settings(patch: LoraPatch) -> dict[str, Any]:
@@ -256,7 +261,7 @@ class Deltas:
             with self.opened() as opened:
                 return self.change(name, opened)
         u = self.updates[name]
-        down_role, up_role = ("embedding_down", "embedding_up") if u.embedding else ("down", "up")
+        down_role, up_role = u.roles
         try:
             down = handle.get_tensor(u.names[down_role]).float()
             up = handle.get_tensor(u.names[up_role]).float()

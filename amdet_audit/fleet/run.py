@@ -202,16 +202,20 @@ def run_fleet(entries: list[Entry], out: Path, settings: FleetSettings, executor
         for record in records:
             if record["status"] == "running":
                 record["status"] = "pending"  # rerun the same command to finish it
-        document["updated"], document["interrupted"] = now(), True
-        write_state(out, document)
-        write_renderings(out, document)
+        document["interrupted"] = True
+        finish(out, document)
         raise
     executor.close()
-    document["updated"] = now()
     document.pop("interrupted", None)
+    finish(out, document)
+    return document
+
+
+def finish(out: Path, document: dict[str, Any]) -> None:
+    """fleet.json and its renderings, as the fleet stands now."""
+    document["updated"] = now()
     write_state(out, document)
     write_renderings(out, document)
-    return document
 
 
 def progress_line(record: dict[str, Any], document: dict[str, Any], running: int, done_here: int,

@@ -33,14 +33,16 @@ from amdet_audit.scan.verdict import Decision, decide
 Progress = Callable[[int, int, str], None]
 
 
+def corpus_features(adapter: Adapter, data: ScanPrompts, config: ScanConfig) -> CleanFeatures:
+    """An encoder's clean features on the scan's prompts, in the features ``config`` scores."""
+    return clean_features(adapter, data.ids, data.mask, data.window, config.pooled_weight,
+                          pooled_only=config.pooled_only)
+
+
 def build_encoders(suspect: Adapter, reference: Adapter | None, data: ScanPrompts, config: ScanConfig) -> Encoders:
     """Clean corpus features of suspect (and reference) in the shared window."""
-    s_clean = clean_features(suspect, data.ids, data.mask, data.window, config.pooled_weight,
-                             pooled_only=config.pooled_only)
-    r_clean = None
-    if reference is not None:
-        r_clean = clean_features(reference, data.ids, data.mask, data.window, config.pooled_weight,
-                               pooled_only=config.pooled_only)
+    s_clean = corpus_features(suspect, data, config)
+    r_clean = corpus_features(reference, data, config) if reference is not None else None
     return Encoders(suspect=suspect, suspect_clean=s_clean, reference=reference, reference_clean=r_clean)
 
 
@@ -104,8 +106,7 @@ def calibrate_reference(reference: Adapter, config: ScanConfig, prompts: Sequenc
     """
     data = data or prepare_prompts(reference, config, prompts)
     if clean is None:
-        clean = clean_features(reference, data.ids, data.mask, data.window, config.pooled_weight,
-                               pooled_only=config.pooled_only)
+        clean = corpus_features(reference, data, config)
     enc = Encoders(suspect=reference, suspect_clean=clean)
     inv = invert(enc, data.ids[data.train], config, families=("collapse",), progress=progress)
     best = inv.best("collapse")

@@ -323,16 +323,17 @@ def resolve_file(path: Path, *, input: str, config: Path | None = None, allow_pi
         from amdet_audit.sources.single_file import components, detect
 
         shapes = tensor_shapes(path, fmt)
-        if lora_format(list(shapes)) is not None and fmt == "pickle":
+        lora = lora_format(list(shapes))
+        if lora is not None and fmt == "pickle":
             raise UsageError(f"{input}: a LoRA stored as a pickle; convert it to safetensors to scan it")
-        if lora_format(list(shapes)) is not None:
+        if lora is not None:
             beside = [path.parent / PEFT_CONFIG] if os.path.lexists(path.parent / PEFT_CONFIG) else []
             for extra in beside:
                 safe_files.check_regular(extra, path.parent)  # a link out of the folder, a FIFO: refused
             records = [file_record(p, path.parent) for p in (path, *beside)]
             if resolve_base is None:
                 raise UsageError(f"{input}: a LoRA cannot be a base or a reference")
-            return resolve_lora(path, list(shapes), input=input, base=base, resolve_base=resolve_base,
+            return resolve_lora(path, list(shapes), lora, input=input, base=base, resolve_base=resolve_base,
                                 records=records)
         layout = detect(shapes)
         if layout is not None:

@@ -75,19 +75,18 @@ def lora_folder_file(root: Path) -> Path | None:
     return None
 
 
-def resolve_lora(path: Path, keys: list[str], *, input: str, base: str | None,
+def resolve_lora(path: Path, keys: list[str], fmt: Format, *, input: str, base: str | None,
                  resolve_base: Callable[[str], ResolvedTarget], records: list) -> ResolvedTarget:
-    """The LoRA file ``path`` (tensor names ``keys``) applied onto ``base``, resolved by ``resolve_base``.
+    """The LoRA file ``path`` (tensor names ``keys``, in format ``fmt``: :func:`lora_format`) applied onto
+    ``base``, resolved by ``resolve_base``.
 
     records: the FileRecords of the LoRA's own files (its weights, adapter_config.json).
     Raises UsageError when no base is given, when the LoRA patches an encoder the base lacks or one that
     cannot be scanned, or when it patches no text encoder.
     """
-    fmt = lora_format(keys)
-    assert fmt is not None, "resolve_lora is called on LoRA files only"
     if base is None:
-        raise MissingBaseError(f"{input}: {fmt.description}: pass --base REF (the model it was trained on) to scan it "
-                         "applied onto that model")
+        raise MissingBaseError(f"{input}: {fmt.description}: pass --base REF (the model it was trained on) to "
+                               "scan it applied onto that model")
     refused = sorted({p for k in keys for p in fmt.unsupported if k.startswith(p)})
     if refused:
         raise UsageError(f"{input}: {fmt.description} that also patches a T5 encoder ({', '.join(refused)}), which "
@@ -106,17 +105,17 @@ def resolve_lora(path: Path, keys: list[str], *, input: str, base: str | None,
     if not parts:
         raise UsageError(f"{input}: {fmt.description.replace('text-encoder ', '')} that patches no text encoder "
                          "(its UNet or transformer only): nothing here for amdet-audit to scan")
+    twice = sorted(p for p, name in parts.items() if list(parts.values()).count(name) > 1)
+    if twice:
+        raise UsageError(f"{input}: {fmt.description} whose parts {' and '.join(twice)} both patch "
+                         f"{parts[twice[0]]}; a file with one of them can be scanned")
     try:
         resolved_base = resolve_base(base)
     except MissingBaseError as err:
         raise UsageError(f"--base {base}: a LoRA; the base must be the model the LoRA was trained on") from err
     config = path.parent / PEFT_CONFIG if fmt is PEFT and os.path.lexists(path.parent / PEFT_CONFIG) else None
-    twice = sorted(p for p, name in parts.items() if list(parts.values()).count(name) > 1)
-    if twice:
-        raise UsageError(f"{input}: {fmt.description} whose parts {' and '.join(twice)} both patch "
-                         f"{parts[twice[0]]}; a file with one of them can be scanned")
-    components = [patched(component_for(resolved_base, name, len(parts), input, fmt),
-                          LoraPatch(path=path, format=fmt.name, prefix=prefix, config_path=config))
+    components = [replace(component_for(resolved_base, name, len(parts), input, fmt),
+                          patch=LoraPatch(path=path, format=fmt.name, prefix=prefix, config_path=config))
                   for prefix, name in sorted(parts.items(), key=lambda p: p[1])]
     notes = [f"{fmt.description}, scanned applied onto --base {base}"]
     if others:
@@ -135,10 +134,3 @@ def component_for(base: ResolvedTarget, name: str, parts: int, input: str, fmt: 
         return base.components[0]
     raise UsageError(f"{input}: {fmt.description} patching {name}, which the base {base.input} does not have "
                      f"(it has: {', '.join(names)})")
-
-
-def patched(component: Component, patch: LoraPatch) -> Component:
-    """``component`` with ``patch`` merged on load."""
-    if component.patch is not None:
-        raise UsageError(f"{component.name}: already patched by a LoRA")
-    return replace(component, patch=patch)

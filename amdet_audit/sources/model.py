@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ class ResolvedTarget:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready view, paths as strings."""
-        data = asdict(self)
+        data = asdict(replace(self, base=None))  # the base in its own view, not copied twice
         data["root"] = str(self.root)
         data["base"] = None if self.base is None else self.base.to_dict()
         for comp in data["components"]:
