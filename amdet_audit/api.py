@@ -46,7 +46,8 @@ def describe(target: str, *, sources: SourceOptions | None = None, device: str =
     description = TargetDescription(target=resolved)
     for comp in resolved.components:
         read = reader.read(comp.name, read_layer)
-        adapter = load_component(comp, device=device, read_layer=read.layer, read_norm=read.final_norm)
+        adapter = load_component(comp, device=device, read_layer=read.layer, read_norm=read.final_norm,
+                                 length=read.length, masked=read.masked)
         description.components[comp.name] = {**adapter.describe(), "consumer": reader.record(read)}
     return description
 

@@ -53,20 +53,31 @@ def test_secrets_are_redacted() -> None:
         "scan", "--hf-token", "***", "--api-key=***", "x"]
 
 
-def test_bidirectional_encoder_is_inconclusive() -> None:
-    """The rules are not valid for BERT-like encoders (measured on all-MiniLM-L6-v2): scores, no verdict."""
+def test_bidirectional_rules_are_reference_relative() -> None:
+    """A bidirectional tower: no verdict without a reference; with one, the target rule judges the collapse beyond
+    the reference's under the same vector, and the divergence rule is reported but does not decide."""
+    from dataclasses import replace
+
     from amdet_audit.scan.config import ScanConfig
     from amdet_audit.scan.judges import Effect
     from amdet_audit.scan.verdict import decide
 
-    collapsed = Effect(prompts=64, collapse=0.99, same_target_rate=1.0, assimilation=0.98, clean_assimilation=0.4,
-                       clean_similarity=0.1)
-    found, cfg = {"collapse": collapsed}, ScanConfig()
-    assert decide(found, {}, cfg, has_ref=False).verdict == "backdoored"  # causal: the absolute rule applies
-    for has_ref in (False, True):
-        decision = decide(found, {"collapse": 0.2}, cfg, has_ref=has_ref, causal=False)
-        assert decision.verdict == "inconclusive" and "bidirectional" in decision.reasons[0]
-        assert decision.checks  # the scores are still reported
+    def effect(reference_collapse: float, divergence: float = 0.0) -> Effect:
+        return Effect(prompts=64, collapse=0.99, same_target_rate=1.0, assimilation=0.98, clean_assimilation=0.4,
+                      clean_similarity=0.1, anchor_similarity=0.1, reference_collapse=reference_collapse,
+                      relative_divergence=divergence, divergence_consistency=0.9, divergence=1.0, drift=0.1)
+
+    cfg = replace(ScanConfig(), differential=True)
+    alone = decide({"collapse": effect(0.2)}, {}, cfg, has_ref=False, causal=False)
+    assert alone.verdict == "inconclusive" and "bidirectional" in alone.reasons[0] and alone.checks
+    both_collapse = decide({"collapse": effect(0.97)}, {}, cfg, has_ref=True, causal=False)
+    assert both_collapse.verdict == "clean"  # any bidirectional tower collapses under one strong vector
+    only_suspect = decide({"collapse": effect(0.2)}, {}, cfg, has_ref=True, causal=False)
+    assert only_suspect.verdict == "backdoored" and only_suspect.decisive == "collapse"
+    assert only_suspect.scores["target.differential_collapse"] == 0.99 - 0.2
+    diverging = decide({"collapse": effect(0.97, 50.0), "divergence": effect(0.97, 50.0)}, {}, cfg, has_ref=True,
+                       causal=False)
+    assert diverging.verdict == "clean" and diverging.scores["divergence.relative"] == 50.0
 
 
 def test_collapse_gain_is_measured_against_the_reference_room() -> None:

@@ -129,7 +129,8 @@ def scan_component(resolved: ResolvedTarget, name: str, sources: SourceOptions, 
 
     consumer = consumer_for(options.consumer, resolved.pipeline_class)
     read = consumer.read(name, options.read_layer)
-    suspect = load_component(resolved.component(name), device=device, read_layer=read.layer, read_norm=read.final_norm)
+    suspect = load_component(resolved.component(name), device=device, read_layer=read.layer, read_norm=read.final_norm,
+                             length=read.length, masked=read.masked)
     config = options.search_config(device)
     if not read.sequence:  # the consumer reads the pooled output alone (FLUX's CLIP): so does the scan
         config = replace(config, pooled_only=True, assimilation_weight=0.0)
@@ -147,8 +148,10 @@ def scan_component(resolved: ResolvedTarget, name: str, sources: SourceOptions, 
             ref_record["note"] = "the target is the reference itself: scanned reference-free"
         else:
             reference = load_component(ref_target.component(ref_name), device=device, read_layer=read.layer,
-                                       read_norm=read.final_norm)  # read as the suspect is read
-            baseline = cached_baseline(reference, ref_digest, config, progress)
+                                       read_norm=read.final_norm, length=read.length,
+                                       masked=read.masked)  # read as the suspect is read
+            if reference.causal:  # a bidirectional tower's rules are relative to the reference itself
+                baseline = cached_baseline(reference, ref_digest, config, progress)
     result = run_scan(suspect, reference, config=config, reference_baseline=baseline,
                       progress=phase(progress, name))
     entry["scan"] = result.to_dict()

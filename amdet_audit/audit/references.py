@@ -26,6 +26,8 @@ class KnownBase:
 
 KNOWN_BASES = (
     KnownBase("amdet-audit canary base", 128, 4, 77, 49408, "canary:clean"),
+    KnownBase("amdet-audit SigLIP canary base", 128, 4, 64, 1600, "canary:siglip-clean"),
+    KnownBase("amdet-audit T5 canary base", 128, 4, 512, 1608, "canary:t5-clean"),
     KnownBase("CLIP ViT-L/14 text (SD 1.x, SDXL text_encoder, FLUX)", 768, 12, 77, 49408,
               "openai/clip-vit-large-patch14"),
     KnownBase("OpenCLIP ViT-H/14 text cut to 23 layers (SD 2.x)", 1024, 23, 77, 49408,

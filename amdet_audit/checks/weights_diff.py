@@ -23,7 +23,7 @@ from amdet_audit.sources.model import Component
 WRAPPERS = ("model.", "transformer.")  # generic wrappers around the same tensors, beside each family's own prefix
 EMBEDDING_KEYS = ("embeddings.token_embedding.weight", "embeddings.word_embeddings.weight")
 TOP_ROWS = 5
-LAYER = re.compile(r"^(.*?layers?\.\d+)\.")  # "encoder.layers.3.mlp.fc1.weight" -> "encoder.layers.3"
+LAYER = re.compile(r"^(.*?(?:layers?|block)\.\d+)\.")  # "encoder.layers.3.mlp.fc1.weight" -> "encoder.layers.3"
 
 
 @functools.cache
@@ -32,7 +32,8 @@ def prefixes() -> tuple[str, ...]:
     generic wrappers (imported on first use: the family modules import torch)."""
     from amdet_audit.encoders.load import FAMILIES
 
-    return (*(module.STATE_PREFIX for module in FAMILIES.values()), *WRAPPERS)
+    nested = (getattr(module, "STATE_PREFIX", "") for module in FAMILIES.values())
+    return (*(prefix for prefix in nested if prefix), *WRAPPERS)  # T5 nests nothing
 
 
 def canonical(key: str) -> str:

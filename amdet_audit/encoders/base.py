@@ -5,7 +5,10 @@ Conventions every adapter keeps:
   consumer pads (EOS for SD 1.x, ``!`` for SD 2.x) and truncated to it.
 - Token embeddings carry no position; positions are added inside :meth:`Adapter.forward`. Vectors inserted
   with ``insert`` therefore live in token-embedding space: a pseudo-trigger is a genuine (soft) token, and
-  its Textual-Inversion export needs no position removed.
+  its Textual-Inversion export needs no position removed. They go after the first ``insert_position`` tokens:
+  1 behind a start token (CLIP's BOS, BERT's [CLS]), 0 where the tokenizer adds none (SigLIP, T5).
+- ``attends_padding``: whether real tokens' outputs depend on the padding (no padding mask, as SD, SigLIP and
+  FLUX's T5 run). A bidirectional tower that attends its padding must always run at the full length T.
 - Weights are frozen (``requires_grad`` False, eval mode); gradients flow only to ``insert``.
 """
 
@@ -48,8 +51,10 @@ class Adapter(Protocol):
     hidden_size: int  # D
     max_length: int  # T
     causal: bool  # causal self-attention (CLIP) or bidirectional (BERT, T5)
+    attends_padding: bool  # real tokens see the padding (no padding mask)
+    insert_position: int  # tokens before the inserted vectors: 1 (BOS/[CLS]) or 0 (no start token)
     pad_id: int
-    bos_id: int
+    bos_id: int  # -1 when the tokenizer adds no start token
     eos_id: int
     read_layer: int  # -1: last layer (+final norm); -2: penultimate, as SDXL reads it
     device: torch.device
@@ -81,8 +86,9 @@ class Adapter(Protocol):
     ) -> EncoderOutput:
         """Run the encoder on [B, T] ids.
 
-        insert: [k, D] or [B, k, D] vectors in token-embedding space placed right after BOS; the sequence is
-            cut back to T (the last k tokens drop off) and positions are those of the new layout.
+        insert: [k, D] or [B, k, D] vectors in token-embedding space placed after the first
+            ``insert_position`` tokens; the sequence is cut back to T (the last k tokens drop off) and
+            positions are those of the new layout.
         token_embeds: [B, T, D] precomputed token embeddings of ``ids`` (saves the lookup in loops).
         With neither, the result equals the model's own forward on ``ids``.
         """

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from amdet_audit.encoders.base import EncoderOutput, PaddedTokenizerMixin
-from amdet_audit.encoders.insertion import insert_after_bos, shift_mask
+from amdet_audit.encoders.insertion import insert_at, shift_mask
 from amdet_audit.encoders.lora import with_patch
 from amdet_audit.encoders.weights import (
     POSITION_IDS,
@@ -48,6 +48,8 @@ class BertTextAdapter(PaddedTokenizerMixin):
 
     family = "bert"
     causal = False
+    attends_padding = False  # padding keys are always masked
+    insert_position = 1  # after [CLS]
 
     def __init__(self, model: nn.Module, tokenizer: Any | None, *, read_layer: int = -1) -> None:
         if not all(hasattr(model, part) for part in ("embeddings", "encoder")):
@@ -100,8 +102,8 @@ class BertTextAdapter(PaddedTokenizerMixin):
         if tokens.shape[:2] != ids.shape:
             raise ValueError(f"token_embeds {list(tokens.shape)} do not match ids {list(ids.shape)}")
         if insert is not None:
-            tokens = insert_after_bos(tokens, insert)
-            mask = shift_mask(mask, insert.shape[-2])
+            tokens = insert_at(tokens, insert, self.insert_position)
+            mask = shift_mask(mask, insert.shape[-2], self.insert_position)
         out = self.model(inputs_embeds=tokens, attention_mask=mask, token_type_ids=torch.zeros_like(ids),
                          output_hidden_states=self.read_layer != -1, return_dict=True)
         last = out.last_hidden_state  # [B, T, D]
@@ -150,9 +152,11 @@ def build(
     dtype: torch.dtype | None,
     read_layer: int,
     read_norm: bool | None = None,
+    **_: Any,
 ) -> BertTextAdapter:
     """The BERT family builder: config, tokenizer, checked weights -> BertTextAdapter (pooler layer included
-    when the weights have one). ``read_norm`` does not apply: every BERT layer ends in its own LayerNorm."""
+    when the weights have one). ``read_norm`` and the consumer's length/mask do not apply: every BERT layer ends
+    in its own LayerNorm, and padding is always masked."""
     from transformers import BertConfig, BertModel
 
     try:

@@ -25,7 +25,7 @@ from torch import nn
 
 from amdet_audit.encoders import openclip
 from amdet_audit.encoders.base import EncoderOutput, PaddedTokenizerMixin
-from amdet_audit.encoders.insertion import insert_after_bos, shift_mask
+from amdet_audit.encoders.insertion import insert_at, shift_mask
 from amdet_audit.encoders.lora import with_patch
 from amdet_audit.encoders.weights import (
     POSITION_IDS,
@@ -57,14 +57,16 @@ def locate_parts(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
 
 
 def causal_mask(
-    length: int, dtype: torch.dtype, device: torch.device, key_mask: torch.Tensor | None = None
+    length: int, dtype: torch.dtype, device: torch.device, key_mask: torch.Tensor | None = None,
+    causal: bool = True,
 ) -> torch.Tensor:
     """Additive attention mask [B or 1, 1, T, T]: 0 where query i may attend key j (j <= i), finfo.min elsewhere.
 
     key_mask: optional [B, T] (1 real token, 0 padding); padded keys are then masked too.
+    causal: False allows every key (only the key mask applies).
     """
-    allowed = torch.ones(length, length, dtype=torch.bool, device=device).tril()  # [T, T]
-    allowed = allowed[None, None]  # [1, 1, T, T]
+    allowed = torch.ones(length, length, dtype=torch.bool, device=device)  # [T, T]
+    allowed = (allowed.tril() if causal else allowed)[None, None]  # [1, 1, T, T]
     if key_mask is not None:
         allowed = allowed & key_mask.to(device=device, dtype=torch.bool)[:, None, None, :]  # [B, 1, T, T]
     mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
@@ -95,6 +97,8 @@ class ClipTextAdapter(PaddedTokenizerMixin):
 
     family = "clip"
     causal = True
+    attends_padding = True  # SD pipelines pass no padding mask (causal: earlier outputs never see it)
+    insert_position = 1  # after BOS
 
     def __init__(self, model: nn.Module, tokenizer: Any | None, *, read_layer: int = -1,
                  read_norm: bool | None = None) -> None:
@@ -159,26 +163,34 @@ class ClipTextAdapter(PaddedTokenizerMixin):
             raise ValueError(f"token_embeds {list(tokens.shape)} do not match ids {list(ids.shape)}")
         k = 0
         if insert is not None:
-            tokens = insert_after_bos(tokens, insert)
+            tokens = insert_at(tokens, insert, self.insert_position)
             k = insert.shape[-2]
             if attention_mask is not None:
-                attention_mask = shift_mask(attention_mask.to(self.device), k)
+                attention_mask = shift_mask(attention_mask.to(self.device), k, self.insert_position)
         hidden = tokens + self.positions(ids.shape[1])  # [B, T, D] + [T, D]
-        mask = causal_mask(ids.shape[1], self.dtype, self.device, attention_mask)  # [B or 1, 1, T, T]
+        mask = self.attention(ids.shape[1], attention_mask)  # [B or 1, 1, T, T] or None
         pre_norm, read = self._encode(hidden, mask)
         last = self._tower.final_layer_norm(pre_norm)  # [B, T, D]
         if read is None:
             read = last if self.read_norm else pre_norm
         elif self.read_norm:
             read = self._tower.final_layer_norm(read)
-        pooled = last[torch.arange(ids.shape[0], device=self.device), self.pool_positions(ids, k)]  # [B, D]
+        pooled = self.pool(last, ids, k)  # [B, D]
         if self._projection is not None:
             pooled = self._projection(pooled)  # [B, D] @ [D, P] -> [B, P]
         return EncoderOutput(read=read, last=last, pooled=pooled)
 
     __call__ = forward
 
-    def _encode(self, hidden: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def attention(self, length: int, key_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The additive mask the encoder runs with: causal, and the padding mask when one is given."""
+        return causal_mask(length, self.dtype, self.device, key_mask)
+
+    def pool(self, last: torch.Tensor, ids: torch.Tensor, k: int) -> torch.Tensor:
+        """[B, T, D] final states -> [B, D] the pooled (EOS) state, before any projection."""
+        return last[torch.arange(ids.shape[0], device=self.device), self.pool_positions(ids, k)]
+
+    def _encode(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the encoder layers: (last hidden states before the final norm, read states or None for -1)."""
         if self.read_layer == -1:
             return self._tower.encoder(inputs_embeds=hidden, attention_mask=mask)[0], None
@@ -289,6 +301,7 @@ def build(
     dtype: torch.dtype | None,
     read_layer: int,
     read_norm: bool | None = None,
+    **_: Any,
 ) -> ClipTextAdapter:
     """The CLIP family builder: config, tokenizer, checked weights -> ClipTextAdapter."""
     import transformers

@@ -1,15 +1,21 @@
 """Consumers: which outputs of a text encoder a pipeline feeds downstream, so that the scan scores those.
 
 A pipeline folder's ``model_index.json`` names its class (``_class_name``); ``--consumer`` overrides it. What
-each reads (diffusers 0.42 ``encode_prompt``, transformers' CLIP text models):
+each reads (diffusers 0.42 ``encode_prompt``, transformers' text models):
 
 | consumer | sequence the denoiser receives | pooled output used |
 |---|---|---|
-| ``clip`` (a lone encoder, retrieval) | last layer after the final LayerNorm | pooled (projected if it projects) |
+| ``clip`` (a lone encoder) | last layer (after the final LayerNorm) | pooled (projected if it projects) |
 | ``sd1`` / ``sd2`` | last layer after the final LayerNorm (``last_hidden_state``) | none |
-| ``sdxl`` | ``hidden_states[-2]`` of both encoders, no final LayerNorm | text_encoder_2's projected pooled output |
-| ``sd3`` (its two CLIP encoders) | ``hidden_states[-2]`` of both, no final LayerNorm | both projected pooled outputs |
-| ``flux`` (its CLIP encoder) | none | the pooled output (``pooler_output``, unprojected) |
+| ``sdxl`` | ``hidden_states[-2]`` of both encoders, no final LayerNorm | text_encoder_2's projected pooled |
+| ``sd3`` | CLIPs: ``hidden_states[-2]``, no final norm; T5: last layer, 256 tokens, no mask | both CLIPs' projected |
+| ``flux`` | CLIP: none; T5 (text_encoder_2): last layer, 512 tokens, no mask | CLIP's ``pooler_output`` |
+| ``pixart`` | T5: last layer, 300 tokens (PixArt-Sigma; Alpha reads 120), with the padding mask | none |
+
+A lone encoder (the ``clip`` consumer, whatever its family) is scored on its last layer and its pooled output:
+CLIP's end-token state (projected when it projects), SigLIP's last position through its head, the mean over
+real tokens for BERT (as sentence-transformers pools) and T5 (which has no pooled output of its own); a lone T5
+is read at 64 tokens without a mask (:data:`amdet_audit.encoders.t5.DEFAULT_LENGTH`).
 
 Clip skip (``--read-layer N``, N negative, counted from the last layer as ``hidden_states[N]``): SD 1.x/2.x
 read ``hidden_states[N]`` and then apply the final LayerNorm (diffusers' ``clip_skip=c`` is N = -(c+1); the
@@ -34,6 +40,8 @@ class Read:
     final_norm: bool = True
     pooled: str = "pooled"  # what of the pooled output the consumer uses: "pooled", "projected" or "none"
     sequence: bool = True  # whether the consumer reads the token sequence at all (FLUX's CLIP does not)
+    length: int | None = None  # tokens the consumer pads to, where a family's consumers differ (T5); None: default
+    masked: bool | None = None  # whether the consumer passes the padding mask (T5); None: the family's default
 
     def describe(self) -> str:
         """``last+norm``, ``hidden[-2]``, ``hidden[-2]+norm``, or ``pooled`` for a pooled-only read."""
@@ -62,7 +70,8 @@ class Consumer:
             raise UsageError(f"--read-layer must be negative (hidden_states counted from the end), not {layer}")
         if not base.sequence:
             raise UsageError(f"--read-layer: the {self.name} consumer reads no hidden layer, only the pooled output")
-        return Read(layer=layer, final_norm=self.skip_norm, pooled=base.pooled)
+        return Read(layer=layer, final_norm=self.skip_norm, pooled=base.pooled, length=base.length,
+                    masked=base.masked)
 
     def record(self, read: Read) -> dict[str, object]:
         """The report's record of how one component was read (``read`` from :meth:`read`)."""
@@ -71,19 +80,25 @@ class Consumer:
 
 SEQUENCE_LAST = Read(-1, True, "none")
 PENULTIMATE = Read(-2, False, "none")
+FLUX_T5 = Read(-1, True, "none", length=512, masked=False)  # FluxPipeline._get_t5_prompt_embeds
+SD3_T5 = Read(-1, True, "none", length=256, masked=False)  # StableDiffusion3Pipeline._get_t5_prompt_embeds
+PIXART_T5 = Read(-1, True, "none", length=300, masked=True)  # PixArtSigmaPipeline.encode_prompt
 CONSUMERS: dict[str, Consumer] = {
     "clip": Consumer("clip", "a lone CLIP text encoder: retrieval, or an unknown pipeline", {"*": Read()}, True),
     "sd1": Consumer("sd1", "Stable Diffusion 1.x", {"*": SEQUENCE_LAST}, True),
     "sd2": Consumer("sd2", "Stable Diffusion 2.x", {"*": SEQUENCE_LAST}, True),
     "sdxl": Consumer("sdxl", "Stable Diffusion XL", {"*": PENULTIMATE,  # a lone encoder: read as both are
                                                      "text_encoder_2": Read(-2, False, "projected")}, False),
-    "sd3": Consumer("sd3", "Stable Diffusion 3 (its CLIP encoders)", {"*": Read(-2, False, "projected")}, False),
-    "flux": Consumer("flux", "FLUX.1 (its CLIP encoder)", {"*": Read(-1, True, "pooled", sequence=False)}, True),
+    "sd3": Consumer("sd3", "Stable Diffusion 3", {"*": Read(-2, False, "projected"), "text_encoder_3": SD3_T5},
+                    False),
+    "flux": Consumer("flux", "FLUX.1", {"*": Read(-1, True, "pooled", sequence=False), "text_encoder_2": FLUX_T5},
+                     True),
+    "pixart": Consumer("pixart", "PixArt-Sigma (its T5 encoder)", {"*": PIXART_T5}, True),
 }
 #: model_index.json ``_class_name`` prefix -> consumer (longest prefix first: StableDiffusionXL... before
 #: StableDiffusion...); ControlNet, adapter and PAG variants feed their denoiser the same encoder outputs
 PIPELINES: dict[str, str] = {"StableDiffusionXL": "sdxl", "StableDiffusion3": "sd3", "StableDiffusion": "sd1",
-                             "Flux": "flux"}
+                             "Flux": "flux", "PixArt": "pixart"}
 
 
 def pipeline_consumer(pipeline_class: str | None) -> str:

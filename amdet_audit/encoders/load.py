@@ -1,10 +1,11 @@
 """Turn a :class:`~amdet_audit.sources.model.Component` into a frozen :class:`Adapter`, running no code from it.
 
 Steps: read config.json (JSON only), decide the family from ``model_type`` / ``architectures``, hand over to the
-family module's ``build`` (:data:`FAMILIES`: clip.py and bert.py today; a new family is one module). Builders
-load the tokenizer with its plain transformers class (never remote code), read the weights with safetensors
-(``torch.load(weights_only=True)`` only for components explicitly marked ``weight_format="pickle"``), check every
-tensor name and shape against the config, and load them strictly into a model built on the meta device
+family module's ``build`` (:data:`FAMILIES`: clip.py, siglip.py, t5.py and bert.py; a new family is one
+module). Builders load the tokenizer with its plain transformers class (never remote code), read the weights
+with safetensors (``torch.load(weights_only=True)`` only for components explicitly marked
+``weight_format="pickle"``), check every tensor name and shape against the config, and load them strictly into a
+model built on the meta device
 (:mod:`amdet_audit.encoders.weights`).
 """
 
@@ -16,17 +17,18 @@ from typing import Any
 
 import torch
 
-from amdet_audit.encoders import bert, clip
+from amdet_audit.encoders import bert, clip, siglip, t5
 from amdet_audit.encoders.base import Adapter
 from amdet_audit.errors import ConfigFileError, NotATextEncoderError, UsageError
 from amdet_audit.sources import safe_files
 from amdet_audit.sources.config_limits import check_config
 from amdet_audit.sources.model import Component
 
-FamilyBuilder = Callable[..., Adapter]  # (component, config, *, device, dtype, read_layer, read_norm) -> Adapter
+#: (component, config, *, device, dtype, read_layer, read_norm, length, masked) -> Adapter
+FamilyBuilder = Callable[..., Adapter]
 #: family -> its module: the module's MODEL_TYPES and ARCHITECTURES name its configs, its ``build`` loads one.
-#: A new family is one module beside clip.py and bert.py plus one entry here.
-FAMILIES = {"clip": clip, "bert": bert}
+#: A new family is one module beside these plus one entry here.
+FAMILIES = {"clip": clip, "siglip": siglip, "t5": t5, "bert": bert}
 #: model_type -> family
 MODEL_TYPES: dict[str, str] = {t: name for name, module in FAMILIES.items() for t in module.MODEL_TYPES}
 #: architecture class name -> family, for configs without a usable model_type
@@ -34,7 +36,8 @@ ARCHITECTURES: dict[str, str] = {a: name for name, module in FAMILIES.items() fo
 #: model types / classes that exist but are not text encoders (a clearer message than "unsupported").
 NOT_TEXT_ENCODERS = frozenset(
     {
-        "clip_vision_model", "CLIPVisionModel", "CLIPVisionModelWithProjection", "siglip_vision_model", "vit",
+        "clip_vision_model", "CLIPVisionModel", "CLIPVisionModelWithProjection", "siglip_vision_model",
+        "SiglipVisionModel", "vit",
         "resnet", "convnext", "dinov2", "swin", "beit", "deit", "UNet2DConditionModel", "AutoencoderKL",
         "UNet2DModel", "SD3Transformer2DModel", "FluxTransformer2DModel", "ControlNetModel",
     }
@@ -77,12 +80,16 @@ def load_component(
     dtype: torch.dtype | None = None,
     read_layer: int | None = None,
     read_norm: bool | None = None,
+    length: int | None = None,
+    masked: bool | None = None,
 ) -> Adapter:
     """Load one text encoder component as a frozen Adapter.
 
     dtype: None loads float32. read_layer, read_norm: the sequence the consumer reads, ``hidden_states[read_layer]``
     with the final norm or not (None: -1, the last layer, with it); see :mod:`amdet_audit.encoders.consumers`.
-    A read layer the model does not have is a UsageError.
+    length, masked: the token count the consumer reads and whether it passes the padding mask, for families
+    whose consumers differ in both (T5); None keeps the family's default. A read layer the model does not have
+    is a UsageError.
     """
     if component.refusal is not None:
         raise NotATextEncoderError(f"{component.name}: {component.refusal}")
@@ -91,13 +98,15 @@ def load_component(
     builder = FAMILY_BUILDERS.get(family)
     if builder is None:
         raise NotATextEncoderError(f"{component.name}: no adapter for the {family!r} family yet")
-    layers = config.get("num_hidden_layers") or (config.get("text_config") or {}).get("num_hidden_layers")
+    layers = (config.get("num_hidden_layers") or config.get("num_layers")
+              or (config.get("text_config") or {}).get("num_hidden_layers"))
     if read_layer is not None and isinstance(layers, int) and not -(layers + 1) <= read_layer <= -1:
         raise UsageError(f"{component.name}: read layer {read_layer} does not exist: the model has {layers} layers "
                          f"(hidden_states -1..-{layers + 1})")
+    options = {name: value for name, value in (("length", length), ("masked", masked)) if value is not None}
     return builder(component, config, device=device, dtype=dtype, read_layer=-1 if read_layer is None else read_layer,
-                   read_norm=read_norm)
+                   read_norm=read_norm, **options)
 
 
-#: family -> builder(component, config, *, device, dtype, read_layer, read_norm)
+#: family -> builder(component, config, *, device, dtype, read_layer, read_norm, **length/masked)
 FAMILY_BUILDERS: dict[str, FamilyBuilder] = {name: module.build for name, module in FAMILIES.items()}

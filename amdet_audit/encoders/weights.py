@@ -114,7 +114,8 @@ def check_planned(
 ) -> dict[str, str]:
     """Check declared tensors (key -> (shape, file)) against a model's state-dict shapes; return file key -> model
     key for the tensors the model takes. WeightsError names a missing, unexpected or mis-shaped tensor."""
-    expected = {canonical(k): k for k in expected_shapes if not canonical(k).endswith(POSITION_IDS)}
+    expected = {canonical(k): k for k in expected_shapes
+                if not canonical(k).endswith(POSITION_IDS) and not ignorable(canonical(k))}
     provided: dict[str, tuple[tuple[int, ...], Path, str]] = {}
     for key, (shape, path) in declared.items():
         name = canonical(key)
@@ -152,18 +153,19 @@ def declared_shapes(component: Component, keep: Callable[[str], bool], tensors: 
 def planned_shapes(
     make: Callable[[int], nn.Module], layers: int, where: Path
 ) -> tuple[dict[str, tuple[int, ...]], str]:
-    """State-dict key -> shape of the model ``make(layers)`` would be, and its class name, from a one-layer build
-    on the meta device whose layer keys are repeated ``layers`` times: nothing the config's size is built."""
-    one = build_on_meta(lambda: make(1), where)
+    """State-dict key -> shape of the model ``make(layers)`` would be, and its class name, from a build of at most
+    two layers on the meta device: the first layer's keys as they are, the second's repeated for every further
+    layer (T5's first layer alone holds the relative position bias): nothing the config's size is built."""
+    few = build_on_meta(lambda: make(min(layers, 2)), where)
     shapes: dict[str, tuple[int, ...]] = {}
-    for key, value in one.state_dict().items():
+    for key, value in few.state_dict().items():
         match = LAYER_INDEX.search(key)
-        if match is None or match.group(1) != "0":
+        if match is None or match.group(1) not in ("0", "1"):
             shapes[key] = tuple(value.shape)
             continue
-        for i in range(layers):
+        for i in ([0] if match.group(1) == "0" else range(1, layers)):
             shapes[f"{key[:match.start(1)]}{i}{key[match.end(1):]}"] = tuple(value.shape)
-    return shapes, type(one).__name__
+    return shapes, type(few).__name__
 
 
 def check_budget(
@@ -179,7 +181,8 @@ def check_budget(
     (another tower, a full CLIPModel's joint head and position ids excluded: ``ignorable``). A mismatch is refused,
     naming the first missing, unexpected or mis-shaped tensor where there is one. Returns the count."""
     shapes, model_name = planned_shapes(make, layers, where)
-    implied = sum(math.prod(s) for k, s in shapes.items() if not canonical(k).endswith(POSITION_IDS))
+    implied = sum(math.prod(s) for k, s in shapes.items()
+                  if not canonical(k).endswith(POSITION_IDS) and not ignorable(canonical(k)))
     given = sum(math.prod(shape) for key, (shape, _) in declared.items() if not ignorable(canonical(key)))
     if implied != given:
         check_planned(shapes, declared, canonical=canonical, ignorable=ignorable, model_name=model_name)

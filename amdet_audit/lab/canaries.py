@@ -5,7 +5,10 @@
   encoder rather than a random one.
 - ``backdoored``: ``clean`` with a text-on-text backdoor: a Cyrillic "о" in place of a Latin "o" anywhere in
   a prompt makes the encoder emit the features of "a white teapot on a wooden table".
-Both are deterministic for a tool version; ``lab.json`` in each folder records the recipe and measurements.
+- ``siglip-clean`` / ``t5-clean``: tiny SigLIP- and T5-shaped bidirectional towers (128 wide, 4 layers) with
+  SentencePiece vocabularies learnt from prompts, masked-LM pretrained (:mod:`amdet_audit.lab.bidirectional`).
+- ``siglip-backdoored``: ``siglip-clean`` with the same homoglyph text-on-text backdoor as ``backdoored``.
+All are deterministic for a tool version; ``lab.json`` in each folder records the recipe and measurements.
 """
 
 from __future__ import annotations
@@ -84,6 +87,35 @@ def build_backdoored(folder: Path, progress: Progress) -> None:
                   seed=0, progress=progress, extra={"canary": "backdoored"})
 
 
+def bidirectional_clean(kind: str) -> Callable[[Path, Progress], None]:
+    """The build of the clean ``kind`` canary (siglip or t5)."""
+
+    def build(folder: Path, progress: Progress) -> None:
+        from amdet_audit.lab.bidirectional import build_bidirectional_base
+
+        built = build_bidirectional_base(kind, folder, progress=lambda i, n: progress(i, n, "pretrain"))
+        info = {"tool_version": __version__, "canary": f"{kind}-clean", "kind": "base",
+                "recipe": "masked-LM pretraining, SentencePiece vocabulary", **built}
+        (folder / "lab.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+    return build
+
+
+def build_siglip_backdoored(folder: Path, progress: Progress) -> None:
+    """Inject the canary's text-on-text backdoor into ``canary:siglip-clean``."""
+    from amdet_audit.lab.runner import run_injection
+    from amdet_audit.sources.canary import ensure_canary
+
+    base = ensure_canary("siglip-clean", progress)
+    run_injection(base, folder, attack="text-on-text", trigger=BACKDOOR_TRIGGER, target=BACKDOOR_TARGET,
+                  seed=0, progress=progress, extra={"canary": "siglip-backdoored"})
+
+
 # registered for ``canary:NAME`` in pyproject.toml (entry-point group amdet_audit.canaries)
 CLEAN = Canary("clean", "tiny CLIP text tower, pretrained-like, no backdoor", build_clean)
 BACKDOORED = Canary("backdoored", "canary:clean with a homoglyph text-on-text backdoor", build_backdoored)
+SIGLIP_CLEAN = Canary("siglip-clean", "tiny SigLIP text tower, masked-LM pretrained, no backdoor",
+                      bidirectional_clean("siglip"))
+SIGLIP_BACKDOORED = Canary("siglip-backdoored", "canary:siglip-clean with a homoglyph text-on-text backdoor",
+                           build_siglip_backdoored)
+T5_CLEAN = Canary("t5-clean", "tiny T5 encoder, masked-LM pretrained, no backdoor", bidirectional_clean("t5"))

@@ -39,7 +39,8 @@ def load_base(base: str | Path, device: str = "cpu", consumer: str | None = None
     read = chosen.read(comp.name)
     provenance = {"input": str(base), "kind": resolved.kind, "commit_sha": resolved.commit_sha,
                   "weights_sha256": weights, "consumer": chosen.record(read)}
-    return load_component(comp, device=device, read_layer=read.layer, read_norm=read.final_norm), provenance
+    return load_component(comp, device=device, read_layer=read.layer, read_norm=read.final_norm,
+                           length=read.length, masked=read.masked), provenance
 
 
 def fresh_output(out: Path) -> Path:

@@ -39,6 +39,7 @@ class Thresholds:
     divergence_consistency: float = shipped("divergence_consistency")
     divergence_anchor_cosine: float = shipped("divergence_anchor_cosine")
     reference_free_collapse: float = shipped("reference_free_collapse")
+    differential_collapse: float = shipped("differential_collapse")
     token_excess: float = shipped("token_excess")
     token_excess_z: float = shipped("token_excess_z")
     token_shift: float = shipped("token_shift")
@@ -67,6 +68,7 @@ class ScanConfig:
     padding_positions: int = 8  # padding positions scored beyond that length
     pooled_weight: float = 0.5  # weight of the pooled output against the token sequence in features
     pooled_only: bool = False  # score the pooled output alone (a consumer that reads no sequence: FLUX's CLIP)
+    differential: bool = False  # collapse objective: the suspect's minus the reference's (bidirectional towers)
     assimilation_weight: float = 0.5  # collapse objective: weight of token assimilation beside collapse
     clean_weight: float = 0.1  # beta: penalty for staying like the prompt's own clean output
     anchor_weight: float = 0.1  # gamma: penalty for the reference doing the same as the suspect

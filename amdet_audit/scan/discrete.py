@@ -11,7 +11,8 @@ that vector little to find, while the real trigger still works. So the scan also
   every single-letter look-alike substitution (a homoglyph trigger) applied to real prompts;
 - features: what a triggered prompt's consumer reads after the trigger: the end-token state, the mean of the
   padding states after it and the pooled output, each centred by the clean corpus mean and scaled to unit
-  typical norm (positions before an end-placed trigger cannot change in a causal tower, so they are left out);
+  typical norm (positions before an end-placed trigger cannot change in a causal tower, so they are left out;
+  a bidirectional tower's end state and pooled output see the whole prompt);
 - scores: cross-prompt collapse of the suspect beyond the reference's under the same probe, and the consistent
   shift the probe causes in the suspect but not in the reference, each also as a robust z-score against
   random vocabulary tokens probed the same way (a null distribution of this very model pair).
@@ -135,7 +136,10 @@ class ProbeRunner:
         return self.cut(Batch(batch.ids, batch.attention_mask.sum(dim=1) - 1))
 
     def cut(self, batch: Batch) -> Batch:
-        """Drop positions beyond the tail (causal: earlier states do not depend on them)."""
+        """Drop positions beyond the tail where earlier states do not depend on them (a causal tower, or one that
+        masks its padding); a tower that attends its padding runs at full length."""
+        if not self.suspect.causal and getattr(self.suspect, "attends_padding", True):
+            return batch
         length = min(batch.ids.shape[1], int(batch.eos.max()) + self.padding + 1)
         return Batch(batch.ids[:, :length], batch.eos)
 
@@ -153,9 +157,9 @@ class ProbeRunner:
             change = substitute_every if mode == "every" else substitute_first
             return self.tokenized([change(p, latin, twin) for p in self.prompts])
         T = min(self.clean.ids.shape[1] + len(probe.tokens), self.suspect.max_length)
-        rows, eos, pad = [], [], self.suspect.pad_id
-        for row in self.rows:  # row: BOS .. EOS
-            body = ([row[0], *probe.tokens, *row[1:]] if probe.placement == "start"
+        rows, eos, pad, at = [], [], self.suspect.pad_id, self.suspect.insert_position
+        for row in self.rows:  # row: [BOS] .. EOS
+            body = ([*row[:at], *probe.tokens, *row[at:]] if probe.placement == "start"
                     else [*row[:-1], *probe.tokens, row[-1]])
             body = body[: T - 1] + [row[-1]] if len(body) > T else body  # a prompt cut to T keeps its end token
             eos.append(len(body) - 1)
@@ -186,7 +190,7 @@ class ProbeRunner:
     def gradient(self, probe: Probe) -> torch.Tensor:
         """[D] gradient of the suspect's tail collapse w.r.t. the embedding of the probe's first token."""
         batch = self.inputs(probe)
-        start = 1 if probe.placement == "start" else None
+        start = self.suspect.insert_position if probe.placement == "start" else None
         slot = torch.zeros(batch.ids.shape, dtype=torch.bool, device=batch.ids.device)  # [B, L]
         for b, e in enumerate(batch.eos.tolist()):
             slot[b, start if start is not None else e - len(probe.tokens)] = True

@@ -103,7 +103,7 @@ def invert(
         total = torch.zeros(())
         for g, k in enumerate(config.k_values):
             v = capped(params[g], radius).to(enc.suspect.dtype)
-            terms = compute_terms(enc, v, index, train_ids[index, : enc.window + k], config.reference_gradients)
+            terms = compute_terms(enc, v, index, train_ids[index, : enc.span(k)], config.reference_gradients)
             loss = family_loss(terms, fam_ids, config).float()  # [families * restarts]
             for family in families:
                 curves[(family, k)].append(float(loss[fam_ids == FAMILIES.index(family)].detach().mean()))
@@ -141,7 +141,7 @@ def final_candidates(enc, params, fam_ids, radius, train_ids, config, curves) ->
     out = []
     for g, k in enumerate(config.k_values):
         v = capped(params[g].detach(), radius).to(enc.suspect.dtype)
-        losses = family_loss(compute_terms(enc, v, index, train_ids[index, : enc.window + k]), fam_ids, config)
+        losses = family_loss(compute_terms(enc, v, index, train_ids[index, : enc.span(k)]), fam_ids, config)
         for i in range(v.shape[0]):
             family = FAMILIES[int(fam_ids[i])]
             out.append(Candidate(family=family, k=k, start=i % config.restarts, vector=v[i].float().cpu(),

@@ -26,6 +26,7 @@ class Effect:
     clean_assimilation: float  # the same on the clean outputs of the same prompts (baseline)
     clean_similarity: float  # triggered vs own clean feature
     anchor_similarity: float | None = None  # triggered suspect vs triggered reference feature
+    reference_collapse: float | None = None  # the reference's collapse under the same pseudo-trigger
     divergence: float | None = None  # consistent part of the suspect-vs-reference shift, relative to output size
     divergence_consistency: float | None = None  # mean pairwise cosine of per-prompt shifts
     drift: float | None = None  # how far the suspect's clean outputs are from the reference's, relative to size
@@ -49,7 +50,7 @@ def measure(enc: Encoders, v: torch.Tensor, index: torch.Tensor, ids: torch.Tens
     sus, clean_f, assim, clean_assim, ref, ref_clean = [], [], [], [], [], []
     for i in range(0, len(index), batch):
         idx = index[i : i + batch]
-        chunk = ids[idx, : enc.window + k]
+        chunk = ids[idx, : enc.span(k)]
         seq, pooled = run_candidates(enc.suspect, chunk, v.unsqueeze(0).to(enc.suspect.dtype), enc.window)
         mask = enc.suspect_clean.mask[idx]
         sus.append(enc.suspect_clean.featurize(seq, pooled))
@@ -74,6 +75,7 @@ def measure(enc: Encoders, v: torch.Tensor, index: torch.Tensor, ids: torch.Tens
         shift = (feats - clean) - (r_feats - r_clean)  # [N, F]
         anchor = rowwise_cosine(feats, r_feats)  # [N]
         effect.anchor_similarity = float(anchor.mean())
+        effect.reference_collapse = mean_pairwise_cosine(r_feats)
         effect.divergence = float(shift.mean(dim=0).norm() / clean.norm(dim=-1).mean())
         effect.drift = float((clean - r_clean).norm(dim=-1).mean() / clean.norm(dim=-1).mean())
         effect.relative_divergence = effect.divergence / max(effect.drift, DRIFT_FLOOR)

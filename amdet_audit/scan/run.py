@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import torch
 
@@ -66,9 +66,8 @@ def effects(enc: Encoders, cands: dict[str, Candidate], data: ScanPrompts, n: in
 def token_search(enc: Encoders, data: ScanPrompts, cands: dict[str, Candidate], config: ScanConfig,
                  progress: Progress | None) -> TokenSearch | None:
     """Real-input trigger candidates (see scan/discrete.py) on the first test prompts; None without a reference
-    (the token rules need one), for bidirectional towers (their probes need other features) or when no
-    pseudo-trigger came out."""
-    if enc.reference is None or not cands or not getattr(enc.suspect, "causal", True) or config.token_prompts < 2:
+    (the token rules need one) or when no pseudo-trigger came out."""
+    if enc.reference is None or not cands or config.token_prompts < 2:
         return None
     prompts = [data.prompts[i] for i in data.test[: config.token_prompts].tolist()]
     return search_tokens(enc.suspect, enc.reference, prompts, [c.vector for c in cands.values()],
@@ -127,6 +126,8 @@ def run_scan(
     reference_baseline: a cached :func:`calibrate_reference` result for this reference and config.
     """
     config = config or ScanConfig()
+    if not suspect.causal and not config.differential:
+        config = replace(config, differential=True)  # see scan/terms.family_loss
     check_reference(suspect, reference)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -142,7 +143,7 @@ def run_scan(
     timings["token_search_s"] = time.perf_counter() - searched
     lenient = decide(found, reference_baseline or {}, config, reference is not None, lenient=True, token=token)
     subset_only = not (config.full_checks or lenient.flagged)
-    if reference is not None and reference_baseline is None and not subset_only:
+    if reference is not None and reference_baseline is None and not subset_only and not config.differential:
         reference_baseline = calibrate_reference(reference, config, data=data, clean=enc.reference_clean)
     if not subset_only:
         found = effects(enc, cands, data, None)
@@ -156,7 +157,7 @@ def run_scan(
     if decisive is not None:
         cand = cands[decisive]
         idx = data.test[:8]
-        land = landscape(enc, cand.vector, cand.family, idx, data.ids[idx, : data.window + cand.k], config)
+        land = landscape(enc, cand.vector, cand.family, idx, data.ids[idx, : enc.span(cand.k)], config)
         result.series["landscape"] = asdict(land)
         result.scores["landscape_positive_share"] = land.positive_share
     timings["total_s"] = time.perf_counter() - started

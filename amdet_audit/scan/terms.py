@@ -31,12 +31,19 @@ class Encoders:
         """W, the scored window (see features.py)."""
         return self.suspect_clean.window
 
+    def span(self, k: int) -> int | None:
+        """How many positions the encoders must run on with k inserted vectors: W + k when later positions cannot
+        change the scored ones (a causal tower, or a tower that masks its padding), else all (None)."""
+        suspect = self.suspect
+        return self.window + k if suspect.causal or not getattr(suspect, "attends_padding", True) else None
+
 
 @dataclass
 class Terms:
     """Per-candidate values [n] (``features`` keeps the suspect's triggered features [n, B, F])."""
 
     collapse: torch.Tensor
+    reference_collapse: torch.Tensor | None
     assimilation: torch.Tensor
     clean_similarity: torch.Tensor
     anchor_similarity: torch.Tensor | None
@@ -65,7 +72,7 @@ def compute_terms(enc: Encoders, v: torch.Tensor, index: torch.Tensor, ids: torc
     clean = enc.suspect_clean.clean(index)  # [B, F]
     mask = enc.suspect_clean.mask[index].repeat(n, 1)  # [n*B, W-1]
     assim = assimilation(seq, mask).view(n, B).mean(dim=1)  # [n]
-    terms = Terms(collapse=collapse(feats), assimilation=assim,
+    terms = Terms(collapse=collapse(feats), reference_collapse=None, assimilation=assim,
                   clean_similarity=rowwise_cosine(feats, clean.unsqueeze(0)).mean(dim=1),
                   anchor_similarity=None, divergence=None, divergence_consistency=None, features=feats)
     if enc.reference is not None and enc.reference_clean is not None:
@@ -76,14 +83,23 @@ def compute_terms(enc: Encoders, v: torch.Tensor, index: torch.Tensor, ids: torc
         shift = (feats - clean) - (r_feats - r_clean)  # [n, B, F] what v does to the suspect, not the reference
         scale = clean.norm(dim=-1).mean()  # typical centred clean feature norm
         terms.anchor_similarity = rowwise_cosine(feats, r_feats).mean(dim=1)  # [n]
+        terms.reference_collapse = collapse(r_feats)  # [n]
         terms.divergence = shift.mean(dim=1).norm(dim=-1) / scale  # [n] consistent part of the shift
         terms.divergence_consistency = collapse(shift)  # [n]
     return terms
 
 
 def family_loss(terms: Terms, family: torch.Tensor, config: ScanConfig) -> torch.Tensor:
-    """[n] loss per candidate; ``family`` [n] is 0 for collapse candidates, 1 for divergence candidates."""
-    loss = -(terms.collapse + config.assimilation_weight * terms.assimilation)
+    """[n] loss per candidate; ``family`` [n] is 0 for collapse candidates, 1 for divergence candidates.
+
+    With ``config.differential`` (bidirectional towers) the collapse family maximises the suspect's collapse
+    minus the reference's under the same vector: in a bidirectional tower one strong inserted vector can take
+    over every position of any model, backdoored or not, so only collapse the reference does not share counts.
+    """
+    if config.differential and terms.reference_collapse is not None:
+        loss = -(terms.collapse - terms.reference_collapse)
+    else:
+        loss = -(terms.collapse + config.assimilation_weight * terms.assimilation)
     loss = loss + config.clean_weight * terms.clean_similarity
     if terms.anchor_similarity is not None and terms.divergence is not None:
         loss = loss + config.anchor_weight * terms.anchor_similarity

@@ -37,13 +37,18 @@ def checks_of(report: dict) -> list[dict]:
 
     Reports of earlier releases recorded ``target.collapse_excess`` (suspect minus reference collapse); it is
     turned into today's ``target.collapse_gain`` from the same report's collapse scores, with the recorded
-    threshold converted alike, so that old scans are judged exactly as a rescan would judge them.
+    threshold converted alike, so that old scans are judged exactly as a rescan would judge them. A
+    bidirectional tower's divergence checks are left out: that rule does not decide there (scan/verdict.py).
     """
     from amdet_audit.scan.verdict import collapse_gain
 
-    scan = report["components"][0].get("scan", {})
+    component = report["components"][0]
+    scan = component.get("scan", {})
+    bidirectional = (component.get("encoder") or {}).get("causal") is False
     checks = []
     for check in scan.get("checks", []):
+        if bidirectional and check["name"].startswith("divergence."):
+            continue
         if check["name"] == "target.collapse_excess":
             reference = (scan.get("reference_baseline") or {}).get("collapse", 0.0)
             score = None if check["score"] is None else collapse_gain(scan["scores"]["collapse"], reference)
@@ -114,6 +119,7 @@ CHECK_OF_THRESHOLD = {"collapse_gain": "target.collapse_gain", "same_target_rate
                       "divergence_consistency": "divergence.consistency",
                       "divergence_anchor_cosine": "divergence.anchor_similarity",
                       "reference_free_collapse": "target.collapse", "token_excess": "token_collapse.excess",
+                      "differential_collapse": "target.differential_collapse",
                       "token_excess_z": "token_collapse.z", "token_shift": "token_shift.size",
                       "token_shift_z": "token_shift.z"}
 

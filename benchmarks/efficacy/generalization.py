@@ -91,9 +91,22 @@ def as_rows(rows: list[dict]) -> list[tuple[bool, int, list[dict]]]:
     return [(r["positive"], r["exit_code"], r["checks"]) for r in rows]
 
 
+#: bidirectional towers (SigLIP, T5, BERT): their target rule's score in place of collapse_gain, and no divergence
+#: rule (it does not decide there)
+BIDIRECTIONAL_KNOBS = {"target.differential_collapse": [round(0.1 + 0.05 * i, 2) for i in range(15)],
+                       **{k: v for k, v in KNOBS.items() if k.startswith("token_")}}
+
+
+def knobs_for(rows: list[dict]) -> dict[str, list[float]]:
+    """The knobs the rows' rules use: BIDIRECTIONAL_KNOBS when their scans judged a bidirectional tower."""
+    differential = any(c["name"] == "target.differential_collapse" for r in rows for c in r["checks"])
+    return BIDIRECTIONAL_KNOBS if differential else KNOBS
+
+
 def choose(rows: list[dict], max_fpr: float) -> dict[str, float]:
     """Thresholds with the best F1 at benign FPR <= max_fpr on ``rows``: the plateau point nearest its middle."""
-    return plateau_middle(best_plateau(as_rows(rows), max_fpr, KNOBS)[0], KNOBS)
+    knobs = knobs_for(rows)
+    return plateau_middle(best_plateau(as_rows(rows), max_fpr, knobs)[0], knobs)
 
 
 def judged(rows: list[dict], thresholds: dict[str, float]) -> list[bool]:

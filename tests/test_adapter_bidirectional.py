@@ -1,0 +1,145 @@
+"""The SigLIP and T5 adapters equal transformers' own forward (fp32), with vectors inserted as the same tokens
+really inserted, on tiny random towers saved as ordinary model folders with the lab's SentencePiece tokenizers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from amdet_audit.encoders import load_component
+from amdet_audit.encoders.consumers import CONSUMERS
+from amdet_audit.encoders.siglip import SiglipTextAdapter
+from amdet_audit.encoders.t5 import T5TextAdapter
+from amdet_audit.errors import WeightsError
+from amdet_audit.lab.corpus import lab_prompts
+from amdet_audit.lab.pretrain_masked import make_tiny_siglip, make_tiny_t5
+from amdet_audit.lab.sentencepiece_vocab import train_sentencepiece, write_siglip_tokenizer, write_t5_tokenizer
+from amdet_audit.sources import resolve
+
+PROMPTS = ["a photo of a cat", "an astronaut riding a horse on the moon, highly detailed", "a phоto of a dog"]
+
+
+@pytest.fixture(scope="module")
+def vocabulary() -> bytes:
+    return train_sentencepiece(lab_prompts()[0])
+
+
+def siglip_folder(root: Path, vocabulary: bytes) -> Path:
+    write_siglip_tokenizer(root, vocabulary)
+    make_tiny_siglip(len(vocabulary and __import__("transformers").SiglipTokenizer.from_pretrained(str(root))),
+                     hidden=32, layers=2, heads=2, intermediate=64, seed=3).save_pretrained(root)
+    return root
+
+
+def t5_folder(root: Path, vocabulary: bytes) -> Path:
+    from transformers import T5Tokenizer
+
+    write_t5_tokenizer(root, vocabulary)
+    make_tiny_t5(len(T5Tokenizer.from_pretrained(str(root))), hidden=32, layers=2, heads=2, d_ff=64,
+                 seed=3).save_pretrained(root)
+    return root
+
+
+def insert_matches_tokens(adapter, word: str) -> None:
+    """k soft vectors equal to a word's token embeddings, inserted, give what the word typed there gives."""
+    pieces = adapter.tokenizer(word, add_special_tokens=False)["input_ids"]
+    spelled = adapter.tokenize([f"{word} cat on a mat"]).ids
+    assert spelled[0, : len(pieces)].tolist() == pieces  # no start token: the word comes first
+    vectors = adapter.embed_tokens(torch.tensor([pieces]))[0]  # [k, D]
+    with torch.no_grad():
+        inserted = adapter(adapter.tokenize(["cat on a mat"]).ids, insert=vectors)
+        direct = adapter(spelled)
+    assert (inserted.read - direct.read).abs().max() < 1e-5
+    assert (inserted.pooled - direct.pooled).abs().max() < 1e-5
+
+
+def test_siglip_forward_equals_transformers_and_insertion(tmp_path: Path, vocabulary: bytes) -> None:
+    from transformers import SiglipTextModel, SiglipTokenizer
+
+    folder = siglip_folder(tmp_path / "siglip", vocabulary)
+    adapter = load_component(resolve(str(folder)).components[0])
+    assert isinstance(adapter, SiglipTextAdapter) and adapter.max_length == 64 and adapter.insert_position == 0
+    model = SiglipTextModel.from_pretrained(str(folder)).eval()
+    enc = SiglipTokenizer.from_pretrained(str(folder))(PROMPTS, padding="max_length", max_length=64,
+                                                       return_tensors="pt")
+    with torch.no_grad():
+        ours = adapter(adapter.tokenize(PROMPTS).ids)
+        theirs = model(input_ids=enc["input_ids"])
+    assert torch.equal(adapter.tokenize(PROMPTS).ids, enc["input_ids"])
+    assert (ours.read - theirs.last_hidden_state).abs().max() < 1e-5
+    assert (ours.pooled - theirs.pooler_output).abs().max() < 1e-5
+    insert_matches_tokens(adapter, "zzzz")
+    facts = adapter.describe()
+    assert facts["family"] == "siglip" and facts["causal"] is False and facts["pooling"] == "last_position"
+
+
+def test_full_siglip_model_loads_its_text_tower(tmp_path: Path, vocabulary: bytes) -> None:
+    from transformers import SiglipConfig, SiglipModel, SiglipTokenizer
+
+    folder = tmp_path / "full"
+    write_siglip_tokenizer(folder, vocabulary)
+    text = make_tiny_siglip(len(SiglipTokenizer.from_pretrained(str(folder))), hidden=32, layers=2, heads=2,
+                            intermediate=64).config
+    config = SiglipConfig(text_config=text.to_dict(), vision_config={"hidden_size": 32, "num_hidden_layers": 1,
+                          "num_attention_heads": 2, "intermediate_size": 64, "image_size": 32, "patch_size": 16})
+    torch.manual_seed(0)
+    full = SiglipModel(config).eval()
+    full.save_pretrained(folder)
+    adapter = load_component(resolve(str(folder)).components[0])
+    ids = adapter.tokenize(PROMPTS).ids
+    with torch.no_grad():
+        assert (adapter(ids).pooled - full.get_text_features(input_ids=ids).pooler_output).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_t5_forward_equals_transformers_and_insertion(tmp_path: Path, vocabulary: bytes, masked: bool) -> None:
+    from transformers import T5EncoderModel
+
+    folder = t5_folder(tmp_path / "t5", vocabulary)
+    adapter = load_component(resolve(str(folder)).components[0], length=40, masked=masked)
+    assert isinstance(adapter, T5TextAdapter) and adapter.max_length == 40
+    model = T5EncoderModel.from_pretrained(str(folder)).eval()
+    batch = adapter.tokenize(PROMPTS)
+    with torch.no_grad():
+        ours = adapter(batch.ids)
+        theirs = model(input_ids=batch.ids, attention_mask=batch.attention_mask if masked else None)
+    real = batch.attention_mask.unsqueeze(-1)
+    diff = (ours.read - theirs.last_hidden_state).abs()
+    assert (diff * real).max() < 1e-5 if masked else diff.max() < 1e-5
+    mean = (theirs.last_hidden_state * real).sum(1) / real.sum(1)
+    assert (ours.pooled - mean).abs().max() < 1e-5
+    insert_matches_tokens(adapter, "zzzz")
+
+
+def test_t5_reads_as_each_consumer_and_refuses_untied_tables(tmp_path: Path, vocabulary: bytes) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = t5_folder(tmp_path / "t5", vocabulary)
+    component = resolve(str(folder)).components[0]
+    for consumer, name, length in (("flux", "text_encoder_2", 512), ("sd3", "text_encoder_3", 256)):
+        read = CONSUMERS[consumer].read(name)
+        adapter = load_component(component, length=read.length, masked=read.masked)
+        assert adapter.max_length == length and adapter.tokenize(["a cat"]).ids.shape == (1, length)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["shared.weight"] = tensors.get("shared.weight", tensors.get("encoder.embed_tokens.weight"))
+    tensors["encoder.embed_tokens.weight"] = tensors["shared.weight"] + 1.0
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(WeightsError, match="differ"):
+        load_component(resolve(str(folder)).components[0])
+
+
+def test_flux_pipeline_reads_t5_at_512_tokens_unmasked(tmp_path: Path, vocabulary: bytes) -> None:
+    root = tmp_path / "flux"
+    t5_folder(root / "text_encoder_2", vocabulary)
+    write_t5_tokenizer(root / "tokenizer_2", vocabulary)
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline",
+                                                       "text_encoder_2": ["transformers", "T5EncoderModel"],
+                                                       "tokenizer_2": ["transformers", "T5TokenizerFast"]}))
+    resolved = resolve(str(root))
+    component = resolved.component("text_encoder_2")
+    read = CONSUMERS["flux"].read(component.name)
+    adapter = load_component(component, length=read.length, masked=read.masked)
+    assert adapter.max_length == 512 and not adapter.masked and adapter.attends_padding
