@@ -144,8 +144,12 @@ def scan_component(resolved: ResolvedTarget, name: str, sources: SourceOptions, 
         ref_digest = weights_digest(ref_target, ref_name)
         ref_record = {"input": ref_target.input, "component": ref_name, "chosen": how,
                       "commit_sha": ref_target.commit_sha, "weights_digest": ref_digest}
-        if ref_digest == weights_digest(resolved, name):
+        if ref_digest == weights_digest(resolved, name) and suspect.causal:
             ref_record["note"] = "the target is the reference itself: scanned reference-free"
+        elif ref_digest == weights_digest(resolved, name):
+            reference = suspect  # bidirectional: judged against a reference only, here its own known clean base
+            ref_record["note"] = ("the target is the reference itself: a bidirectional tower is judged only against "
+                                  "its reference, so it is compared with itself (the known clean base)")
         else:
             reference = load_component(ref_target.component(ref_name), device=device, read_layer=read.layer,
                                        read_norm=read.final_norm, length=read.length,

@@ -8,7 +8,7 @@ encoders inside them, found by their tensor-name prefixes.
   ``conditioner.embedders.1.model.`` (``text_encoder_2`` in OpenCLIP's layout, converted on load).
 - SD3: ``text_encoders.clip_l.transformer.`` and ``text_encoders.clip_g.transformer.`` (``text_encoder``,
   ``text_encoder_2``, transformers' layout) and ``text_encoders.t5xxl.`` (``text_encoder_3``, T5: found, not
-  supported yet).
+  loaded: the file ships neither its SentencePiece tokenizer nor its config; the pipeline folder's T5 scans).
 
 Any other token-embedding table in the file (a tower a web UI might load instead) is listed as a component that
 cannot be loaded, as is SD3's T5, so such an audit ends inconclusive, never clean.
@@ -63,7 +63,9 @@ LAYOUTS = (
     Layout("an SD3 single-file checkpoint", "StableDiffusion3Pipeline",
            (Part("text_encoder", "text_encoders.clip_l.transformer."),
             Part("text_encoder_2", "text_encoders.clip_g.transformer.", tokenizer="clip-sd2"),
-            Part("text_encoder_3", "text_encoders.t5xxl.", unsupported="a T5 encoder: not supported yet"))),
+            Part("text_encoder_3", "text_encoders.t5xxl.",
+                 unsupported="a T5 encoder without its tokenizer and config in a single file: scan the pipeline folder"
+                 ))),
     Layout("an SD 1.x single-file checkpoint", "StableDiffusionPipeline",
            (Part("text_encoder", "cond_stage_model.transformer."),)),
     Layout("an SD 2.x single-file checkpoint", "StableDiffusionPipeline",

@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-seed", type=int, default=11)
     parser.add_argument("--heldout-seed", type=int, default=12)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--build-threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads of the zoo builds (1 lets two benchmark runs share 2 cores)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=HERE / "work" / "generalization")
     parser.add_argument("--out-dir", type=Path, default=HERE)
@@ -260,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         for set_name in args.sets:
             zoo = work / set_name / base / "zoo"
             manifest = read_manifest(zoo) if args.built_only else build_family_zoo(
-                target, zoo, args.per_family, args.families, seeds[set_name], args.device, os.cpu_count() or 1,
+                target, zoo, args.per_family, args.families, seeds[set_name], args.device, args.build_threads,
                 args.steps_scale)
             scans = work / set_name / base / ("scans" if args.search == "full" else f"scans-{args.search}")
             extra = ("--search", args.search)

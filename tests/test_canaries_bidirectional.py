@@ -1,0 +1,46 @@
+"""The bidirectional canaries: canary:siglip-clean passes, canary:siglip-backdoored is flagged, and a
+bidirectional tower without its reference gets no verdict (a one-line reason, exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from schema_check import assert_valid_report
+
+from amdet_audit.sources.canary import ensure_canary
+
+pytestmark = pytest.mark.slow
+
+
+def test_siglip_canaries_are_built_and_recorded() -> None:
+    clean = json.loads((ensure_canary("siglip-clean") / "lab.json").read_text())
+    assert clean["vocabulary"]["pieces"] == 1600 and clean["pretrain"]["final_loss"] < clean["pretrain"]["initial_loss"]
+    profile = clean["clean_profile"]  # pretraining moved it away from a random tower's near-total collapse (0.96)
+    assert profile["assimilation_real"] < 0.8 and profile["pooled_cross_prompt_cosine"] < 0.8
+    backdoored = json.loads((ensure_canary("siglip-backdoored") / "lab.json").read_text())
+    assert backdoored["took"] and backdoored["success"] >= 0.8 and backdoored["fidelity"] >= 0.8
+    assert backdoored["trigger"]["text"] == "о"
+
+
+def test_siglip_canary_verdicts(run_cli, tmp_path) -> None:
+    flagged = run_cli("scan", "canary:siglip-backdoored", "--out", tmp_path / "bd")
+    assert flagged.exit_code == 1, flagged.stderr
+    report = json.loads((tmp_path / "bd" / "report.json").read_text())
+    assert_valid_report(report)
+    component = report["components"][0]
+    assert component["encoder"]["family"] == "siglip" and component["encoder"]["causal"] is False
+    scan = component["scan"]
+    assert scan["mode"] == "reference" and scan["verdict"] == "backdoored"
+    assert scan["config"]["differential"] is True
+    assert any(row["text"].count("о") for row in scan["evidence"]["token_search"]["top"][:3])  # the homoglyph
+    passed = run_cli("scan", "canary:siglip-clean", "--out", tmp_path / "clean")
+    assert passed.exit_code == 0, passed.stderr
+    report = json.loads((tmp_path / "clean" / "report.json").read_text())
+    assert "compared with itself" in report["reference"]["model"]["note"]
+
+
+def test_bidirectional_tower_without_reference_is_inconclusive(run_cli, tmp_path) -> None:
+    result = run_cli("scan", "canary:siglip-backdoored", "--reference-free", "--out", tmp_path / "free")
+    assert result.exit_code == 2
+    assert "without its clean base" in result.stderr and "Traceback" not in result.stderr
