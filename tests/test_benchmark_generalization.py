@@ -63,6 +63,24 @@ def test_leave_one_base_out_judges_a_base_by_thresholds_chosen_on_the_others() -
 
 
 @pytest.mark.slow
+def test_bidirectional_rows_are_judged_by_their_own_rule() -> None:
+    """A bidirectional tower's report: its divergence checks do not decide (dropped when read), and the protocol
+    chooses the differential collapse threshold in place of collapse_gain."""
+    from calibrate import checks_of, flagged
+
+    checks = [{"name": "target.differential_collapse", "score": 0.5, "threshold": 0.3, "direction": ">="},
+              {"name": "target.same_target_rate", "score": 1.0, "threshold": 0.8, "direction": ">="},
+              {"name": "target.anchor_similarity", "score": 0.2, "threshold": 0.5, "direction": "<="},
+              {"name": "divergence.relative", "score": 50.0, "threshold": 3.0, "direction": ">="}]
+    report = {"components": [{"encoder": {"causal": False}, "scan": {"checks": checks}}]}
+    read = checks_of(report)
+    assert [c["name"] for c in read] == [c["name"] for c in checks[:3]]
+    assert flagged(1, read, {}) and not flagged(1, read, {"target.differential_collapse": 0.6})
+    rows = [{"name": "m", "family": "loud", "positive": True, "exit_code": 1, "checks": read}]
+    assert generalization.knobs_for(rows) is generalization.BIDIRECTIONAL_KNOBS
+    assert generalization.knobs_for([row("c", "loud", True, 0.8, 30)]) is generalization.KNOBS
+
+
 def test_smoke_run_builds_scans_and_judges_a_stealthy_and_an_adaptive_recipe(tmp_path: Path) -> None:
     """The whole protocol end to end on one calibration zoo of shortened recipes (a backdoor shortened below
     its bars is recorded as not taken, and the protocol judges what took)."""
