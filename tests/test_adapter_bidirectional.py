@@ -129,6 +129,31 @@ def test_t5_reads_as_each_consumer_and_refuses_untied_tables(tmp_path: Path, voc
     save_file(tensors, folder / "model.safetensors")
     with pytest.raises(WeightsError, match="differ"):
         load_component(resolve(str(folder)).components[0])
+    only_alias = {("encoder.embed_tokens.weight" if k == "shared.weight" else k): v for k, v in tensors.items()
+                  if k != "encoder.embed_tokens.weight"}  # the table under its tied name alone: accepted
+    save_file(only_alias, folder / "model.safetensors")
+    assert isinstance(load_component(resolve(str(folder)).components[0]), T5TextAdapter)
+
+
+def test_hostile_t5_and_siglip_settings_are_refused_or_ignored(tmp_path: Path, vocabulary: bytes) -> None:
+    from amdet_audit.errors import ConfigFileError, TokenizerError
+
+    folder = t5_folder(tmp_path / "t5", vocabulary)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "num_layers": 10**9}))
+    with pytest.raises(ConfigFileError, match="num_layers"):
+        load_component(resolve(str(folder)).components[0])
+    (folder / "config.json").write_text(json.dumps(config))
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "extra_ids": 10**9}))
+    with pytest.raises(TokenizerError, match="extra_ids"):
+        load_component(resolve(str(folder)).components[0])
+    siglip = siglip_folder(tmp_path / "siglip", vocabulary)
+    settings = json.loads((siglip / "tokenizer_config.json").read_text())
+    elsewhere = {"model_file": str(tmp_path / "missing.model"), "enable_sampling": True}
+    (siglip / "tokenizer_config.json").write_text(json.dumps({**settings, "sp_model_kwargs": elsewhere}))
+    adapter = load_component(resolve(str(siglip)).components[0])  # the folder's own spiece.model, no sampling
+    assert torch.equal(adapter.tokenize(PROMPTS * 3).ids, adapter.tokenize(PROMPTS * 3).ids)
 
 
 def test_flux_pipeline_reads_t5_at_512_tokens_unmasked(tmp_path: Path, vocabulary: bytes) -> None:

@@ -46,7 +46,8 @@ def weights_digest(resolved: ResolvedTarget, component: str) -> str:
         for record in target.files if target is not None else ():
             shas[str(target.root / record.path)] = shas[record.path] = record.sha256
     paths = [*comp.weight_files, *([comp.patch.path] if comp.patch is not None else [])]
-    return hashlib.sha256("".join(sorted(shas[str(p)] for p in paths if str(p) in shas)).encode()).hexdigest()
+    # a file without a record counts by its path, so that two unrecorded files never look identical
+    return hashlib.sha256("".join(sorted(shas.get(str(p), f"unrecorded:{p}") for p in paths)).encode()).hexdigest()
 
 
 def pick_reference(adapter: Adapter, name: str, options: ScanOptions, sources: SourceOptions,

@@ -107,7 +107,10 @@ def load_siglip_tokenizer(component: Component, max_positions: int) -> Any:
     if folder is None or not (folder / "spiece.model").is_file():
         raise TokenizerError(f"no tokenizer found for {component.name} (expected spiece.model in "
                              f"{folder or component.config_path.parent})")
-    tokenizer = local_tokenizer(transformers.SiglipTokenizer, folder, f"SigLIP tokenizer for {component.name}")
+    # sp_model_kwargs from the folder's tokenizer_config.json would reach SentencePiece as is (another model
+    # file, sampling): always none
+    tokenizer = local_tokenizer(transformers.SiglipTokenizer, folder, f"SigLIP tokenizer for {component.name}",
+                                sp_model_kwargs={})
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise TokenizerError(f"{folder}: SigLIP tokenizer for {component.name} lacks an end or pad token")
     if not tokenizer.model_max_length or tokenizer.model_max_length > max_positions:

@@ -144,13 +144,24 @@ SHARED, TIED = "shared.weight", "encoder.embed_tokens.weight"
 T5_IGNORED_PREFIXES = ("decoder.", "lm_head.")
 
 
+MAX_EXTRA_IDS = 1000  # T5 tokenizers append 100 sentinel tokens; the config's count is built into a list
+
+
 def load_t5_tokenizer(component: Component) -> Any:
-    """The component's T5 tokenizer (tokenizer.json or spiece.model; local files only)."""
+    """The component's T5 tokenizer (tokenizer.json or spiece.model; local files only). Its config's
+    ``extra_ids`` (a count transformers expands into a list) must be a whole number up to MAX_EXTRA_IDS."""
     import transformers
+
+    from amdet_audit.sources import safe_files
 
     folder = component.tokenizer_path
     if folder is None or not any((folder / name).is_file() for name in ("tokenizer.json", "spiece.model")):
         raise TokenizerError(f"no tokenizer found for {component.name} (expected tokenizer.json or spiece.model)")
+    settings = folder / "tokenizer_config.json"
+    data = safe_files.read_json(settings) if settings.is_file() else {}
+    extra = data.get("extra_ids", 0) if isinstance(data, dict) else 0
+    if isinstance(extra, bool) or not isinstance(extra, int) or not 0 <= extra <= MAX_EXTRA_IDS:
+        raise TokenizerError(f"{settings}: extra_ids must be a whole number from 0 to {MAX_EXTRA_IDS}")
     tokenizer = local_tokenizer(transformers.T5Tokenizer, folder, f"T5 tokenizer for {component.name}")
     if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
         raise TokenizerError(f"{folder}: T5 tokenizer for {component.name} lacks an end or pad token")
@@ -186,10 +197,11 @@ def build(
     declared = declared_shapes(component, keep, tensors)
     names = {key.removeprefix(outer) for key in declared}
     table = SHARED if SHARED in names else TIED  # the file's embedding table, under either name
+    if table == TIED:
+        declared = {(outer + SHARED if k == outer + TIED else k): v for k, v in declared.items()}
 
     def canonical(key: str) -> str:
-        name = key.removeprefix(outer)
-        return SHARED if name == table else name
+        return key.removeprefix(outer)
 
     def ignorable(name: str) -> bool:
         return name == TIED or name.startswith(T5_IGNORED_PREFIXES)  # TIED: the model's alias of SHARED
@@ -197,6 +209,8 @@ def build(
     check_budget(lambda n: T5EncoderModel(with_layers(t5_config, n)), int(t5_config.num_layers), declared,
                  canonical=canonical, ignorable=ignorable, where=component.config_path)
     tensors = tensors if tensors is not None else read_weights(component, keep=keep)
+    if table == TIED:  # the file names its table by the tied alias only: read it as shared.weight
+        tensors = {(outer + SHARED if k == outer + TIED else k): v for k, v in tensors.items()}
     if SHARED in names and TIED in names:
         first, second = tensors[outer + SHARED][0], tensors[outer + TIED][0]
         if not torch.equal(first, second):

@@ -240,10 +240,11 @@ def load_strict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> nn.Modul
     return model
 
 
-def local_tokenizer(cls: Any, folder: Path | None, what: str) -> Any:
-    """``cls.from_pretrained(folder)`` from local files only, never remote code; TokenizerError when unreadable."""
+def local_tokenizer(cls: Any, folder: Path | None, what: str, **overrides: Any) -> Any:
+    """``cls.from_pretrained(folder)`` from local files only, never remote code; TokenizerError when unreadable.
+    ``overrides``: keyword arguments that replace what the folder's tokenizer_config.json says."""
     try:
-        return cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        return cls.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False, **overrides)
     except Exception as exc:  # tokenizer loading raises many types for bad files
         raise TokenizerError(f"{folder}: unreadable {what}: {one_line(exc)}") from exc
 

@@ -205,8 +205,14 @@ class ProbeRunner:
 
 
 def special_ids(adapter: Adapter) -> set[int]:
-    """Start, end and padding ids (never probes)."""
-    return {adapter.bos_id, adapter.eos_id, adapter.pad_id}
+    """Start, end and padding ids, and the embedding rows no tokenizer id reaches (T5 pads its table past its
+    vocabulary): never probes. A tokenizer without a start token has bos_id -1, which is no row."""
+    banned = {i for i in (adapter.bos_id, adapter.eos_id, adapter.pad_id) if i >= 0}
+    tokenizer = getattr(adapter, "tokenizer", None)
+    rows = adapter.token_embedding_matrix().shape[0]
+    if tokenizer is not None and len(tokenizer) < rows:
+        banned.update(range(len(tokenizer), rows))
+    return banned
 
 
 def nearest_ids(table: torch.Tensor, v: torch.Tensor, top: int, banned: set[int]) -> list[int]:

@@ -52,7 +52,8 @@ def nearest_prompts(clean: CleanFeatures, triggered_seq: torch.Tensor, k: int, p
     position's cosine is standardised across the corpus before averaging: positions where every prompt looks
     alike (deep padding) then weigh less than those that tell prompts apart.
 
-    triggered_seq: [N, W-1, D] triggered outputs at absolute positions 1..W-1 (1..k hold the pseudo-trigger).
+    triggered_seq: [N, W-1, D] triggered outputs at absolute positions 1..W-1 (1..k hold the pseudo-trigger
+        after a start token; without one, 0..k-1 do and 1..k hold its last vectors and the first piece).
     Returns the ``top`` prompts with ``score`` (mean standardised cosine) and ``cosine`` (mean raw cosine).
     """
     target = triggered_seq.float().mean(dim=0)[k:] - clean.seq_mean[k:]  # [W-1-k, D]

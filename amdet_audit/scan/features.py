@@ -5,7 +5,9 @@ positions, the same window for every prompt so that prompt length does not drive
 output, both centred by the corpus' mean clean output (which removes the direction all outputs share on
 anisotropic encoders). Triggered outputs are aligned by token: with k vectors inserted after BOS, clean
 position p is compared with triggered position p + k. Positions 0..k are never scored: in a causal tower they
-see only BOS and the pseudo-trigger, so they are identical for every prompt by construction.
+see only BOS and the pseudo-trigger, so they are identical for every prompt by construction. A tower without a
+start token (SigLIP, T5) takes the vectors in front of its first piece (positions 0..k-1); the same window
+then leaves that first piece unscored, and the alignment p -> p + k holds all the same.
 """
 
 from __future__ import annotations

@@ -126,8 +126,9 @@ def run_scan(
     reference_baseline: a cached :func:`calibrate_reference` result for this reference and config.
     """
     config = config or ScanConfig()
-    if not suspect.causal and not config.differential:
-        config = replace(config, differential=True)  # see scan/terms.family_loss
+    if not suspect.causal and not (config.differential and config.reference_gradients):
+        # see scan/terms.family_loss: the reference's collapse is part of the objective, so it takes gradients
+        config = replace(config, differential=True, reference_gradients=True)
     check_reference(suspect, reference)
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -141,7 +142,8 @@ def run_scan(
     searched = time.perf_counter()
     token = token_search(enc, data, cands, config, progress)
     timings["token_search_s"] = time.perf_counter() - searched
-    lenient = decide(found, reference_baseline or {}, config, reference is not None, lenient=True, token=token)
+    lenient = decide(found, reference_baseline or {}, config, reference is not None, lenient=True,
+                     causal=bool(getattr(suspect, "causal", True)), token=token)
     subset_only = not (config.full_checks or lenient.flagged)
     if reference is not None and reference_baseline is None and not subset_only and not config.differential:
         reference_baseline = calibrate_reference(reference, config, data=data, clean=enc.reference_clean)

@@ -23,6 +23,17 @@ SIZE_LIMITS: dict[str, int] = {
     "max_position_embeddings": 1 << 20,
     "projection_dim": 65536,
     "type_vocab_size": 1 << 16,
+    # T5's names for the same sizes
+    "num_layers": 512,
+    "num_decoder_layers": 512,
+    "d_model": 65536,
+    "d_ff": 1 << 20,
+    "d_kv": 65536,
+    "num_heads": 1024,
+    "relative_attention_num_buckets": 4096,
+    "relative_attention_max_distance": 1 << 20,
+    # SigLIP's projection
+    "projection_size": 65536,
 }
 NAME_KEYS = ("model_type", "_class_name")
 
