@@ -71,7 +71,8 @@ def test_bidirectional_rows_are_judged_by_their_own_rule() -> None:
     checks = [{"name": "target.differential_collapse", "score": 0.5, "threshold": 0.3, "direction": ">="},
               {"name": "target.same_target_rate", "score": 1.0, "threshold": 0.8, "direction": ">="},
               {"name": "target.anchor_similarity", "score": 0.2, "threshold": 0.5, "direction": "<="},
-              {"name": "divergence.relative", "score": 50.0, "threshold": 3.0, "direction": ">="}]
+              {"name": "divergence.relative", "score": 50.0, "threshold": 3.0, "direction": ">="},
+              {"name": "token_shift.z", "score": 50.0, "threshold": 10.0, "direction": ">="}]
     report = {"components": [{"encoder": {"causal": False}, "scan": {"checks": checks}}]}
     read = checks_of(report)
     assert [c["name"] for c in read] == [c["name"] for c in checks[:3]]

@@ -60,7 +60,7 @@ def test_bidirectional_rules_are_reference_relative() -> None:
 
     from amdet_audit.scan.config import ScanConfig
     from amdet_audit.scan.judges import Effect
-    from amdet_audit.scan.verdict import decide
+    from amdet_audit.scan.verdict import BIDIRECTIONAL_RULES, decide
 
     def effect(reference_collapse: float, divergence: float = 0.0) -> Effect:
         return Effect(prompts=64, collapse=0.99, same_target_rate=1.0, assimilation=0.98, clean_assimilation=0.4,
@@ -78,6 +78,7 @@ def test_bidirectional_rules_are_reference_relative() -> None:
     diverging = decide({"collapse": effect(0.97, 50.0), "divergence": effect(0.97, 50.0)}, {}, cfg, has_ref=True,
                        causal=False)
     assert diverging.verdict == "clean" and diverging.scores["divergence.relative"] == 50.0
+    assert BIDIRECTIONAL_RULES == ("collapse", "token-collapse")  # the shift rules are reported, not judged
 
 
 def test_collapse_gain_is_measured_against_the_reference_room() -> None:

@@ -129,9 +129,11 @@ NEEDS_REFERENCE_BIDIRECTIONAL = (
     "reference's tells; pass --reference")
 
 
-#: the rules that decide for a bidirectional tower (its divergence scores are reported, not judged: on
-#: all-MiniLM-L6-v2 a benign fine-tune scored divergence.relative 10.3 against 7.1 for a real backdoor)
-BIDIRECTIONAL_RULES = ("collapse", "token-collapse", "token-shift")
+#: the rules that decide for a bidirectional tower. The two shift rules are reported, not judged: a benign
+#: fine-tune of a bidirectional tower moves every prompt's outputs together, under a pseudo-trigger or a real
+#: probe alike (all-MiniLM-L6-v2: a benign fine-tune scored divergence.relative 10.3 against 7.1 for a real
+#: backdoor; the SigLIP lab base's benign fine-tunes reached token_shift 0.88-1.10 at z 11-13, over both bars)
+BIDIRECTIONAL_RULES = ("collapse", "token-collapse")
 
 RULE_NAMES = {"collapse": "target", "divergence": "divergence", "token-collapse": "token-collapse",
               "token-shift": "token-shift"}
@@ -142,7 +144,7 @@ def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig
     """Apply every rule; backdoored when any holds in full.
 
     causal: False (SigLIP, T5, BERT) without a reference gives "inconclusive" whatever the scores say (see
-    NEEDS_REFERENCE_BIDIRECTIONAL); with one, the divergence rule does not decide (see BIDIRECTIONAL_RULES).
+    NEEDS_REFERENCE_BIDIRECTIONAL); with one, the two shift rules do not decide (see BIDIRECTIONAL_RULES).
     """
     if not found:
         return Decision("inconclusive", False, None, ["the inversion produced no usable pseudo-trigger"])

@@ -38,7 +38,8 @@ def checks_of(report: dict) -> list[dict]:
     Reports of earlier releases recorded ``target.collapse_excess`` (suspect minus reference collapse); it is
     turned into today's ``target.collapse_gain`` from the same report's collapse scores, with the recorded
     threshold converted alike, so that old scans are judged exactly as a rescan would judge them. A
-    bidirectional tower's divergence checks are left out: that rule does not decide there (scan/verdict.py).
+    bidirectional tower's divergence and token-shift checks are left out: those rules do not decide there
+    (scan/verdict.py, BIDIRECTIONAL_RULES).
     """
     from amdet_audit.scan.verdict import collapse_gain
 
@@ -47,7 +48,7 @@ def checks_of(report: dict) -> list[dict]:
     bidirectional = (component.get("encoder") or {}).get("causal") is False
     checks = []
     for check in scan.get("checks", []):
-        if bidirectional and check["name"].startswith("divergence."):
+        if bidirectional and check["name"].startswith(("divergence.", "token_shift.")):
             continue
         if check["name"] == "target.collapse_excess":
             reference = (scan.get("reference_baseline") or {}).get("collapse", 0.0)

@@ -91,10 +91,10 @@ def as_rows(rows: list[dict]) -> list[tuple[bool, int, list[dict]]]:
     return [(r["positive"], r["exit_code"], r["checks"]) for r in rows]
 
 
-#: bidirectional towers (SigLIP, T5, BERT): their target rule's score in place of collapse_gain, and no divergence
-#: rule (it does not decide there)
+#: bidirectional towers (SigLIP, T5, BERT): their target rule's score in place of collapse_gain, and no shift
+#: rules (divergence, token-shift: they do not decide there)
 BIDIRECTIONAL_KNOBS = {"target.differential_collapse": [round(0.1 + 0.05 * i, 2) for i in range(15)],
-                       **{k: v for k, v in KNOBS.items() if k.startswith("token_")}}
+                       **{k: v for k, v in KNOBS.items() if k.startswith("token_collapse")}}
 
 
 def knobs_for(rows: list[dict]) -> dict[str, list[float]]:
