@@ -108,8 +108,7 @@ def build_siglip_backdoored(folder: Path, progress: Progress) -> None:
 
     base = ensure_canary("siglip-clean", progress)
     run_injection(base, folder, attack="text-on-text", trigger=BACKDOOR_TRIGGER, target=BACKDOOR_TARGET,
-                  seed=0, progress=progress, extra={"canary": "siglip-backdoored"},
-                  checkpoint_every=50)  # the first checkpoint that works, as a careful attacker keeps
+                  seed=0, progress=progress, extra={"canary": "siglip-backdoored"})
 
 
 # registered for ``canary:NAME`` in pyproject.toml (entry-point group amdet_audit.canaries)

@@ -131,6 +131,7 @@ def protocol(calibration: list[dict], heldout: list[dict], max_fpr: float) -> di
     judged_set = heldout or calibration
     negatives = [r for r in judged_set if not r["positive"]]
     out = {"in_distribution": {"thresholds": chosen, "heldout": figures(as_rows(judged_set), chosen),
+                               "judged_on": "the held-out zoo" if heldout else "the same zoo (no held-out zoo)",
                                "as_shipped": figures(as_rows(judged_set), default_thresholds())},
            "families": {}}
     for family in sorted({r["family"] for r in calibration + heldout if r["positive"]}):
@@ -185,7 +186,8 @@ def render_protocol(title: str, res: dict) -> list[str]:
     """One protocol's section of GENERALIZATION.md."""
     ind = res["in_distribution"]
     lines = [f"## {title}", "",
-             f"In distribution (thresholds chosen on the whole calibration zoo, judged on the held-out zoo): "
+             f"In distribution (thresholds chosen on the whole calibration zoo, judged on "
+             f"{ind.get('judged_on', 'the held-out zoo')}): "
              f"F1 {ind['heldout']['f1']:.3f}, benign FPR {ind['heldout']['fpr']:.3f}; with the shipped "
              f"defaults F1 {ind['as_shipped']['f1']:.3f}, FPR {ind['as_shipped']['fpr']:.3f}. Chosen: "
              f"{', '.join(f'{k} {v:g}' for k, v in ind['thresholds'].items())}.", "",
