@@ -126,9 +126,11 @@ def run_scan(
     reference_baseline: a cached :func:`calibrate_reference` result for this reference and config.
     """
     config = config or ScanConfig()
-    if not suspect.causal and not (config.differential and config.reference_gradients):
-        # see scan/terms.family_loss: the reference's collapse is part of the objective, so it takes gradients
-        config = replace(config, differential=True, reference_gradients=True)
+    if not suspect.causal and not config.differential:
+        # see scan/terms.family_loss. The full search backpropagates through the reference too; the light one
+        # (the CPU default) does not: the reference's collapse then enters each step as a constant, and its value
+        # still ranks the candidates (the SigLIP and T5 figures in benchmarks/efficacy are full-search ones)
+        config = replace(config, differential=True)
     check_reference(suspect, reference)
     timings: dict[str, float] = {}
     started = time.perf_counter()
