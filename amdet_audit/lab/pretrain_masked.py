@@ -138,8 +138,9 @@ def bidirectional_profile(adapter: Adapter, prompts: list[str]) -> dict[str, Any
     from amdet_audit.scan.objective import assimilation
 
     batch = adapter.tokenize(prompts)
-    states = torch.cat([adapter(batch.ids[i : i + 64]).read.float() for i in range(0, len(prompts), 64)])
-    pooled = torch.cat([adapter(batch.ids[i : i + 64]).pooled.float() for i in range(0, len(prompts), 64)])
+    outputs = [adapter(batch.ids[i : i + 64]) for i in range(0, len(prompts), 64)]  # one forward per batch
+    states = torch.cat([out.read.float() for out in outputs])
+    pooled = torch.cat([out.pooled.float() for out in outputs])
     mask = batch.attention_mask
     flat = states.flatten(1)
     return {"assimilation_all": float(assimilation(states).mean()),
