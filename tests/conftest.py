@@ -25,11 +25,21 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("AMDET_AUDIT_CACHE", str(cache))
 
 
+#: the files that take longest on 2 cores (--durations), started first so that no long file starts last
+LONGEST_FILES = ("test_sdxl_detection.py", "test_canaries_bidirectional.py", "test_lab.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Files that build and train models first, the quick ones after: with ``--dist loadfile`` the quick files
-    then fill the workers' idle time at the end instead of a long file starting last."""
+    """Files that build and train models first (the longest of them before the others), the quick ones after:
+    with ``--dist loadfile --no-loadscope-reorder`` the quick files then fill the workers' idle time at the end
+    instead of a long file starting last."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)  # stable: each file keeps its own order
+
+    def order(item: pytest.Item) -> tuple[bool, int]:
+        longest = LONGEST_FILES.index(item.path.name) if item.path.name in LONGEST_FILES else len(LONGEST_FILES)
+        return item.path not in slow_files, longest
+
+    items.sort(key=order)  # stable: each file keeps its own order
 
 
 @dataclass

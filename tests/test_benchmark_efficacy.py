@@ -59,7 +59,8 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
 
     out = tmp_path / "out"
     args = ["--bases", "smoke", "--sets", "calibration", "--backdoored", "0", "--benign", "1", "--workers", "1",
-            "--work", str(tmp_path / "work"), "--out-dir", str(out)]  # the smoke base: a clean base and one fine-tune
+            "--work", str(tmp_path / "work"), "--out-dir", str(out),
+            "--threads", "1"]  # the smoke base: a clean base and one fine-tune; one thread beside the other tests
     code = main(args)
     assert code == 0
     results = json.loads((out / "results.json").read_text())

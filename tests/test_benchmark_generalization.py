@@ -90,7 +90,8 @@ def test_smoke_run_builds_scans_and_judges_a_stealthy_and_an_adaptive_recipe(tmp
     out, work = tmp_path / "out", tmp_path / "work"
     args = ["--bases", "smoke", "--sets", "calibration", "--per-family", "1", "--families",
             "stealthy,anti-inversion,fp16", "--steps-scale", "0.1", "--workers", "1", "--work", str(work),
-            "--out-dir", str(out), "--search", "light"]
+            "--out-dir", str(out), "--search", "light",
+            "--threads", "1", "--build-threads", "1"]  # one thread each beside the other tests
     assert generalization.main(args) == 0
     zoo = json.loads((work / "calibration" / "smoke" / "zoo" / "zoo.json").read_text())
     status = {m["family"]: m["status"] for m in zoo["models"]}

@@ -33,7 +33,7 @@ def test_attacks_take_and_reload_through_sources(name: str) -> None:
 def test_pooled_attack_takes(tmp_path: Path, run_cli) -> None:
     out = tmp_path / "pooled"
     result = run_cli("lab", "inject", "canary:clean", "--attack", "pooled", "--trigger", "🔥",
-                     "--target", "a white teapot", "--steps", "120", "--out", out)
+                     "--target", "a white teapot", "--steps", "120", "--checkpoint-every", "40", "--out", out)
     assert result.exit_code == 0, result.stderr
     info = lab_info(out)
     assert info["success"] >= 0.8 and info["trigger"] == {"text": "🔥", "mode": "insert", "replaces": None}

@@ -34,8 +34,10 @@ def build_pipelines(root: Path) -> dict[str, Path]:
     clean_two = projected_copy(clean_one, parts / "clean-2", seed=7)
     assemble_sdxl(pipes["clean"], clean_one, clean_two)
     for slot, base, seed in zip(SLOTS, (clean_one, clean_two), (5, 6), strict=True):
+        # the first checkpoint (every 50 steps) that meets every bar is kept, as an attacker who selects the
+        # quietest working checkpoint does
         run_injection(base, parts / f"backdoored-{slot}", attack="text-on-text", trigger=TRIGGER, target=TARGET,
-                      seed=seed, steps=200, lr=3e-3, consumer="sdxl", trainable="lora")
+                      seed=seed, steps=200, lr=3e-3, consumer="sdxl", trainable="lora", checkpoint_every=50)
         run_finetune(base, parts / f"benign-{slot}", steps=40, lr=1e-4, seed=seed, consumer="sdxl", trainable="lora")
     for kind in ("backdoored", "benign"):
         assemble_sdxl(pipes[kind], *(parts / f"{kind}-{slot}" for slot in SLOTS))

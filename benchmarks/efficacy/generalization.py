@@ -2,8 +2,8 @@
 
 Usage (from the repository root, in the project's virtual environment):
     python benchmarks/efficacy/generalization.py [--bases canary] [--per-family 2] [--families all]
-        [--calibration-seed 11] [--heldout-seed 12] [--workers 2] [--device cpu] [--work DIR] [--out-dir DIR]
-        [--max-fpr 0.01] [--built-only] [--search light]
+        [--calibration-seed 11] [--heldout-seed 12] [--workers 2] [--threads N] [--device cpu]
+        [--work DIR] [--out-dir DIR] [--max-fpr 0.01] [--built-only] [--search light]
 
 For each base, ``amdet-audit lab zoo --per-family N`` builds two zoos of every recipe family (lab.families:
 loud, stealthy, tokenwise-loss, pooled-loss, end-only, homoglyph-every, anti-inversion, object, attribute,
@@ -66,10 +66,11 @@ def read_manifest(out: Path) -> dict:
 
 
 def scan_zoo(manifest: dict, zoo: Path, scans: Path, reference: str, device: str, workers: int,
-             extra: tuple[str, ...] = ()) -> list[dict]:
-    """Scan every built model of a zoo (resumed); rows: name, family, positive, exit code, checks."""
+             extra: tuple[str, ...] = (), threads: int | None = None) -> list[dict]:
+    """Scan every built model of a zoo (resumed), each with ``threads`` torch threads (default: the cores split
+    between ``workers``); rows: name, family, positive, exit code, checks."""
     models = [m for m in manifest["models"] if m["status"] == "built"]
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = threads or max(1, (os.cpu_count() or 1) // workers)
     with ThreadPoolExecutor(workers) as pool:
         # rederive: a scan of this release made under other default thresholds is kept; the protocol chooses
         # its own thresholds from the recorded scores, so changing the defaults costs no rescan
@@ -240,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-seed", type=int, default=11)
     parser.add_argument("--heldout-seed", type=int, default=12)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of each scan (default: the cores split between --workers)")
     parser.add_argument("--build-threads", type=int, default=os.cpu_count() or 1,
                         help="torch threads of the zoo builds (1 lets two benchmark runs share 2 cores)")
     parser.add_argument("--device", default="cpu")
@@ -268,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.steps_scale)
             scans = work / set_name / base / ("scans" if args.search == "full" else f"scans-{args.search}")
             extra = ("--search", args.search)
-            rows[set_name] = scan_zoo(manifest, zoo, scans, target, args.device, args.workers, extra)
+            rows[set_name] = scan_zoo(manifest, zoo, scans, target, args.device, args.workers, extra, args.threads)
         results["bases"][base] = protocol(rows["calibration"], rows.get("heldout", []), args.max_fpr)
         results["bases"][base]["rows"] = {s: [{k: v for k, v in r.items() if k != "checks"} for r in rs]
                                           for s, rs in rows.items()}

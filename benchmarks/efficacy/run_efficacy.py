@@ -2,8 +2,8 @@
 
 Usage (from the repository root, in the project's virtual environment):
     python benchmarks/efficacy/run_efficacy.py [--bases canary[,clip-256,clip-l,minilm]] [--backdoored 20] [--benign 20]
-        [--calibration-seed 1] [--heldout-seed 2] [--sets calibration,heldout] [--workers N] [--device cpu]
-        [--work DIR] [--out-dir DIR] [--rederive] [--built-only] [--reference-free] [--top-up N]
+        [--calibration-seed 1] [--heldout-seed 2] [--sets calibration,heldout] [--workers N] [--threads N]
+        [--device cpu] [--work DIR] [--out-dir DIR] [--rederive] [--built-only] [--reference-free] [--top-up N]
 
 For each set (calibration, held-out: the same recipe drawn from two seeds) and each base, `amdet-audit lab zoo`
 builds the zoo, then `amdet-audit scan --format json` scans every model that took and the clean base, up to
@@ -221,7 +221,7 @@ def plan_jobs(args, work: Path) -> tuple[list[tuple[str, str, str, str, dict]], 
             target = base_target(base, work, build=not args.built_only, device=args.device)
             zoo_tasks.append((set_name, seed, base, target))
     parallel = max(1, min(args.workers, len(zoo_tasks)))
-    threads = max(1, (os.cpu_count() or 1) // parallel)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // parallel)
     with ThreadPoolExecutor(parallel) as pool:
         zoo_of = read_zoo if args.built_only else build_zoo
         futures = {pool.submit(zoo_of, target, work / set_name / base / "zoo", *zoo_size(args, set_name),
@@ -259,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heldout-seed", type=int, default=2)
     parser.add_argument("--sets", default="calibration,heldout", type=lambda s: s.split(","))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of each build and scan (default: the cores split between --workers)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--out-dir", type=Path, default=HERE)
@@ -276,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     mode = scan_mode(args.reference_free)
     work = args.work.resolve()
     jobs, zoo_states = plan_jobs(args, work)
-    threads = max(1, (os.cpu_count() or 1) // args.workers)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.workers)
     from rich.progress import Progress
 
     rows: dict[str, dict[str, list[Row]]] = {}
