@@ -22,15 +22,12 @@ from torch import nn
 
 from amdet_audit.encoders.base import EncoderOutput, PaddedTokenizerMixin
 from amdet_audit.encoders.insertion import insert_at, shift_mask
-from amdet_audit.encoders.lora import with_patch
 from amdet_audit.encoders.weights import (
     POSITION_IDS,
-    build_on_meta,
     check_budget,
     declared_shapes,
-    load_strict,
     local_tokenizer,
-    match_tensors,
+    materialize,
     prefixed_keys,
     read_weights,
     with_layers,
@@ -177,8 +174,6 @@ def build(
                  int(bert_config.num_hidden_layers), declared, canonical=canonical, ignorable=ignorable,
                  where=component.config_path)
     tensors = tensors if tensors is not None else read_weights(component, keep=keep)
-    model = build_on_meta(lambda: BertModel(bert_config, add_pooling_layer=has_pooler), component.config_path)
-    state = with_patch(match_tensors(model, tensors, canonical=canonical, ignorable=ignorable), component.patch,
-                       canonical)
-    model = load_strict(model, state).to(device=device, dtype=dtype or torch.float32)
+    model = materialize(component, lambda: BertModel(bert_config, add_pooling_layer=has_pooler), tensors,
+                        canonical=canonical, ignorable=ignorable, device=device, dtype=dtype)
     return BertTextAdapter(model, tokenizer, read_layer=read_layer)

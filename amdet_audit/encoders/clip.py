@@ -26,15 +26,12 @@ from torch import nn
 from amdet_audit.encoders import openclip
 from amdet_audit.encoders.base import EncoderOutput, PaddedTokenizerMixin
 from amdet_audit.encoders.insertion import insert_at, shift_mask
-from amdet_audit.encoders.lora import with_patch
 from amdet_audit.encoders.weights import (
     POSITION_IDS,
-    build_on_meta,
     check_budget,
     declared_shapes,
-    load_strict,
     local_tokenizer,
-    match_tensors,
+    materialize,
     prefixed_keys,
     read_weights,
     with_layers,
@@ -327,8 +324,6 @@ def build(
         tensors = read_weights(component, keep=keep)
     if from_openclip:
         tensors = openclip.convert_tensors(tensors, component.key_prefix, layers)
-    model = build_on_meta(lambda: cls(text_config), component.config_path)
-    state = with_patch(match_tensors(model, tensors, canonical=canonical, ignorable=ignorable), component.patch,
-                       canonical)
-    model = load_strict(model, state).to(device=device, dtype=dtype or torch.float32)
+    model = materialize(component, lambda: cls(text_config), tensors, canonical=canonical, ignorable=ignorable,
+                        device=device, dtype=dtype)
     return ClipTextAdapter(model, tokenizer, read_layer=read_layer, read_norm=read_norm)

@@ -23,15 +23,12 @@ import torch
 from torch import nn
 
 from amdet_audit.encoders.clip import ClipTextAdapter, causal_mask, locate_parts
-from amdet_audit.encoders.lora import with_patch
 from amdet_audit.encoders.weights import (
     POSITION_IDS,
-    build_on_meta,
     check_budget,
     declared_shapes,
-    load_strict,
     local_tokenizer,
-    match_tensors,
+    materialize,
     prefixed_keys,
     read_weights,
     with_layers,
@@ -144,8 +141,6 @@ def build(
     check_budget(lambda n: SiglipTextModel(with_layers(text_config, n)), layers, declared,
                  canonical=canonical, ignorable=ignorable, where=component.config_path)
     tensors = tensors if tensors is not None else read_weights(component, keep=keep)
-    model = build_on_meta(lambda: SiglipTextModel(text_config), component.config_path)
-    state = with_patch(match_tensors(model, tensors, canonical=canonical, ignorable=ignorable), component.patch,
-                       canonical)
-    model = load_strict(model, state).to(device=device, dtype=dtype or torch.float32)
+    model = materialize(component, lambda: SiglipTextModel(text_config), tensors, canonical=canonical,
+                        ignorable=ignorable, device=device, dtype=dtype)
     return SiglipTextAdapter(model, tokenizer, read_layer=read_layer, read_norm=read_norm)

@@ -24,14 +24,11 @@ from torch import nn
 
 from amdet_audit.encoders.base import EncoderOutput, PaddedTokenizerMixin
 from amdet_audit.encoders.insertion import insert_at, shift_mask
-from amdet_audit.encoders.lora import with_patch
 from amdet_audit.encoders.weights import (
-    build_on_meta,
     check_budget,
     declared_shapes,
-    load_strict,
     local_tokenizer,
-    match_tensors,
+    materialize,
     read_weights,
     with_layers,
 )
@@ -216,11 +213,8 @@ def build(
         if not torch.equal(first, second):
             raise WeightsError(f"{component.config_path.parent}: {SHARED} and {TIED} differ; T5 ties them, and "
                                "which one a loader uses decides what the model does")
-    model = build_on_meta(lambda: T5EncoderModel(t5_config), component.config_path)
-    state = with_patch(match_tensors(model, tensors, canonical=canonical, ignorable=ignorable), component.patch,
-                       canonical)
-    state[TIED] = state[SHARED]
-    model = load_strict(model, state).to(device=device, dtype=dtype or torch.float32)
+    model = materialize(component, lambda: T5EncoderModel(t5_config), tensors, canonical=canonical,
+                        ignorable=ignorable, device=device, dtype=dtype, aliases={TIED: SHARED})
     model.tie_weights()
     return T5TextAdapter(model, tokenizer, read_layer=read_layer, length=length or DEFAULT_LENGTH,
                          masked=bool(masked))

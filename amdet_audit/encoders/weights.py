@@ -210,6 +210,30 @@ def build_on_meta(make: Callable[[], nn.Module], where: Path) -> nn.Module:
         raise ConfigFileError(f"{where}: the config does not describe a buildable model ({one_line(exc)})") from exc
 
 
+def materialize(
+    component: Component,
+    make: Callable[[], nn.Module],
+    tensors: Tensors,
+    *,
+    canonical: Callable[[str], str],
+    ignorable: Callable[[str], bool],
+    device: torch.device | str,
+    dtype: torch.dtype | None,
+    aliases: Mapping[str, str] | None = None,
+) -> nn.Module:
+    """``make()`` built on the meta device and filled from the checked ``tensors`` with the component's LoRA
+    patch applied, on ``device`` in ``dtype`` (float32 by default). ``aliases``: state keys the model ties to
+    another (alias -> source), set from the source."""
+    from amdet_audit.encoders.lora import with_patch
+
+    model = build_on_meta(make, component.config_path)
+    state = with_patch(match_tensors(model, tensors, canonical=canonical, ignorable=ignorable), component.patch,
+                       canonical)
+    for alias, source in (aliases or {}).items():
+        state[alias] = state[source]
+    return load_strict(model, state).to(device=device, dtype=dtype or torch.float32)
+
+
 def _check_names(expected: Mapping[str, str], provided: Mapping[str, tuple], model_name: str) -> None:
     """Raise WeightsError naming up to 3 missing or unexpected tensors."""
     missing = set(expected) - set(provided)
