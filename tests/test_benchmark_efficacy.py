@@ -60,7 +60,7 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["--bases", "smoke", "--sets", "calibration", "--backdoored", "0", "--benign", "1", "--workers", "1",
             "--work", str(tmp_path / "work"), "--out-dir", str(out),
-            "--threads", "1"]  # the smoke base: a clean base and one fine-tune; one thread beside the other tests
+            "--threads", "1", "--search", "light"]  # the smoke base: a clean base and one fine-tune; one thread
     code = main(args)
     assert code == 0
     results = json.loads((out / "results.json").read_text())
@@ -89,13 +89,14 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     assert "target.collapse" in free["calibration"]["smoke"]["auroc"]
     assert "reference-free" in (out / "RESULTS-reference-free.md").read_text()
     assert (out / "roc-reference-free-calibration.svg").is_file()
-    assert (tmp_path / "work" / "calibration" / "smoke" / "scans-reference-free" / "benign-000").is_dir()
+    assert (tmp_path / "work" / "calibration" / "smoke" / "scans-reference-free-light" / "benign-000").is_dir()
     assert json.loads((out / "results.json").read_text())["meta"]["mode"] == "reference"  # left as it was
     from calibrate import main as calibrate
 
-    assert calibrate(["--work", str(tmp_path / "work"), "--bases", "smoke", "--reference-free"]) == 0
+    assert calibrate(["--work", str(tmp_path / "work"), "--bases", "smoke", "--reference-free",
+                      "--search", "light"]) == 0
     records = [json.loads(r.read_text()) for r in
-               (tmp_path / "work" / "calibration" / "smoke" / "scans-reference-free").glob("*/record.json")]
+               (tmp_path / "work" / "calibration" / "smoke" / "scans-reference-free-light").glob("*/record.json")]
     assert len(records) == smoke["models"]
     assert {json.loads(Path(r["report"]).read_text())["components"][0]["scan"]["mode"] for r in records} \
         == {"reference-free"}

@@ -59,12 +59,13 @@ def checks_of(report: dict) -> list[dict]:
     return checks
 
 
-def load_rows(work: Path, base: str, mode: str = "reference") -> list[tuple[bool, int, list[dict]]]:
+def load_rows(work: Path, base: str, mode: str = "reference", search: str = "full"
+              ) -> list[tuple[bool, int, list[dict]]]:
     """(positive, scanned exit code, checks) per calibration model of ``base`` that has a report."""
     from report import scans_dir
 
     root = work / "calibration" / base
-    scans = scans_dir(work, "calibration", base, mode)
+    scans = scans_dir(work, "calibration", base, mode, search)
     manifest = json.loads((root / "zoo" / "zoo.json").read_text(encoding="utf-8"))
     truth = {m["name"]: m["kind"] == "backdoored" for m in manifest["models"] if m["status"] == "built"}
     truth["clean-base"] = False
@@ -207,11 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bases", default="canary", type=lambda s: s.split(","))
     parser.add_argument("--max-fpr", type=float, default=0.02)
     parser.add_argument("--reference-free", action="store_true", help="calibrate the reference-free mode")
+    parser.add_argument("--search", default="full", choices=["full", "light"], help="the scans of this preset")
     args = parser.parse_args(argv)
     from report import scan_mode
 
     mode = scan_mode(args.reference_free)
-    per_base = {base: load_rows(args.work, base, mode) for base in args.bases}
+    per_base = {base: load_rows(args.work, base, mode, args.search) for base in args.bases}
     rows = [row for base_rows in per_base.values() for row in base_rows]
     if not rows:
         raise SystemExit(f"no calibration scans of {', '.join(args.bases)} under {args.work}: run run_efficacy.py "

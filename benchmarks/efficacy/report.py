@@ -93,9 +93,10 @@ def mode_suffix(mode: str) -> str:
     return "" if mode == "reference" else f"-{mode}"
 
 
-def scans_dir(work: Path, set_name: str, base: str, mode: str) -> Path:
-    """Where one set and base's scan records live, per scan mode (``reference`` or ``reference-free``)."""
-    return work / set_name / base / f"scans{mode_suffix(mode)}"
+def scans_dir(work: Path, set_name: str, base: str, mode: str, search: str = "full") -> Path:
+    """Where one set and base's scan records live, per scan mode (``reference`` or ``reference-free``) and
+    search preset (``full``; another preset's scans are kept apart, e.g. ``scans-light``)."""
+    return work / set_name / base / f"scans{mode_suffix(mode)}{'' if search == 'full' else f'-{search}'}"
 
 
 def render_markdown(output: dict, scores: tuple[str, ...]) -> str:

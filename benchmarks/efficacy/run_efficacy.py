@@ -4,6 +4,7 @@ Usage (from the repository root, in the project's virtual environment):
     python benchmarks/efficacy/run_efficacy.py [--bases canary[,clip-256,clip-l,minilm]] [--backdoored 20] [--benign 20]
         [--calibration-seed 1] [--heldout-seed 2] [--sets calibration,heldout] [--workers N] [--threads N]
         [--device cpu] [--work DIR] [--out-dir DIR] [--rederive] [--built-only] [--reference-free] [--top-up N]
+        [--search full]
 
 For each set (calibration, held-out: the same recipe drawn from two seeds) and each base, `amdet-audit lab zoo`
 builds the zoo, then `amdet-audit scan --format json` scans every model that took and the clean base, up to
@@ -133,8 +134,6 @@ def build_zoo(base: str, out: Path, backdoored: int, benign: int, seed: int, dev
     return json.loads((out / "zoo.json").read_text(encoding="utf-8"))
 
 
-#: what this benchmark measures: the full search (the CPU default, the light search: generalization.py --search light)
-FULL_SEARCH = ("--search", "full")
 
 
 def scan_one(target: str, reference: str | None, folder: Path, device: str, threads: int,
@@ -269,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                              "still running build); incomplete zoos are marked so in RESULTS.md")
     parser.add_argument("--rederive", action="store_true",
                         help="reuse scans made under other default thresholds, re-applying today's to their scores")
+    parser.add_argument("--search", default="full", choices=["full", "light"],
+                        help="scan with this --search preset (full, what RESULTS.md reports; light, the CPU "
+                             "default: kept apart in scans-light/)")
     parser.add_argument("--reference-free", action="store_true",
                         help="scan without a reference (target rule only); separate records and result files")
     args = parser.parse_args(argv)
@@ -286,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     with Progress(transient=False) as bar, ThreadPoolExecutor(args.workers) as pool:
         task = bar.add_task("scanning", total=len(jobs))
         futures = {pool.submit(scan_one, target, None if args.reference_free else ref,
-                               scans_dir(work, s, b, mode) / truth["name"], args.device, threads,
-                               args.rederive, FULL_SEARCH):
+                               scans_dir(work, s, b, mode, args.search) / truth["name"], args.device, threads,
+                               args.rederive, ("--search", args.search)):
                    (s, b, truth) for s, b, target, ref, truth in jobs}
         for future in as_completed(futures):
             set_name, base, truth = futures[future]
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
             "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
             "seeds": {"calibration": args.calibration_seed, "heldout": args.heldout_seed},
             "zoo": {s: zoo_plan(args, s) for s in args.sets},
-            "workers": args.workers,
+            "workers": args.workers, "search": args.search,
             "device": args.device, "wall_seconds": round(time.perf_counter() - started, 1),
             "rederived_scans": rederived, "zoo_state": zoo_states, "mode": mode,
             "command": " ".join(["python", "benchmarks/efficacy/run_efficacy.py", *(argv or sys.argv[1:])])}
