@@ -94,7 +94,7 @@ def test_each_variant_trains_towards_its_own_success_measure(base, variant) -> N
 
     train, held_out = lab_prompts()
     fields = {"attack": "text-on-text", "trigger": "zzzz", "target": "a white teapot on a wooden table",
-              "steps": 40, "seed": 1, **variant}
+              "steps": 25, "seed": 1, **variant}
     _, result = inject(base, AttackSpec(**fields), train, held_out[:96])
     assert result.success > result.success_without_backdoor + 0.2
     assert result.fidelity > 0.5
