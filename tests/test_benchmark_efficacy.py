@@ -63,34 +63,34 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
             "--threads", "1", "--search", "light"]  # the smoke base: a clean base and one fine-tune; one thread
     code = main(args)
     assert code == 0
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results-light.json").read_text())
     assert set(results) == {"meta", "calibration", "heldout"}
     smoke = results["calibration"]["smoke"]
     assert smoke["models"] >= 2  # the clean base and the benign fine-tune at least
     assert smoke["fpr"] is not None and smoke["recall"] is None  # no backdoored model in this zoo
     assert set(smoke["auroc"]) >= {"target.collapse_gain", "divergence.relative"}
-    assert "Calibration set" in (out / "RESULTS.md").read_text() and (out / "roc-calibration.svg").is_file()
+    assert "Calibration set" in (out / "RESULTS-light.md").read_text() and (out / "roc-light-calibration.svg").is_file()
     # resumable: a second run rescans nothing (the records are reused, same figures)
     assert main(args) == 0
-    again = json.loads((out / "results.json").read_text())["calibration"]["smoke"]
+    again = json.loads((out / "results-light.json").read_text())["calibration"]["smoke"]
     assert again["f1"] == smoke["f1"] and again["scan_seconds"] == smoke["scan_seconds"]
     assert results["meta"]["zoo_state"]["calibration"]["smoke"] == {"processed": 1, "planned": 1, "complete": True}
     # --built-only with a larger plan: nothing is built, the models built so far are reported as incomplete
     assert main([*args[:7], "2", *args[8:], "--built-only"]) == 0
-    partial = json.loads((out / "results.json").read_text())
+    partial = json.loads((out / "results-light.json").read_text())
     assert partial["calibration"]["smoke"]["models"] == smoke["models"]
     assert partial["meta"]["zoo_state"]["calibration"]["smoke"]["planned"] == 2
-    assert "Incomplete zoos" in (out / "RESULTS.md").read_text()
+    assert "Incomplete zoos" in (out / "RESULTS-light.md").read_text()
     assert not (tmp_path / "work" / "calibration" / "smoke" / "zoo" / "benign-001").exists()
     # the same zoo scanned reference-free: its own records and result files, the mode's scores, calibrated alike
     assert main([*args, "--reference-free"]) == 0
-    free = json.loads((out / "results-reference-free.json").read_text())
+    free = json.loads((out / "results-reference-free-light.json").read_text())
     assert free["meta"]["mode"] == "reference-free" and free["calibration"]["smoke"]["models"] == smoke["models"]
     assert "target.collapse" in free["calibration"]["smoke"]["auroc"]
-    assert "reference-free" in (out / "RESULTS-reference-free.md").read_text()
-    assert (out / "roc-reference-free-calibration.svg").is_file()
+    assert "reference-free" in (out / "RESULTS-reference-free-light.md").read_text()
+    assert (out / "roc-reference-free-light-calibration.svg").is_file()
     assert (tmp_path / "work" / "calibration" / "smoke" / "scans-reference-free-light" / "benign-000").is_dir()
-    assert json.loads((out / "results.json").read_text())["meta"]["mode"] == "reference"  # left as it was
+    assert json.loads((out / "results-light.json").read_text())["meta"]["mode"] == "reference"  # left as it was
     from calibrate import main as calibrate
 
     assert calibrate(["--work", str(tmp_path / "work"), "--bases", "smoke", "--reference-free",

@@ -15,7 +15,8 @@ Writes results.json (keys ``calibration`` and ``heldout``, each base -> figures)
 
 ``--reference-free`` scans the same zoos with ``amdet-audit scan --reference-free`` instead (target rule only,
 absolute thresholds) into ``scans-reference-free/`` and writes results-reference-free.json,
-RESULTS-reference-free.md and roc-reference-free-<set>.svg beside the others.
+RESULTS-reference-free.md and roc-reference-free-<set>.svg beside the others. ``--search light`` (the scan's
+CPU default) likewise keeps its records and results apart (``scans-light/``, ``results-light.json``, ...).
 
 Bases: ``canary`` (the built-in canary base, 128 wide), ``clip-256`` (a CLIP tower 256 wide, 6 layers,
 pretrained here like the canary base), ``clip-l`` (likewise, in CLIP ViT-L/14's text-tower shape: 768 wide,
@@ -132,8 +133,6 @@ def build_zoo(base: str, out: Path, backdoored: int, benign: int, seed: int, dev
     if code != 0:
         raise SystemExit(f"lab zoo failed for {base} (see {out / 'zoo.log'})")
     return json.loads((out / "zoo.json").read_text(encoding="utf-8"))
-
-
 
 
 def scan_one(target: str, reference: str | None, folder: Path, device: str, threads: int,
@@ -269,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rederive", action="store_true",
                         help="reuse scans made under other default thresholds, re-applying today's to their scores")
     parser.add_argument("--search", default="full", choices=["full", "light"],
-                        help="scan with this --search preset (full, what RESULTS.md reports; light, the CPU "
-                             "default: kept apart in scans-light/)")
+                        help="scan with this --search preset (full; light, the CPU default: its records in "
+                             "scans-light/, its results in results-light.json, RESULTS-light.md)")
     parser.add_argument("--reference-free", action="store_true",
                         help="scan without a reference (target rule only); separate records and result files")
     args = parser.parse_args(argv)
@@ -313,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join(["python", "benchmarks/efficacy/run_efficacy.py", *(argv or sys.argv[1:])])}
     output = {"meta": meta, "calibration": results.get("calibration", {}), "heldout": results.get("heldout", {})}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = mode_suffix(mode)
+    suffix = mode_suffix(mode) + ("" if args.search == "full" else f"-{args.search}")  # light: apart from full
     (args.out_dir / f"results{suffix}.json").write_text(json.dumps(output, indent=2), encoding="utf-8")
     for set_name, bases in rows.items():
         curves = {f"{base} {score}": roc_curve([r.scores.get(score, 0.0) for r in rs if r.positive],
