@@ -70,6 +70,7 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     assert smoke["fpr"] is not None and smoke["recall"] is None  # no backdoored model in this zoo
     assert set(smoke["auroc"]) >= {"target.collapse_gain", "divergence.relative"}
     assert "Calibration set" in (out / "RESULTS-light.md").read_text() and (out / "roc-light-calibration.svg").is_file()
+    assert "(roc-light-calibration.svg)" in (out / "RESULTS-light.md").read_text()  # links its own plot
     # resumable: a second run rescans nothing (the records are reused, same figures)
     assert main(args) == 0
     again = json.loads((out / "results-light.json").read_text())["calibration"]["smoke"]

@@ -34,6 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibrate import best_plateau, checks_of, default_thresholds, figures, flag_grid, plateau_middle  # noqa: E402
+from report import scans_dir  # noqa: E402
 from run_efficacy import CLI, base_target, run, scan_one, tool_version  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -269,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest = read_manifest(zoo) if args.built_only else build_family_zoo(
                 target, zoo, args.per_family, args.families, seeds[set_name], args.device, args.build_threads,
                 args.steps_scale)
-            scans = work / set_name / base / ("scans" if args.search == "full" else f"scans-{args.search}")
+            scans = scans_dir(work, set_name, base, "reference", args.search)
             extra = ("--search", args.search)
             rows[set_name] = scan_zoo(manifest, zoo, scans, target, args.device, args.workers, extra, args.threads)
         results["bases"][base] = protocol(rows["calibration"], rows.get("heldout", []), args.max_fpr)

@@ -93,19 +93,27 @@ def mode_suffix(mode: str) -> str:
     return "" if mode == "reference" else f"-{mode}"
 
 
+def run_suffix(mode: str, search: str = "full") -> str:
+    """What a scan mode and search preset add to the names of their scan folders and result files: the mode's
+    suffix, then ``-light`` for the light search (full-search runs keep the plain names)."""
+    return mode_suffix(mode) + ("" if search == "full" else f"-{search}")
+
+
 def scans_dir(work: Path, set_name: str, base: str, mode: str, search: str = "full") -> Path:
     """Where one set and base's scan records live, per scan mode (``reference`` or ``reference-free``) and
-    search preset (``full``; another preset's scans are kept apart, e.g. ``scans-light``)."""
-    return work / set_name / base / f"scans{mode_suffix(mode)}{'' if search == 'full' else f'-{search}'}"
+    search preset (another preset's scans are kept apart from the full search's, e.g. ``scans-light``)."""
+    return work / set_name / base / f"scans{run_suffix(mode, search)}"
 
 
 def render_markdown(output: dict, scores: tuple[str, ...]) -> str:
     """RESULTS.md: how it was run, both sets' tables (AUROC of ``scores``), ROC plots and the goals met or
     missed."""
     meta = output["meta"]
-    suffix = mode_suffix(meta.get("mode", "reference"))
-    free = bool(suffix)
-    lines = [f"# Efficacy benchmark results{' (reference-free scans)' if free else ''}", "",
+    mode, search = meta.get("mode", "reference"), meta.get("search", "full")
+    suffix = run_suffix(mode, search)  # of the ROC plots this run wrote beside this file
+    free = bool(mode_suffix(mode))
+    light = " (light search)" if search == "light" else ""
+    lines = [f"# Efficacy benchmark results{' (reference-free scans)' if free else ''}{light}", "",
              f"Tool {meta['tool_version']}, {meta['date']}, {meta['machine']}, device {meta['device']}, "
              f"{meta['workers']} parallel scans; wall time {meta['wall_seconds']} s.", "",
              "```bash", meta["command"], "```", "",

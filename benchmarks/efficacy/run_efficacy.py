@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibrate import checks_of, default_thresholds, flagged  # noqa: E402
 from metrics import Row, roc_curve, summarize  # noqa: E402
-from report import mode_suffix, render_markdown, render_roc_svg, scan_mode, scans_dir  # noqa: E402
+from report import render_markdown, render_roc_svg, run_suffix, scan_mode, scans_dir  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CLI = [str(Path(sys.executable).parent / "amdet-audit")]  # the console script of this environment
@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": " ".join(["python", "benchmarks/efficacy/run_efficacy.py", *(argv or sys.argv[1:])])}
     output = {"meta": meta, "calibration": results.get("calibration", {}), "heldout": results.get("heldout", {})}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = mode_suffix(mode) + ("" if args.search == "full" else f"-{args.search}")  # light: apart from full
+    suffix = run_suffix(mode, args.search)
     (args.out_dir / f"results{suffix}.json").write_text(json.dumps(output, indent=2), encoding="utf-8")
     for set_name, bases in rows.items():
         curves = {f"{base} {score}": roc_curve([r.scores.get(score, 0.0) for r in rs if r.positive],
