@@ -34,6 +34,10 @@ def test_siglip_canary_verdicts(run_cli, tmp_path) -> None:
     assert scan["mode"] == "reference" and scan["verdict"] == "backdoored"
     assert scan["config"]["differential"] is True
     assert any(row["text"].count("о") for row in scan["evidence"]["token_search"]["top"][:3])  # the homoglyph
+    shift_rules = [c for c in scan["checks"] if c["name"].split(".")[0] in ("divergence", "token_shift")]
+    assert shift_rules and not any(c["decides"] for c in shift_rules)  # measured, shown, not judged
+    assert all(c["decides"] for c in scan["checks"] if c not in shift_rules)
+    assert "reported" in flagged.stdout  # the console marks the shift rules "reported only"
     passed = run_cli("scan", "canary:siglip-clean", "--out", tmp_path / "clean")
     assert passed.exit_code == 0, passed.stderr
     report = json.loads((tmp_path / "clean" / "report.json").read_text())

@@ -20,6 +20,19 @@ def test_collapse_of_identical_and_opposite_features() -> None:
     assert abs(mean_pairwise_cosine(torch.eye(5)) - 0.0) < 1e-6
 
 
+def test_spread_ratio_tells_a_common_shift_from_a_collapse() -> None:
+    """A common shift far larger than the prompts' spread raises cross-prompt cosine to ~1 but keeps every
+    prompt's identity (spread ratio 1); landing on one target erases it (0)."""
+    from amdet_audit.scan.features import spread_ratio
+
+    clean = torch.randn(32, 16, generator=torch.Generator().manual_seed(0))
+    shifted = clean + 100.0 * torch.ones(16)
+    assert collapse(shifted.unsqueeze(0))[0] > 0.99 and abs(spread_ratio(shifted, clean) - 1.0) < 1e-4
+    target = torch.randn(16).expand(32, 16) + 1e-3 * clean
+    assert spread_ratio(target, clean) < 0.01
+    assert abs(spread_ratio(0.5 * clean, clean) - 0.5) < 1e-5
+
+
 def test_hessian_of_a_bowl_is_positive_and_of_a_saddle_mixed() -> None:
     coords = torch.linspace(-1, 1, 9)
     a, b = torch.meshgrid(coords, coords, indexing="ij")
@@ -79,6 +92,17 @@ def test_bidirectional_rules_are_reference_relative() -> None:
                        causal=False)
     assert diverging.verdict == "clean" and diverging.scores["divergence.relative"] == 50.0
     assert BIDIRECTIONAL_RULES == ("collapse", "token-collapse")  # the shift rules are reported, not judged
+    # ... and every reader of report.json says so: the divergence rule held but is "reported only"
+    from dataclasses import asdict
+
+    from amdet_audit.report.markdown import rule_groups
+    groups = {g["rule"]: g for g in rule_groups([asdict(c) for c in diverging.checks])}
+    assert not groups["divergence"]["decides"] and not groups["divergence"]["fired"]
+    assert groups["divergence"]["state"] == "held, reported only"
+    assert groups["target"]["decides"] and groups["target"]["state"] == "not fired"
+    causal = decide({"collapse": effect(0.97, 50.0), "divergence": effect(0.97, 50.0)}, {}, cfg, has_ref=True)
+    assert causal.verdict == "backdoored" and all(c.decides for c in causal.checks)
+    assert {g["rule"]: g["state"] for g in rule_groups([asdict(c) for c in causal.checks])}["divergence"] == "fired"
 
 
 def test_collapse_gain_is_measured_against_the_reference_room() -> None:

@@ -97,7 +97,7 @@ def rules_table(checks: list[dict]) -> Table:
         table.add_column(column)
     for group in rule_groups(checks):
         for i, check in enumerate(group["checks"]):
-            fired = "[bold red]fired[/]" if group["fired"] else "not fired"
+            fired = "[bold red]fired[/]" if group["fired"] else group["state"]
             table.add_row(f"{esc(group['rule'])}: {fired}" if i == 0 else "", esc(check["condition"]),
                           score_text(check["score"]), f"{esc(check['direction'])} {score_text(check['threshold'])}",
                           "yes" if check["flags"] else "no")

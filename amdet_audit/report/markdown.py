@@ -23,14 +23,22 @@ RULES = {"target": "target", "divergence": "divergence", "token_collapse": "toke
 
 
 def rule_groups(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The scan's conditions grouped by rule: ``{"rule", "fired", "checks"}``, each check with its ``condition``
-    (its name without the rule's prefix); a rule fired when every one of its conditions held."""
+    """The scan's conditions grouped by rule: ``{"rule", "fired", "decides", "state", "checks"}``, each check with
+    its ``condition`` (its name without the rule's prefix). A rule fired when every one of its conditions held;
+    one that does not decide on this tower (``decides`` false in report.json) is stated as reported only, so
+    that no reader takes it for a reason of the verdict."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for check in checks:
         prefix = check["name"].split(".")[0]
         groups.setdefault(RULES.get(prefix, prefix), []).append({**check,
                                                                   "condition": check["name"].split(".", 1)[-1]})
-    return [{"rule": rule, "fired": all(c["flags"] for c in group), "checks": group} for rule, group in groups.items()]
+    out = []
+    for rule, group in groups.items():
+        fired, decides = all(c["flags"] for c in group), all(c.get("decides", True) for c in group)
+        state = ("fired" if fired else "not fired") if decides else (
+            "held, reported only" if fired else "not held, reported only")
+        out.append({"rule": rule, "fired": fired and decides, "decides": decides, "state": state, "checks": group})
+    return out
 
 
 def add_token_filters(env: Any) -> None:

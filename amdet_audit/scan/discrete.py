@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter, EncoderOutput
-from amdet_audit.scan.features import collapse
+from amdet_audit.scan.features import collapse, spread_ratio
 from amdet_audit.scan.lookalikes import LOOKALIKES, UNLIKE, substitute_every, substitute_first, substitutions
 
 PLACEMENTS = ("start", "end")
@@ -59,6 +59,8 @@ class ProbeScore:
     shift: float  # consistent shift the probe causes in the suspect beyond the reference, relative to size
     excess_z: float = 0.0
     shift_z: float = 0.0
+    spread: float | None = None  # suspect's spread ratio under the probe (features.spread_ratio; with a reference)
+    reference_spread: float | None = None  # the reference's under the same probe
 
 
 @dataclass
@@ -184,8 +186,12 @@ class ProbeRunner:
             r = self.r_tail.features(self.tail(self.reference(batch.ids), batch.eos))
             excess = col - float(collapse(r.unsqueeze(0))[0])
             moved = moved - (r - self.r_clean)
+            spreads = spread_ratio(s, self.s_clean), spread_ratio(r, self.r_clean)
+        else:
+            spreads = None, None
         shift = float(moved.mean(dim=0).norm() / self.s_clean.norm(dim=-1).mean())
-        return ProbeScore(probe=probe, collapse=col, excess=excess, shift=shift)
+        return ProbeScore(probe=probe, collapse=col, excess=excess, shift=shift, spread=spreads[0],
+                          reference_spread=spreads[1])
 
     def gradient(self, probe: Probe) -> torch.Tensor:
         """[D] gradient of the suspect's tail collapse w.r.t. the embedding of the probe's first token."""

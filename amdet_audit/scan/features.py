@@ -106,6 +106,17 @@ def collapse(features: torch.Tensor) -> torch.Tensor:
     return off / (B * (B - 1))
 
 
+def spread_ratio(triggered: torch.Tensor, clean: torch.Tensor) -> float:
+    """[B, F] x [B, F] -> how far the prompts' triggered features sit from their own mean, relative to the same
+    for their clean features (1: every prompt keeps its identity, as under a common shift; 0: all prompts land
+    on one point). Unlike cross-prompt cosine it does not rise when a common shift dwarfs a narrow clean spread."""
+    def spread(x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        return (x - x.mean(dim=0, keepdim=True)).norm(dim=-1).mean()
+
+    return float(spread(triggered) / spread(clean).clamp_min(1e-12))
+
+
 def rowwise_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """[..., F] x [..., F] -> [...] cosine per row."""
     return F.cosine_similarity(a, b, dim=-1)

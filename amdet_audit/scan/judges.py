@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from amdet_audit.scan.features import rowwise_cosine
+from amdet_audit.scan.features import rowwise_cosine, spread_ratio
 from amdet_audit.scan.objective import assimilation
 from amdet_audit.scan.terms import Encoders, run_candidates
 
@@ -31,6 +31,8 @@ class Effect:
     divergence_consistency: float | None = None  # mean pairwise cosine of per-prompt shifts
     drift: float | None = None  # how far the suspect's clean outputs are from the reference's, relative to size
     relative_divergence: float | None = None  # divergence / max(drift, DRIFT_FLOOR): beyond ordinary drift
+    spread_ratio: float | None = None  # triggered vs clean spread of the suspect's prompts (features.spread_ratio)
+    reference_spread_ratio: float | None = None  # the same for the reference under the same pseudo-trigger
     per_prompt: dict[str, list[float]] = field(default_factory=dict)
     target: torch.Tensor | None = None  # [F] mean triggered feature (centred)
 
@@ -69,6 +71,7 @@ def measure(enc: Encoders, v: torch.Tensor, index: torch.Tensor, ids: torch.Tens
                     same_target_rate=float((to_target > SAME_TARGET_COSINE).float().mean()),
                     assimilation=float(a.mean()), clean_assimilation=float(torch.cat(clean_assim).mean()),
                     clean_similarity=float(rowwise_cosine(feats, clean).mean()), target=target,
+                    spread_ratio=spread_ratio(feats, clean),
                     per_prompt={"to_target": to_target.tolist(), "assimilation": a.tolist()})
     if ref:
         r_feats, r_clean = torch.cat(ref), torch.cat(ref_clean)
@@ -80,5 +83,6 @@ def measure(enc: Encoders, v: torch.Tensor, index: torch.Tensor, ids: torch.Tens
         effect.drift = float((clean - r_clean).norm(dim=-1).mean() / clean.norm(dim=-1).mean())
         effect.relative_divergence = effect.divergence / max(effect.drift, DRIFT_FLOOR)
         effect.divergence_consistency = mean_pairwise_cosine(shift)
+        effect.reference_spread_ratio = spread_ratio(r_feats, r_clean)
         effect.per_prompt["anchor"] = anchor.tolist()
     return effect

@@ -10,7 +10,10 @@ import torch
 
 @dataclass
 class Check:
-    """One rule's continuous score against its threshold; ``flags`` is True when the score points to a backdoor."""
+    """One rule's continuous score against its threshold; ``flags`` is True when the score points to a backdoor.
+
+    ``decides`` is False for a rule that is measured and reported but cannot make the verdict on this tower
+    (the shift rules on a bidirectional encoder, see scan/verdict.BIDIRECTIONAL_RULES)."""
 
     name: str
     score: float | None
@@ -18,6 +21,7 @@ class Check:
     direction: str  # ">=" (higher flags) or "<=" (lower flags)
     flags: bool | None
     description: str
+    decides: bool = True
 
 
 @dataclass

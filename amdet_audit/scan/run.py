@@ -90,7 +90,9 @@ def token_evidence(search: TokenSearch | None, adapter: Adapter) -> dict | None:
         return {"probe": p.label if p.substitution else " ".join(tokens), "text": text, "placement": p.placement,
                 "origin": p.origin, "token_ids": list(p.tokens), "collapse": round(s.collapse, 4),
                 "collapse_excess": round(s.excess, 4), "collapse_z": round(s.excess_z, 2),
-                "shift": round(s.shift, 4), "shift_z": round(s.shift_z, 2)}
+                "shift": round(s.shift, 4), "shift_z": round(s.shift_z, 2),
+                "spread": None if s.spread is None else round(s.spread, 4),
+                "reference_spread": None if s.reference_spread is None else round(s.reference_spread, 4)}
 
     return {"probes_tried": search.probes, "null": {k: round(v, 4) for k, v in search.null.items()},
             "top": [row(s) for s in search.top]}

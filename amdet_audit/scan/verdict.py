@@ -155,16 +155,20 @@ def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig
         by_rule["divergence"] = divergence_checks(found["divergence"], cfg, lenient)
     if token is not None and has_ref:
         by_rule.update(token_checks(token, cfg, lenient))
+    for rule, group in by_rule.items():
+        if not (causal or rule in BIDIRECTIONAL_RULES):
+            for c in group:
+                c.decides = False
     checks = [c for group in by_rule.values() for c in group]
-    rules = {rule: all(c.flags for c in group) for rule, group in by_rule.items()
-             if causal or rule in BIDIRECTIONAL_RULES}
+    rules = {rule: all(c.flags for c in group) for rule, group in by_rule.items() if group[0].decides}
     scores = {c.name: c.score for c in checks}
     if "collapse" in found:
         e = found["collapse"]
         d = found.get("divergence", e)
         scores.update({"divergence.magnitude": d.divergence, "drift": d.drift, "collapse": e.collapse,
                        "assimilation": e.assimilation, "clean_assimilation": e.clean_assimilation,
-                       "clean_similarity": e.clean_similarity})
+                       "clean_similarity": e.clean_similarity, "spread_ratio": e.spread_ratio,
+                       "reference_spread_ratio": e.reference_spread_ratio})
     flagged = [r for r, ok in rules.items() if ok]
     if not causal and not has_ref and not lenient:
         return Decision("inconclusive", False, None, [NEEDS_REFERENCE_BIDIRECTIONAL], checks, scores)

@@ -48,7 +48,8 @@ def checks_of(report: dict) -> list[dict]:
     bidirectional = (component.get("encoder") or {}).get("causal") is False
     checks = []
     for check in scan.get("checks", []):
-        if bidirectional and check["name"].startswith(("divergence.", "token_shift.")):
+        if check.get("decides") is False or bidirectional and check["name"].startswith(("divergence.",
+                                                                                           "token_shift.")):
             continue
         if check["name"] == "target.collapse_excess":
             reference = (scan.get("reference_baseline") or {}).get("collapse", 0.0)

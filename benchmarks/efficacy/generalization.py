@@ -84,8 +84,23 @@ def scan_zoo(manifest: dict, zoo: Path, scans: Path, reference: str, device: str
                      "positive": model["kind"] == "backdoored", "exit_code": record["exit_code"],
                      "checks": checks_of(report) if report else [], "seconds": record["seconds"],
                      "fidelity": (model.get("lab") or {}).get("fidelity"),
-                     "success": (model.get("lab") or {}).get("success")})
+                     "success": (model.get("lab") or {}).get("success"),
+                     "scores": recorded_scores(report) if report else {}})
     return rows
+
+
+def recorded_scores(report: dict) -> dict[str, float | None]:
+    """The scan's scores, kept in generalization.json so that a later rule can be judged on these models
+    without rebuilding them: every check's score, the scan's summary scores, and the spread ratios of the real
+    input probe with the largest collapse z-score."""
+    scan = report["components"][0].get("scan", {})
+    out = {c["name"]: c["score"] for c in scan.get("checks", [])}
+    out.update(scan.get("scores") or {})
+    top = ((scan.get("evidence") or {}).get("token_search") or {}).get("top") or []
+    best = max(top, key=lambda row: row.get("collapse_z") or float("-inf"), default=None)
+    if best is not None:
+        out.update({f"token_collapse.{k}": best.get(k) for k in ("collapse", "spread", "reference_spread")})
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
 
 
 def as_rows(rows: list[dict]) -> list[tuple[bool, int, list[dict]]]:
