@@ -82,6 +82,13 @@ def test_bidirectional_rows_are_judged_by_their_own_rule() -> None:
     assert generalization.knobs_for([row("c", "loud", True, 0.8, 30)]) is generalization.KNOBS
 
 
+def test_counts_of_workers_and_threads_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    for option in ("--workers", "--threads", "--build-threads"):
+        with pytest.raises(SystemExit) as stop:
+            generalization.main([option, "0"])
+        assert stop.value.code == 2 and "must be 1 or more" in capsys.readouterr().err
+
+
 def test_smoke_run_builds_scans_and_judges_a_stealthy_and_an_adaptive_recipe(tmp_path: Path) -> None:
     """The whole protocol end to end on one calibration zoo of shortened recipes (a backdoor shortened below
     its bars is recorded as not taken, and the protocol judges what took)."""
@@ -102,6 +109,8 @@ def test_smoke_run_builds_scans_and_judges_a_stealthy_and_an_adaptive_recipe(tmp
     results = json.loads((out / "generalization.json").read_text())["bases"]["smoke"]
     scanned = {r["name"] for r in results["rows"]["calibration"]}
     assert scanned == {m["name"] for m in zoo["models"] if m["status"] == "built"}
+    for r in results["rows"]["calibration"]:  # each model's scores are kept for judging later rules
+        assert isinstance(r["scores"]["token_collapse.excess"], float) and "spread_ratio" in r["scores"]
     took = {m["family"] for m in zoo["models"] if m["status"] == "built" and m["kind"] == "backdoored"}
     assert set(results["families"]) == took
     assert "leave-one-family-out" in (out / "GENERALIZATION.md").read_text()

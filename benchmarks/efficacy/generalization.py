@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibrate import best_plateau, checks_of, default_thresholds, figures, flag_grid, plateau_middle  # noqa: E402
-from report import scans_dir  # noqa: E402
+from report import positive_int, scans_dir  # noqa: E402
 from run_efficacy import CLI, base_target, run, scan_one, tool_version  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -256,10 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--families", default=None, help="comma list (default: every family)")
     parser.add_argument("--calibration-seed", type=int, default=11)
     parser.add_argument("--heldout-seed", type=int, default=12)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads of each scan (default: the cores split between --workers)")
-    parser.add_argument("--build-threads", type=int, default=os.cpu_count() or 1,
+    parser.add_argument("--build-threads", type=positive_int, default=os.cpu_count() or 1,
                         help="torch threads of the zoo builds (1 lets two benchmark runs share 2 cores)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=HERE / "work" / "generalization")

@@ -9,6 +9,16 @@ GOALS = {"f1": 0.95, "fpr": 0.02, "attribute_recall": 0.9}  # held-out goals (pa
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type for counts of workers and threads: 0 or less is refused, not taken as the default."""
+    import argparse
+
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def fmt(value: object, digits: int = 3) -> str:
     """A figure for a table cell: rounded float, integer, or an en dash when missing."""
     if value is None:

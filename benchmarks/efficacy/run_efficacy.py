@@ -45,7 +45,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from calibrate import checks_of, default_thresholds, flagged  # noqa: E402
 from metrics import Row, roc_curve, summarize  # noqa: E402
-from report import render_markdown, render_roc_svg, run_suffix, scan_mode, scans_dir  # noqa: E402
+from report import positive_int, render_markdown, render_roc_svg, run_suffix, scan_mode, scans_dir  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CLI = [str(Path(sys.executable).parent / "amdet-audit")]  # the console script of this environment
@@ -256,8 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-seed", type=int, default=1)
     parser.add_argument("--heldout-seed", type=int, default=2)
     parser.add_argument("--sets", default="calibration,heldout", type=lambda s: s.split(","))
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--workers", type=positive_int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads of each build and scan (default: the cores split between --workers)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--work", type=Path, default=HERE / "work")
