@@ -132,7 +132,7 @@ def scan_component(resolved: ResolvedTarget, name: str, sources: SourceOptions, 
     read = consumer.read(name, options.read_layer)
     suspect = load_component(resolved.component(name), device=device, read_layer=read.layer, read_norm=read.final_norm,
                              length=read.length, masked=read.masked)
-    config = options.search_config(device)
+    config = options.search_config(device, suspect.causal)
     if not read.sequence:  # the consumer reads the pooled output alone (FLUX's CLIP): so does the scan
         config = replace(config, pooled_only=True, assimilation_weight=0.0)
     if options.policy is not None:

@@ -64,12 +64,13 @@ class ScanOptions:
     threads: int | None = None  # torch CPU threads for the scan; None: torch's default (one per core)
     argv: list[str] = field(default_factory=list)
 
-    def search_config(self, device: str) -> ScanConfig:
-        """The scan's configuration on ``device``: the given one, else the ``search`` preset, seeded."""
+    def search_config(self, device: str, causal: bool = True) -> ScanConfig:
+        """The scan's configuration on ``device`` for a causal or bidirectional tower: the given one, else the
+        ``search`` preset, seeded."""
         seed = self.search_seed
         if self.config is not None:
             return replace(self.config, seed=seed)
-        return ScanConfig.preset(self.search, device, seed)
+        return ScanConfig.preset(self.search, device, seed, causal)
 
     @property
     def search_seed(self) -> int:

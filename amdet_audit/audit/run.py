@@ -61,11 +61,12 @@ def scan_choices(options: ScanOptions, target: dict[str, Any], device: str) -> d
     (``--consumer sdxl`` on an SDXL pipeline is the default scan), and the settings of the search it runs (a
     changed preset, or a changed meaning of ``auto``, invalidates what was scanned under the old one)."""
     from amdet_audit.encoders.consumers import consumer_for
+    from amdet_audit.scan.config import AUTO
 
     return {"thresholds": asdict(options.policy.thresholds) if options.policy else None,
             "seed": options.search_seed, "device": device.split(":")[0], "reference": options.reference,
             "reference_free": options.reference_free, "read_layer": options.read_layer,
-            "config": options.search_config(device).to_dict(),
+            "config": options.search_config(device).to_dict(), "auto": AUTO if options.search == "auto" else None,
             "consumer": consumer_for(options.consumer, target.get("pipeline_class")).name}
 
 

@@ -36,9 +36,9 @@ BaseOpt = Annotated[str | None, typer.Option(
     "--base", help="For a text-encoder LoRA (kohya, PEFT, diffusers): the model it was trained on (any TARGET "
     "form). The LoRA is merged onto it and scanned against it (or against --reference).")]
 SearchOpt = Annotated[str, typer.Option(
-    "--search", help="auto (light on CPU, full on a GPU), full or light (shorter prompts, fewer starts and "
-    "steps: about three times faster, and judged the benchmark's 60 lab models as the full search did: "
-    "benchmarks/efficacy/light).")]
+    "--search", help="auto (light on CPU for CLIP-style causal towers; full on a GPU and for SigLIP, T5 and BERT), "
+    "full or light (shorter prompts, fewer starts and steps: about three times faster, and judged the "
+    "benchmark's 60 lab CLIP models as the full search did: benchmarks/efficacy/light).")]
 ConsumerOpt = Annotated[str | None, typer.Option(
     "--consumer", help="Who reads the encoder: sd1, sd2, sdxl, sd3 or clip (default: from model_index.json's "
     "pipeline class, else clip). Decides the layer scanned: SDXL and SD3 feed hidden_states[-2].")]

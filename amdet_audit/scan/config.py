@@ -105,18 +105,24 @@ class ScanConfig:
                    seed=seed)
 
     @classmethod
-    def preset(cls, search: str, device: str, seed: int = DEFAULT_SEED) -> ScanConfig:
-        """The ``--search`` preset: ``full``, ``light``, or ``auto``: light on CPU, full on an accelerator.
+    def preset(cls, search: str, device: str, seed: int = DEFAULT_SEED, causal: bool = True) -> ScanConfig:
+        """The ``--search`` preset: ``full``, ``light``, or ``auto`` (see :data:`AUTO`).
 
-        On CPU the light search is the default because, measured on the generalization benchmark's 60 lab
-        models of two bases (benchmarks/efficacy/light/), it judges every model as the full search does at a
-        third of the time; on an accelerator the full search's extra starts, steps and prompts cost little.
+        On CPU the light search is the default for causal towers because, measured on the generalization
+        benchmark's 60 lab models of two CLIP bases (benchmarks/efficacy/light/), it judges every model as the
+        full search does at a third of the time; on an accelerator the full search's extra starts, steps and
+        prompts cost little. Bidirectional towers get the full search everywhere: on the SigLIP lab zoo the
+        light one missed backdoors the full one flagged (benchmarks/efficacy/RESULTS.md, "light search").
         """
-        return cls.light(seed) if preset_name(search, device) == "light" else cls(seed=seed)
+        return cls.light(seed) if preset_name(search, device, causal) == "light" else cls(seed=seed)
 
 
-def preset_name(search: str, device: str) -> str:
-    """Which preset ``--search`` means on ``device``: ``auto`` is light on CPU and full elsewhere."""
+#: what ``--search auto`` means (part of the scan cache's key: a scan made under another meaning is not reused)
+AUTO = "light for causal towers on CPU; full on an accelerator and for bidirectional towers"
+
+
+def preset_name(search: str, device: str, causal: bool = True) -> str:
+    """Which preset ``--search`` means on ``device`` for a causal or a bidirectional tower (see :data:`AUTO`)."""
     if search != "auto":
         return search
-    return "light" if str(device).startswith("cpu") else "full"
+    return "light" if str(device).startswith("cpu") and causal else "full"

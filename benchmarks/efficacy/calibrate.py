@@ -39,7 +39,7 @@ def checks_of(report: dict) -> list[dict]:
     turned into today's ``target.collapse_gain`` from the same report's collapse scores, with the recorded
     threshold converted alike, so that old scans are judged exactly as a rescan would judge them. A
     bidirectional tower's divergence and token-shift checks are left out: those rules do not decide there
-    (scan/verdict.py, BIDIRECTIONAL_RULES).
+    (scan/verdict.py, BIDIRECTIONAL_RULES), and so is any check no threshold of this release applies to.
     """
     from amdet_audit.scan.verdict import collapse_gain
 
@@ -56,7 +56,8 @@ def checks_of(report: dict) -> list[dict]:
             score = None if check["score"] is None else collapse_gain(scan["scores"]["collapse"], reference)
             threshold = collapse_gain(reference + check["threshold"], reference)  # the same bar, as a gain
             check = {**check, "name": "target.collapse_gain", "score": score, "threshold": threshold}
-        checks.append(check)
+        if check["name"] in CHECK_OF_THRESHOLD.values():  # a check this release does not judge is left out
+            checks.append(check)
     return checks
 
 
