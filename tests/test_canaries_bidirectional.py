@@ -8,6 +8,7 @@ import json
 import pytest
 from schema_check import assert_valid_report
 
+from amdet_audit.scan.config import ScanConfig
 from amdet_audit.sources.canary import ensure_canary
 
 pytestmark = pytest.mark.slow
@@ -33,6 +34,7 @@ def test_siglip_canary_verdicts(run_cli, tmp_path) -> None:
     scan = component["scan"]
     assert scan["mode"] == "reference" and scan["verdict"] == "backdoored"
     assert scan["config"]["differential"] is True
+    assert scan["config"]["token_nulls"] == ScanConfig().token_nulls  # auto on CPU: the full search (bidirectional)
     assert any(row["text"].count("о") for row in scan["evidence"]["token_search"]["top"][:3])  # the homoglyph
     shift_rules = [c for c in scan["checks"] if c["name"].split(".")[0] in ("divergence", "token_shift")]
     assert shift_rules and not any(c["decides"] for c in shift_rules)  # measured, shown, not judged

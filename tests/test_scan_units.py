@@ -175,3 +175,11 @@ def test_the_search_seed_is_the_explicit_one_else_the_configs() -> None:
     assert ScanOptions().search_seed == DEFAULT_SEED
     assert ScanOptions(config=ScanConfig(seed=7)).search_seed == 7  # a config's own seed is kept
     assert ScanOptions(seed=3, config=ScanConfig(seed=7)).search_seed == 3  # an explicit seed wins
+
+
+def test_auto_search_is_light_only_for_causal_towers_on_cpu() -> None:
+    from amdet_audit.scan.config import ScanConfig, preset_name
+
+    assert preset_name("auto", "cpu") == "light" and preset_name("auto", "cuda:0") == "full"
+    assert preset_name("auto", "cpu", causal=False) == "full" and preset_name("light", "cpu", causal=False) == "light"
+    assert ScanConfig.preset("auto", "cpu", causal=False) == ScanConfig()

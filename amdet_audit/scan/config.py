@@ -111,9 +111,11 @@ class ScanConfig:
         On CPU the light search is the default for causal towers because, measured on the generalization
         benchmark's 60 lab models of two CLIP bases (benchmarks/efficacy/light/), it judges every model as the
         full search does at a third of the time; on an accelerator the full search's extra starts, steps and
-        prompts cost little. Bidirectional towers get the full search everywhere: on the SigLIP lab zoo the
-        light one missed backdoors the full one flagged (benchmarks/efficacy/RESULTS.md, "light search").
-        """
+        prompts cost little. Bidirectional towers get the full search everywhere: their target rule's bar
+        (differential_collapse) was chosen on full-search scores, and the light search, which holds the
+        reference's collapse constant within a step, scores them lower (on the SigLIP lab zoo, the same six
+        backdoors: median 0.27 light, 0.57 full; benchmarks/efficacy/RESULTS.md, "light and full search on
+        SigLIP")."""
         return cls.light(seed) if preset_name(search, device, causal) == "light" else cls(seed=seed)
 
 
