@@ -113,8 +113,8 @@ class ScanConfig:
         full search does at a third of the time; on an accelerator the full search's extra starts, steps and
         prompts cost little. Bidirectional towers get the full search everywhere: their target rule's bar
         (differential_collapse) was chosen on full-search scores, and the light search, which holds the
-        reference's collapse constant within a step, scores them lower (on the SigLIP lab zoo, the same six
-        backdoors: median 0.27 light, 0.57 full; benchmarks/efficacy/RESULTS.md, "light and full search on
+        reference's collapse constant within a step, scores them lower (on the SigLIP lab zoo, the same seven
+        backdoors: median 0.27 light, 0.58 full; benchmarks/efficacy/RESULTS.md, "light and full search on
         SigLIP")."""
         return cls.light(seed) if preset_name(search, device, causal) == "light" else cls(seed=seed)
 
