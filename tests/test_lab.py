@@ -24,7 +24,7 @@ def test_attacks_take_and_reload_through_sources(name: str) -> None:
     info = lab_info(folder)
     assert info["kind"] == "backdoored" and info["took"]
     assert info["success"] >= 0.8 and info["success"] - info["success_without_backdoor"] >= 0.5
-    assert info["fidelity"] >= MIN_FIDELITY  # the lab's own bar (0.848 and above seen across CPUs' float kernels)
+    assert MIN_FIDELITY <= info["fidelity"] <= 1.0  # recorded as a cosine; "took" already asks the lab bar
     assert info["base"]["weights_sha256"]  # ground truth names the base by digest
     resolved = resolve(str(folder))
     assert resolved.components[0].architecture == "CLIPTextModel"

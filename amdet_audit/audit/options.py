@@ -50,7 +50,7 @@ class ScanOptions:
     device: str = "cpu"
     out: Path | None = None  # new or empty folder for report.json and evidence
     config: ScanConfig | None = None  # None: the ``search`` preset
-    search: str = "auto"  # auto (light on CPU, full on an accelerator), full or light
+    search: str = "auto"  # auto (light on CPU for causal towers, else full; scan/config.AUTO), full or light
     seed: int | None = None  # of the search; None: the config's, else DEFAULT_SEED (see ``search_seed``)
     policy: Policy | None = None  # thresholds, fail_on, waivers...; None: the bundled default policy
     plugins: list[str] | None = None  # third-party plugins to run (entry-point names); None: all installed

@@ -177,5 +177,6 @@ def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig
                    + ", ".join(f"{c.name} {c.score:.3f} {c.direction} {c.threshold:.3f}" for c in by_rule[r])
                    for r in flagged]
         return Decision("backdoored", True, flagged[0], reasons, checks, scores)
-    reasons = ["no rule holds: " + ", ".join(f"{c.name} {c.score:.3f}" for c in checks if c.score is not None)]
+    reasons = [("no rule holds: " if causal else "no deciding rule holds: ")
+               + ", ".join(f"{c.name} {c.score:.3f}" for c in checks if c.score is not None and c.decides)]
     return Decision("clean", False, None, reasons, checks, scores)

@@ -97,9 +97,11 @@ def recorded_scores(report: dict) -> dict[str, float | None]:
     out = {c["name"]: c["score"] for c in scan.get("checks", [])}
     out.update(scan.get("scores") or {})
     top = ((scan.get("evidence") or {}).get("token_search") or {}).get("top") or []
-    best = max(top, key=lambda row: row.get("collapse_z") or float("-inf"), default=None)
-    if best is not None:
-        out.update({f"token_collapse.{k}": best.get(k) for k in ("collapse", "spread", "reference_spread")})
+    z = out.get("token_collapse.z")  # the probe the token-collapse rule judged, when it is among the top rows
+    judged = [row for row in top if z is not None and row.get("collapse_z") is not None
+              and abs(row["collapse_z"] - z) < 0.01]
+    if judged:
+        out.update({f"token_collapse.{k}": judged[0].get(k) for k in ("collapse", "spread", "reference_spread")})
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
 
 
