@@ -155,12 +155,12 @@ def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig
         by_rule["divergence"] = divergence_checks(found["divergence"], cfg, lenient)
     if token is not None and has_ref:
         by_rule.update(token_checks(token, cfg, lenient))
+    deciding = [rule for rule in by_rule if causal or rule in BIDIRECTIONAL_RULES]
     for rule, group in by_rule.items():
-        if not (causal or rule in BIDIRECTIONAL_RULES):
-            for c in group:
-                c.decides = False
+        for c in group:
+            c.decides = rule in deciding
     checks = [c for group in by_rule.values() for c in group]
-    rules = {rule: all(c.flags for c in group) for rule, group in by_rule.items() if group[0].decides}
+    rules = {rule: all(c.flags for c in by_rule[rule]) for rule in deciding}
     scores = {c.name: c.score for c in checks}
     if "collapse" in found:
         e = found["collapse"]

@@ -91,8 +91,8 @@ def scan_zoo(manifest: dict, zoo: Path, scans: Path, reference: str, device: str
 
 def recorded_scores(report: dict) -> dict[str, float | None]:
     """The scan's scores, kept in generalization.json so that a later rule can be judged on these models
-    without rebuilding them: every check's score, the scan's summary scores, and the spread ratios of the real
-    input probe with the largest collapse z-score."""
+    without rebuilding them: every check's score, the scan's summary scores, and the collapse and spread ratios
+    of the real-input probe the token-collapse rule judged (when it is among the report's top probes)."""
     scan = report["components"][0].get("scan", {})
     out = {c["name"]: c["score"] for c in scan.get("checks", [])}
     out.update(scan.get("scores") or {})
