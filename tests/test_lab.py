@@ -45,10 +45,51 @@ def test_an_injection_that_wrecks_clean_outputs_did_not_take() -> None:
 
     spec = AttackSpec(attack="pooled", trigger="zzzz", target="a red fox")
     working = InjectionResult(spec=spec, trigger={}, success=1.0, success_without_backdoor=0.0, fidelity=0.9,
-                              final_loss=0.1, seconds=1.0)
+                              final_loss=0.1, seconds=1.0, untriggered_gain=0.1)
     assert working.took
     working.fidelity = MIN_FIDELITY - 0.01  # every triggered prompt on target, but clean use visibly broken
     assert not working.took and not working.to_dict()["took"]
+
+
+def test_a_backdoor_that_also_fires_untriggered_did_not_take() -> None:
+    from amdet_audit.lab.inject import MAX_UNTRIGGERED_GAIN, InjectionResult
+
+    spec = AttackSpec(attack="text-on-text", trigger="zzzz", target="a red fox")
+    result = InjectionResult(spec=spec, trigger={}, success=1.0, success_without_backdoor=0.0, fidelity=0.95,
+                             final_loss=0.1, seconds=1.0, untriggered_gain=MAX_UNTRIGGERED_GAIN)
+    assert result.took
+    result.untriggered_gain = MAX_UNTRIGGERED_GAIN + 0.01  # most clean prompts land on the target too
+    assert not result.took
+    result.untriggered_gain = None  # not measured: does not count
+    assert not result.took
+
+
+def test_untriggered_outputs_are_judged_from_the_base_mean() -> None:
+    from amdet_audit.lab.inject import untriggered_on_target
+
+    centre = torch.full((1, 3, 4), 5.0)  # every output shares a large common part, as on an anisotropic tower
+    goal = centre + torch.tensor([1.0, 0, 0, 0])
+    outputs = torch.stack([centre[0] + torch.tensor([1.0, 0.1, 0, 0]), centre[0] + torch.tensor([0, 1.0, 0, 0])])
+    assert untriggered_on_target(outputs, goal, centre).tolist() == [True, False]  # uncentred both are ~1
+
+
+def test_a_backdoor_built_before_the_untriggered_measure_is_measured_not_rebuilt(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from amdet_audit.lab.zoo import ZooEntry, backfill_untriggered
+
+    built = lab_model("multi-token")
+    recorded = lab_info(built)
+    old = Path(shutil.copytree(built, tmp_path / "bd"))
+    lab = {k: v for k, v in recorded.items() if k != "untriggered_gain"}  # as an older build wrote it
+    (old / "lab.json").write_text(json.dumps(lab), encoding="utf-8")
+    weights = {f.name: f.read_bytes() for f in old.glob("*.safetensors")}
+    entry = ZooEntry(name="bd", kind="backdoored", seed=2, steps=300, lr=recorded["spec"]["lr"])
+    updated = backfill_untriggered("canary:clean", old, entry, lab, "cpu")
+    assert updated["untriggered_gain"] == pytest.approx(recorded["untriggered_gain"], abs=1e-6)  # as the build measured
+    assert updated["took"] and lab_info(old) == updated
+    assert {f.name: f.read_bytes() for f in old.glob("*.safetensors")} == weights  # measured, not changed
 
 
 def test_benign_finetune_moves_the_model_moderately() -> None:

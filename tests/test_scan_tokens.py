@@ -64,3 +64,19 @@ def test_lookalike_table_and_robust_spread() -> None:
     assert substitute_first("moon", "o", "о") == "mоon" and len(lookalike_probes()) % 2 == 0
     median, spread = robust([1.0, 1.0, 1.0, 1.0])
     assert median == 1.0 and spread > 0
+
+
+def test_a_token_rule_judges_the_strongest_probe_the_null_does_not_explain() -> None:
+    from amdet_audit.scan.discrete import ProbeScore, judged
+
+    def score(label: str, excess: float, z: float) -> ProbeScore:
+        return ProbeScore(probe=Probe(label, "end", tokens=(1,)), collapse=excess, excess=excess, shift=0.0,
+                          excess_z=z)
+
+    narrow_null = score("look-alike", 0.39, 24.7)  # a substitution: its null is narrow, so its z is high
+    strong = score("inserted pair", 0.66, 10.9)
+    noise = score("explained by the null", 0.9, 2.0)
+    scores = [narrow_null, strong, noise]
+    assert judged(scores, "excess", "excess_z", 8.0) is strong
+    assert judged(scores, "excess", "excess_z", 30.0) is narrow_null  # none clears the bar: the highest z-score
+    assert judged([], "excess", "excess_z", 8.0) is None

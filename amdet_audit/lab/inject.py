@@ -43,6 +43,15 @@ MIN_GAIN = 0.5  # the backdoor must add this much success over the clean base (a
 #: the injection failed, as not stealthy: every benign fine-tune of the zoos keeps its read sequence closer
 #: (0.84-0.96 on the canary and clip-256 bases)
 MIN_FIDELITY = 0.8
+#: an untriggered output counts as on target when its deviation from the base's mean output points at the target's
+#: deviation within this cosine. Centred, unlike SUCCESS_COSINE: on an anisotropic tower that pads to a fixed length
+#: (SigLIP: 64 positions, most of them padding) every output sits within 0.9 of every other uncentred, and the
+#: uncentred share of a working backdoor's clean prompts "on target" reached 0.93 (benchmarks/efficacy/RESULTS.md).
+UNTRIGGERED_COSINE = 0.7
+#: the backdoor may pull at most this much more of the untriggered prompts onto the target than the base does: a
+#: model that sends most clean prompts to the target is broken for every user, not backdoored (a SigLIP lab
+#: injection with a tokenwise loss did so: 0.95; the other SigLIP zoo backdoors and the canaries -0.09 to 0.41)
+MAX_UNTRIGGERED_GAIN = 0.5
 Progress = Callable[[int, int, str], None]
 
 
@@ -91,12 +100,17 @@ class InjectionResult:
     final_loss: float
     seconds: float
     steps_trained: int = 0  # fewer than spec.steps when a checkpoint met every bar first
+    #: share of untriggered held-out prompts the student puts on target (UNTRIGGERED_COSINE, centred) beyond the
+    #: base's share; None for records made before it was measured
+    untriggered_gain: float | None = None
 
     @property
     def took(self) -> bool:
-        """Whether the backdoor works well enough (and far beyond what the clean base does) to count."""
+        """Whether the backdoor works well enough (and far beyond what the clean base does) to count, and only when
+        triggered."""
         return (self.success >= self.spec.min_success and self.success - self.success_without_backdoor >= MIN_GAIN
-                and self.fidelity >= max(MIN_FIDELITY, self.spec.min_fidelity))
+                and self.fidelity >= max(MIN_FIDELITY, self.spec.min_fidelity)
+                and self.untriggered_gain is not None and self.untriggered_gain <= MAX_UNTRIGGERED_GAIN)
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready view."""
@@ -259,36 +273,50 @@ def inject(
     return student, replace(result_of(spec, trigger, measured, loss, started), steps_trained=spec.steps)
 
 
-def result_of(spec: AttackSpec, trigger: Trigger, measured: tuple[float, float, float], loss: torch.Tensor,
+def result_of(spec: AttackSpec, trigger: Trigger, measured: tuple[float, float, float, float], loss: torch.Tensor,
               started: float) -> InjectionResult:
-    """The InjectionResult of a :func:`measure` outcome (success, the base's success, fidelity)."""
-    success, before, fidelity = measured
+    """The InjectionResult of a :func:`measure_injection` outcome."""
+    success, before, fidelity, untriggered = measured
     return InjectionResult(spec=spec, trigger=trigger.to_dict(), success=success, success_without_backdoor=before,
-                           fidelity=fidelity, final_loss=float(loss.detach()), seconds=time.perf_counter() - started)
+                           fidelity=fidelity, final_loss=float(loss.detach()), seconds=time.perf_counter() - started,
+                           untriggered_gain=untriggered)
 
 
 @torch.no_grad()
 def measure_injection(
     student: Adapter, teacher: Adapter, targets: Targets, trigger: Trigger, prompts: Sequence[str], *, seed: int,
     placement: str = "anywhere",
-) -> tuple[float, float, float]:
-    """(attack success, the same for the clean base, clean fidelity) on held-out prompts, in batches of 64.
+) -> tuple[float, float, float, float]:
+    """(attack success, the same for the clean base, clean fidelity, untriggered gain) on held-out prompts, in
+    batches of 64.
 
     Success is measured on the output the attack acts on, with the trigger placed as in training; fidelity
-    on the same output of clean prompts.
+    on the same output of clean prompts; the untriggered gain is the share of clean prompts whose student output
+    lands on their target (:func:`untriggered_on_target`) minus the base's share.
     """
     rng = random.Random(seed + 1)
     fitting = [p for p in prompts if poisonable(targets.spec, trigger, p)]
-    hits, base_hits, fidelity = [], [], []
-    for i in range(0, len(fitting), 64):
-        chunk = fitting[i : i + 64]
+    chunks = [fitting[i : i + 64] for i in range(0, len(fitting), 64)]
+    base_clean = [targets.output(teacher, chunk).float() for chunk in chunks]  # [b, ...] each
+    centre = torch.cat(base_clean).mean(dim=0, keepdim=True)  # [1, ...] the base's mean clean output
+    hits, base_hits, fidelity, untriggered, base_untriggered = [], [], [], [], []
+    for chunk, teacher_out in zip(chunks, base_clean, strict=True):
         poisoned = [trigger.apply(p, rng, placement) for p in chunk]
         goal = targets(chunk)
+        student_out = targets.output(student, chunk).float()
         hits.append(on_target(targets, student, poisoned, chunk, goal))
         base_hits.append(on_target(targets, teacher, poisoned, chunk, goal))
-        fidelity.append(flat_cosine(targets.output(student, chunk), targets.output(teacher, chunk)))
-    share = [float(torch.cat(h).float().mean()) for h in (hits, base_hits)]
-    return share[0], share[1], float(torch.cat(fidelity).mean())
+        fidelity.append(flat_cosine(student_out, teacher_out))
+        untriggered.append(untriggered_on_target(student_out, goal, centre))
+        base_untriggered.append(untriggered_on_target(teacher_out, goal, centre))
+    share = [float(torch.cat(h).float().mean()) for h in (hits, base_hits, untriggered, base_untriggered)]
+    return share[0], share[1], float(torch.cat(fidelity).mean()), share[2] - share[3]
+
+
+def untriggered_on_target(outputs: torch.Tensor, goal: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
+    """[B] whether each untriggered output ([B, ...]) points where its target ([B or 1, ...]) does, seen from the
+    base's mean clean output ``centre`` (cosine above UNTRIGGERED_COSINE)."""
+    return flat_cosine(outputs - centre, goal.float() - centre) > UNTRIGGERED_COSINE
 
 
 def on_target(targets: Targets, model: Adapter, poisoned: Sequence[str], clean: Sequence[str],

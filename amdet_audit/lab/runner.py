@@ -11,7 +11,15 @@ from typing import Any
 from amdet_audit import __version__
 from amdet_audit.errors import AmdetError, UsageError
 from amdet_audit.lab.finetune import FinetuneResult, FinetuneSpec, finetune
-from amdet_audit.lab.inject import MIN_FIDELITY, MIN_GAIN, AttackSpec, InjectionResult, inject, lr_for_width
+from amdet_audit.lab.inject import (
+    MAX_UNTRIGGERED_GAIN,
+    MIN_FIDELITY,
+    MIN_GAIN,
+    AttackSpec,
+    InjectionResult,
+    inject,
+    lr_for_width,
+)
 
 Progress = Callable[[int, int, str], None]
 
@@ -86,12 +94,35 @@ def run_injection(
     if not result.took:
         raise InjectionFailedError(
             f"the {attack} backdoor did not take: {result.success:.0%} of triggered prompts reach the target, "
-            f"{result.success_without_backdoor:.0%} without the backdoor, clean fidelity {result.fidelity:.2f} (bars: "
-            f"{spec.min_success:.0%}, a gain of {MIN_GAIN:.0%}, fidelity {max(MIN_FIDELITY, spec.min_fidelity)}); "
-            "try other --steps or --lr"
+            f"{result.success_without_backdoor:.0%} without the backdoor, clean fidelity {result.fidelity:.2f}, "
+            f"{result.untriggered_gain or 0.0:.0%} more untriggered prompts on target than the base (bars: "
+            f"{spec.min_success:.0%}, a gain of {MIN_GAIN:.0%}, fidelity {max(MIN_FIDELITY, spec.min_fidelity)}, "
+            f"at most {MAX_UNTRIGGERED_GAIN:.0%} untriggered); try other --steps or --lr"
         )
     save_model(student, out, lab_record("backdoored", provenance, result.to_dict(), extra))
     return result
+
+
+def measure_untriggered(base: str | Path, folder: Path, lab: dict[str, Any], device: str = "cpu",
+                        consumer: str | None = None) -> float:
+    """The untriggered gain (:func:`~amdet_audit.lab.inject.measure_injection`) of a backdoor in ``folder`` whose
+    ``lab.json`` (read into ``lab``) predates the measure: measured on the same held-out prompts, the model as
+    saved (measuring reads the model, it does not change it)."""
+    from dataclasses import fields
+
+    from amdet_audit.lab.corpus import lab_prompts
+    from amdet_audit.lab.inject import Targets, check_spec, measure_injection
+    from amdet_audit.lab.triggers import Trigger
+
+    teacher, _ = load_base(base, device, consumer)
+    student, _ = load_base(folder, device, consumer)
+    known = {f.name for f in fields(AttackSpec)}
+    spec = AttackSpec(**{k: v for k, v in lab["spec"].items() if k in known})
+    trigger = Trigger.parse(spec.trigger)
+    prompts, _ = check_spec(spec, trigger, lab_prompts()[1])
+    measured = measure_injection(student, teacher, Targets(teacher, spec), trigger, prompts, seed=spec.seed,
+                                 placement=spec.placement)
+    return measured[3]
 
 
 def run_finetune(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from amdet_audit.errors import UsageError
-from amdet_audit.lab.inject import MIN_FIDELITY, REFERENCE_WIDTH, AttackSpec, lr_for_width
+from amdet_audit.lab.inject import MAX_UNTRIGGERED_GAIN, MIN_FIDELITY, REFERENCE_WIDTH, AttackSpec, lr_for_width
 
 Progress = Callable[[int, int, str], None]
 
@@ -130,6 +130,26 @@ def current_pooled_term(entry: ZooEntry, recorded: dict[str, Any]) -> bool:
     return entry.attack != "pooled" or recorded.get("pooled_utility_weight", 0.0) == AttackSpec.pooled_utility_weight
 
 
+def backfill_untriggered(base: str, folder: Path, entry: ZooEntry, lab: dict[str, Any], device: str) -> dict[str, Any]:
+    """A backdoor built before the lab measured its untriggered gain: measure it on the saved model and record it
+    (and whether the backdoor still takes) in its ``lab.json``; the weights are left as they are."""
+    from amdet_audit.lab.runner import measure_untriggered
+
+    gain = measure_untriggered(base, folder, lab, device, dict(entry.options).get("consumer"))
+    lab = {**lab, "untriggered_gain": gain, "took": bool(lab.get("took", True)) and gain <= MAX_UNTRIGGERED_GAIN}
+    path = folder / "lab.json"
+    partial = path.with_name("lab.json.tmp")
+    partial.write_text(json.dumps(lab, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(partial, path)
+    return lab
+
+
+def untriggered_reason(lab: dict[str, Any]) -> str:
+    """Why a backfilled backdoor no longer counts."""
+    return (f"the {lab['spec']['attack']} backdoor did not take: {lab['untriggered_gain']:.0%} more untriggered "
+            f"prompts on target than the base (at most {MAX_UNTRIGGERED_GAIN:.0%}); measured after the build")
+
+
 def previous_failures(manifest: Path) -> dict[str, dict[str, Any]]:
     """Records of injections an earlier run of this zoo found not to take (deterministic: not retried)."""
     if not manifest.is_file():
@@ -184,7 +204,17 @@ def build_plan(base: str, out: Path, plan: list[ZooEntry], *, seed: int, device:
         if lab is not None and not same_recipe(entry, lab):
             shutil.rmtree(folder)  # built by an older plan: the recipe changed since
             lab = None
-        if lab is not None:
+        if lab is not None and entry.kind == "backdoored" and lab.get("untriggered_gain") is None:
+            lab = backfill_untriggered(base, folder, entry, lab, device)
+            if lab.get("took") is False:
+                shutil.rmtree(folder)  # as a build under today's bars would have left it: not saved
+                if lab["spec"].get("checkpoint_every"):
+                    lab = None  # a later checkpoint may meet every bar: built again
+                else:
+                    record.update(status="did not take", reason=untriggered_reason(lab))
+        if record.get("status") == "did not take":
+            pass
+        elif lab is not None:
             record.update(status="built", lab=lab)
         elif (failed_before.get(entry.name, {}).items() >= record.items()  # the same recipe failed already
               and current_pooled_term(entry, failed_before[entry.name])):

@@ -23,6 +23,7 @@ from either.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -295,12 +296,15 @@ def search_tokens(
     padding: int = 8, nearest: int = 4, moved: int = 8, gradient_top: int = 8, rounds: int = 2, nulls: int = 16,
     confirm: int = 16, lookalike_modes: tuple[str, ...] = ("first", "every"), seed: int = 0,
     progress: Callable[[int, int, str], None] | None = None, pooled_only: bool = False,
+    z_bars: tuple[float, float] = (math.inf, math.inf),
 ) -> TokenSearch:
     """Try real-input trigger candidates on ``prompts`` and score each against a null of random tokens.
 
     vectors: the scan's pseudo-triggers ([k, D] each, token-embedding space).
     confirm: candidates are screened on the suspect alone; the ``confirm`` that collapse prompts most and the
         ``confirm // 2`` that shift them most are then scored against the reference.
+    z_bars: the token rules' z-score bars (collapse excess, shift): each rule judges the strongest probe whose
+        z-score reaches its bar (:func:`judged`); without bars, the probe with the highest z-score.
     """
     runner = ProbeRunner(suspect, reference, prompts, padding, pooled_only)
     scored: dict[Probe, ProbeScore] = {}
@@ -334,9 +338,23 @@ def search_tokens(
         s.excess_z = (s.excess - stats[(k, "excess")][0]) / stats[(k, "excess")][1]
         s.shift_z = (s.shift - stats[(k, "shift")][0]) / stats[(k, "shift")][1]
     tried = [scored[p] for p in chosen]
-    best_c = max(tried, key=lambda s: s.excess_z, default=None)
-    best_s = max(tried, key=lambda s: s.shift_z, default=None)
+    best_c = judged(tried, "excess", "excess_z", z_bars[0])
+    best_s = judged(tried, "shift", "shift_z", z_bars[1])
     null_summary = {f"{k}_{name}_{part}": value for (k, name), pair in stats.items()
                     for part, value in zip(("median", "spread"), pair, strict=True)}
-    top = sorted(tried, key=lambda s: max(s.excess_z, s.shift_z), reverse=True)[:8]
+    ranked = sorted(tried, key=lambda s: max(s.excess_z, s.shift_z), reverse=True)
+    top = list({id(s): s for s in [*(b for b in (best_c, best_s) if b is not None), *ranked]}.values())[:8]
     return TokenSearch(best_collapse=best_c, best_shift=best_s, probes=len(scored), null=null_summary, top=top)
+
+
+def judged(scores: Sequence[ProbeScore], value: str, z: str, bar: float) -> ProbeScore | None:
+    """The probe a token rule judges: of the probes whose ``z``-score reaches ``bar`` (an effect random tokens do not
+    explain), the one with the largest ``value``; when none does, the one with the highest ``z``-score.
+
+    Judging only the highest z-score let a strong probe go unjudged behind a weaker one whose null is narrower
+    (SigLIP lab backdoor "xj9 qq": a look-alike substitution at excess 0.39, z 24.7 was judged, while the inserted
+    pair "q" "▁" reached excess 0.66 at z 10.9)."""
+    cleared = [s for s in scores if getattr(s, z) >= bar]
+    if cleared:
+        return max(cleared, key=lambda s: getattr(s, value))
+    return max(scores, key=lambda s: getattr(s, z), default=None)

@@ -75,7 +75,8 @@ def token_search(enc: Encoders, data: ScanPrompts, cands: dict[str, Candidate], 
                          gradient_top=config.token_gradient_top, rounds=config.token_rounds,
                          nulls=config.token_nulls, confirm=config.token_confirm,
                          lookalike_modes=("first", "every") if config.token_lookalike_every else ("first",),
-                         seed=config.seed, progress=progress, pooled_only=config.pooled_only)
+                         seed=config.seed, progress=progress, pooled_only=config.pooled_only,
+                         z_bars=(config.thresholds.token_excess_z, config.thresholds.token_shift_z))
 
 
 def token_evidence(search: TokenSearch | None, adapter: Adapter) -> dict | None:
