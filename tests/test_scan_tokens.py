@@ -80,3 +80,6 @@ def test_a_token_rule_judges_the_strongest_probe_the_null_does_not_explain() -> 
     assert judged(scores, "excess", "excess_z", 8.0) is strong
     assert judged(scores, "excess", "excess_z", 30.0) is narrow_null  # none clears the bar: the highest z-score
     assert judged([], "excess", "excess_z", 8.0) is None
+    capped = ProbeScore(probe=Probe("a->а every", "text", substitution=("a", "а", "every")), collapse=0.9,
+                        excess=0.31, shift=0.0, gain=0.76, gain_z=5.0)  # the reference collapses to 0.59 itself
+    assert judged([strong, capped], "gain", "gain_z", 3.0) is capped  # by gain (bidirectional towers)

@@ -108,8 +108,9 @@ def test_bidirectional_rules_are_reference_relative() -> None:
 def test_collapse_gain_is_measured_against_the_reference_room() -> None:
     """The same triggered collapse counts for more when the reference's own best leaves less room below 1."""
     from amdet_audit.scan.config import ScanConfig
+    from amdet_audit.scan.features import HEADROOM_FLOOR, collapse_gain
     from amdet_audit.scan.judges import Effect
-    from amdet_audit.scan.verdict import HEADROOM_FLOOR, collapse_gain, decide
+    from amdet_audit.scan.verdict import decide
 
     assert abs(collapse_gain(0.95, 0.81) - 0.14 / 0.19) < 1e-9  # a raw excess of 0.14 closes 74% of the room
     assert abs(collapse_gain(0.95, 0.57) - 0.38 / 0.43) < 1e-9
@@ -140,6 +141,32 @@ def test_token_shift_rule_needs_a_large_shift_not_only_a_large_z_score() -> None
     assert not rule(shift=0.15, shift_z=13.0)  # tight null, small shift
     assert not rule(shift=1.0, shift_z=cfg.token_shift_z - 1)  # large shift, but ordinary for this model pair
     assert rule(shift=1.0, shift_z=cfg.token_shift_z + 1)
+
+
+def test_a_bidirectional_token_collapse_rule_judges_the_share_of_the_room_the_reference_leaves() -> None:
+    """On a bidirectional tower the token-collapse rule reads the gain: a probe under which the reference itself
+    collapses (0.59) leaves a backdoor an excess of at most 0.41, below the excess bar, but a gain near 1; a
+    causal tower keeps the excess rule. A gain random tokens explain (z below its bar) does not flag."""
+    from amdet_audit.scan.config import ScanConfig
+    from amdet_audit.scan.discrete import Probe, ProbeScore, TokenSearch
+    from amdet_audit.scan.features import collapse_gain
+    from amdet_audit.scan.verdict import token_checks
+
+    cfg = ScanConfig()
+    t = cfg.thresholds
+
+    def flags(gain_z: float, causal: bool, excess_z: float = 30.0) -> bool:
+        best = ProbeScore(Probe("a->а every", "text", substitution=("a", "а", "every")), collapse=0.9,
+                          excess=0.31, shift=0.0, gain=collapse_gain(0.9, 0.59), excess_z=excess_z, gain_z=gain_z)
+        checks = token_checks(TokenSearch(best_collapse=best, best_shift=None, probes=1), cfg, False, causal)
+        return all(c.flags for c in checks["token-collapse"])
+
+    assert collapse_gain(0.9, 0.59) > t.token_gain and 0.31 < t.token_excess
+    assert flags(gain_z=t.token_gain_z + 1, causal=False)
+    assert not flags(gain_z=t.token_gain_z - 1, causal=False)  # random tokens collapse this model as far
+    assert not flags(gain_z=t.token_gain_z + 1, causal=True)  # a causal tower: the excess rule, 0.31 is too small
+    names = {c.name for c in token_checks(TokenSearch(None, None, 1), cfg, False, False).get("token-collapse", [])}
+    assert names == set()  # no probe, no rule
 
 
 def test_a_scan_depends_on_its_seed_only_not_on_the_global_random_state(tiny_clip) -> None:

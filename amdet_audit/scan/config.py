@@ -42,6 +42,8 @@ class Thresholds:
     differential_collapse: float = shipped("differential_collapse")
     token_excess: float = shipped("token_excess")
     token_excess_z: float = shipped("token_excess_z")
+    token_gain: float = shipped("token_gain")
+    token_gain_z: float = shipped("token_gain_z")
     token_shift: float = shipped("token_shift")
     token_shift_z: float = shipped("token_shift_z")
 

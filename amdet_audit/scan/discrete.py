@@ -13,9 +13,10 @@ that vector little to find, while the real trigger still works. So the scan also
   padding states after it and the pooled output, each centred by the clean corpus mean and scaled to unit
   typical norm (positions before an end-placed trigger cannot change in a causal tower, so they are left out;
   a bidirectional tower's end state and pooled output see the whole prompt);
-- scores: cross-prompt collapse of the suspect beyond the reference's under the same probe, and the consistent
-  shift the probe causes in the suspect but not in the reference, each also as a robust z-score against
-  random vocabulary tokens probed the same way (a null distribution of this very model pair).
+- scores: cross-prompt collapse of the suspect beyond the reference's under the same probe (as a difference, the
+  excess, and as the share of the reference's room to full collapse that the suspect closes, the gain), and the
+  consistent shift the probe causes in the suspect but not in the reference, each also as a robust z-score
+  against random vocabulary tokens probed the same way (a null distribution of this very model pair).
 
 Inspired by NLP trigger inversion in token space (DBS, Shen et al. 2022; PICCOLO, Liu et al. 2022); no code
 from either.
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter, EncoderOutput
-from amdet_audit.scan.features import collapse, spread_ratio
+from amdet_audit.scan.features import collapse, collapse_gain, spread_ratio
 from amdet_audit.scan.lookalikes import LOOKALIKES, UNLIKE, substitute_every, substitute_first, substitutions
 
 PLACEMENTS = ("start", "end")
@@ -58,8 +59,11 @@ class ProbeScore:
     collapse: float  # suspect's cross-prompt collapse under the probe
     excess: float  # minus the reference's (only the suspect's collapse while screening)
     shift: float  # consistent shift the probe causes in the suspect beyond the reference, relative to size
+    gain: float = 0.0  # share of the reference's room to full collapse the suspect closes (the collapse alone while
+    # screening; features.collapse_gain)
     excess_z: float = 0.0
     shift_z: float = 0.0
+    gain_z: float = 0.0
     spread: float | None = None  # suspect's spread ratio under the probe (features.spread_ratio; with a reference)
     reference_spread: float | None = None  # the reference's under the same probe
 
@@ -68,7 +72,7 @@ class ProbeScore:
 class TokenSearch:
     """Outcome of the token-space search."""
 
-    best_collapse: ProbeScore | None
+    best_collapse: ProbeScore | None  # judged by its excess, or by its gain (bidirectional towers)
     best_shift: ProbeScore | None
     probes: int
     null: dict[str, float] = field(default_factory=dict)
@@ -181,17 +185,18 @@ class ProbeRunner:
         s = self.suspect_features[probe]
         col = float(collapse(s.unsqueeze(0))[0])
         moved = s - self.s_clean  # [B, F]
-        excess = col
+        excess = gain = col
         if batch is not None and with_reference and self.reference is not None and self.r_tail is not None \
                 and self.r_clean is not None:
             r = self.r_tail.features(self.tail(self.reference(batch.ids), batch.eos))
-            excess = col - float(collapse(r.unsqueeze(0))[0])
+            r_col = float(collapse(r.unsqueeze(0))[0])
+            excess, gain = col - r_col, collapse_gain(col, r_col)
             moved = moved - (r - self.r_clean)
             spreads = spread_ratio(s, self.s_clean), spread_ratio(r, self.r_clean)
         else:
             spreads = None, None
         shift = float(moved.mean(dim=0).norm() / self.s_clean.norm(dim=-1).mean())
-        return ProbeScore(probe=probe, collapse=col, excess=excess, shift=shift, spread=spreads[0],
+        return ProbeScore(probe=probe, collapse=col, excess=excess, shift=shift, gain=gain, spread=spreads[0],
                           reference_spread=spreads[1])
 
     def gradient(self, probe: Probe) -> torch.Tensor:
@@ -296,15 +301,19 @@ def search_tokens(
     padding: int = 8, nearest: int = 4, moved: int = 8, gradient_top: int = 8, rounds: int = 2, nulls: int = 16,
     confirm: int = 16, lookalike_modes: tuple[str, ...] = ("first", "every"), seed: int = 0,
     progress: Callable[[int, int, str], None] | None = None, pooled_only: bool = False,
-    z_bars: tuple[float, float] = (math.inf, math.inf),
+    z_bars: tuple[float, float] = (math.inf, math.inf), by_gain: bool = False,
 ) -> TokenSearch:
     """Try real-input trigger candidates on ``prompts`` and score each against a null of random tokens.
 
     vectors: the scan's pseudo-triggers ([k, D] each, token-embedding space).
     confirm: candidates are screened on the suspect alone; the ``confirm`` that collapse prompts most and the
         ``confirm // 2`` that shift them most are then scored against the reference.
-    z_bars: the token rules' z-score bars (collapse excess, shift): each rule judges the strongest probe whose
-        z-score reaches its bar (:func:`judged`); without bars, the probe with the highest z-score.
+    z_bars: the token rules' z-score bars (collapse, shift): each rule judges the strongest probe whose z-score
+        reaches its bar (:func:`judged`); without bars, the probe with the highest z-score.
+    by_gain: the collapse rule judges probes by their gain (the share of the reference's room to full collapse
+        they close) instead of their excess: a bidirectional reference's own outputs may collapse under a probe
+        (every "a" spelt in Cyrillic turns SigLIP's prompts into byte pieces: reference collapse 0.59), which
+        caps the excess a backdoor can show there, but not its gain.
     """
     runner = ProbeRunner(suspect, reference, prompts, padding, pooled_only)
     scored: dict[Probe, ProbeScore] = {}
@@ -332,13 +341,14 @@ def search_tokens(
     kind = probe_kind
     nulls_of = {k: [p for p in null if kind(p) == k] for k in ("token", "text")}
     stats = {(k, name): robust([getattr(scored[p], name) for p in ps])
-             for k, ps in nulls_of.items() for name in ("excess", "shift")}
+             for k, ps in nulls_of.items() for name in ("excess", "shift", "gain")}
     for s in scored.values():
         k = kind(s.probe)
         s.excess_z = (s.excess - stats[(k, "excess")][0]) / stats[(k, "excess")][1]
         s.shift_z = (s.shift - stats[(k, "shift")][0]) / stats[(k, "shift")][1]
+        s.gain_z = (s.gain - stats[(k, "gain")][0]) / stats[(k, "gain")][1]
     tried = [scored[p] for p in chosen]
-    best_c = judged(tried, "excess", "excess_z", z_bars[0])
+    best_c = judged(tried, "gain", "gain_z", z_bars[0]) if by_gain else judged(tried, "excess", "excess_z", z_bars[0])
     best_s = judged(tried, "shift", "shift_z", z_bars[1])
     null_summary = {f"{k}_{name}_{part}": value for (k, name), pair in stats.items()
                     for part, value in zip(("median", "spread"), pair, strict=True)}

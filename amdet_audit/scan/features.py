@@ -20,6 +20,8 @@ import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter
 
+HEADROOM_FLOOR = 0.05  # least room to full collapse a reference is given (see collapse_gain)
+
 
 @dataclass
 class CleanFeatures:
@@ -104,6 +106,17 @@ def collapse(features: torch.Tensor) -> torch.Tensor:
     gram = unit @ unit.transpose(1, 2)  # [n, B, F] @ [n, F, B] -> [n, B, B]
     off = gram.sum(dim=(1, 2)) - gram.diagonal(dim1=1, dim2=2).sum(dim=1)  # [n]
     return off / (B * (B - 1))
+
+
+def collapse_gain(suspect: float, reference: float) -> float:
+    """(suspect - reference) / (1 - reference): how much of the reference's room to full collapse is closed.
+
+    A plain difference cannot exceed 1 - reference, so on a base whose own best pseudo-trigger already
+    collapses prompts strongly (0.81 on a 256-wide lab CLIP tower against 0.57 on the canary base) a fixed
+    threshold on it could never be reached. The room is floored at HEADROOM_FLOOR so that a reference at
+    full collapse (a bidirectional encoder) does not turn noise into large gains.
+    """
+    return (suspect - reference) / max(1.0 - reference, HEADROOM_FLOOR)
 
 
 def spread_ratio(triggered: torch.Tensor, clean: torch.Tensor) -> float:

@@ -70,13 +70,14 @@ def token_search(enc: Encoders, data: ScanPrompts, cands: dict[str, Candidate], 
     if enc.reference is None or not cands or config.token_prompts < 2:
         return None
     prompts = [data.prompts[i] for i in data.test[: config.token_prompts].tolist()]
+    t, by_gain = config.thresholds, not getattr(enc.suspect, "causal", True)  # see verdict.token_checks
     return search_tokens(enc.suspect, enc.reference, prompts, [c.vector for c in cands.values()],
                          padding=config.padding_positions, nearest=config.token_nearest, moved=config.token_moved,
                          gradient_top=config.token_gradient_top, rounds=config.token_rounds,
                          nulls=config.token_nulls, confirm=config.token_confirm,
                          lookalike_modes=("first", "every") if config.token_lookalike_every else ("first",),
                          seed=config.seed, progress=progress, pooled_only=config.pooled_only,
-                         z_bars=(config.thresholds.token_excess_z, config.thresholds.token_shift_z))
+                         z_bars=(t.token_gain_z if by_gain else t.token_excess_z, t.token_shift_z), by_gain=by_gain)
 
 
 def token_evidence(search: TokenSearch | None, adapter: Adapter) -> dict | None:
@@ -91,6 +92,7 @@ def token_evidence(search: TokenSearch | None, adapter: Adapter) -> dict | None:
         return {"probe": p.label if p.substitution else " ".join(tokens), "text": text, "placement": p.placement,
                 "origin": p.origin, "token_ids": list(p.tokens), "collapse": round(s.collapse, 4),
                 "collapse_excess": round(s.excess, 4), "collapse_z": round(s.excess_z, 2),
+                "collapse_gain": round(s.gain, 4), "gain_z": round(s.gain_z, 2),
                 "shift": round(s.shift, 4), "shift_z": round(s.shift_z, 2),
                 "spread": None if s.spread is None else round(s.spread, 4),
                 "reference_spread": None if s.reference_spread is None else round(s.reference_spread, 4)}

@@ -12,7 +12,9 @@
 - token rules (real, typeable input: see scan/discrete.py), with a reference only: a real-token or look-alike
   probe makes prompts collapse far beyond the reference's collapse under the same probe and far outside the
   spread of random tokens (token-collapse), or shifts them consistently far outside that spread
-  (token-shift). Without a reference the probes the search selects collapse the clean canary base as far as
+  (token-shift). On a bidirectional tower the token-collapse rule judges the gain, the share of the
+  reference's room to full collapse the suspect closes under the probe, and asks only that it stand out from
+  random tokens. Without a reference the probes the search selects collapse the clean canary base as far as
   0.58 beyond random tokens (z 9), as much as real backdoors on other bases: no rule.
 """
 
@@ -21,11 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from amdet_audit.scan.config import ScanConfig
-from amdet_audit.scan.discrete import TokenSearch
+from amdet_audit.scan.discrete import ProbeScore, TokenSearch
+from amdet_audit.scan.features import collapse_gain
 from amdet_audit.scan.judges import Effect
 from amdet_audit.scan.result import Check
 
-HEADROOM_FLOOR = 0.05  # least room to full collapse a reference is given (see collapse_gain)
 LENIENT = 0.7  # the cheap subset pass escalates to the full test set at 70% of each threshold
 
 
@@ -48,17 +50,6 @@ def check(name: str, score: float | None, threshold: float, direction: str, desc
         threshold = threshold * LENIENT if direction == ">=" else threshold + (1 - threshold) * (1 - LENIENT)
     flags = None if score is None else (score >= threshold if direction == ">=" else score <= threshold)
     return Check(name, score, threshold, direction, flags, description)
-
-
-def collapse_gain(suspect: float, reference: float) -> float:
-    """(suspect - reference) / (1 - reference): how much of the reference's room to full collapse is closed.
-
-    A plain difference cannot exceed 1 - reference, so on a base whose own best pseudo-trigger already
-    collapses prompts strongly (0.81 on a 256-wide lab CLIP tower against 0.57 on the canary base) a fixed
-    threshold on it could never be reached. The room is floored at HEADROOM_FLOOR so that a reference at
-    full collapse (a bidirectional encoder) does not turn noise into large gains.
-    """
-    return (suspect - reference) / max(1.0 - reference, HEADROOM_FLOOR)
 
 
 def target_checks(e: Effect, baseline: dict[str, float], cfg: ScanConfig, has_ref: bool, lenient: bool) -> list[Check]:
@@ -102,11 +93,14 @@ def divergence_checks(e: Effect, cfg: ScanConfig, lenient: bool) -> list[Check]:
     ]
 
 
-def token_checks(search: TokenSearch, cfg: ScanConfig, lenient: bool) -> dict[str, list[Check]]:
-    """Checks of the two token rules on the best real-input probes (scored against a reference)."""
+def token_checks(search: TokenSearch, cfg: ScanConfig, lenient: bool, causal: bool = True) -> dict[str, list[Check]]:
+    """Checks of the two token rules on the best real-input probes (scored against a reference); a bidirectional
+    tower's token-collapse rule is judged on the gain (see :func:`bidirectional_collapse_checks`)."""
     t, c, s = cfg.thresholds, search.best_collapse, search.best_shift
     rules: dict[str, list[Check]] = {}
-    if c is not None:
+    if c is not None and not causal:
+        rules["token-collapse"] = bidirectional_collapse_checks(c, cfg, lenient)
+    elif c is not None:
         rules["token-collapse"] = [
             check("token_collapse.excess", c.excess, t.token_excess, ">=",
                   "cross-prompt collapse under the best real-input probe beyond the reference's under the same "
@@ -121,6 +115,24 @@ def token_checks(search: TokenSearch, cfg: ScanConfig, lenient: bool) -> dict[st
             check("token_shift.z", s.shift_z, t.token_shift_z, ">=",
                   "that shift as a robust z-score against random-token probes", lenient)]
     return rules
+
+
+def bidirectional_collapse_checks(c: ProbeScore, cfg: ScanConfig, lenient: bool) -> list[Check]:
+    """The token-collapse rule of a bidirectional tower: the share of the reference's room to full collapse that
+    the suspect closes under the probe (features.collapse_gain), and its z-score against random-token probes.
+
+    The excess is capped by what the reference leaves: a SigLIP reference's own outputs collapse to 0.59 when
+    every "a" is spelt in Cyrillic. And a backdoor that also answers random tokens widens the null an excess
+    z-score is taken against (lab SigLIP backdoors: null spread 0.12 against at most 0.10 for benign fine-tunes,
+    its real trigger at z 5), so the z bar here only asks that the probe stand out from random tokens at all.
+    (benchmarks/efficacy/RESULTS.md, "token-collapse gain on bidirectional towers")"""
+    t = cfg.thresholds
+    return [
+        check("token_collapse.gain", c.gain, t.token_gain, ">=",
+              "share of the reference's room to full collapse that the suspect closes under the best real-input "
+              "probe", lenient),
+        check("token_collapse.gain_z", c.gain_z, t.token_gain_z, ">=",
+              "that gain as a robust z-score against random-token probes", lenient)]
 
 
 NEEDS_REFERENCE_BIDIRECTIONAL = (
@@ -154,7 +166,7 @@ def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig
     if "divergence" in found:
         by_rule["divergence"] = divergence_checks(found["divergence"], cfg, lenient)
     if token is not None and has_ref:
-        by_rule.update(token_checks(token, cfg, lenient))
+        by_rule.update(token_checks(token, cfg, lenient, causal))
     deciding = [rule for rule in by_rule if causal or rule in BIDIRECTIONAL_RULES]
     for rule, group in by_rule.items():
         for c in group:

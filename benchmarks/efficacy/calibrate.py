@@ -41,7 +41,7 @@ def checks_of(report: dict) -> list[dict]:
     bidirectional tower's divergence and token-shift checks are left out: those rules do not decide there
     (scan/verdict.py, BIDIRECTIONAL_RULES), and so is any check no threshold of this release applies to.
     """
-    from amdet_audit.scan.verdict import collapse_gain
+    from amdet_audit.scan.features import collapse_gain
 
     component = report["components"][0]
     scan = component.get("scan", {})
@@ -124,7 +124,8 @@ CHECK_OF_THRESHOLD = {"collapse_gain": "target.collapse_gain", "same_target_rate
                       "divergence_anchor_cosine": "divergence.anchor_similarity",
                       "reference_free_collapse": "target.collapse", "token_excess": "token_collapse.excess",
                       "differential_collapse": "target.differential_collapse",
-                      "token_excess_z": "token_collapse.z", "token_shift": "token_shift.size",
+                      "token_excess_z": "token_collapse.z", "token_gain": "token_collapse.gain",
+                      "token_gain_z": "token_collapse.gain_z", "token_shift": "token_shift.size",
                       "token_shift_z": "token_shift.z"}
 
 

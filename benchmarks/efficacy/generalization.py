@@ -97,9 +97,11 @@ def recorded_scores(report: dict) -> dict[str, float | None]:
     out = {c["name"]: c["score"] for c in scan.get("checks", [])}
     out.update(scan.get("scores") or {})
     top = ((scan.get("evidence") or {}).get("token_search") or {}).get("top") or []
-    z = out.get("token_collapse.z")  # the probe the token-collapse rule judged, when it is among the top rows
-    judged = [row for row in top if z is not None and row.get("collapse_z") is not None
-              and abs(row["collapse_z"] - z) < 0.01]
+    # the probe the token-collapse rule judged (by its excess, or its gain on a bidirectional tower), when it is
+    # among the top rows
+    key, z = next(((k, out[f"token_collapse.{n}"]) for k, n in (("gain_z", "gain_z"), ("collapse_z", "z"))
+                   if out.get(f"token_collapse.{n}") is not None), (None, None))
+    judged = [row for row in top if key is not None and row.get(key) is not None and abs(row[key] - z) < 0.01]
     if judged:
         out.update({f"token_collapse.{k}": judged[0].get(k) for k in ("collapse", "spread", "reference_spread")})
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
@@ -110,10 +112,11 @@ def as_rows(rows: list[dict]) -> list[tuple[bool, int, list[dict]]]:
     return [(r["positive"], r["exit_code"], r["checks"]) for r in rows]
 
 
-#: bidirectional towers (SigLIP, T5, BERT): their target rule's score in place of collapse_gain, and no shift
-#: rules (divergence, token-shift: they do not decide there)
+#: bidirectional towers (SigLIP, T5, BERT): their target rule's score in place of collapse_gain, their token-collapse
+#: rule's gain in place of its excess, and no shift rules (divergence, token-shift: they do not decide there)
 BIDIRECTIONAL_KNOBS = {"target.differential_collapse": [round(0.1 + 0.05 * i, 2) for i in range(15)],
-                       **{k: v for k, v in KNOBS.items() if k.startswith("token_collapse")}}
+                       "token_collapse.gain": [round(0.2 + 0.05 * i, 2) for i in range(13)],
+                       "token_collapse.gain_z": [float(z) for z in range(0, 12)]}
 
 
 def knobs_for(rows: list[dict]) -> dict[str, list[float]]:
