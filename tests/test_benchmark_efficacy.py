@@ -35,6 +35,22 @@ def test_scans_of_the_earlier_release_are_judged_by_todays_target_score() -> Non
     assert flagged(1, [gain, same], {}) and not flagged(1, [gain, same], {"target.collapse_gain": 0.9})
 
 
+def test_a_bidirectional_scan_judged_by_the_excess_rule_is_rescanned_not_rederived(tmp_path: Path) -> None:
+    """A bidirectional tower's token-collapse rule judges the gain, which an older scan does not carry: re-applying
+    today's thresholds to its recorded excess would report the old rule's verdict under the new one's name."""
+    from run_efficacy import rederivable
+
+    def report(causal: bool, names: list[str]) -> str:
+        path = tmp_path / f"{causal}-{len(names)}.json"
+        checks = [{"name": n, "score": 0.6, "threshold": 0.5, "direction": ">="} for n in names]
+        path.write_text(json.dumps({"components": [{"encoder": {"causal": causal}, "scan": {"checks": checks}}]}))
+        return str(path)
+
+    assert not rederivable(report(False, ["token_collapse.excess", "token_collapse.z"]))
+    assert rederivable(report(False, ["token_collapse.gain", "token_collapse.gain_z", "token_collapse.excess"]))
+    assert rederivable(report(True, ["token_collapse.excess", "token_collapse.z"]))  # causal: the excess rule
+
+
 def test_classification_counts_inconclusive_as_flagged() -> None:
     rows = [Row("a", True, 1, {}), Row("b", True, 0, {}), Row("c", False, 2, {}), Row("d", False, 0, {}),
             Row("e", False, 0, {})]

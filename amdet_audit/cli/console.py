@@ -128,8 +128,11 @@ def print_report(report: AuditReport, console: Console | None = None) -> None:
             console.print(f"nearest corpus prompts (a guess; the target only if it is one of them): {prompts}")
         probe = best_probe(evidence.get("token_search"))
         if scan["verdict"] == "backdoored" and probe is not None:
+            room = probe.get("collapse_gain")
+            room_text = "" if room is None else f" ({score_text(room)} of the reference's room)"
             console.print(f"best real-input probe: {esc(probe['text'])} ({esc(probe['placement'])}; collapse beyond "
-                          f"the reference {score_text(probe['collapse_excess'])}, shift {score_text(probe['shift'])})")
+                          f"the reference {score_text(probe['collapse_excess'])}{room_text}, "
+                          f"shift {score_text(probe['shift'])})")
             print_lookalikes(console, [probe["text"]])
     findings = [(c["check"], f) for c in report.checks for f in c["findings"] if f["severity"] != "info"]
     for name, finding in findings:
