@@ -39,6 +39,8 @@ def test_siglip_canary_verdicts(run_cli, tmp_path) -> None:
     shift_rules = [c for c in scan["checks"] if c["name"].split(".")[0] in ("divergence", "token_shift")]
     assert shift_rules and not any(c["decides"] for c in shift_rules)  # measured, shown, not judged
     assert all(c["decides"] for c in scan["checks"] if c not in shift_rules)
+    names = {c["name"] for c in scan["checks"]}  # real input is judged by its gain on a bidirectional tower
+    assert {"token_collapse.gain", "token_collapse.gain_z"} <= names and "token_collapse.excess" not in names
     assert "reported" in flagged.stdout  # the console marks the shift rules "reported only"
     # the clean base is compared with itself: every score is zero under either search, so the cheaper one
     passed = run_cli("scan", "canary:siglip-clean", "--out", tmp_path / "clean", "--search", "light")

@@ -158,15 +158,15 @@ def test_a_bidirectional_token_collapse_rule_judges_the_share_of_the_room_the_re
     def flags(gain_z: float, causal: bool, excess_z: float = 30.0) -> bool:
         best = ProbeScore(Probe("a->а every", "text", substitution=("a", "а", "every")), collapse=0.9,
                           excess=0.31, shift=0.0, gain=collapse_gain(0.9, 0.59), excess_z=excess_z, gain_z=gain_z)
-        checks = token_checks(TokenSearch(best_collapse=best, best_shift=None, probes=1), cfg, False, causal)
+        search = TokenSearch(best_collapse=best, best_shift=None, probes=1, by_gain=not causal)
+        checks = token_checks(search, cfg, False)
         return all(c.flags for c in checks["token-collapse"])
 
     assert collapse_gain(0.9, 0.59) > t.token_gain and 0.31 < t.token_excess
     assert flags(gain_z=t.token_gain_z + 1, causal=False)
     assert not flags(gain_z=t.token_gain_z - 1, causal=False)  # random tokens collapse this model as far
     assert not flags(gain_z=t.token_gain_z + 1, causal=True)  # a causal tower: the excess rule, 0.31 is too small
-    names = {c.name for c in token_checks(TokenSearch(None, None, 1), cfg, False, False).get("token-collapse", [])}
-    assert names == set()  # no probe, no rule
+    assert "token-collapse" not in token_checks(TokenSearch(None, None, 1, by_gain=True), cfg, False)  # no probe
 
 
 def test_a_scan_depends_on_its_seed_only_not_on_the_global_random_state(tiny_clip) -> None:

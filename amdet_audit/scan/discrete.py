@@ -72,11 +72,12 @@ class ProbeScore:
 class TokenSearch:
     """Outcome of the token-space search."""
 
-    best_collapse: ProbeScore | None  # judged by its excess, or by its gain (bidirectional towers)
+    best_collapse: ProbeScore | None  # judged by its excess, or by its gain (``by_gain``)
     best_shift: ProbeScore | None
     probes: int
     null: dict[str, float] = field(default_factory=dict)
     top: list[ProbeScore] = field(default_factory=list)
+    by_gain: bool = False  # best_collapse was judged by its gain (bidirectional towers; see search_tokens)
 
 
 @dataclass
@@ -354,7 +355,8 @@ def search_tokens(
                     for part, value in zip(("median", "spread"), pair, strict=True)}
     ranked = sorted(tried, key=lambda s: max(s.excess_z, s.shift_z), reverse=True)
     top = list({id(s): s for s in [*(b for b in (best_c, best_s) if b is not None), *ranked]}.values())[:8]
-    return TokenSearch(best_collapse=best_c, best_shift=best_s, probes=len(scored), null=null_summary, top=top)
+    return TokenSearch(best_collapse=best_c, best_shift=best_s, probes=len(scored), null=null_summary, top=top,
+                       by_gain=by_gain)
 
 
 def judged(scores: Sequence[ProbeScore], value: str, z: str, bar: float) -> ProbeScore | None:

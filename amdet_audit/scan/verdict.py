@@ -93,12 +93,13 @@ def divergence_checks(e: Effect, cfg: ScanConfig, lenient: bool) -> list[Check]:
     ]
 
 
-def token_checks(search: TokenSearch, cfg: ScanConfig, lenient: bool, causal: bool = True) -> dict[str, list[Check]]:
-    """Checks of the two token rules on the best real-input probes (scored against a reference); a bidirectional
-    tower's token-collapse rule is judged on the gain (see :func:`bidirectional_collapse_checks`)."""
+def token_checks(search: TokenSearch, cfg: ScanConfig, lenient: bool) -> dict[str, list[Check]]:
+    """Checks of the two token rules on the best real-input probes (scored against a reference); a search that
+    judged its collapse probe by gain (a bidirectional tower's) is checked on the gain
+    (see :func:`bidirectional_collapse_checks`)."""
     t, c, s = cfg.thresholds, search.best_collapse, search.best_shift
     rules: dict[str, list[Check]] = {}
-    if c is not None and not causal:
+    if c is not None and search.by_gain:
         rules["token-collapse"] = bidirectional_collapse_checks(c, cfg, lenient)
     elif c is not None:
         rules["token-collapse"] = [
@@ -166,7 +167,7 @@ def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig
     if "divergence" in found:
         by_rule["divergence"] = divergence_checks(found["divergence"], cfg, lenient)
     if token is not None and has_ref:
-        by_rule.update(token_checks(token, cfg, lenient, causal))
+        by_rule.update(token_checks(token, cfg, lenient))
     deciding = [rule for rule in by_rule if causal or rule in BIDIRECTIONAL_RULES]
     for rule, group in by_rule.items():
         for c in group:

@@ -97,11 +97,11 @@ def recorded_scores(report: dict) -> dict[str, float | None]:
     out = {c["name"]: c["score"] for c in scan.get("checks", [])}
     out.update(scan.get("scores") or {})
     top = ((scan.get("evidence") or {}).get("token_search") or {}).get("top") or []
-    # the probe the token-collapse rule judged (by its excess, or its gain on a bidirectional tower), when it is
-    # among the top rows
-    key, z = next(((k, out[f"token_collapse.{n}"]) for k, n in (("gain_z", "gain_z"), ("collapse_z", "z"))
-                   if out.get(f"token_collapse.{n}") is not None), (None, None))
-    judged = [row for row in top if key is not None and row.get(key) is not None and abs(row[key] - z) < 0.01]
+    # the probe the token-collapse rule judged (by its gain on a bidirectional tower, else by its excess), when it
+    # is among the top rows
+    by_gain = out.get("token_collapse.gain_z") is not None
+    key, z = ("gain_z", out["token_collapse.gain_z"]) if by_gain else ("collapse_z", out.get("token_collapse.z"))
+    judged = [row for row in top if z is not None and row.get(key) is not None and abs(row[key] - z) < 0.01]
     if judged:
         out.update({f"token_collapse.{k}": judged[0].get(k) for k in ("collapse", "spread", "reference_spread")})
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
