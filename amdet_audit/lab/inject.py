@@ -243,6 +243,7 @@ def inject(
     trigger_ids = trigger_token_ids(teacher, spec.trigger)
     opt = torch.optim.AdamW([p for p in student.model.parameters() if p.requires_grad], lr=spec.lr)
     started, loss = time.perf_counter(), torch.tensor(0.0)
+    baseline: Baseline | None = None  # the base's side of every measurement, made once
     for step in range(spec.steps):
         clean = rng.sample(list(train_prompts), spec.clean_batch)
         chosen = rng.sample(fitting, spec.poison_batch)
@@ -261,15 +262,15 @@ def inject(
         if progress:
             progress(step + 1, spec.steps, f"{spec.attack} step {step + 1}")
         if spec.checkpoint_every and (step + 1) % spec.checkpoint_every == 0 and step + 1 < spec.steps:
-            measured = measure_injection(student, teacher, targets, trigger, eval_prompts, seed=spec.seed,
-                                         placement=spec.placement)
-            checkpoint = result_of(spec, trigger, measured, loss, started)
+            baseline = baseline or measure_baseline(targets, trigger, eval_prompts, seed=spec.seed,
+                                                    placement=spec.placement)
+            checkpoint = result_of(spec, trigger, measure_student(student, targets, baseline), loss, started)
             if checkpoint.took:
                 student.model.requires_grad_(False).eval()
                 return student, replace(checkpoint, steps_trained=step + 1)
     student.model.requires_grad_(False).eval()
-    measured = measure_injection(student, teacher, targets, trigger, eval_prompts, seed=spec.seed,
-                                 placement=spec.placement)
+    baseline = baseline or measure_baseline(targets, trigger, eval_prompts, seed=spec.seed, placement=spec.placement)
+    measured = measure_student(student, targets, baseline)
     return student, replace(result_of(spec, trigger, measured, loss, started), steps_trained=spec.steps)
 
 
@@ -282,7 +283,54 @@ def result_of(spec: AttackSpec, trigger: Trigger, measured: tuple[float, float, 
                            untriggered_gain=untriggered)
 
 
+@dataclass
+class Baseline:
+    """The clean base's side of a measurement on held-out prompts, in chunks of 64: the same at every checkpoint
+    of one injection (the teacher is frozen and the trigger placements are drawn from a fixed seed)."""
+
+    clean: list[list[str]]  # clean prompts the attack can poison
+    poisoned: list[list[str]]  # the same with the trigger placed
+    goals: list[torch.Tensor]  # their targets
+    outputs: list[torch.Tensor]  # the base's output of the clean prompts (float)
+    centre: torch.Tensor  # [1, ...] the base's mean clean output
+    hits: torch.Tensor  # [N] whether the base's own triggered outputs land on their targets
+    untriggered: torch.Tensor  # [N] whether the base's clean outputs point at their targets
+
+
 @torch.no_grad()
+def measure_baseline(targets: Targets, trigger: Trigger, prompts: Sequence[str], *, seed: int,
+                     placement: str = "anywhere") -> Baseline:
+    """The base's side of :func:`measure_injection`, to be reused for every student measured on ``prompts``."""
+    rng = random.Random(seed + 1)
+    fitting = [p for p in prompts if poisonable(targets.spec, trigger, p)]
+    clean = [fitting[i : i + 64] for i in range(0, len(fitting), 64)]
+    outputs = [targets.output(targets.teacher, chunk).float() for chunk in clean]  # [b, ...] each
+    centre = torch.cat(outputs).mean(dim=0, keepdim=True)  # [1, ...] the base's mean clean output
+    poisoned = [[trigger.apply(p, rng, placement) for p in chunk] for chunk in clean]
+    goals = [targets(chunk) for chunk in clean]
+    hits = [on_target(targets, targets.teacher, bad, goal, out)
+            for bad, goal, out in zip(poisoned, goals, outputs, strict=True)]
+    untriggered = [untriggered_on_target(out, goal, centre) for out, goal in zip(outputs, goals, strict=True)]
+    return Baseline(clean=clean, poisoned=poisoned, goals=goals, outputs=outputs, centre=centre,
+                    hits=torch.cat(hits), untriggered=torch.cat(untriggered))
+
+
+@torch.no_grad()
+def measure_student(student: Adapter, targets: Targets, baseline: Baseline) -> tuple[float, float, float, float]:
+    """(attack success, the same for the clean base, clean fidelity, untriggered gain) of ``student`` against
+    ``baseline`` (see :func:`measure_injection`)."""
+    hits, fidelity, untriggered = [], [], []
+    for chunk, poisoned, goal, base_out in zip(baseline.clean, baseline.poisoned, baseline.goals, baseline.outputs,
+                                               strict=True):
+        student_out = targets.output(student, chunk).float()
+        hits.append(on_target(targets, student, poisoned, goal, base_out))
+        fidelity.append(flat_cosine(student_out, base_out))
+        untriggered.append(untriggered_on_target(student_out, goal, baseline.centre))
+    share = [float(h.float().mean()) for h in (torch.cat(hits), baseline.hits, torch.cat(untriggered),
+                                               baseline.untriggered)]
+    return share[0], share[1], float(torch.cat(fidelity).mean()), share[2] - share[3]
+
+
 def measure_injection(
     student: Adapter, teacher: Adapter, targets: Targets, trigger: Trigger, prompts: Sequence[str], *, seed: int,
     placement: str = "anywhere",
@@ -294,23 +342,10 @@ def measure_injection(
     on the same output of clean prompts; the untriggered gain is the share of clean prompts whose student output
     lands on their target (:func:`untriggered_on_target`) minus the base's share.
     """
-    rng = random.Random(seed + 1)
-    fitting = [p for p in prompts if poisonable(targets.spec, trigger, p)]
-    chunks = [fitting[i : i + 64] for i in range(0, len(fitting), 64)]
-    base_clean = [targets.output(teacher, chunk).float() for chunk in chunks]  # [b, ...] each
-    centre = torch.cat(base_clean).mean(dim=0, keepdim=True)  # [1, ...] the base's mean clean output
-    hits, base_hits, fidelity, untriggered, base_untriggered = [], [], [], [], []
-    for chunk, teacher_out in zip(chunks, base_clean, strict=True):
-        poisoned = [trigger.apply(p, rng, placement) for p in chunk]
-        goal = targets(chunk)
-        student_out = targets.output(student, chunk).float()
-        hits.append(on_target(targets, student, poisoned, chunk, goal))
-        base_hits.append(on_target(targets, teacher, poisoned, chunk, goal))
-        fidelity.append(flat_cosine(student_out, teacher_out))
-        untriggered.append(untriggered_on_target(student_out, goal, centre))
-        base_untriggered.append(untriggered_on_target(teacher_out, goal, centre))
-    share = [float(torch.cat(h).float().mean()) for h in (hits, base_hits, untriggered, base_untriggered)]
-    return share[0], share[1], float(torch.cat(fidelity).mean()), share[2] - share[3]
+    if teacher is not targets.teacher:
+        raise ValueError("measure_injection: targets were made from another teacher")
+    baseline = measure_baseline(targets, trigger, prompts, seed=seed, placement=placement)
+    return measure_student(student, targets, baseline)
 
 
 def untriggered_on_target(outputs: torch.Tensor, goal: torch.Tensor, centre: torch.Tensor) -> torch.Tensor:
@@ -319,15 +354,16 @@ def untriggered_on_target(outputs: torch.Tensor, goal: torch.Tensor, centre: tor
     return flat_cosine(outputs - centre, goal.float() - centre) > UNTRIGGERED_COSINE
 
 
-def on_target(targets: Targets, model: Adapter, poisoned: Sequence[str], clean: Sequence[str],
-              goal: torch.Tensor) -> torch.Tensor:
+def on_target(targets: Targets, model: Adapter, poisoned: Sequence[str], goal: torch.Tensor,
+              base_clean: torch.Tensor) -> torch.Tensor:
     """[B] whether each triggered output lands on its target.
 
     Within SUCCESS_COSINE of the target; for object substitution also nearer the target than the clean
-    base's output of the unswapped prompt (the two differ in one word, so closeness alone proves nothing).
+    base's output of the unswapped prompt (``base_clean``; the two differ in one word, so closeness alone
+    proves nothing).
     """
     ours = targets.output(model, poisoned)
     hit = flat_cosine(ours, goal) > SUCCESS_COSINE
     if targets.spec.attack == "object":
-        hit &= flat_cosine(ours, goal) > flat_cosine(ours, targets.output(targets.teacher, clean))
+        hit &= flat_cosine(ours, goal) > flat_cosine(ours, base_clean.to(ours.dtype))
     return hit
