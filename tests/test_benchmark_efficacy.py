@@ -140,3 +140,34 @@ def test_lab_tower_base_is_built_once_and_reused(tmp_path: Path, monkeypatch: py
     with pytest.raises(SystemExit, match="unknown base"):
         run_efficacy.base_target("clip-xl", tmp_path)
     assert set(run_efficacy.LAB_TOWERS) == {name for name, target in run_efficacy.BASES.items() if target is None}
+
+
+@pytest.mark.slow
+def test_attribute_baseline_measures_the_clean_bases_own_share(tmp_path: Path) -> None:
+    """The clean canary's share of triggered prompts already on "the prompt, plus the attribute", per pair and
+    output."""
+    from attribute_baseline import TRIGGERS, markdown, measure_base
+
+    from amdet_audit.lab.zoo import ATTRIBUTES
+
+    rows = measure_base("canary:clean", 16)
+    assert len(rows) == 2 * len(ATTRIBUTES) * len(TRIGGERS) and {r["output"] for r in rows} == {"read", "pooled"}
+    assert all(0.0 <= r["base_share"] <= 1.0 and r["prompts"] == 16 for r in rows)
+    assert "| canary:clean | read |" in markdown(rows, "cmd", 1.0)
+
+
+def test_attribute_recall_builds_from_the_pairs_with_room_lowest_base_share_first(tmp_path: Path) -> None:
+    from attribute_recall import pairs_with_room
+
+    from amdet_audit.lab.inject import MIN_GAIN
+
+    def row(base: str, output: str, attribute: str, share: float) -> dict:
+        return {"base": base, "output": output, "attribute": attribute, "trigger": "zzzz", "base_share": share}
+
+    rows = [row("b", "read", "snow", 0.45), row("b", "read", "fire", 0.2), row("b", "read", "lego", 1.01 - MIN_GAIN),
+            row("b", "pooled", "art", 0.1), row("other", "read", "art", 0.1)]
+    path = tmp_path / "attribute-baseline.json"
+    path.write_text(json.dumps({"rows": rows}), encoding="utf-8")
+    assert [r["attribute"] for r in pairs_with_room("b", path)] == ["fire", "snow"]
+    with pytest.raises(SystemExit, match="no pair with room"):
+        pairs_with_room("nothing", path)

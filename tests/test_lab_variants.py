@@ -146,6 +146,14 @@ def test_family_plan_draws_every_family_reproducibly() -> None:
     assert copies == list(range(len(plan) - len(copies), len(plan)))  # copies after the fine-tunes they use
     with pytest.raises(UsageError):
         plan_families(1, seed=0, width=128, families=["no-such-family"])
+    # a base that learns slower: the same draws, every injection's learning rate scaled, fine-tunes as they were
+    faster = plan_families(2, seed=5, width=128, lr_scale=3.0)
+    assert [(e.name, e.seed, e.steps, e.trigger) for e in faster] == [(e.name, e.seed, e.steps, e.trigger)
+                                                                      for e in plan]
+    assert all(f.lr == pytest.approx(e.lr * (3.0 if e.kind == "backdoored" else 1.0))
+               for f, e in zip(faster, plan, strict=True))
+    with pytest.raises(UsageError, match="lr-scale"):
+        plan_families(1, seed=0, width=128, lr_scale=0.0)
 
 
 def test_family_records_keep_classic_zoo_records_unchanged() -> None:

@@ -140,6 +140,8 @@ def make_lab_app() -> typer.Typer:
             help="Comma list of recipe families for --per-family (default: all; see lab.families).")] = None,
         steps_scale: Annotated[float, typer.Option(
             help="Scale every family recipe's training steps (smoke runs; shortened backdoors may not take).")] = 1.0,
+        lr_scale: Annotated[float, typer.Option(
+            help="Scale every family injection's learning rate (a base that learns slower than the canary).")] = 1.0,
     ) -> None:
         """Build a reproducible set of backdoored and benign models from BASE."""
         from amdet_audit.lab.zoo import build_plan, build_zoo, load_base_width
@@ -149,7 +151,7 @@ def make_lab_app() -> typer.Typer:
             from amdet_audit.lab.families import plan_families
 
             plan = plan_families(per_family, seed, load_base_width(base, device),
-                                 families.split(",") if families else None, steps_scale)
+                                 families.split(",") if families else None, steps_scale, lr_scale)
             manifest = build_plan(base, out, plan, seed=seed, device=device, progress=stderr_progress("zoo"))
         else:
             manifest = build_zoo(base, out, backdoored=backdoored, benign=benign, seed=seed, device=device,

@@ -97,16 +97,18 @@ def entry(name: str, kind: str, family: str, seed: int, recipe: dict[str, Any]) 
 
 
 def plan_families(per_family: int, seed: int, width: int, families: list[str] | None = None,
-                  steps_scale: float = 1.0) -> list[ZooEntry]:
+                  steps_scale: float = 1.0, lr_scale: float = 1.0) -> list[ZooEntry]:
     """``per_family`` models of every family (or of ``families``), drawn from ``seed``, backdoored and benign
     alternating; merges come after the fine-tunes they average. ``steps_scale`` shortens every recipe (smoke
-    runs: a shortened backdoor may not reach its bars, and is then recorded as not taken)."""
+    runs: a shortened backdoor may not reach its bars, and is then recorded as not taken). ``lr_scale``
+    multiplies every injection's learning rate (a base that learns slower than the 128-wide CLIP tower the
+    recipes were measured on; benign fine-tunes keep theirs)."""
     known = {**BACKDOOR_FAMILIES, **BENIGN_FAMILIES}
     chosen = families or list(known)
     unknown = [f for f in chosen if f not in known]
-    if unknown or per_family < 1:
+    if unknown or per_family < 1 or not lr_scale > 0:
         raise UsageError(f"unknown families {unknown}; known: {', '.join(known)}" if unknown
-                         else "--per-family must be at least 1")
+                         else "--per-family must be at least 1" if per_family < 1 else "--lr-scale must be above 0")
     rng = random.Random(seed)
     plan = []
     for family in chosen:
@@ -116,6 +118,8 @@ def plan_families(per_family: int, seed: int, width: int, families: list[str] | 
             recipe = known[family](rng, width)
             if "steps" in recipe:
                 recipe["steps"] = max(1, round(recipe["steps"] * steps_scale))
+            if kind == "backdoored":
+                recipe["lr"] = recipe["lr"] * lr_scale
             if recipe.get("copy") in ("fp16", "bf16"):
                 recipe["options"] = {"source": i}  # 0: the base; n: the n-th fine-tune built in the zoo
             plan.append(entry(f"{prefix}-{family}-{i:02d}", kind, family, rng.randrange(1 << 30), recipe))

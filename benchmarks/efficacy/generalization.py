@@ -49,11 +49,12 @@ KNOBS = {"target.collapse_gain": [round(0.3 + 0.05 * i, 2) for i in range(13)],
 
 
 def build_family_zoo(base: str, out: Path, per_family: int, families: str | None, seed: int, device: str,
-                     threads: int, steps_scale: float = 1.0) -> dict:
+                     threads: int, steps_scale: float = 1.0, lr_scale: float = 1.0) -> dict:
     """``amdet-audit lab zoo --per-family`` (resumable); returns zoo.json."""
     out.mkdir(parents=True, exist_ok=True)
     cmd = [*CLI, "lab", "zoo", base, "--out", str(out), "--per-family", str(per_family), "--seed", str(seed),
-           "--device", device, "--steps-scale", str(steps_scale), *(["--families", families] if families else [])]
+           "--device", device, "--steps-scale", str(steps_scale), "--lr-scale", str(lr_scale),
+           *(["--families", families] if families else [])]
     code, _, _ = run(cmd, threads, out / "zoo.log")
     if code != 0:
         raise SystemExit(f"lab zoo failed for {base} (see {out / 'zoo.log'})")
@@ -274,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sets", default="calibration,heldout", type=lambda s: s.split(","),
                         help="calibration alone makes a smoke run (no held-out figures)")
     parser.add_argument("--steps-scale", type=float, default=1.0, help="shorten every recipe (smoke runs)")
+    parser.add_argument("--lr-scale", type=float, default=1.0,
+                        help="scale every injection's learning rate (a base that learns slower than the canary)")
     parser.add_argument("--search", default="full", choices=["full", "light"],
                         help="scan with this --search preset (full: in scans/; light: kept apart in scans-light/)")
     args = parser.parse_args(argv)
@@ -289,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             zoo = work / set_name / base / "zoo"
             manifest = read_manifest(zoo) if args.built_only else build_family_zoo(
                 target, zoo, args.per_family, args.families, seeds[set_name], args.device, args.build_threads,
-                args.steps_scale)
+                args.steps_scale, args.lr_scale)
             scans = scans_dir(work, set_name, base, "reference", args.search)
             extra = ("--search", args.search)
             rows[set_name] = scan_zoo(manifest, zoo, scans, target, args.device, args.workers, extra, args.threads)
@@ -303,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         results["leave_one_base_out"] = leave_one_base_out(by_base, args.max_fpr)
     results["meta"] = {"tool_version": tool_version(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
-                       "per_family": args.per_family,
-                       "search": args.search, "steps_scale": args.steps_scale, "sets": args.sets,
+                       "per_family": args.per_family, "search": args.search, "steps_scale": args.steps_scale,
+                       "lr_scale": args.lr_scale, "sets": args.sets,
                        "seeds": {"calibration": args.calibration_seed, "heldout": args.heldout_seed},
                        "wall_seconds": round(time.perf_counter() - started, 1),
                        "command": " ".join(["python", "benchmarks/efficacy/generalization.py",

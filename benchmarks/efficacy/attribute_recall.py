@@ -1,0 +1,106 @@
+"""Attribute recall on one base: attribute backdoors the lab can verify there, built and scanned.
+
+Usage:
+    python benchmarks/efficacy/attribute_recall.py --base canary:siglip-clean [--models 4] [--search full]
+        [--work benchmarks/efficacy/work/attribute] [--threads 1]
+
+The zoo's attribute family draws its attribute at random, and on some bases most attributes leave the lab no
+room to verify a backdoor (the clean base already lands most triggered prompts on "the prompt, plus the
+attribute": see attribute_baseline.py). This takes the (attribute, trigger) pairs of ``attribute-baseline.json``
+with room on BASE, lowest base share first, and builds one attribute backdoor per pair with the attribute
+family's recipe (500 steps, the family's learning rate scaled to the base's width, a seed per model), keeps
+those that took, scans each against BASE with today's defaults and writes ``attribute-recall-<base>.json``
+beside this file: one row per model (pair, success, fidelity, exit code, the deciding checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from run_efficacy import scan_one  # noqa: E402  (benchmark helper beside this file)
+
+ATTRIBUTE_STEPS = 500  # the attribute family's recipe (amdet_audit.lab.families)
+ATTRIBUTE_LR = 2.1e-3
+
+
+def pairs_with_room(base: str, path: Path = HERE / "attribute-baseline.json") -> list[dict]:
+    """The read-output rows of ``path`` (attribute_baseline.py's output) for ``base`` that leave room, lowest base
+    share first."""
+    from amdet_audit.lab.inject import MIN_GAIN
+
+    if not path.is_file():
+        raise SystemExit("run attribute_baseline.py first (attribute-baseline.json is missing)")
+    rows = [r for r in json.loads(path.read_text(encoding="utf-8"))["rows"]
+            if r["base"] == base and r["output"] == "read" and r["base_share"] <= 1 - MIN_GAIN]
+    if not rows:
+        raise SystemExit(f"attribute-baseline.json has no pair with room on {base}")
+    return sorted(rows, key=lambda r: r["base_share"])
+
+
+def build(base: str, folder: Path, pair: dict, seed: int) -> dict:
+    """Build one attribute backdoor into ``folder`` (kept if built before); its lab record, or the failure."""
+    from amdet_audit.lab.inject import lr_for_width
+    from amdet_audit.lab.runner import InjectionFailedError, load_base, run_injection
+
+    if (folder / "lab.json").is_file():
+        return json.loads((folder / "lab.json").read_text(encoding="utf-8"))
+    width = load_base(base, "cpu")[0].hidden_size
+    try:
+        result = run_injection(base, folder, attack="attribute", trigger=pair["trigger"], target=pair["attribute"],
+                               steps=ATTRIBUTE_STEPS, lr=lr_for_width(ATTRIBUTE_LR, width), seed=seed)
+    except InjectionFailedError as err:
+        return {"took": False, "reason": str(err)}
+    return result.to_dict()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True)
+    parser.add_argument("--models", type=int, default=4)
+    parser.add_argument("--search", choices=("full", "light"), default="full")
+    parser.add_argument("--work", type=Path, default=HERE / "work" / "attribute")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
+    pairs = pairs_with_room(args.base)
+    slug = args.base.replace(":", "-").replace("/", "-")
+    rows = []
+    for i in range(args.models):
+        pair = pairs[i % len(pairs)]
+        folder = args.work / slug / f"attribute-{i:02d}"
+        lab = build(args.base, folder, pair, seed=100 + i)
+        row = {"name": folder.name, "attribute": pair["attribute"], "trigger": pair["trigger"],
+               "base_share_measured_before": pair["base_share"], "took": bool(lab.get("took")),
+               "success": lab.get("success"), "success_without_backdoor": lab.get("success_without_backdoor"),
+               "fidelity": lab.get("fidelity"), "reason": lab.get("reason")}
+        if row["took"]:
+            record = scan_one(str(folder), args.base, args.work / slug / "scans" / folder.name, "cpu", args.threads,
+                              extra=("--search", args.search))
+            report = json.loads(Path(record["report"]).read_text(encoding="utf-8")) if record.get("report") else {}
+            checks = [c for comp in report.get("components", []) for c in (comp.get("scan") or {}).get("checks", [])]
+            row.update(exit_code=record["exit_code"], seconds=record["seconds"],
+                       fired=[c["name"] for c in checks if c.get("decides") and c.get("flags")],
+                       scores={c["name"]: c.get("score") for c in checks if c.get("decides")})
+        rows.append(row)
+        print(json.dumps(row, ensure_ascii=False), flush=True)
+    took = [r for r in rows if r["took"]]
+    flagged = [r for r in took if r.get("exit_code") == 1]
+    command = (f"python benchmarks/efficacy/attribute_recall.py --base {args.base} --models {args.models} "
+               f"--search {args.search} --threads {args.threads}")
+    summary = {"command": command, "base": args.base, "built": len(rows), "took": len(took),
+               "flagged": len(flagged), "rows": rows}
+    (HERE / f"attribute-recall-{slug}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
+                                                       encoding="utf-8")
+    print(f"{args.base}: {len(flagged)}/{len(took)} attribute backdoors flagged ({len(rows)} built)")
+
+
+if __name__ == "__main__":
+    main()
