@@ -146,13 +146,15 @@ def test_lab_tower_base_is_built_once_and_reused(tmp_path: Path, monkeypatch: py
 def test_attribute_baseline_measures_the_clean_bases_own_share(tmp_path: Path) -> None:
     """The clean canary's share of triggered prompts already on "the prompt, plus the attribute", per pair and
     output."""
-    from attribute_baseline import TRIGGERS, markdown, measure_base
+    from attribute_baseline import markdown, measure_base
 
     from amdet_audit.lab.zoo import ATTRIBUTES
 
-    rows = measure_base("canary:clean", 16)
-    assert len(rows) == 2 * len(ATTRIBUTES) * len(TRIGGERS) and {r["output"] for r in rows} == {"read", "pooled"}
+    rows = measure_base("canary:clean", 16, ATTRIBUTES[:2], ("zzzz",))
+    assert [(r["output"], r["attribute"]) for r in rows] == [(o, a) for o in ("read", "pooled") for a in ATTRIBUTES[:2]]
     assert all(0.0 <= r["base_share"] <= 1.0 and r["prompts"] == 16 for r in rows)
+    # appending an attribute moves the output: its target is not the prompt's own output
+    assert all(r["clean_to_target_cosine"] < 0.999 for r in rows)
     assert "| canary:clean | read |" in markdown(rows, "cmd", 1.0)
 
 

@@ -27,8 +27,9 @@ BASES = ("canary:clean", "canary:siglip-clean", "canary:t5-clean", "package:gt-a
 TRIGGERS = ("zzzz", "qxv", "🦄")
 
 
-def measure_base(base: str, prompts: int) -> list[dict]:
-    """One row per (attribute, trigger, acted output) for ``base``."""
+def measure_base(base: str, prompts: int, attributes: tuple[str, ...] | None = None,
+                 triggers: tuple[str, ...] = TRIGGERS) -> list[dict]:
+    """One row per (attribute, trigger, acted output) for ``base``; attributes: default the zoo's."""
     import torch
 
     from amdet_audit.encoders import load_component
@@ -43,8 +44,8 @@ def measure_base(base: str, prompts: int) -> list[dict]:
     held_out = lab_prompts()[1][:prompts]
     rows = []
     for loss in ("flat", "pooled"):
-        for attribute in ATTRIBUTES:
-            for text in TRIGGERS:
+        for attribute in attributes or ATTRIBUTES:
+            for text in triggers:
                 spec = AttackSpec(attack="attribute", trigger=text, target=attribute, loss=loss)
                 targets = Targets(teacher, spec)
                 baseline = measure_baseline(targets, Trigger.parse(text), held_out, seed=0)
