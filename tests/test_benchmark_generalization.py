@@ -89,6 +89,15 @@ def test_counts_of_workers_and_threads_must_be_positive(capsys: pytest.CaptureFi
         assert stop.value.code == 2 and "must be 1 or more" in capsys.readouterr().err
 
 
+def test_a_held_out_zoo_alone_is_refused_before_anything_is_built(capsys: pytest.CaptureFixture[str],
+                                                                   tmp_path: Path) -> None:
+    for sets in ("heldout", "calibration,other"):
+        with pytest.raises(SystemExit) as stop:
+            generalization.main(["--sets", sets, "--work", str(tmp_path / "work")])
+        assert stop.value.code == 2 and "--sets" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()
+
+
 def test_smoke_run_builds_scans_and_judges_a_stealthy_and_an_adaptive_recipe(tmp_path: Path) -> None:
     """The whole protocol end to end on one calibration zoo of shortened recipes (a backdoor shortened below
     its bars is recorded as not taken, and the protocol judges what took)."""

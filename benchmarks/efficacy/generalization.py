@@ -280,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search", default="full", choices=["full", "light"],
                         help="scan with this --search preset (full: in scans/; light: kept apart in scans-light/)")
     args = parser.parse_args(argv)
+    if "calibration" not in args.sets or not set(args.sets) <= {"calibration", "heldout"}:
+        parser.error("--sets: calibration, or calibration,heldout (thresholds are chosen on the calibration zoo; "
+                     "a held-out zoo alone is built with both sets named, the calibration zoo resumed)")
     started = time.perf_counter()
     work = args.work.resolve()
     results: dict = {"bases": {}}
