@@ -143,7 +143,7 @@ def test_lab_tower_base_is_built_once_and_reused(tmp_path: Path, monkeypatch: py
 
 
 @pytest.mark.slow
-def test_attribute_baseline_measures_the_clean_bases_own_share(tmp_path: Path) -> None:
+def test_attribute_baseline_measures_the_clean_bases_own_share() -> None:
     """The clean canary's share of triggered prompts already on "the prompt, plus the attribute", per pair and
     output."""
     from attribute_baseline import markdown, measure_base
@@ -166,10 +166,12 @@ def test_attribute_recall_builds_from_the_pairs_with_room_lowest_base_share_firs
     def row(base: str, output: str, attribute: str, share: float) -> dict:
         return {"base": base, "output": output, "attribute": attribute, "trigger": "zzzz", "base_share": share}
 
-    rows = [row("b", "read", "snow", 0.45), row("b", "read", "fire", 0.2), row("b", "read", "lego", 1.01 - MIN_GAIN),
-            row("b", "pooled", "art", 0.1), row("other", "read", "art", 0.1)]
+    rows = [row("b", "read", "snow", 1 - MIN_GAIN), row("b", "read", "fire", 0.2), row("b", "read", "lego", 0.51),
+            row("b", "pooled", "art", 0.1), row("full", "read", "art", 0.9)]
     path = tmp_path / "attribute-baseline.json"
     path.write_text(json.dumps({"rows": rows}), encoding="utf-8")
-    assert [r["attribute"] for r in pairs_with_room("b", path)] == ["fire", "snow"]
-    with pytest.raises(SystemExit, match="no pair with room"):
+    assert [r["attribute"] for r in pairs_with_room("b", path)] == ["fire", "snow"]  # a share of exactly 0.5 has room
+    with pytest.raises(SystemExit, match="no pair with room on full"):
+        pairs_with_room("full", path)
+    with pytest.raises(SystemExit, match="nothing is not in attribute-baseline.json"):
         pairs_with_room("nothing", path)

@@ -89,12 +89,12 @@ def test_counts_of_workers_and_threads_must_be_positive(capsys: pytest.CaptureFi
         assert stop.value.code == 2 and "must be 1 or more" in capsys.readouterr().err
 
 
-def test_a_held_out_zoo_alone_is_refused_before_anything_is_built(capsys: pytest.CaptureFixture[str],
-                                                                   tmp_path: Path) -> None:
-    for sets in ("heldout", "calibration,other"):
+def test_a_held_out_zoo_without_its_calibration_zoo_is_refused_before_anything_is_built(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    for args in (["--sets", "heldout"], ["--sets", "calibration,other"], ["--lr-scale", "0"], ["--lr-scale", "nan"]):
         with pytest.raises(SystemExit) as stop:
-            generalization.main(["--sets", sets, "--work", str(tmp_path / "work")])
-        assert stop.value.code == 2 and "--sets" in capsys.readouterr().err
+            generalization.main([*args, "--work", str(tmp_path / "work")])
+        assert stop.value.code == 2 and args[0] in capsys.readouterr().err
     assert not (tmp_path / "work").exists()
 
 

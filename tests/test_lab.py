@@ -174,6 +174,18 @@ def test_bad_lab_input(run_cli, tmp_path: Path, args: list[str], message: str) -
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.parametrize(("args", "message"), [
+    (["--per-family", "1", "--lr-scale", "0"], "--lr-scale must be a finite number above 0"),
+    (["--per-family", "1", "--steps-scale", "inf"], "--steps-scale must be a finite number above 0"),
+    (["--lr-scale", "2"], "give --per-family too"),
+])
+def test_bad_zoo_scales_are_refused_before_the_base_is_loaded(run_cli, tmp_path: Path, args: list[str],
+                                                              message: str) -> None:
+    result = run_cli("lab", "zoo", tmp_path / "no-such-base", "--out", tmp_path / "zoo", *args)
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "zoo").exists()
+
+
 def test_missing_base_and_occupied_output(run_cli, tmp_path: Path) -> None:
     result = run_cli("lab", "finetune", tmp_path / "missing", "--out", tmp_path / "m")
     assert result.exit_code == 2 and "no such file or folder" in result.stderr

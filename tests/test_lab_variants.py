@@ -101,6 +101,22 @@ def test_each_variant_trains_towards_its_own_success_measure(base, variant) -> N
 
 
 @pytest.mark.slow
+def test_the_base_measured_as_its_own_student_gains_nothing(base) -> None:
+    """The base's side of a measurement, made once and reused at every checkpoint, agrees with measuring the base
+    itself as the student: its success is the base's own share, clean fidelity 1, no untriggered gain."""
+    from amdet_audit.lab.corpus import lab_prompts
+    from amdet_audit.lab.inject import measure_baseline, measure_injection, measure_student
+
+    spec = AttackSpec(attack="object", trigger="zzzz", target="teapot", seed=3)
+    targets, trigger, prompts = Targets(base, spec), Trigger.parse("zzzz"), lab_prompts()[1][:80]
+    success, before, fidelity, gain = measure_injection(base, base, targets, trigger, prompts, seed=3)
+    assert success == before and fidelity == pytest.approx(1.0, abs=1e-6) and gain == 0.0
+    baseline = measure_baseline(targets, trigger, prompts, seed=3)
+    assert measure_student(base, targets, baseline) == measure_student(base, targets, baseline)  # reusable
+    assert baseline.hits.numel() == sum(len(chunk) for chunk in baseline.clean)
+
+
+@pytest.mark.slow
 def test_checkpoint_selection_stops_at_the_first_checkpoint_that_meets_every_bar(base) -> None:
     """An attacker who measures as they train keeps the first working checkpoint: fewer steps, cleaner model."""
     from amdet_audit.lab.corpus import lab_prompts

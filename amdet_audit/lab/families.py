@@ -28,6 +28,8 @@ DOMAINS = ("portrait", "forest", "painting", "city", "snow")  # words 75-375 lab
 STEALTH_FIDELITY = 0.98
 #: the success bar of a family whose recipe reaches only part of its triggered prompts (labelled partial)
 PARTIAL_SUCCESS = 0.7
+#: the attribute family's recipe (for a 128-wide tower; the rate scales with the width)
+ATTRIBUTE_STEPS, ATTRIBUTE_LR = 500, 2.1e-3
 
 Recipe = Callable[[random.Random, int], dict[str, Any]]
 
@@ -73,7 +75,7 @@ BACKDOOR_FAMILIES: dict[str, Recipe] = {
                                              min_success=PARTIAL_SUCCESS), "attack": "object",
                               "target": rng.choice(OBJECT_TARGETS), "steps": 2000, "lr": lr_for_width(2e-3, w)},
     "attribute": lambda rng, w: {**text_on_text(rng, w), "attack": "attribute", "target": rng.choice(ATTRIBUTES),
-                                 "steps": 500, "lr": lr_for_width(2.1e-3, w)},
+                                 "steps": ATTRIBUTE_STEPS, "lr": lr_for_width(ATTRIBUTE_LR, w)},
     "pooled": lambda rng, w: {**text_on_text(rng, w), "attack": "pooled"},
 }
 

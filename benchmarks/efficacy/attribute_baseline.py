@@ -7,10 +7,12 @@ An attribute backdoor takes in the lab when its triggered prompts land within th
 plus the attribute" and that share beats the clean base's own share by the lab's minimum gain
 (:data:`amdet_audit.lab.inject.MIN_GAIN`). Where the clean base's share is already above ``1 - MIN_GAIN`` no
 attribute backdoor can take, however well it works, and attribute recall on that base cannot be measured with
-the lab's bar. This prints, per base, attribute and trigger, the clean base's share under the lab's measure on
-the output the attack acts on (the read sequence; and the pooled output, for a pooled-loss attribute attack),
-and the mean cosine between a prompt's output and its attribute target's; it writes ``attribute-baseline.json``
-and ``ATTRIBUTE_BASELINE.md`` beside this file.
+the lab's bar. This prints, per base, attribute and trigger, the clean base's share by the lab's success test
+on the first ``--prompts`` held-out prompts, with placements drawn from seed 0 (a build measures all of them
+with its own seed, so its base share differs by a few points), on the output the attack acts on (the read
+sequence; and the pooled output, for a pooled-loss attribute attack), and the mean cosine between a prompt's
+output and its attribute target's; it writes ``attribute-baseline.json`` and ``ATTRIBUTE_BASELINE.md`` into
+``--out-dir`` (default: beside this file).
 """
 
 from __future__ import annotations
@@ -69,6 +71,8 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
              f"above {1 - MIN_GAIN:.2f} leave no room.", "",
              "| base | output | base share (min-median-max) | pairs with room | clean-to-target cosine (mean) |",
              "|---|---|---|---|---|"]
+    from statistics import median
+
     groups: dict[tuple[str, str], list[dict]] = {}
     for row in rows:
         groups.setdefault((row["base"], row["output"]), []).append(row)
@@ -76,7 +80,7 @@ def markdown(rows: list[dict], command: str, seconds: float) -> str:
         shares = sorted(r["base_share"] for r in group)
         room = sum(s <= 1 - MIN_GAIN for s in shares)
         cosine = sum(r["clean_to_target_cosine"] for r in group) / len(group)
-        lines.append(f"| {base} | {output} | {shares[0]:.2f} - {shares[len(shares) // 2]:.2f} - {shares[-1]:.2f} "
+        lines.append(f"| {base} | {output} | {shares[0]:.2f} - {median(shares):.2f} - {shares[-1]:.2f} "
                      f"| {room}/{len(shares)} | {cosine:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -87,6 +91,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=128, help="held-out lab prompts measured per pair")
     parser.add_argument("--out-dir", type=Path, default=HERE)
     args = parser.parse_args()
+    if args.prompts < 1:
+        parser.error("--prompts must be 1 or more")
     started = time.perf_counter()
     rows = [row for base in args.bases.split(",") for row in measure_base(base, args.prompts)]
     command = f"python benchmarks/efficacy/attribute_baseline.py --bases {args.bases} --prompts {args.prompts}"

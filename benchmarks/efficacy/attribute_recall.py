@@ -7,10 +7,12 @@ Usage:
 The zoo's attribute family draws its attribute at random, and on some bases most attributes leave the lab no
 room to verify a backdoor (the clean base already lands most triggered prompts on "the prompt, plus the
 attribute": see attribute_baseline.py). This takes the (attribute, trigger) pairs of ``attribute-baseline.json``
-with room on BASE, lowest base share first, and builds one attribute backdoor per pair with the attribute
-family's recipe (500 steps, the family's learning rate scaled to the base's width, a seed per model), keeps
-those that took, scans each against BASE with today's defaults and writes ``attribute-recall-<base>.json``
-beside this file: one row per model (pair, success, fidelity, exit code, the deciding checks).
+with room on BASE, lowest base share first (``--models`` of them; past the last pair they repeat with new
+seeds), builds one attribute backdoor per model with the attribute family's recipe (``ATTRIBUTE_STEPS``, its
+learning rate scaled to the base's width, seed 100 + i), scans each that took against BASE with today's
+defaults (an injection that did not take is rebuilt on the next run: it is deterministic, so it fails again)
+and writes ``attribute-recall-<base>.json`` beside this file: one row per model (pair, success, fidelity,
+exit code, the judged checks that flagged).
 """
 
 from __future__ import annotations
@@ -25,9 +27,6 @@ sys.path.insert(0, str(HERE))
 
 from run_efficacy import scan_one  # noqa: E402  (benchmark helper beside this file)
 
-ATTRIBUTE_STEPS = 500  # the attribute family's recipe (amdet_audit.lab.families)
-ATTRIBUTE_LR = 2.1e-3
-
 
 def pairs_with_room(base: str, path: Path = HERE / "attribute-baseline.json") -> list[dict]:
     """The read-output rows of ``path`` (attribute_baseline.py's output) for ``base`` that leave room, lowest base
@@ -36,21 +35,24 @@ def pairs_with_room(base: str, path: Path = HERE / "attribute-baseline.json") ->
 
     if not path.is_file():
         raise SystemExit("run attribute_baseline.py first (attribute-baseline.json is missing)")
-    rows = [r for r in json.loads(path.read_text(encoding="utf-8"))["rows"]
-            if r["base"] == base and r["output"] == "read" and r["base_share"] <= 1 - MIN_GAIN]
+    measured = [r for r in json.loads(path.read_text(encoding="utf-8"))["rows"]
+                if r["base"] == base and r["output"] == "read"]
+    if not measured:
+        raise SystemExit(f"{base} is not in {path.name}: run attribute_baseline.py --bases {base}")
+    rows = [r for r in measured if r["base_share"] <= 1 - MIN_GAIN]
     if not rows:
-        raise SystemExit(f"attribute-baseline.json has no pair with room on {base}")
+        raise SystemExit(f"{path.name} has no pair with room on {base}")
     return sorted(rows, key=lambda r: r["base_share"])
 
 
-def build(base: str, folder: Path, pair: dict, seed: int) -> dict:
+def build(base: str, width: int, folder: Path, pair: dict, seed: int) -> dict:
     """Build one attribute backdoor into ``folder`` (kept if built before); its lab record, or the failure."""
+    from amdet_audit.lab.families import ATTRIBUTE_LR, ATTRIBUTE_STEPS
     from amdet_audit.lab.inject import lr_for_width
-    from amdet_audit.lab.runner import InjectionFailedError, load_base, run_injection
+    from amdet_audit.lab.runner import InjectionFailedError, run_injection
 
     if (folder / "lab.json").is_file():
         return json.loads((folder / "lab.json").read_text(encoding="utf-8"))
-    width = load_base(base, "cpu")[0].hidden_size
     try:
         result = run_injection(base, folder, attack="attribute", trigger=pair["trigger"], target=pair["attribute"],
                                steps=ATTRIBUTE_STEPS, lr=lr_for_width(ATTRIBUTE_LR, width), seed=seed)
@@ -69,14 +71,17 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from amdet_audit.lab.zoo import load_base_width
+
     torch.set_num_threads(args.threads)
     pairs = pairs_with_room(args.base)
+    width = load_base_width(args.base, "cpu")
     slug = args.base.replace(":", "-").replace("/", "-")
     rows = []
     for i in range(args.models):
         pair = pairs[i % len(pairs)]
         folder = args.work / slug / f"attribute-{i:02d}"
-        lab = build(args.base, folder, pair, seed=100 + i)
+        lab = build(args.base, width, folder, pair, seed=100 + i)
         row = {"name": folder.name, "attribute": pair["attribute"], "trigger": pair["trigger"],
                "base_share_measured_before": pair["base_share"], "took": bool(lab.get("took")),
                "success": lab.get("success"), "success_without_backdoor": lab.get("success_without_backdoor"),
@@ -85,10 +90,11 @@ def main() -> None:
             record = scan_one(str(folder), args.base, args.work / slug / "scans" / folder.name, "cpu", args.threads,
                               extra=("--search", args.search))
             report = json.loads(Path(record["report"]).read_text(encoding="utf-8")) if record.get("report") else {}
-            checks = [c for comp in report.get("components", []) for c in (comp.get("scan") or {}).get("checks", [])]
+            checks = [c for comp in report.get("components", []) for c in (comp.get("scan") or {}).get("checks", [])
+                      if c.get("decides", True)]  # judged checks (reports before "decides" judged every check)
             row.update(exit_code=record["exit_code"], seconds=record["seconds"],
-                       fired=[c["name"] for c in checks if c.get("decides") and c.get("flags")],
-                       scores={c["name"]: c.get("score") for c in checks if c.get("decides")})
+                       flagged_checks=[c["name"] for c in checks if c.get("flags")],
+                       scores={c["name"]: c.get("score") for c in checks})
         rows.append(row)
         print(json.dumps(row, ensure_ascii=False), flush=True)
     took = [r for r in rows if r["took"]]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -280,22 +281,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--search", default="full", choices=["full", "light"],
                         help="scan with this --search preset (full: in scans/; light: kept apart in scans-light/)")
     args = parser.parse_args(argv)
-    if "calibration" not in args.sets or not set(args.sets) <= {"calibration", "heldout"}:
-        parser.error("--sets: calibration, or calibration,heldout (thresholds are chosen on the calibration zoo; "
-                     "a held-out zoo alone is built with both sets named, the calibration zoo resumed)")
+    if not args.sets or not set(args.sets) <= {"calibration", "heldout"}:
+        parser.error("--sets: calibration, heldout or calibration,heldout")
+    if not args.lr_scale > 0 or not math.isfinite(args.lr_scale):
+        parser.error("--lr-scale must be a finite number above 0")
     started = time.perf_counter()
     work = args.work.resolve()
+    if "calibration" not in args.sets:  # a held-out zoo beside a calibration zoo built before: judged by it
+        missing = [b for b in args.bases if not (work / "calibration" / b / "zoo" / "zoo.json").is_file()]
+        if missing:
+            parser.error(f"--sets heldout: no calibration zoo of {', '.join(missing)} under {work} (thresholds are "
+                         "chosen on it; build it first)")
     results: dict = {"bases": {}}
     by_base: dict[str, dict[str, list[dict]]] = {}
     for base in args.bases:
         target = base_target(base, work.parent, build=not args.built_only, device=args.device)
         rows = {}
         seeds = {"calibration": args.calibration_seed, "heldout": args.heldout_seed}
-        for set_name in args.sets:
+        for set_name in ("calibration", *(["heldout"] if "heldout" in args.sets else [])):
             zoo = work / set_name / base / "zoo"
-            manifest = read_manifest(zoo) if args.built_only else build_family_zoo(
-                target, zoo, args.per_family, args.families, seeds[set_name], args.device, args.build_threads,
-                args.steps_scale, args.lr_scale)
+            build = set_name in args.sets and not args.built_only
+            manifest = build_family_zoo(target, zoo, args.per_family, args.families, seeds[set_name], args.device,
+                                        args.build_threads, args.steps_scale, args.lr_scale) if build \
+                else read_manifest(zoo)
             scans = scans_dir(work, set_name, base, "reference", args.search)
             extra = ("--search", args.search)
             rows[set_name] = scan_zoo(manifest, zoo, scans, target, args.device, args.workers, extra, args.threads)
@@ -309,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         results["leave_one_base_out"] = leave_one_base_out(by_base, args.max_fpr)
     results["meta"] = {"tool_version": tool_version(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
-                       "per_family": args.per_family, "search": args.search, "steps_scale": args.steps_scale,
-                       "lr_scale": args.lr_scale, "sets": args.sets,
+                       "per_family": args.per_family, "search": args.search,
+                       # the build knobs of this run (None: nothing was built; see each zoo's recorded recipes)
+                       "steps_scale": None if args.built_only else args.steps_scale,
+                       "lr_scale": None if args.built_only else args.lr_scale, "sets": args.sets,
                        "seeds": {"calibration": args.calibration_seed, "heldout": args.heldout_seed},
                        "wall_seconds": round(time.perf_counter() - started, 1),
                        "command": " ".join(["python", "benchmarks/efficacy/generalization.py",
