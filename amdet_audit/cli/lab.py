@@ -144,21 +144,17 @@ def make_lab_app() -> typer.Typer:
             help="Scale every family injection's learning rate (a base that learns slower than the canary).")] = 1.0,
     ) -> None:
         """Build a reproducible set of backdoored and benign models from BASE."""
-        import math
-
         from amdet_audit.errors import UsageError
+        from amdet_audit.lab.families import check_scales, plan_families
         from amdet_audit.lab.zoo import build_plan, build_zoo, load_base_width
         from amdet_audit.progress import stderr_progress
 
+        check_scales(steps_scale, lr_scale)  # before the base is loaded
         for name, scale in (("--steps-scale", steps_scale), ("--lr-scale", lr_scale)):
-            if not (scale > 0 and math.isfinite(scale)):
-                raise UsageError(f"{name} must be a finite number above 0, not {scale}")
             if scale != 1.0 and per_family is None:
                 raise UsageError(f"{name} scales the family recipes of --per-family; give --per-family too")
 
         if per_family is not None:
-            from amdet_audit.lab.families import plan_families
-
             plan = plan_families(per_family, seed, load_base_width(base, device),
                                  families.split(",") if families else None, steps_scale, lr_scale)
             manifest = build_plan(base, out, plan, seed=seed, device=device, progress=stderr_progress("zoo"))

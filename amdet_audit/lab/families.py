@@ -7,6 +7,7 @@ Every recipe's knobs are drawn from ranges, so two seeds give two different zoos
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from typing import Any
@@ -98,6 +99,13 @@ def entry(name: str, kind: str, family: str, seed: int, recipe: dict[str, Any]) 
                     lr=float(recipe.pop("lr", 0.0)), family=family, copy=copy, options=options, **recipe)
 
 
+def check_scales(steps_scale: float, lr_scale: float) -> None:
+    """Refuse a recipe scale (``--steps-scale``, ``--lr-scale``) that is not a finite number above 0."""
+    for name, scale in (("--steps-scale", steps_scale), ("--lr-scale", lr_scale)):
+        if not (scale > 0 and math.isfinite(scale)):
+            raise UsageError(f"{name} must be a finite number above 0, not {scale}")
+
+
 def plan_families(per_family: int, seed: int, width: int, families: list[str] | None = None,
                   steps_scale: float = 1.0, lr_scale: float = 1.0) -> list[ZooEntry]:
     """``per_family`` models of every family (or of ``families``), drawn from ``seed``, backdoored and benign
@@ -108,9 +116,10 @@ def plan_families(per_family: int, seed: int, width: int, families: list[str] | 
     known = {**BACKDOOR_FAMILIES, **BENIGN_FAMILIES}
     chosen = families or list(known)
     unknown = [f for f in chosen if f not in known]
-    if unknown or per_family < 1 or not lr_scale > 0:
+    if unknown or per_family < 1:
         raise UsageError(f"unknown families {unknown}; known: {', '.join(known)}" if unknown
-                         else "--per-family must be at least 1" if per_family < 1 else "--lr-scale must be above 0")
+                         else "--per-family must be at least 1")
+    check_scales(steps_scale, lr_scale)
     rng = random.Random(seed)
     plan = []
     for family in chosen:

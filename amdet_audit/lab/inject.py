@@ -243,7 +243,8 @@ def inject(
     trigger_ids = trigger_token_ids(teacher, spec.trigger)
     opt = torch.optim.AdamW([p for p in student.model.parameters() if p.requires_grad], lr=spec.lr)
     started, loss = time.perf_counter(), torch.tensor(0.0)
-    baseline: Baseline | None = None  # the base's side of every measurement, made once
+    # the base's side of every measurement (checkpoints and the final one), made once
+    baseline = measure_baseline(targets, trigger, eval_prompts, seed=spec.seed, placement=spec.placement)
     for step in range(spec.steps):
         clean = rng.sample(list(train_prompts), spec.clean_batch)
         chosen = rng.sample(fitting, spec.poison_batch)
@@ -262,14 +263,11 @@ def inject(
         if progress:
             progress(step + 1, spec.steps, f"{spec.attack} step {step + 1}")
         if spec.checkpoint_every and (step + 1) % spec.checkpoint_every == 0 and step + 1 < spec.steps:
-            baseline = baseline or measure_baseline(targets, trigger, eval_prompts, seed=spec.seed,
-                                                    placement=spec.placement)
             checkpoint = result_of(spec, trigger, measure_student(student, targets, baseline), loss, started)
             if checkpoint.took:
                 student.model.requires_grad_(False).eval()
                 return student, replace(checkpoint, steps_trained=step + 1)
     student.model.requires_grad_(False).eval()
-    baseline = baseline or measure_baseline(targets, trigger, eval_prompts, seed=spec.seed, placement=spec.placement)
     measured = measure_student(student, targets, baseline)
     return student, replace(result_of(spec, trigger, measured, loss, started), steps_trained=spec.steps)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run_efficacy import scan_one  # noqa: E402  (benchmark helper beside this file)
+from run_efficacy import checks_of, scan_one  # noqa: E402  (benchmark helper beside this file)
 
 
 def pairs_with_room(base: str, path: Path = HERE / "attribute-baseline.json") -> list[dict]:
@@ -89,9 +89,8 @@ def main() -> None:
         if row["took"]:
             record = scan_one(str(folder), args.base, args.work / slug / "scans" / folder.name, "cpu", args.threads,
                               extra=("--search", args.search))
-            report = json.loads(Path(record["report"]).read_text(encoding="utf-8")) if record.get("report") else {}
-            checks = [c for comp in report.get("components", []) for c in (comp.get("scan") or {}).get("checks", [])
-                      if c.get("decides", True)]  # judged checks (reports before "decides" judged every check)
+            checks = checks_of(json.loads(Path(record["report"]).read_text(encoding="utf-8"))) \
+                if record.get("report") else []  # the judged checks
             row.update(exit_code=record["exit_code"], seconds=record["seconds"],
                        flagged_checks=[c["name"] for c in checks if c.get("flags")],
                        scores={c["name"]: c.get("score") for c in checks})

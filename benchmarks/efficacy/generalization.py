@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import sys
@@ -283,8 +282,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.sets or not set(args.sets) <= {"calibration", "heldout"}:
         parser.error("--sets: calibration, heldout or calibration,heldout")
-    if not args.lr_scale > 0 or not math.isfinite(args.lr_scale):
-        parser.error("--lr-scale must be a finite number above 0")
+    from amdet_audit.errors import UsageError
+    from amdet_audit.lab.families import check_scales
+
+    try:
+        check_scales(args.steps_scale, args.lr_scale)
+    except UsageError as err:
+        parser.error(str(err))
     started = time.perf_counter()
     work = args.work.resolve()
     if "calibration" not in args.sets:  # a held-out zoo beside a calibration zoo built before: judged by it
