@@ -166,6 +166,10 @@ def test_clean_prompts_that_already_carry_the_trigger_are_left_out() -> None:
         (["--attack", "nope", "--trigger", "x", "--target", "y"], "unknown attack"),
         (["--attack", "text-on-text", "--trigger", "", "--target", "y"], "trigger is empty"),
         (["--attack", "text-on-text", "--trigger", "zzzz", "--target", " "], "target is empty"),
+        (["--attack", "text-on-text", "--trigger", "zzzz", "--target", "y", "--eval-prompts", "10"],
+         "--eval-prompts must be between 64 and 600, not 10"),
+        (["--attack", "text-on-text", "--trigger", "zzzz", "--target", "y", "--eval-prompts", "601"],
+         "--eval-prompts must be between 64 and 600"),
     ],
 )
 def test_bad_lab_input(run_cli, tmp_path: Path, args: list[str], message: str) -> None:

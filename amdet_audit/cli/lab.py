@@ -53,6 +53,9 @@ def make_lab_app() -> typer.Typer:
                  "working model, as an attacker who selects checkpoints).")] = None,
         consumer: LabConsumer = None,
         train: Train = "all",
+        eval_prompts: Annotated[int | None, typer.Option(
+            help="Measure success and fidelity on the first N held-out prompts (default: all 600; fewer is "
+                 "faster and noisier).")] = None,
     ) -> None:
         """Implant a textual backdoor into a copy of BASE."""
         from amdet_audit.lab.runner import run_injection
@@ -62,7 +65,8 @@ def make_lab_app() -> typer.Typer:
                                seed=seed, device=device, progress=stderr_progress("inject"), loss=loss,
                                placement=placement, utility_weight=utility_weight, backdoor_weight=backdoor_weight,
                                anti_inversion_weight=anti_inversion_weight, min_fidelity=min_fidelity,
-                               checkpoint_every=checkpoint_every, consumer=consumer, trainable=train)
+                               checkpoint_every=checkpoint_every, consumer=consumer, trainable=train,
+                               eval_prompts=eval_prompts)
         typer.echo(f"backdoor implanted: success {result.success:.2f}, clean fidelity {result.fidelity:.3f} -> {out}")
 
     @lab.command()

@@ -22,6 +22,8 @@ from amdet_audit.lab.inject import (
 )
 
 Progress = Callable[[int, int, str], None]
+#: the fewest held-out prompts an injection may be measured on (``--eval-prompts``): one measuring batch
+MIN_EVAL_PROMPTS = 64
 
 
 class InjectionFailedError(AmdetError):
@@ -74,22 +76,27 @@ def lab_record(kind: str, provenance: dict[str, Any], result: dict[str, Any], ex
 def run_injection(
     base: str | Path, out: Path, *, attack: str, trigger: str, target: str, steps: int | None = None,
     lr: float | None = None, seed: int = 0, device: str = "cpu", progress: Progress | None = None,
-    extra: dict[str, Any] | None = None, consumer: str | None = None, **variant: Any,
+    extra: dict[str, Any] | None = None, consumer: str | None = None, eval_prompts: int | None = None,
+    **variant: Any,
 ) -> InjectionResult:
     """Implant a backdoor into BASE and save it to ``out``; raise InjectionFailedError if it did not take.
 
+    eval_prompts: measure on the first this many held-out prompts (default all: fewer is faster and noisier).
     variant: further :class:`AttackSpec` fields (loss, placement, utility_weight, backdoor_weight,
     anti_inversion_weight, min_fidelity, ...); None values keep the defaults.
     """
     from amdet_audit.lab.corpus import lab_prompts
 
+    train, held_out = lab_prompts()
+    if eval_prompts is not None and not MIN_EVAL_PROMPTS <= eval_prompts <= len(held_out):
+        raise UsageError(f"--eval-prompts must be between {MIN_EVAL_PROMPTS} and {len(held_out)}, not {eval_prompts}")
+    held_out = held_out[:eval_prompts]
     fresh_output(out)
     teacher, provenance = load_base(base, device, consumer)
     spec = AttackSpec(attack=attack, trigger=trigger, target=target, seed=seed,
                       **({"steps": steps} if steps else {}),
                       lr=lr or lr_for_width(AttackSpec.lr, teacher.hidden_size),
                       **{k: v for k, v in variant.items() if v is not None})
-    train, held_out = lab_prompts()
     student, result = inject(teacher, spec, train, held_out, progress)
     if not result.took:
         raise InjectionFailedError(
@@ -99,7 +106,8 @@ def run_injection(
             f"{spec.min_success:.0%}, a gain of {MIN_GAIN:.0%}, fidelity {max(MIN_FIDELITY, spec.min_fidelity)}, "
             f"at most {MAX_UNTRIGGERED_GAIN:.0%} untriggered); try other --steps or --lr"
         )
-    save_model(student, out, lab_record("backdoored", provenance, result.to_dict(), extra))
+    save_model(student, out, lab_record("backdoored", provenance, result.to_dict(),
+                                        {"eval_prompts": len(held_out), **(extra or {})}))
     return result
 
 
