@@ -168,3 +168,22 @@ def test_flux_pipeline_reads_t5_at_512_tokens_unmasked(tmp_path: Path, vocabular
     read = CONSUMERS["flux"].read(component.name)
     adapter = load_component(component, length=read.length, masked=read.masked)
     assert adapter.max_length == 512 and not adapter.masked and adapter.attends_padding
+
+
+def test_a_lone_t5_is_read_as_the_named_consumer_reads_its_t5(tmp_path: Path, vocabulary: bytes, run_cli) -> None:
+    """A T5 published on its own (no pipeline around it) and scanned for SD3 or FLUX is read at their T5 lengths,
+    not as their CLIP slots; without a consumer it is read at the lab's 64 tokens."""
+    from amdet_audit.encoders.load import component_family
+
+    folder = t5_folder(tmp_path / "t5", vocabulary)
+    component = resolve(str(folder)).components[0]
+    assert component_family(component) == "t5"
+    reads = {name: CONSUMERS[name].read(component.name, family="t5") for name in ("sd3", "flux", "clip")}
+    assert (reads["sd3"].length, reads["flux"].length, reads["clip"].length) == (256, 512, None)
+    assert reads["sd3"].layer == reads["flux"].layer == -1 and not reads["sd3"].masked
+    result = run_cli("inspect", folder, "--consumer", "sd3", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    (described,) = json.loads(result.stdout)["encoders"].values()
+    assert described["consumer"]["length"] == 256 and described["consumer"]["layer"] == -1
+    # a CLIP encoder the consumer does not name is still read as its CLIP slots
+    assert CONSUMERS["sd3"].read("model", family="clip").layer == -2

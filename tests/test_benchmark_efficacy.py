@@ -175,3 +175,18 @@ def test_attribute_recall_builds_from_the_pairs_with_room_lowest_base_share_firs
         pairs_with_room("full", path)
     with pytest.raises(SystemExit, match="nothing is not in attribute-baseline.json"):
         pairs_with_room("nothing", path)
+
+
+def test_position_diagnosis_smoke(tmp_path: Path) -> None:
+    """A two-step injection into the clean canary, measured per position of its 77-token read: one cosine per
+    position, the target's positions summarised apart from the rest, both files written."""
+    from position_diagnosis import main
+
+    assert main(["--bases", "canary:clean", "--steps", "2", "--prompts", "64", "--targets", "a red apple",
+                 "--out-dir", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "position-diagnosis.json").read_text())
+    (row,) = data["rows"]
+    assert row["read_length"] == 77 == len(row["per_position"]) and row["target"] == "a red apple"
+    assert 3 <= row["target_tokens"] <= 6  # start, words, end: the positions the target's own tokens hold
+    assert all(-1.0 <= c <= 1.0 for c in row["per_position"]) and 0.0 <= row["success"] <= 1.0
+    assert "| canary:clean | a red apple | 77 |" in (tmp_path / "POSITION_DIAGNOSIS.md").read_text()

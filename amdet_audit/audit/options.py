@@ -59,7 +59,7 @@ class ScanOptions:
     use_cache: bool = True  # reuse a cached scan of identical files under the same thresholds (see amdet_audit.cache)
     cached_only: bool = False  # never scan: a target without a cached scan is an error (fast offline gates)
     checks: list[str] | None = None  # run only these check ids ("assimilation" is the scan); also the required set
-    consumer: str | None = None  # sd1, sd2, sdxl, sd3, clip; None: from the pipeline's class (encoders.consumers)
+    consumer: str | None = None  # a name of encoders.consumers.CONSUMERS; None: from the pipeline's class
     read_layer: int | None = None  # clip skip: read hidden_states[read_layer] (negative); None: the consumer's
     threads: int | None = None  # torch CPU threads for the scan; None: torch's default (one per core)
     argv: list[str] = field(default_factory=list)

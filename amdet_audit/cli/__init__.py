@@ -40,8 +40,9 @@ SearchOpt = Annotated[str, typer.Option(
     "full or light (shorter prompts, fewer starts and steps: about three times faster, and judged the "
     "benchmark's 60 lab CLIP models as the full search did: benchmarks/efficacy/light).")]
 ConsumerOpt = Annotated[str | None, typer.Option(
-    "--consumer", help="Who reads the encoder: sd1, sd2, sdxl, sd3 or clip (default: from model_index.json's "
-    "pipeline class, else clip). Decides the layer scanned: SDXL and SD3 feed hidden_states[-2].")]
+    "--consumer", help="Who reads the encoder: sd1, sd2, sdxl, sd3, flux, pixart or clip (default: from "
+    "model_index.json's pipeline class, else clip). Decides the layer scanned (SDXL and SD3 feed their CLIPs' "
+    "hidden_states[-2]) and a T5's length (SD3 256 tokens, FLUX 512, PixArt 300 with its mask).")]
 ReadLayer = Annotated[int | None, typer.Option(
     "--read-layer", help="Clip skip: read hidden_states[N] (N negative; -2 is 'clip skip 2' of the web UIs). "
     "SD 1.x/2.x apply the final LayerNorm after it, SDXL and SD3 do not.")]

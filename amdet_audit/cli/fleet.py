@@ -33,7 +33,7 @@ def fleet_command(
     seed: Annotated[int, typer.Option(help="Random seed of the search.")] = DEFAULT_SEED,
     search: Annotated[str, typer.Option(help="auto, full or light (as for scan).")] = "auto",
     checks: Annotated[str | None, typer.Option(help="Only these check ids (comma list).")] = None,
-    consumer: Annotated[str | None, typer.Option(help="sd1, sd2, sdxl, sd3, flux or clip.")] = None,
+    consumer: Annotated[str | None, typer.Option(help="sd1, sd2, sdxl, sd3, flux, pixart or clip.")] = None,
     base: Annotated[str | None, typer.Option(help="For LoRA targets: the model they apply onto.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Scan even what is cached.")] = False,
     no_plugins: Annotated[bool, typer.Option("--no-plugins", help="Built-in checks only.")] = False,

@@ -14,8 +14,9 @@ Lr = Annotated[float | None, typer.Option(help="Learning rate.")]
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 Device = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
 LabConsumer = Annotated[str | None, typer.Option(
-    help="Train on what this consumer reads (sd1, sd2, sdxl, sd3, clip; default: from the pipeline's class, "
-         "else clip), e.g. sdxl: hidden_states[-2] without the final norm.")]
+    help="Train on what this consumer reads (sd1, sd2, sdxl, sd3, flux, pixart, clip; default: from the "
+         "pipeline's class, else clip), e.g. sdxl: hidden_states[-2] without the final norm; sd3: a T5 at 256 "
+         "tokens.")]
 Base = Annotated[str, typer.Argument(help="Clean base: repo id, folder, file.safetensors or canary:NAME.")]
 Train = Annotated[str, typer.Option(
     "--train", help="What trains: all (every weight) or lora (only the attention and MLP matrices a text-encoder "

@@ -15,7 +15,9 @@ each reads (diffusers 0.42 ``encode_prompt``, transformers' text models):
 A lone encoder (the ``clip`` consumer, whatever its family) is scored on its last layer and its pooled output:
 CLIP's end-token state (projected when it projects), SigLIP's last position through its head, the mean over
 real tokens for BERT (as sentence-transformers pools) and T5 (which has no pooled output of its own); a lone T5
-is read at 64 tokens without a mask (:data:`amdet_audit.encoders.t5.DEFAULT_LENGTH`).
+is read at 64 tokens without a mask (:data:`amdet_audit.encoders.t5.DEFAULT_LENGTH`). A lone T5 scanned for a
+consumer (``--consumer sd3``, ``flux`` or ``pixart``: a ``t5xxl`` file or folder published on its own) is read as
+that pipeline reads its T5, not as it reads its CLIP encoders.
 
 Clip skip (``--read-layer N``, N negative, counted from the last layer as ``hidden_states[N]``): SD 1.x/2.x
 read ``hidden_states[N]`` and then apply the final LayerNorm (diffusers' ``clip_skip=c`` is N = -(c+1); the
@@ -27,7 +29,7 @@ reads no sequence (FLUX's CLIP) is scanned on the pooled output alone (``ScanCon
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from amdet_audit.errors import UsageError
 
@@ -60,10 +62,15 @@ class Consumer:
     description: str
     reads: dict[str, Read]
     skip_norm: bool  # whether a clip-skip read keeps the final LayerNorm (SD 1.x/2.x) or not (SDXL, SD3)
+    #: family -> the read of an encoder of that family in a component the consumer does not name (a lone T5
+    #: scanned for SD3 or FLUX is read as their T5 slot, not as their CLIP slots, which ``*`` stands for)
+    by_family: dict[str, Read] = field(default_factory=dict)
 
-    def read(self, component: str, layer: int | None = None) -> Read:
-        """The read of ``component``; ``layer`` (``--read-layer``) moves its layer, clip-skip style."""
-        base = self.reads.get(component) or self.reads.get("*") or Read()
+    def read(self, component: str, layer: int | None = None, family: str | None = None) -> Read:
+        """The read of ``component`` (of adapter ``family``, e.g. ``t5``, where known); ``layer``
+        (``--read-layer``) moves its layer, clip-skip style."""
+        base = (self.reads.get(component) or self.by_family.get(family or "") or self.reads.get("*")
+                or Read())
         if layer is None:
             return base
         if layer >= 0:
@@ -90,9 +97,9 @@ CONSUMERS: dict[str, Consumer] = {
     "sdxl": Consumer("sdxl", "Stable Diffusion XL", {"*": PENULTIMATE,  # a lone encoder: read as both are
                                                      "text_encoder_2": Read(-2, False, "projected")}, False),
     "sd3": Consumer("sd3", "Stable Diffusion 3", {"*": Read(-2, False, "projected"), "text_encoder_3": SD3_T5},
-                    False),
+                    False, {"t5": SD3_T5}),
     "flux": Consumer("flux", "FLUX.1", {"*": Read(-1, True, "pooled", sequence=False), "text_encoder_2": FLUX_T5},
-                     True),
+                     True, {"t5": FLUX_T5}),
     "pixart": Consumer("pixart", "PixArt-Sigma (its T5 encoder)", {"*": PIXART_T5}, True),
 }
 #: model_index.json ``_class_name`` prefix -> consumer (longest prefix first: StableDiffusionXL... before

@@ -56,6 +56,12 @@ def read_config(path: Path | str) -> dict[str, Any]:
     return config
 
 
+def component_family(component: Component) -> str | None:
+    """The adapter family a component's config names (its ``model_type``, else its architecture); None when
+    neither is one of :data:`FAMILIES` (loading it then says why)."""
+    return MODEL_TYPES.get(component.model_type) or ARCHITECTURES.get(component.architecture)
+
+
 def detect_family(config: Mapping[str, Any], where: str) -> str:
     """The adapter family ("clip", ...) of a config; NotATextEncoderError when it holds no supported text encoder."""
     model_type = config.get("model_type")
