@@ -185,5 +185,12 @@ def test_a_lone_t5_is_read_as_the_named_consumer_reads_its_t5(tmp_path: Path, vo
     assert result.exit_code == 0, result.stderr
     (described,) = json.loads(result.stdout)["encoders"].values()
     assert described["consumer"]["length"] == 256 and described["consumer"]["layer"] == -1
-    # a CLIP encoder the consumer does not name is still read as its CLIP slots
+    # a CLIP encoder the consumer does not name is still read as its CLIP slots; a CLIP in FLUX's T5 slot (another
+    # pipeline scanned with --consumer flux) as FLUX reads a CLIP: its pooled output alone
     assert CONSUMERS["sd3"].read("model", family="clip").layer == -2
+    assert CONSUMERS["flux"].read("text_encoder_2", family="clip").sequence is False
+    # the lab trains on the same read
+    from amdet_audit.lab.runner import load_base
+
+    adapter, provenance = load_base(folder, consumer="sd3")
+    assert adapter.max_length == 256 and provenance["consumer"]["length"] == 256

@@ -62,14 +62,15 @@ class Consumer:
     description: str
     reads: dict[str, Read]
     skip_norm: bool  # whether a clip-skip read keeps the final LayerNorm (SD 1.x/2.x) or not (SDXL, SD3)
-    #: family -> the read of an encoder of that family in a component the consumer does not name (a lone T5
-    #: scanned for SD3 or FLUX is read as their T5 slot, not as their CLIP slots, which ``*`` stands for)
+    #: family -> the read of an encoder of that family whatever its slot, before the slot's own read: a lone T5
+    #: scanned for SD3 or FLUX is read as their T5, not as their CLIP slots (``*``), and a CLIP in a slot FLUX
+    #: gives its T5 (another pipeline's folder scanned with ``--consumer flux``) as FLUX reads a CLIP
     by_family: dict[str, Read] = field(default_factory=dict)
 
     def read(self, component: str, layer: int | None = None, family: str | None = None) -> Read:
         """The read of ``component`` (of adapter ``family``, e.g. ``t5``, where known); ``layer``
         (``--read-layer``) moves its layer, clip-skip style."""
-        base = (self.reads.get(component) or self.by_family.get(family or "") or self.reads.get("*")
+        base = (self.by_family.get(family or "") or self.reads.get(component) or self.reads.get("*")
                 or Read())
         if layer is None:
             return base
@@ -90,6 +91,7 @@ PENULTIMATE = Read(-2, False, "none")
 FLUX_T5 = Read(-1, True, "none", length=512, masked=False)  # FluxPipeline._get_t5_prompt_embeds
 SD3_T5 = Read(-1, True, "none", length=256, masked=False)  # StableDiffusion3Pipeline._get_t5_prompt_embeds
 PIXART_T5 = Read(-1, True, "none", length=300, masked=True)  # PixArtSigmaPipeline.encode_prompt
+FLUX_CLIP = Read(-1, True, "pooled", sequence=False)  # FluxPipeline._get_clip_prompt_embeds: pooler_output alone
 CONSUMERS: dict[str, Consumer] = {
     "clip": Consumer("clip", "a lone CLIP text encoder: retrieval, or an unknown pipeline", {"*": Read()}, True),
     "sd1": Consumer("sd1", "Stable Diffusion 1.x", {"*": SEQUENCE_LAST}, True),
@@ -98,8 +100,8 @@ CONSUMERS: dict[str, Consumer] = {
                                                      "text_encoder_2": Read(-2, False, "projected")}, False),
     "sd3": Consumer("sd3", "Stable Diffusion 3", {"*": Read(-2, False, "projected"), "text_encoder_3": SD3_T5},
                     False, {"t5": SD3_T5}),
-    "flux": Consumer("flux", "FLUX.1", {"*": Read(-1, True, "pooled", sequence=False), "text_encoder_2": FLUX_T5},
-                     True, {"t5": FLUX_T5}),
+    "flux": Consumer("flux", "FLUX.1", {"*": FLUX_CLIP, "text_encoder_2": FLUX_T5}, True,
+                     {"t5": FLUX_T5, "clip": FLUX_CLIP}),
     "pixart": Consumer("pixart", "PixArt-Sigma (its T5 encoder)", {"*": PIXART_T5}, True),
 }
 #: model_index.json ``_class_name`` prefix -> consumer (longest prefix first: StableDiffusionXL... before

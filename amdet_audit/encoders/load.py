@@ -11,7 +11,7 @@ model built on the meta device
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,21 +56,26 @@ def read_config(path: Path | str) -> dict[str, Any]:
     return config
 
 
+def family_named(model_type: Any, architectures: Sequence[Any]) -> str | None:
+    """The adapter family a ``model_type``, else the first known of ``architectures``, names; None if none does."""
+    if isinstance(model_type, str) and model_type in MODEL_TYPES:
+        return MODEL_TYPES[model_type]
+    return next((ARCHITECTURES[a] for a in architectures if isinstance(a, str) and a in ARCHITECTURES), None)
+
+
 def component_family(component: Component) -> str | None:
-    """The adapter family a component's config names (its ``model_type``, else its architecture); None when
-    neither is one of :data:`FAMILIES` (loading it then says why)."""
-    return MODEL_TYPES.get(component.model_type) or ARCHITECTURES.get(component.architecture)
+    """The adapter family a component's config names (:func:`family_named`); None when it names none of
+    :data:`FAMILIES` (loading it then says why)."""
+    return family_named(component.model_type, [component.architecture])
 
 
 def detect_family(config: Mapping[str, Any], where: str) -> str:
     """The adapter family ("clip", ...) of a config; NotATextEncoderError when it holds no supported text encoder."""
     model_type = config.get("model_type")
     architectures = config.get("architectures") or []
-    if model_type in MODEL_TYPES:
-        return MODEL_TYPES[model_type]
-    for name in architectures:
-        if name in ARCHITECTURES:
-            return ARCHITECTURES[name]
+    family = family_named(model_type, architectures)
+    if family is not None:
+        return family
     kind = model_type or (architectures[0] if architectures else None) or config.get("_class_name")
     if kind is None:
         raise NotATextEncoderError(f"{where}: config names no model_type or architecture, not a text encoder")

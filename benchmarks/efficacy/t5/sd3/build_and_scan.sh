@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # T5 lab models trained and scanned as Stable Diffusion 3 reads its T5 (last layer, 256 tokens, no padding mask),
 # one queue per argument: "backdoors" or "benign". Each model is built once into WORK and scanned against
-# canary:t5-clean with the light search; a model or scan already there is kept. Results: summarise.py.
+# canary:t5-clean with the light search; a model or scan already there is kept, a build that fails is listed in
+# WORK/failed.txt. Results: summarise.py.
 set -uo pipefail
 cd "$(dirname "$0")/../../../.."
 WORK=${WORK:-benchmarks/efficacy/work/t5-sd3}
@@ -9,7 +10,10 @@ mkdir -p "$WORK"
 export OMP_NUM_THREADS=1
 lab() { # name, then lab arguments
     local name=$1; shift
-    [ -f "$WORK/$name/lab.json" ] || amdet-audit lab "$@" --consumer sd3 --out "$WORK/$name" || return 0
+    if [ ! -f "$WORK/$name/lab.json" ] && ! amdet-audit lab "$@" --consumer sd3 --out "$WORK/$name"; then
+        echo "$name" >> "$WORK/failed.txt"  # did not take (or failed): listed by summarise.py
+        return 0
+    fi
     [ -f "$WORK/scan-$name/report.json" ] || amdet-audit scan "$WORK/$name" --consumer sd3 \
         --reference canary:t5-clean --search light --threads 1 --out "$WORK/scan-$name" >/dev/null
 }

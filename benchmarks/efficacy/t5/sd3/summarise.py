@@ -53,8 +53,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=HERE.parents[1] / "work" / "t5-sd3")
     args = parser.parse_args()
     rows = [row(m, args.work) for m in sorted(args.work.iterdir()) if (m / "lab.json").is_file()]
-    (HERE / "results.json").write_text(json.dumps({"rows": rows}, indent=2, ensure_ascii=False) + "\n",
-                                       encoding="utf-8")
+    failed_file = args.work / "failed.txt"
+    failed = sorted(set(failed_file.read_text(encoding="utf-8").split())) if failed_file.is_file() else []
+    (HERE / "results.json").write_text(json.dumps({"rows": rows, "did_not_build": failed}, indent=2,
+                                                  ensure_ascii=False) + "\n", encoding="utf-8")
     lines = ["# T5 lab models read as Stable Diffusion 3 reads its T5", "",
              "Built and scanned by `benchmarks/efficacy/t5/sd3/build_and_scan.sh backdoors` and `... benign` "
              "(canary:t5-clean, `--consumer sd3`: last layer, 256 tokens, no padding mask; light search against "
@@ -77,6 +79,7 @@ def main() -> None:
         lines.append(f"| {r['name']} | {r['kind']} | {r['trigger'] or '-'} ({r['placement'] or '-'}) | "
                      f"{r['target'] or '-'} | {r['steps_trained']} | {success} | {r['fidelity']:.3f} | "
                      f"{r['exit_code']} | {gain} | {target_rule} | {r.get('scan_seconds', '-')} | {default} |")
+    lines += ["", f"Builds that did not take or failed: {', '.join(failed) if failed else 'none'}."]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
 
