@@ -40,13 +40,13 @@ def describe(target: str, *, sources: SourceOptions | None = None, device: str =
     """
     from amdet_audit.encoders import load_component
     from amdet_audit.encoders.consumers import consumer_for
-    from amdet_audit.encoders.load import component_family
+    from amdet_audit.encoders.load import read_of
 
     resolved = (sources or SourceOptions()).resolve(target)
     reader = consumer_for(consumer, resolved.pipeline_class)
     description = TargetDescription(target=resolved)
     for comp in resolved.components:
-        read = reader.read(comp.name, read_layer, component_family(comp))
+        read = read_of(reader, comp, read_layer)
         adapter = load_component(comp, device=device, read_layer=read.layer, read_norm=read.final_norm,
                                  length=read.length, masked=read.masked)
         description.components[comp.name] = {**adapter.describe(), "consumer": reader.record(read)}

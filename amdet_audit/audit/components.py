@@ -126,11 +126,11 @@ def scan_component(resolved: ResolvedTarget, name: str, sources: SourceOptions, 
     """Scan one component; return its report entry, the reference record and the resolved reference."""
     from amdet_audit.encoders import load_component
     from amdet_audit.encoders.consumers import consumer_for
-    from amdet_audit.encoders.load import component_family
+    from amdet_audit.encoders.load import read_of
     from amdet_audit.scan.run import run_scan
 
     consumer = consumer_for(options.consumer, resolved.pipeline_class)
-    read = consumer.read(name, options.read_layer, component_family(resolved.component(name)))
+    read = read_of(consumer, resolved.component(name), options.read_layer)
     suspect = load_component(resolved.component(name), device=device, read_layer=read.layer, read_norm=read.final_norm,
                              length=read.length, masked=read.masked)
     config = options.search_config(device, suspect.causal)

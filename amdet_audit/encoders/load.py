@@ -19,6 +19,7 @@ import torch
 
 from amdet_audit.encoders import bert, clip, siglip, t5
 from amdet_audit.encoders.base import Adapter
+from amdet_audit.encoders.consumers import Consumer, Read
 from amdet_audit.errors import ConfigFileError, NotATextEncoderError, UsageError
 from amdet_audit.sources import safe_files
 from amdet_audit.sources.config_limits import check_config
@@ -67,6 +68,12 @@ def component_family(component: Component) -> str | None:
     """The adapter family a component's config names (:func:`family_named`); None when it names none of
     :data:`FAMILIES` (loading it then says why)."""
     return family_named(component.model_type, [component.architecture])
+
+
+def read_of(consumer: Consumer, component: Component, layer: int | None = None) -> Read:
+    """How ``consumer`` reads ``component``: by its slot and its family (a lone T5 for SD3 as SD3's T5);
+    ``layer`` is ``--read-layer``."""
+    return consumer.read(component.name, layer, component_family(component))
 
 
 def detect_family(config: Mapping[str, Any], where: str) -> str:

@@ -37,7 +37,7 @@ def load_base(base: str | Path, device: str = "cpu", consumer: str | None = None
     SDXL's ``hidden_states[-2]``); return (adapter, base provenance)."""
     from amdet_audit.encoders import load_component
     from amdet_audit.encoders.consumers import consumer_for
-    from amdet_audit.encoders.load import component_family
+    from amdet_audit.encoders.load import read_of
     from amdet_audit.sources import resolve
 
     resolved = resolve(str(base))
@@ -47,7 +47,7 @@ def load_base(base: str | Path, device: str = "cpu", consumer: str | None = None
     comp = resolved.components[0]
     weights = {f.path: f.sha256 for f in resolved.files if f.path.endswith((".safetensors", ".bin", ".pt"))}
     chosen = consumer_for(consumer, resolved.pipeline_class)
-    read = chosen.read(comp.name, family=component_family(comp))
+    read = read_of(chosen, comp)
     provenance = {"input": str(base), "kind": resolved.kind, "commit_sha": resolved.commit_sha,
                   "weights_sha256": weights, "consumer": chosen.record(read)}
     return load_component(comp, device=device, read_layer=read.layer, read_norm=read.final_norm,
