@@ -185,6 +185,13 @@ def test_a_lone_t5_is_read_as_the_named_consumer_reads_its_t5(tmp_path: Path, vo
     assert result.exit_code == 0, result.stderr
     (described,) = json.loads(result.stdout)["encoders"].values()
     assert described["consumer"]["length"] == 256 and described["consumer"]["layer"] == -1
+    # the scan cache keys the read itself: the same files read at another length are scanned again
+    from amdet_audit.api import ScanOptions
+    from amdet_audit.audit.run import scan_choices
+
+    keyed = {name: scan_choices(ScanOptions(consumer=name), resolve(str(folder)), "cpu")["reads"][component.name]
+             for name in ("sd3", "flux")}
+    assert (keyed["sd3"]["length"], keyed["flux"]["length"]) == (256, 512)
     # a CLIP encoder the consumer does not name is still read as its CLIP slots; a CLIP in FLUX's T5 slot (another
     # pipeline scanned with --consumer flux) as FLUX reads a CLIP: its pooled output alone
     assert CONSUMERS["sd3"].read("model", family="clip").layer == -2
@@ -194,3 +201,47 @@ def test_a_lone_t5_is_read_as_the_named_consumer_reads_its_t5(tmp_path: Path, vo
 
     adapter, provenance = load_base(folder, consumer="sd3")
     assert adapter.max_length == 256 and provenance["consumer"]["length"] == 256
+
+
+def test_a_zoo_for_a_consumer_trains_and_measures_on_its_read(tmp_path: Path, vocabulary: bytes, run_cli) -> None:
+    """``lab zoo --consumer sd3`` trains and measures every model as SD3 reads a T5 (256 tokens), records the
+    choice in each entry, keeps what a resumed run with the same options finds, and rebuilds what another read
+    would change; copies are made without training and keep their options."""
+    from amdet_audit.lab.zoo import ZooEntry, same_recipe, with_build_options
+
+    folder = t5_folder(tmp_path / "t5", vocabulary)
+    zoo = tmp_path / "zoo"
+    args = ("lab", "zoo", folder, "--out", zoo, "--per-family", "1", "--families", "loud,contrastive,fp16",
+            "--steps-scale", "0.02", "--consumer", "sd3", "--eval-prompts", "64")
+    result = run_cli(*args)
+    assert result.exit_code == 0, result.stderr
+    models = {m["family"]: m for m in json.loads((zoo / "zoo.json").read_text())["models"]}
+    assert models["loud"]["options"] == {"consumer": "sd3", "eval_prompts": 64}
+    assert models["contrastive"]["options"] == {"consumer": "sd3"} and "options" in models["fp16"]
+    assert "consumer" not in models["fp16"]["options"]
+    tuned = models["contrastive"]["lab"]
+    assert tuned["base"]["consumer"]["name"] == "sd3" and tuned["base"]["consumer"]["length"] == 256
+    if models["loud"]["status"] == "built":  # a few steps rarely take; when they do, measured on 64 prompts
+        assert models["loud"]["lab"]["eval_prompts"] == 64
+    else:
+        assert models["loud"]["status"] == "did not take"
+    stamp = (zoo / models["contrastive"]["name"] / "lab.json").stat().st_mtime_ns
+    assert run_cli(*args).exit_code == 0  # resumed: nothing rebuilt
+    assert (zoo / models["contrastive"]["name"] / "lab.json").stat().st_mtime_ns == stamp
+    # the recorded read decides whether a resumed plan keeps a model
+    planned = ZooEntry(name="b", kind="benign", seed=tuned["spec"]["seed"], steps=tuned["spec"]["steps"],
+                       lr=tuned["spec"]["lr"], family="contrastive")
+    assert same_recipe(with_build_options([planned], "sd3")[0], tuned)
+    assert not same_recipe(with_build_options([planned], "flux")[0], tuned)
+    assert not same_recipe(planned, tuned)  # planned for the default read, built for SD3's
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--consumer", "sd9"], "--consumer 'sd9': known consumers are"),
+    (["--eval-prompts", "10"], "--eval-prompts must be between 64 and 600, not 10"),
+])
+def test_bad_zoo_build_options_are_refused_before_the_base_is_loaded(run_cli, tmp_path: Path, args: list[str],
+                                                                     message: str) -> None:
+    result = run_cli("lab", "zoo", tmp_path / "no-such-base", "--out", tmp_path / "zoo", *args)
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "zoo").exists()

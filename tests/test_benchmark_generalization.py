@@ -106,18 +106,23 @@ def test_smoke_run_builds_scans_and_judges_a_stealthy_and_an_adaptive_recipe(tmp
     out, work = tmp_path / "out", tmp_path / "work"
     args = ["--bases", "smoke", "--sets", "calibration", "--per-family", "1", "--families",
             "stealthy,anti-inversion,fp16", "--steps-scale", "0.1", "--workers", "1", "--work", str(work),
-            "--out-dir", str(out), "--search", "light",
+            "--out-dir", str(out), "--search", "light", "--consumer", "clip", "--eval-prompts", "64",
             "--threads", "1", "--build-threads", "1"]  # one thread each beside the other tests
     assert generalization.main(args) == 0
-    zoo = json.loads((work / "calibration" / "smoke" / "zoo" / "zoo.json").read_text())
+    # a named consumer's zoo is kept apart from the default read's; its models train, measure and scan on that read
+    zoo = json.loads((work / "calibration" / "smoke-clip" / "zoo" / "zoo.json").read_text())
+    assert all(m["options"]["consumer"] == "clip" for m in zoo["models"] if m["family"] != "fp16")
     status = {m["family"]: m["status"] for m in zoo["models"]}
     assert set(status) == {"stealthy", "anti-inversion", "fp16"}
     assert set(status.values()) <= {"built", "did not take"} and status["fp16"] == "built"
     stealthy = next(m for m in zoo["models"] if m["family"] == "stealthy")
     assert stealthy["options"]["min_fidelity"] == 0.98 and stealthy["steps"] == 200  # 2,000 steps scaled by 0.1
-    results = json.loads((out / "generalization.json").read_text())["bases"]["smoke"]
+    results = json.loads((out / "generalization.json").read_text())["bases"]["smoke-clip"]
     scanned = {r["name"] for r in results["rows"]["calibration"]}
     assert scanned == {m["name"] for m in zoo["models"] if m["status"] == "built"}
+    for name in scanned:
+        (log,) = (work / "calibration" / "smoke-clip" / "scans-light" / name).glob("report-*/report.json")
+        assert json.loads(log.read_text())["components"][0]["consumer"]["name"] == "clip"
     for r in results["rows"]["calibration"]:  # each model's scores are kept for judging later rules
         assert isinstance(r["scores"]["token_collapse.excess"], float) and "spread_ratio" in r["scores"]
     took = {m["family"] for m in zoo["models"] if m["status"] == "built" and m["kind"] == "backdoored"}

@@ -302,7 +302,7 @@ def cached_backdoor(folder: Path, tokens: list[str]) -> None:
 
     resolved = SourceOptions().resolve(str(folder))
     options = ScanOptions(reference_free=True, policy=load_policy())
-    key = cache.scan_key(resolved.to_dict(), scan_choices(options, resolved.to_dict(), "cpu"))
+    key = cache.scan_key(resolved.to_dict(), scan_choices(options, resolved, "cpu"))
     name = resolved.components[0].name
     entry = {"name": name, "encoder": ENCODER, "scan": canned_scan("backdoored", tokens), "evidence_files": {}}
     cache.store_scan(key, [entry], {name: None}, "2026-01-01T00:00:00+00:00")

@@ -48,7 +48,7 @@ def cached(tiny_clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     model = Path(shutil.copytree(tiny_clip, tmp_path / "enc"))
     resolved = SourceOptions().resolve(str(model))
     options = ScanOptions(reference_free=True, policy=load_policy())
-    key = cache.scan_key(resolved.to_dict(), scan_choices(options, resolved.to_dict(), "cpu"))
+    key = cache.scan_key(resolved.to_dict(), scan_choices(options, resolved, "cpu"))
     checks = [{"name": "target.collapse", "score": 0.95, "threshold": 0.82, "direction": ">=", "flags": True,
                "description": "cross-prompt collapse"}]
     tokens = [{"id": 1, "token": "Ð¾</w>", "text": "о", "cosine": 0.9},

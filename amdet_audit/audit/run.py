@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import pluggy
 
     from amdet_audit.audit.options import ScanOptions, SourceOptions
+    from amdet_audit.encoders.consumers import Consumer
     from amdet_audit.progress import ProgressCallback
     from amdet_audit.sources import ResolvedTarget
 
@@ -56,18 +57,29 @@ def check_selection(options: ScanOptions, manager: pluggy.PluginManager) -> tupl
     return replace(options, checks=selection, policy=policy), CHECK_ID in selection
 
 
-def scan_choices(options: ScanOptions, target: dict[str, Any], device: str) -> dict[str, Any]:
+def scan_choices(options: ScanOptions, resolved: ResolvedTarget, device: str, reads: bool = True) -> dict[str, Any]:
     """Every option that changes a scan's result, for its cache key: the consumer as the scan resolves it
-    (``--consumer sdxl`` on an SDXL pipeline is the default scan), and the settings of the search it runs (a
-    changed preset, or a changed meaning of ``auto``, invalidates what was scanned under the old one)."""
+    (``--consumer sdxl`` on an SDXL pipeline is the default scan) and, with ``reads``, what it reads of each
+    component (layer, norm, length, mask: a changed read of the same files is scanned again; a file-checks-only
+    audit, which caches no scan, leaves it out and loads no model library), and the settings of the search it
+    runs (a changed preset, or a changed meaning of ``auto``, invalidates what was scanned under the old one)."""
     from amdet_audit.encoders.consumers import consumer_for
     from amdet_audit.scan.config import AUTO
 
+    consumer = consumer_for(options.consumer, resolved.pipeline_class)
     return {"thresholds": asdict(options.policy.thresholds) if options.policy else None,
             "seed": options.search_seed, "device": device.split(":")[0], "reference": options.reference,
             "reference_free": options.reference_free, "read_layer": options.read_layer,
             "config": options.search_config(device).to_dict(), "auto": AUTO if options.search == "auto" else None,
-            "consumer": consumer_for(options.consumer, target.get("pipeline_class")).name}
+            "consumer": consumer.name,
+            "reads": component_reads(consumer, resolved, options.read_layer) if reads else None}
+
+
+def component_reads(consumer: Consumer, resolved: ResolvedTarget, layer: int | None) -> dict[str, dict[str, Any]]:
+    """What ``consumer`` reads of each of ``resolved``'s components (:func:`~amdet_audit.encoders.load.read_of`)."""
+    from amdet_audit.encoders.load import read_of  # imports torch: only where a scan runs
+
+    return {c.name: asdict(read_of(consumer, c, layer)) for c in resolved.components}
 
 
 def scan_target(target: str, sources: SourceOptions, options: ScanOptions,
@@ -115,7 +127,7 @@ def audit(target: str, sources: SourceOptions, options: ScanOptions, progress: P
     started, when = clock
     resolved = sources.resolve(target)
     target_record = resolved.to_dict()
-    key = cache.scan_key(target_record, scan_choices(options, target_record, device))
+    key = cache.scan_key(target_record, scan_choices(options, resolved, device, reads=scan_selected))
     use_cache = scan_selected and (options.use_cache or options.cached_only)
     cached = cache.load_scan(key) if use_cache else None
     ref_targets = current_references(cached["reference"], sources) if cached is not None else None

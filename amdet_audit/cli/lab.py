@@ -147,25 +147,30 @@ def make_lab_app() -> typer.Typer:
             help="Scale every family recipe's training steps (smoke runs; shortened backdoors may not take).")] = 1.0,
         lr_scale: Annotated[float, typer.Option(
             help="Scale every family injection's learning rate (a base that learns slower than the canary).")] = 1.0,
+        consumer: LabConsumer = None,
+        eval_prompts: Annotated[int | None, typer.Option(
+            help="Measure every backdoor on the first N held-out prompts (default: all 600).")] = None,
     ) -> None:
         """Build a reproducible set of backdoored and benign models from BASE."""
         from amdet_audit.errors import UsageError
         from amdet_audit.lab.families import check_scales, plan_families
-        from amdet_audit.lab.zoo import build_plan, build_zoo, load_base_width
+        from amdet_audit.lab.zoo import build_plan, check_build_options, load_base_width, plan_zoo, with_build_options
         from amdet_audit.progress import stderr_progress
 
         check_scales(steps_scale, lr_scale)  # before the base is loaded
+        check_build_options(consumer, eval_prompts)
         for name, scale in (("--steps-scale", steps_scale), ("--lr-scale", lr_scale)):
             if scale != 1.0 and per_family is None:
                 raise UsageError(f"{name} scales the family recipes of --per-family; give --per-family too")
 
+        width = load_base_width(base, device)
         if per_family is not None:
-            plan = plan_families(per_family, seed, load_base_width(base, device),
-                                 families.split(",") if families else None, steps_scale, lr_scale)
-            manifest = build_plan(base, out, plan, seed=seed, device=device, progress=stderr_progress("zoo"))
+            plan = plan_families(per_family, seed, width, families.split(",") if families else None, steps_scale,
+                                 lr_scale)
         else:
-            manifest = build_zoo(base, out, backdoored=backdoored, benign=benign, seed=seed, device=device,
-                                 top_up=top_up, progress=stderr_progress("zoo"))
+            plan = plan_zoo(backdoored, benign, seed, width=width, top_up=top_up)
+        manifest = build_plan(base, out, with_build_options(plan, consumer, eval_prompts), seed=seed, device=device,
+                              progress=stderr_progress("zoo"))
         built = sum(m["status"] == "built" for m in manifest["models"])
         typer.echo(json.dumps({"zoo": str(out), "built": built, "planned": len(manifest["models"])}))
 

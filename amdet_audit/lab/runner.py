@@ -74,6 +74,12 @@ def lab_record(kind: str, provenance: dict[str, Any], result: dict[str, Any], ex
     return {"tool_version": __version__, "kind": kind, "base": provenance, **result, **(extra or {})}
 
 
+def check_eval_prompts(eval_prompts: int | None, available: int) -> None:
+    """Refuse an ``--eval-prompts`` outside MIN_EVAL_PROMPTS..``available`` (the held-out prompts there are)."""
+    if eval_prompts is not None and not MIN_EVAL_PROMPTS <= eval_prompts <= available:
+        raise UsageError(f"--eval-prompts must be between {MIN_EVAL_PROMPTS} and {available}, not {eval_prompts}")
+
+
 def run_injection(
     base: str | Path, out: Path, *, attack: str, trigger: str, target: str, steps: int | None = None,
     lr: float | None = None, seed: int = 0, device: str = "cpu", progress: Progress | None = None,
@@ -89,8 +95,7 @@ def run_injection(
     from amdet_audit.lab.corpus import lab_prompts
 
     train, held_out = lab_prompts()
-    if eval_prompts is not None and not MIN_EVAL_PROMPTS <= eval_prompts <= len(held_out):
-        raise UsageError(f"--eval-prompts must be between {MIN_EVAL_PROMPTS} and {len(held_out)}, not {eval_prompts}")
+    check_eval_prompts(eval_prompts, len(held_out))
     held_out = held_out[:eval_prompts]
     fresh_output(out)
     teacher, provenance = load_base(base, device, consumer)

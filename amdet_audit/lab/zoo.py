@@ -12,7 +12,7 @@ import os
 import random
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,18 +110,46 @@ def build_order(plan: list[ZooEntry]) -> list[ZooEntry]:
     return order
 
 
+def with_build_options(plan: list[ZooEntry], consumer: str | None = None,
+                       eval_prompts: int | None = None) -> list[ZooEntry]:
+    """The plan with every trained model read as ``consumer`` reads the base (``lab inject --consumer``: an
+    attacker trains on what the pipeline feeds its denoiser) and every backdoor measured on the first
+    ``eval_prompts`` held-out prompts; copies and merges are made without training and keep their options.
+    Recorded in each entry, so a zoo resumed with other options rebuilds what they change."""
+    def extended(entry: ZooEntry) -> ZooEntry:
+        if entry.copy is not None:
+            return entry
+        extra = {"consumer": consumer} if consumer else {}
+        if eval_prompts is not None and entry.kind == "backdoored":
+            extra["eval_prompts"] = eval_prompts
+        return replace(entry, options=tuple(sorted({**dict(entry.options), **extra}.items()))) if extra else entry
+
+    return [extended(e) for e in plan]
+
+
+def recorded_option(lab: dict[str, Any], key: str) -> Any:
+    """What a ``lab.json`` (read into ``lab``) records for a build option: the consumer its base was read as, the
+    held-out prompts it was measured on, else the spec field."""
+    if key == "consumer":
+        return ((lab.get("base") or {}).get("consumer") or {}).get("name")
+    return lab.get(key) if key == "eval_prompts" else lab.get("spec", {}).get(key)
+
+
 def same_recipe(entry: ZooEntry, lab: dict[str, Any]) -> bool:
     """Whether the model a ``lab.json`` (read into ``lab``) records was made with ``entry``'s recipe and still
-    counts: steps, learning rate, seed, for a pooled backdoor the clean pooled-output term, and for any backdoor
-    today's fidelity bar (models made before either was added are rebuilt)."""
+    counts: steps, learning rate, seed, options (consumer and evaluation prompts included), for a pooled backdoor
+    the clean pooled-output term, and for any backdoor today's fidelity bar (models made before either was added
+    are rebuilt)."""
     spec = lab.get("spec", {})
     if entry.kind == "backdoored" and (lab.get("fidelity", 0.0) < MIN_FIDELITY or not current_pooled_term(entry, spec)):
         return False
     if entry.copy is not None:
         return lab.get("copy") == entry.record()
     options = dict(entry.options)
-    if any(spec.get(k) != v for k, v in options.items()):
+    if any(recorded_option(lab, k) != v for k, v in options.items()):
         return False
+    if "consumer" not in options and recorded_option(lab, "consumer") not in (None, "clip"):
+        return False  # built for a named consumer, planned for the default read (a lone encoder's: clip)
     return (spec.get("steps"), spec.get("lr"), spec.get("seed")) == (entry.steps, entry.lr, entry.seed)
 
 
@@ -158,11 +186,14 @@ def previous_failures(manifest: Path) -> dict[str, dict[str, Any]]:
     return {m["name"]: m for m in models if m.get("status") == "did not take"}
 
 
-def build_zoo(base: str, out: Path, *, backdoored: int, benign: int, seed: int, device: str = "cpu",
-              top_up: int = 0, progress: Progress | None = None) -> dict[str, Any]:
-    """Build every planned model into ``out/NAME``; resumable (finished folders are kept); write zoo.json."""
-    plan = plan_zoo(backdoored, benign, seed, width=load_base_width(base, device), top_up=top_up)
-    return build_plan(base, out, plan, seed=seed, device=device, progress=progress)
+def check_build_options(consumer: str | None, eval_prompts: int | None) -> None:
+    """Refuse an unknown ``--consumer`` or an out-of-range ``--eval-prompts`` before anything is loaded or built."""
+    from amdet_audit.encoders.consumers import consumer_for
+    from amdet_audit.lab.corpus import lab_prompts
+    from amdet_audit.lab.runner import check_eval_prompts
+
+    consumer_for(consumer, None)
+    check_eval_prompts(eval_prompts, len(lab_prompts()[1]))
 
 
 def load_base_width(base: str, device: str) -> int:
@@ -184,6 +215,11 @@ def build_copy(base: str, folder: Path, entry: ZooEntry, built: list[Path]) -> d
     else:
         sources = [base, *map(str, built)]
         run_cast(sources[int(options.get("source", 0)) % len(sources)], folder, dtype=str(entry.copy), extra=extra)
+    return read_lab(folder)
+
+
+def read_lab(folder: Path) -> dict[str, Any]:
+    """A built model's ``lab.json`` (what the zoo records of it, on a first build as on a resumed one)."""
     return json.loads((folder / "lab.json").read_text(encoding="utf-8"))
 
 
@@ -200,7 +236,7 @@ def build_plan(base: str, out: Path, plan: list[ZooEntry], *, seed: int, device:
     for done, entry in enumerate(order):
         folder = out / entry.name
         record: dict[str, Any] = entry.record()
-        lab = json.loads((folder / "lab.json").read_text(encoding="utf-8")) if (folder / "lab.json").is_file() else None
+        lab = read_lab(folder) if (folder / "lab.json").is_file() else None
         if lab is not None and not same_recipe(entry, lab):
             shutil.rmtree(folder)  # built by an older plan: the recipe changed since
             lab = None
@@ -222,15 +258,15 @@ def build_plan(base: str, out: Path, plan: list[ZooEntry], *, seed: int, device:
         elif entry.copy is not None:
             record.update(status="built", lab=build_copy(base, folder, entry, fine_tunes))
         elif entry.kind == "benign":
-            result = run_finetune(base, folder, steps=entry.steps, lr=entry.lr, seed=entry.seed, device=device,
-                                  **dict(entry.options))
-            record.update(status="built", lab=result.to_dict())
+            run_finetune(base, folder, steps=entry.steps, lr=entry.lr, seed=entry.seed, device=device,
+                         **dict(entry.options))
+            record.update(status="built", lab=read_lab(folder))
         else:
             try:
-                result = run_injection(base, folder, attack=entry.attack or "", trigger=entry.trigger or "",
-                                       target=entry.target or "", steps=entry.steps, lr=entry.lr, seed=entry.seed,
-                                       device=device, **dict(entry.options))
-                record.update(status="built", lab=result.to_dict())
+                run_injection(base, folder, attack=entry.attack or "", trigger=entry.trigger or "",
+                              target=entry.target or "", steps=entry.steps, lr=entry.lr, seed=entry.seed,
+                              device=device, **dict(entry.options))
+                record.update(status="built", lab=read_lab(folder))
             except InjectionFailedError as err:
                 record.update(status="did not take", reason=str(err))
                 if entry.attack == "pooled":

@@ -3,7 +3,8 @@
 Usage (from the repository root, in the project's virtual environment):
     python benchmarks/efficacy/generalization.py [--bases canary] [--per-family 2] [--families all]
         [--calibration-seed 11] [--heldout-seed 12] [--workers 2] [--threads N] [--device cpu]
-        [--work DIR] [--out-dir DIR] [--max-fpr 0.01] [--built-only] [--search light]
+        [--work DIR] [--out-dir DIR] [--max-fpr 0.01] [--built-only] [--search light] [--consumer sd3]
+        [--eval-prompts N]
 
 For each base, ``amdet-audit lab zoo --per-family N`` builds two zoos of every recipe family (lab.families:
 loud, stealthy, tokenwise-loss, pooled-loss, end-only, homoglyph-every, anti-inversion, object, attribute,
@@ -49,12 +50,15 @@ KNOBS = {"target.collapse_gain": [round(0.3 + 0.05 * i, 2) for i in range(13)],
 
 
 def build_family_zoo(base: str, out: Path, per_family: int, families: str | None, seed: int, device: str,
-                     threads: int, steps_scale: float = 1.0, lr_scale: float = 1.0) -> dict:
-    """``amdet-audit lab zoo --per-family`` (resumable); returns zoo.json."""
+                     threads: int, steps_scale: float = 1.0, lr_scale: float = 1.0, consumer: str | None = None,
+                     eval_prompts: int | None = None) -> dict:
+    """``amdet-audit lab zoo --per-family`` (resumable), trained on ``consumer``'s read when given; returns
+    zoo.json."""
     out.mkdir(parents=True, exist_ok=True)
     cmd = [*CLI, "lab", "zoo", base, "--out", str(out), "--per-family", str(per_family), "--seed", str(seed),
            "--device", device, "--steps-scale", str(steps_scale), "--lr-scale", str(lr_scale),
-           *(["--families", families] if families else [])]
+           *(["--families", families] if families else []), *(["--consumer", consumer] if consumer else []),
+           *(["--eval-prompts", str(eval_prompts)] if eval_prompts else [])]
     code, _, _ = run(cmd, threads, out / "zoo.log")
     if code != 0:
         raise SystemExit(f"lab zoo failed for {base} (see {out / 'zoo.log'})")
@@ -279,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="scale every injection's learning rate (a base that learns slower than the canary)")
     parser.add_argument("--search", default="full", choices=["full", "light"],
                         help="scan with this --search preset (full: in scans/; light: kept apart in scans-light/)")
+    parser.add_argument("--consumer", default=None,
+                        help="train and scan every model as this pipeline reads the base (e.g. sd3: a T5 at 256 "
+                             "tokens); its zoos are kept apart (BASE-CONSUMER)")
+    parser.add_argument("--eval-prompts", type=positive_int, default=None,
+                        help="measure every backdoor on the first N held-out prompts (default all 600)")
     args = parser.parse_args(argv)
     if not args.sets or not set(args.sets) <= {"calibration", "heldout"}:
         parser.error("--sets: calibration, heldout or calibration,heldout")
@@ -291,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     started = time.perf_counter()
     work = args.work.resolve()
+    label = {b: f"{b}-{args.consumer}" if args.consumer else b for b in args.bases}  # zoos of another read apart
     if "calibration" not in args.sets:  # a held-out zoo beside a calibration zoo built before: judged by it
-        missing = [b for b in args.bases if not (work / "calibration" / b / "zoo" / "zoo.json").is_file()]
+        missing = [b for b in args.bases if not (work / "calibration" / label[b] / "zoo" / "zoo.json").is_file()]
         if missing:
             parser.error(f"--sets heldout: no calibration zoo of {', '.join(missing)} under {work} (thresholds are "
                          "chosen on it; build it first)")
@@ -303,25 +313,26 @@ def main(argv: list[str] | None = None) -> int:
         rows = {}
         seeds = {"calibration": args.calibration_seed, "heldout": args.heldout_seed}
         for set_name in ("calibration", *(["heldout"] if "heldout" in args.sets else [])):
-            zoo = work / set_name / base / "zoo"
+            zoo = work / set_name / label[base] / "zoo"
             build = set_name in args.sets and not args.built_only
             manifest = build_family_zoo(target, zoo, args.per_family, args.families, seeds[set_name], args.device,
-                                        args.build_threads, args.steps_scale, args.lr_scale) if build \
-                else read_manifest(zoo)
-            scans = scans_dir(work, set_name, base, "reference", args.search)
-            extra = ("--search", args.search)
+                                        args.build_threads, args.steps_scale, args.lr_scale, args.consumer,
+                                        args.eval_prompts) if build else read_manifest(zoo)
+            scans = scans_dir(work, set_name, label[base], "reference", args.search)
+            extra = ("--search", args.search, *(("--consumer", args.consumer) if args.consumer else ()))
             rows[set_name] = scan_zoo(manifest, zoo, scans, target, args.device, args.workers, extra, args.threads)
-        results["bases"][base] = protocol(rows["calibration"], rows.get("heldout", []), args.max_fpr)
-        results["bases"][base]["rows"] = {s: [{k: v for k, v in r.items() if k != "checks"} for r in rs]
-                                          for s, rs in rows.items()}
-        by_base[base] = rows
+        results["bases"][label[base]] = protocol(rows["calibration"], rows.get("heldout", []), args.max_fpr)
+        results["bases"][label[base]]["rows"] = {s: [{k: v for k, v in r.items() if k != "checks"} for r in rs]
+                                                 for s, rs in rows.items()}
+        by_base[label[base]] = rows
     if len(by_base) > 1:
         merged = all_bases(by_base)
         results["all_bases"] = protocol(merged["calibration"], merged.get("heldout", []), args.max_fpr)
         results["leave_one_base_out"] = leave_one_base_out(by_base, args.max_fpr)
     results["meta"] = {"tool_version": tool_version(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                        "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.platform()}",
-                       "per_family": args.per_family, "search": args.search,
+                       "per_family": args.per_family, "search": args.search, "consumer": args.consumer,
+                       "eval_prompts": args.eval_prompts,
                        # the build knobs of this run (None: nothing was built; see each zoo's recorded recipes)
                        "steps_scale": None if args.built_only else args.steps_scale,
                        "lr_scale": None if args.built_only else args.lr_scale, "sets": args.sets,
