@@ -192,6 +192,11 @@ def test_a_lone_t5_is_read_as_the_named_consumer_reads_its_t5(tmp_path: Path, vo
     keyed = {name: scan_choices(ScanOptions(consumer=name), resolve(str(folder)), "cpu")["reads"][component.name]
              for name in ("sd3", "flux")}
     assert (keyed["sd3"]["length"], keyed["flux"]["length"]) == (256, 512)
+    # FLUX reads its T5's sequence, so a lone T5 for FLUX takes a clip skip (FLUX's CLIP, pooled only, does not)
+    result = run_cli("inspect", folder, "--consumer", "flux", "--read-layer", "-2", "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    (described,) = json.loads(result.stdout)["encoders"].values()
+    assert (described["consumer"]["length"], described["consumer"]["layer"]) == (512, -2)
     # a CLIP encoder the consumer does not name is still read as its CLIP slots; a CLIP in FLUX's T5 slot (another
     # pipeline scanned with --consumer flux) as FLUX reads a CLIP: its pooled output alone
     assert CONSUMERS["sd3"].read("model", family="clip").layer == -2

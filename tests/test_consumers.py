@@ -155,7 +155,7 @@ def test_sd3_clip_parts_read_the_penultimate_layer_and_projected_pools(tiny_pipe
         assert torch.allclose(read, embeds, atol=1e-5) and torch.allclose(our_pooled, pooled, atol=1e-5), name
 
 
-def test_flux_reads_the_clip_pooled_output_alone(sd1_folder: Path, tmp_path: Path) -> None:
+def test_flux_reads_the_clip_pooled_output_alone(sd1_folder: Path, tmp_path: Path, run_cli) -> None:
     """FLUX feeds its transformer CLIP's pooler_output only: the consumer reads that, and the scan scores it
     alone (no sequence feature, no token assimilation)."""
     from diffusers import FluxPipeline
@@ -183,6 +183,10 @@ def test_flux_reads_the_clip_pooled_output_alone(sd1_folder: Path, tmp_path: Pat
     assert feats.clean(torch.arange(2)).shape == (2, pooled.shape[-1])  # the pooled output alone
     with pytest.raises(UsageError, match="reads no hidden layer"):
         consumer_for("flux", None).read("text_encoder", -2)
+    # a clip skip on the pipeline: refused for its CLIP, by name, before any model is loaded; nothing is written
+    result = run_cli("scan", folder, "--read-layer", "-2", "--out", tmp_path / "report")
+    assert result.exit_code == 2 and "no hidden layer of text_encoder" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "report").exists()
 
 
 def test_consumer_choice_and_bad_choices() -> None:

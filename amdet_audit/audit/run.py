@@ -97,7 +97,9 @@ def scan_target(target: str, sources: SourceOptions, options: ScanOptions,
     if scan_selected:
         from amdet_audit.encoders.consumers import consumer_for
 
-        consumer_for(options.consumer, None).read("*", options.read_layer)  # a bad --consumer or layer: exit 2 now
+        # a bad --consumer or layer: exit 2 now (a component read only pooled refuses a layer in scan_choices, before
+        # any model is loaded)
+        consumer_for(options.consumer, None).check_layer(options.read_layer)
         if options.search not in SEARCHES:
             raise UsageError(f"--search must be one of {', '.join(SEARCHES)}, not {options.search!r}")
         if options.threads is not None:

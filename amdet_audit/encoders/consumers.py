@@ -74,12 +74,22 @@ class Consumer:
                 or Read())
         if layer is None:
             return base
-        if layer >= 0:
-            raise UsageError(f"--read-layer must be negative (hidden_states counted from the end), not {layer}")
+        self.check_layer(layer)
         if not base.sequence:
-            raise UsageError(f"--read-layer: the {self.name} consumer reads no hidden layer, only the pooled output")
+            raise UsageError(f"--read-layer: the {self.name} consumer reads no hidden layer of {component}, only its "
+                             "pooled output")
         return Read(layer=layer, final_norm=self.skip_norm, pooled=base.pooled, length=base.length,
                     masked=base.masked)
+
+    def check_layer(self, layer: int | None) -> None:
+        """Refuse a ``--read-layer`` no component could be read at: not negative, or a consumer that reads no
+        sequence of any encoder (each component's read refuses it where that one reads only a pooled output)."""
+        if layer is None:
+            return
+        if layer >= 0:
+            raise UsageError(f"--read-layer must be negative (hidden_states counted from the end), not {layer}")
+        if not any(r.sequence for r in (*self.reads.values(), *self.by_family.values())):
+            raise UsageError(f"--read-layer: the {self.name} consumer reads no hidden layer, only pooled outputs")
 
     def record(self, read: Read) -> dict[str, object]:
         """The report's record of how one component was read (``read`` from :meth:`read`)."""
