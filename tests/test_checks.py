@@ -290,3 +290,21 @@ def test_weights_diff_reads_the_vocabulary_safely(model_folder: Path, tiny_clip:
     result = WeightsDiffCheck().run(CheckContext(target=target, reference=resolve(str(tiny_clip))))
     assert result.status == "error" and name in result.reason, (result.status, result.reason)
     assert "\n" not in result.reason
+
+
+def test_a_t5_scanned_without_its_pipeline_gets_an_info_note_not_a_failure() -> None:
+    """A lone T5 read at the lone-encoder length (no --consumer) is told which reads its pipelines make; the note
+    does not change the verdict. A T5 read as a named pipeline reads it, and a CLIP, get no note."""
+    from amdet_audit.checks.assimilation import UNNAMED_CONSUMER, component_findings, judge_components
+
+    scan = {"verdict": "clean", "reasons": ["no deciding rule holds"], "mode": "reference", "checks": []}
+    lone = {"name": "model", "encoder": {"family": "t5", "max_length": 64}, "scan": scan,
+            "consumer": {"name": "clip", "length": None}}
+    (note,) = component_findings(lone)
+    assert note.rule == UNNAMED_CONSUMER and note.severity == "info"
+    assert "read at 64 tokens" in note.message and "--consumer sd3, flux or pixart" in note.message
+    assert component_findings({**lone, "consumer": {"name": "sd3", "length": 256}}) == []
+    assert component_findings({**lone, "encoder": {"family": "clip", "max_length": 77}}) == []
+    result = judge_components([lone])
+    gated = apply_policy({"files": [], "components": [{"name": "model"}]}, [result.to_dict()], load_policy())
+    assert gated["verdict"]["status"] == "pass" and gated["verdict"]["exit_code"] == 0

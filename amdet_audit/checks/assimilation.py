@@ -20,6 +20,9 @@ CHECK_ID = "assimilation"
 BACKDOOR = "assimilation.backdoor"
 INCONCLUSIVE = "assimilation.inconclusive"
 REFERENCE_FREE = "assimilation.reference-free"
+UNNAMED_CONSUMER = "assimilation.unnamed-consumer"
+#: what the pipelines that ship a T5 read of it (tokens; encoders.consumers)
+T5_CONSUMER_LENGTHS = "SD3 256, FLUX 512, PixArt-Sigma 300"
 
 
 def nonfinite_scores(scan: dict[str, Any]) -> list[str]:
@@ -56,7 +59,21 @@ def component_findings(comp: dict[str, Any]) -> list[Finding]:
     if comp["scan"].get("mode") == "reference-free":
         message = f"{name}: scanned reference-free (no clean reference model to compare with: weaker evidence)"
         out.append(Finding(REFERENCE_FREE, "info", message, component=name))
+    out += consumer_findings(comp)
     return out
+
+
+def consumer_findings(comp: dict[str, Any]) -> list[Finding]:
+    """An info finding for a T5 scanned with no pipeline named: it was read at the lone-encoder length, not at
+    the length its pipeline reads (a backdoor is trained on that read)."""
+    encoder, consumer = comp.get("encoder") or {}, comp.get("consumer") or {}
+    if encoder.get("family") != "t5" or consumer.get("name") != "clip":
+        return []
+    length = consumer.get("length") or encoder.get("max_length")
+    message = (f"{comp['name']}: a T5 scanned without its pipeline, read at {length} tokens; pipelines read theirs "
+               f"at other lengths ({T5_CONSUMER_LENGTHS} tokens): scan with --consumer sd3, flux or pixart for the "
+               "read of the pipeline it ships to")
+    return [Finding(UNNAMED_CONSUMER, "info", message, component=comp["name"])]
 
 
 def judge_components(components: list[dict[str, Any]]) -> CheckResult:

@@ -26,6 +26,9 @@ RULE_TEXT = {
                                   "shown as a pass."),
     "assimilation.reference-free": ("Scanned without a clean reference",
                                     "The encoder was scanned without a clean reference model: weaker evidence."),
+    "assimilation.unnamed-consumer": ("T5 scanned without its pipeline",
+                                      "A T5 encoder was read at the lone-encoder length, not at the length the "
+                                      "pipeline it ships to reads; name the pipeline with --consumer."),
     "serialization.pickle-file": ("Pickle weight file", ""),
     "serialization.unsafe-import": ("Unsafe import in a pickle", ""),
     "serialization.unknown-import": ("Unrecognised import in a pickle", ""),
