@@ -308,3 +308,14 @@ def test_a_t5_scanned_without_its_pipeline_gets_an_info_note_not_a_failure() -> 
     result = judge_components([lone])
     gated = apply_policy({"files": [], "components": [{"name": "model"}]}, [result.to_dict()], load_policy())
     assert gated["verdict"]["status"] == "pass" and gated["verdict"]["exit_code"] == 0
+    # the terminal shows it as a note (the other info findings stay in the reports)
+    from rich.console import Console
+
+    from amdet_audit.cli.console import print_report
+    from amdet_audit.report.model import AuditReport
+
+    report = AuditReport(target={"input": "t5"}, components=[], verdict=gated["verdict"], run={},
+                         checks=[result.to_dict()])
+    console = Console(record=True, width=400)
+    print_report(report, console)
+    assert "note: model: a T5 scanned without its pipeline, read at 64 tokens" in console.export_text()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
+from amdet_audit.checks.assimilation import UNNAMED_CONSUMER
 from amdet_audit.report.escaping import terminal as esc
 from amdet_audit.report.markdown import rule_groups
 from amdet_audit.tokenization import character_names, shown_text
@@ -134,6 +135,8 @@ def print_report(report: AuditReport, console: Console | None = None) -> None:
                           f"the reference {score_text(probe['collapse_excess'])}{room_text}, "
                           f"shift {score_text(probe['shift'])})")
             print_lookalikes(console, [probe["text"]])
+    for note in (f for c in report.checks for f in c["findings"] if f["rule"] == UNNAMED_CONSUMER):
+        console.print(f"note: {esc(note['message'])}")
     findings = [(c["check"], f) for c in report.checks for f in c["findings"] if f["severity"] != "info"]
     for name, finding in findings:
         where = f" ({esc(finding['location'])})" if finding.get("location") else ""
