@@ -115,7 +115,8 @@ def with_build_options(plan: list[ZooEntry], consumer: str | None = None,
     """The plan with every trained model read as ``consumer`` reads the base (``lab inject --consumer``: an
     attacker trains on what the pipeline feeds its denoiser) and every backdoor measured on the first
     ``eval_prompts`` held-out prompts; copies and merges are made without training and keep their options.
-    Recorded in each entry, so a zoo resumed with other options rebuilds what they change."""
+    Recorded in each entry: a zoo resumed for another consumer rebuilds its trained models, one resumed with
+    another ``eval_prompts`` its backdoors (resumed without it, it keeps them as measured)."""
     def extended(entry: ZooEntry) -> ZooEntry:
         if entry.copy is not None:
             return entry
