@@ -1,7 +1,8 @@
 """Summarise build_and_scan.sh: one row per T5 lab model read as SD3 reads it, with its lab record and verdict.
 
 A model also scanned with the shipped default search (``auto``: the full search on a bidirectional tower) into
-``WORK/scan-full-<name>`` gets that verdict beside the light search's.
+``WORK/scan-full-<name>`` gets that verdict beside the light search's, and one scanned without ``--consumer``
+(the lone-T5 read, 64 tokens; light search) into ``WORK/scan-64-<name>`` that one.
 
 Usage:
     python benchmarks/efficacy/t5/sd3/summarise.py [--work benchmarks/efficacy/work/t5-sd3]
@@ -33,9 +34,10 @@ def row(model: Path, work: Path) -> dict:
            "success": lab.get("success"), "fidelity": lab.get("fidelity"), "exit_code": None}
     if report_path.is_file():
         out.update(scanned(report_path))
-    full = work / f"scan-full-{model.name}" / "report.json"
-    if full.is_file():
-        out["default_search"] = scanned(full)
+    for key, prefix in (("default_search", "scan-full"), ("read_64", "scan-64")):
+        other = work / f"{prefix}-{model.name}" / "report.json"
+        if other.is_file():
+            out[key] = scanned(other)
     return out
 
 
@@ -46,6 +48,14 @@ def scanned(report_path: Path) -> dict:
     return {"exit_code": report["verdict"]["exit_code"], "flagged_checks": [c["name"] for c in checks if c["flags"]],
             "scores": {c["name"]: round(c["score"], 3) for c in checks},
             "scan_seconds": round(report["components"][0]["scan"]["timings"]["total_s"])}
+
+
+def outcome(scan: dict | None) -> str:
+    """``exit, token gain, target rule`` of another scan of the model, or ``-``."""
+    if not scan:
+        return "-"
+    return (f"{scan['exit_code']}, {scan['scores']['token_collapse.gain']:.2f}, "
+            f"{scan['scores']['target.differential_collapse']:.2f}")
 
 
 def main() -> None:
@@ -62,10 +72,13 @@ def main() -> None:
              "(canary:t5-clean, `--consumer sd3`: last layer, 256 tokens, no padding mask; light search against "
              "the clean base), summarised by `python benchmarks/efficacy/t5/sd3/summarise.py`. The default-search "
              "column: `amdet-audit scan WORK/NAME --consumer sd3 --reference canary:t5-clean --threads 1 --out "
-             "WORK/scan-full-NAME` (`auto`: the full search on this tower), run where the light search missed.", "",
+             "WORK/scan-full-NAME` (`auto`: the full search on this tower), run where the light search missed. "
+             "The 64-token column: the same light scan without `--consumer` (`--out WORK/scan-64-NAME`), as a T5 "
+             "published alone and scanned without its pipeline is read.", "",
              "| model | kind | trigger (placement) | target | steps | success | clean fidelity | exit | "
-             "token gain (z) | target rule | scan s | default search: exit, token gain, target rule |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "token gain (z) | target rule | scan s | default search: exit, token gain, target rule | "
+             "read at 64 tokens: exit, token gain, target rule |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         scores = r.get("scores", {})
         gain = (f"{scores['token_collapse.gain']:.2f} ({scores['token_collapse.gain_z']:.1f})"
@@ -73,12 +86,11 @@ def main() -> None:
         target_rule = f"{scores['target.differential_collapse']:.2f}" if "target.differential_collapse" in scores \
             else "-"
         success = "-" if r["success"] is None else f"{r['success']:.2f}"
-        full = r.get("default_search")
-        default = (f"{full['exit_code']}, {full['scores']['token_collapse.gain']:.2f}, "
-                   f"{full['scores']['target.differential_collapse']:.2f}" if full else "-")
+        default, read_64 = (outcome(r.get(key)) for key in ("default_search", "read_64"))
         lines.append(f"| {r['name']} | {r['kind']} | {r['trigger'] or '-'} ({r['placement'] or '-'}) | "
                      f"{r['target'] or '-'} | {r['steps_trained']} | {success} | {r['fidelity']:.3f} | "
-                     f"{r['exit_code']} | {gain} | {target_rule} | {r.get('scan_seconds', '-')} | {default} |")
+                     f"{r['exit_code']} | {gain} | {target_rule} | {r.get('scan_seconds', '-')} | {default} | "
+                     f"{read_64} |")
     lines += ["", f"Builds that did not take or failed: {', '.join(failed) if failed else 'none'}."]
     (HERE / "RESULTS.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
