@@ -302,7 +302,8 @@ def test_a_t5_scanned_without_its_pipeline_gets_an_info_note_not_a_failure() -> 
             "consumer": {"name": "clip", "length": None}}
     (note,) = component_findings(lone)
     assert note.rule == UNNAMED_CONSUMER and note.severity == "info"
-    assert "read at 64 tokens" in note.message and "--consumer sd3, flux or pixart" in note.message
+    assert "read at 64 tokens" in note.message and "(sd3 256, flux 512, pixart 300 tokens)" in note.message
+    assert "--consumer sd3, flux, pixart" in note.message
     assert component_findings({**lone, "consumer": {"name": "sd3", "length": 256}}) == []
     assert component_findings({**lone, "encoder": {"family": "clip", "max_length": 77}}) == []
     result = judge_components([lone])

@@ -21,8 +21,8 @@ BACKDOOR = "assimilation.backdoor"
 INCONCLUSIVE = "assimilation.inconclusive"
 REFERENCE_FREE = "assimilation.reference-free"
 UNNAMED_CONSUMER = "assimilation.unnamed-consumer"
-#: what the pipelines that ship a T5 read of it (tokens; encoders.consumers)
-T5_CONSUMER_LENGTHS = "SD3 256, FLUX 512, PixArt-Sigma 300"
+#: the consumers (encoders.consumers) whose pipelines ship a T5
+T5_CONSUMERS = ("sd3", "flux", "pixart")
 
 
 def nonfinite_scores(scan: dict[str, Any]) -> list[str]:
@@ -69,10 +69,13 @@ def consumer_findings(comp: dict[str, Any]) -> list[Finding]:
     encoder, consumer = comp.get("encoder") or {}, comp.get("consumer") or {}
     if encoder.get("family") != "t5" or consumer.get("name") != "clip":
         return []
+    from amdet_audit.encoders.consumers import CONSUMERS
+
     length = consumer.get("length") or encoder.get("max_length")
+    theirs = ", ".join(f"{name} {CONSUMERS[name].read('model', family='t5').length}" for name in T5_CONSUMERS)
     message = (f"{comp['name']}: a T5 scanned without its pipeline, read at {length} tokens; pipelines read theirs "
-               f"at other lengths ({T5_CONSUMER_LENGTHS} tokens): scan with --consumer sd3, flux or pixart for the "
-               "read of the pipeline it ships to")
+               f"at other lengths ({theirs} tokens): scan with --consumer {', '.join(T5_CONSUMERS)} for the read "
+               "of the pipeline it ships to")
     return [Finding(UNNAMED_CONSUMER, "info", message, component=comp["name"])]
 
 
