@@ -240,13 +240,3 @@ def test_a_zoo_for_a_consumer_trains_and_measures_on_its_read(tmp_path: Path, vo
     assert not same_recipe(with_build_options([planned], "flux")[0], tuned)
     assert not same_recipe(planned, tuned)  # planned for the default read, built for SD3's
 
-
-@pytest.mark.parametrize(("args", "message"), [
-    (["--consumer", "sd9"], "--consumer 'sd9': known consumers are"),
-    (["--eval-prompts", "10"], "--eval-prompts must be between 64 and 600, not 10"),
-])
-def test_bad_zoo_build_options_are_refused_before_the_base_is_loaded(run_cli, tmp_path: Path, args: list[str],
-                                                                     message: str) -> None:
-    result = run_cli("lab", "zoo", tmp_path / "no-such-base", "--out", tmp_path / "zoo", *args)
-    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
-    assert not (tmp_path / "zoo").exists()

@@ -182,8 +182,10 @@ def test_bad_lab_input(run_cli, tmp_path: Path, args: list[str], message: str) -
     (["--per-family", "1", "--lr-scale", "0"], "--lr-scale must be a finite number above 0"),
     (["--per-family", "1", "--steps-scale", "inf"], "--steps-scale must be a finite number above 0"),
     (["--lr-scale", "2"], "give --per-family too"),
+    (["--consumer", "sd9"], "--consumer 'sd9': known consumers are"),
+    (["--eval-prompts", "10"], "--eval-prompts must be between 64 and 600, not 10"),
 ])
-def test_bad_zoo_scales_are_refused_before_the_base_is_loaded(run_cli, tmp_path: Path, args: list[str],
+def test_bad_zoo_options_are_refused_before_the_base_is_loaded(run_cli, tmp_path: Path, args: list[str],
                                                               message: str) -> None:
     result = run_cli("lab", "zoo", tmp_path / "no-such-base", "--out", tmp_path / "zoo", *args)
     assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
