@@ -186,7 +186,7 @@ def test_bad_lab_input(run_cli, tmp_path: Path, args: list[str], message: str) -
     (["--eval-prompts", "10"], "--eval-prompts must be between 64 and 600, not 10"),
 ])
 def test_bad_zoo_options_are_refused_before_the_base_is_loaded(run_cli, tmp_path: Path, args: list[str],
-                                                              message: str) -> None:
+                                                               message: str) -> None:
     result = run_cli("lab", "zoo", tmp_path / "no-such-base", "--out", tmp_path / "zoo", *args)
     assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "zoo").exists()
