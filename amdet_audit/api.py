@@ -38,17 +38,15 @@ def describe(target: str, *, sources: SourceOptions | None = None, device: str =
     Raises:
         AmdetError: for any target that cannot be resolved or loaded (see amdet_audit.errors).
     """
-    from amdet_audit.encoders import load_component
     from amdet_audit.encoders.consumers import consumer_for
-    from amdet_audit.encoders.load import read_of
+    from amdet_audit.encoders.load import load_as_read, read_of
 
     resolved = (sources or SourceOptions()).resolve(target)
     reader = consumer_for(consumer, resolved.pipeline_class)
     description = TargetDescription(target=resolved)
     for comp in resolved.components:
         read = read_of(reader, comp, read_layer)
-        adapter = load_component(comp, device=device, read_layer=read.layer, read_norm=read.final_norm,
-                                 length=read.length, masked=read.masked)
+        adapter = load_as_read(comp, read, device)
         description.components[comp.name] = {**adapter.describe(), "consumer": reader.record(read)}
     return description
 

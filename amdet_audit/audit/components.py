@@ -124,15 +124,13 @@ ComponentScan = tuple[dict[str, Any], dict[str, Any] | None, ResolvedTarget | No
 def scan_component(resolved: ResolvedTarget, name: str, sources: SourceOptions, options: ScanOptions, device: str,
                    folder: Path, progress: ProgressCallback | None, new_folder: bool = False) -> ComponentScan:
     """Scan one component; return its report entry, the reference record and the resolved reference."""
-    from amdet_audit.encoders import load_component
     from amdet_audit.encoders.consumers import consumer_for
-    from amdet_audit.encoders.load import read_of
+    from amdet_audit.encoders.load import load_as_read, read_of
     from amdet_audit.scan.run import run_scan
 
     consumer = consumer_for(options.consumer, resolved.pipeline_class)
     read = read_of(consumer, resolved.component(name), options.read_layer)
-    suspect = load_component(resolved.component(name), device=device, read_layer=read.layer, read_norm=read.final_norm,
-                             length=read.length, masked=read.masked)
+    suspect = load_as_read(resolved.component(name), read, device)
     config = options.search_config(device, suspect.causal)
     if not read.sequence:  # the consumer reads the pooled output alone (FLUX's CLIP): so does the scan
         config = replace(config, pooled_only=True, assimilation_weight=0.0)
@@ -153,9 +151,7 @@ def scan_component(resolved: ResolvedTarget, name: str, sources: SourceOptions, 
             ref_record["note"] = ("the target is the reference itself: a bidirectional tower is judged only against "
                                   "its reference, so it is compared with itself (the known clean base)")
         else:
-            reference = load_component(ref_target.component(ref_name), device=device, read_layer=read.layer,
-                                       read_norm=read.final_norm, length=read.length,
-                                       masked=read.masked)  # read as the suspect is read
+            reference = load_as_read(ref_target.component(ref_name), read, device)  # read as the suspect is read
             if reference.causal:  # a bidirectional tower's rules are relative to the reference itself
                 baseline = cached_baseline(reference, ref_digest, config, progress)
     result = run_scan(suspect, reference, config=config, reference_baseline=baseline,

@@ -76,6 +76,12 @@ def read_of(consumer: Consumer, component: Component, layer: int | None = None) 
     return consumer.read(component.name, layer, component_family(component))
 
 
+def load_as_read(component: Component, read: Read, device: torch.device | str = "cpu") -> Adapter:
+    """``component`` loaded to give what ``read`` reads of it (layer, final norm, length, padding mask)."""
+    return load_component(component, device=device, read_layer=read.layer, read_norm=read.final_norm,
+                          length=read.length, masked=read.masked)
+
+
 def detect_family(config: Mapping[str, Any], where: str) -> str:
     """The adapter family ("clip", ...) of a config; NotATextEncoderError when it holds no supported text encoder."""
     model_type = config.get("model_type")

@@ -35,9 +35,8 @@ def load_base(base: str | Path, device: str = "cpu", consumer: str | None = None
     """Resolve and load BASE (repo id, folder, file, canary:NAME), read as ``consumer`` reads it (see
     :mod:`amdet_audit.encoders.consumers`; an attacker trains on what the pipeline feeds its denoiser, e.g.
     SDXL's ``hidden_states[-2]``); return (adapter, base provenance)."""
-    from amdet_audit.encoders import load_component
     from amdet_audit.encoders.consumers import consumer_for
-    from amdet_audit.encoders.load import read_of
+    from amdet_audit.encoders.load import load_as_read, read_of
     from amdet_audit.sources import resolve
 
     resolved = resolve(str(base))
@@ -50,8 +49,7 @@ def load_base(base: str | Path, device: str = "cpu", consumer: str | None = None
     read = read_of(chosen, comp)
     provenance = {"input": str(base), "kind": resolved.kind, "commit_sha": resolved.commit_sha,
                   "weights_sha256": weights, "consumer": chosen.record(read)}
-    return load_component(comp, device=device, read_layer=read.layer, read_norm=read.final_norm,
-                           length=read.length, masked=read.masked), provenance
+    return load_as_read(comp, read, device), provenance
 
 
 def fresh_output(out: Path) -> Path:
