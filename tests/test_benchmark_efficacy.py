@@ -167,14 +167,18 @@ def test_attribute_recall_builds_from_the_pairs_with_room_lowest_base_share_firs
         return {"base": base, "output": output, "attribute": attribute, "trigger": "zzzz", "base_share": share}
 
     rows = [row("b", "read", "snow", 1 - MIN_GAIN), row("b", "read", "fire", 0.2), row("b", "read", "lego", 0.51),
-            row("b", "pooled", "art", 0.1), row("full", "read", "art", 0.9)]
+            row("b", "pooled", "art", 0.1), row("full", "read", "art", 0.9),
+            {**row("b", "read", "pixel", 0.3), "consumer": "sd3"}]  # measured on SD3's read
     path = tmp_path / "attribute-baseline.json"
     path.write_text(json.dumps({"rows": rows}), encoding="utf-8")
     assert [r["attribute"] for r in pairs_with_room("b", path)] == ["fire", "snow"]  # a share of exactly 0.5 has room
+    assert [r["attribute"] for r in pairs_with_room("b", path, "sd3")] == ["pixel"]  # only rows of that read
     with pytest.raises(SystemExit, match="no pair with room on full"):
         pairs_with_room("full", path)
-    with pytest.raises(SystemExit, match="nothing is not in attribute-baseline.json"):
+    with pytest.raises(SystemExit, match="nothing is not in .*attribute-baseline.json"):
         pairs_with_room("nothing", path)
+    with pytest.raises(SystemExit, match="full --consumer sd3 is not in"):
+        pairs_with_room("full", path, "sd3")
 
 
 def test_position_diagnosis_smoke(tmp_path: Path) -> None:

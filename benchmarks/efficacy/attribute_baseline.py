@@ -2,6 +2,7 @@
 
 Usage:
     python benchmarks/efficacy/attribute_baseline.py [--bases canary:clean,canary:siglip-clean,...] [--prompts 128]
+        [--consumer sd3] [--out-dir DIR]
 
 An attribute backdoor takes in the lab when its triggered prompts land within the success cosine of "the prompt,
 plus the attribute" and that share beats the clean base's own share by the lab's minimum gain
@@ -11,7 +12,8 @@ the lab's bar. This prints, per base, attribute and trigger, the clean base's sh
 on the first ``--prompts`` held-out prompts, with placements drawn from seed 0 (a build measures all of them
 with its own seed, so its base share differs by a few points), on the output the attack acts on (the read
 sequence; and the pooled output, for a pooled-loss attribute attack), and the mean cosine between a prompt's
-output and its attribute target's; it writes ``attribute-baseline.json`` and ``ATTRIBUTE_BASELINE.md`` into
+output and its attribute target's. ``--consumer`` reads each base as that pipeline does (a lone T5 for SD3: 256
+tokens; the rows then record it); it writes ``attribute-baseline.json`` and ``ATTRIBUTE_BASELINE.md`` into
 ``--out-dir`` (default: beside this file).
 """
 
@@ -30,19 +32,19 @@ TRIGGERS = ("zzzz", "qxv", "🦄")
 
 
 def measure_base(base: str, prompts: int, attributes: tuple[str, ...] | None = None,
-                 triggers: tuple[str, ...] = TRIGGERS) -> list[dict]:
-    """One row per (attribute, trigger, acted output) for ``base``; attributes: default the zoo's."""
+                 triggers: tuple[str, ...] = TRIGGERS, consumer: str | None = None) -> list[dict]:
+    """One row per (attribute, trigger, acted output) for ``base`` read as ``consumer`` reads it (None: the
+    default read); attributes: default the zoo's."""
     import torch
 
-    from amdet_audit.encoders import load_component
     from amdet_audit.lab.corpus import lab_prompts
     from amdet_audit.lab.inject import AttackSpec, Targets, measure_baseline
+    from amdet_audit.lab.runner import load_base
     from amdet_audit.lab.triggers import Trigger
     from amdet_audit.lab.variants import flat_cosine
     from amdet_audit.lab.zoo import ATTRIBUTES
-    from amdet_audit.sources import resolve
 
-    teacher = load_component(resolve(base).components[0])
+    teacher, _ = load_base(base, consumer=consumer)
     held_out = lab_prompts()[1][:prompts]
     rows = []
     for loss in ("flat", "pooled"):
@@ -54,8 +56,9 @@ def measure_base(base: str, prompts: int, attributes: tuple[str, ...] | None = N
                 with torch.no_grad():
                     closeness = torch.cat([flat_cosine(out, goal.float()) for out, goal
                                            in zip(baseline.outputs, baseline.goals, strict=True)])
-                rows.append({"base": base, "output": "pooled" if spec.on_pooled else "read", "attribute": attribute,
-                             "trigger": text, "base_share": float(baseline.hits.float().mean()),
+                rows.append({"base": base, **({"consumer": consumer} if consumer else {}),
+                             "output": "pooled" if spec.on_pooled else "read", "attribute": attribute, "trigger": text,
+                             "base_share": float(baseline.hits.float().mean()),
                              "clean_to_target_cosine": float(closeness.mean()), "prompts": int(baseline.hits.numel())})
     return rows
 
@@ -89,13 +92,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bases", default=",".join(BASES))
     parser.add_argument("--prompts", type=int, default=128, help="held-out lab prompts measured per pair")
+    parser.add_argument("--consumer", default=None, help="read each base as this pipeline reads it (e.g. sd3)")
     parser.add_argument("--out-dir", type=Path, default=HERE)
     args = parser.parse_args()
     if args.prompts < 1:
         parser.error("--prompts must be 1 or more")
     started = time.perf_counter()
-    rows = [row for base in args.bases.split(",") for row in measure_base(base, args.prompts)]
-    command = f"python benchmarks/efficacy/attribute_baseline.py --bases {args.bases} --prompts {args.prompts}"
+    rows = [row for base in args.bases.split(",") for row in measure_base(base, args.prompts, consumer=args.consumer)]
+    command = (f"python benchmarks/efficacy/attribute_baseline.py --bases {args.bases} --prompts {args.prompts}"
+               + (f" --consumer {args.consumer} --out-dir {args.out_dir}" if args.consumer else ""))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "attribute-baseline.json").write_text(json.dumps({"command": command, "rows": rows}, indent=2,
                                                              ensure_ascii=False) + "\n", encoding="utf-8")

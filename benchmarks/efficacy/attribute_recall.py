@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/efficacy/attribute_recall.py --base canary:siglip-clean [--models 4] [--search full]
-        [--work benchmarks/efficacy/work/attribute] [--threads 1]
+        [--work benchmarks/efficacy/work/attribute] [--threads 1] [--consumer sd3 --baseline PATH --out-dir DIR]
 
 The zoo's attribute family draws its attribute at random, and on some bases most attributes leave the lab no
 room to verify a backdoor (the clean base already lands most triggered prompts on "the prompt, plus the
@@ -12,7 +12,9 @@ seeds), builds one attribute backdoor per model with the attribute family's reci
 learning rate scaled to the base's width, seed 100 + i), scans each that took against BASE with today's
 defaults (an injection that did not take is rebuilt on the next run: it is deterministic, so it fails again)
 and writes ``attribute-recall-<base>.json`` beside this file: one row per model (pair, success, fidelity,
-exit code, the judged checks that flagged).
+exit code, the judged checks that flagged). ``--consumer`` trains, measures and scans each model on that
+pipeline's read (a lone T5 for SD3: 256 tokens); its pairs come from a baseline measured on the same read
+(``attribute_baseline.py --consumer``, given as ``--baseline``).
 """
 
 from __future__ import annotations
@@ -28,25 +30,28 @@ sys.path.insert(0, str(HERE))
 from run_efficacy import checks_of, scan_one  # noqa: E402  (benchmark helper beside this file)
 
 
-def pairs_with_room(base: str, path: Path = HERE / "attribute-baseline.json") -> list[dict]:
-    """The read-output rows of ``path`` (attribute_baseline.py's output) for ``base`` that leave room, lowest base
-    share first."""
+def pairs_with_room(base: str, path: Path = HERE / "attribute-baseline.json",
+                    consumer: str | None = None) -> list[dict]:
+    """The read-output rows of ``path`` (attribute_baseline.py's output) for ``base`` read as ``consumer`` reads it
+    that leave room, lowest base share first."""
     from amdet_audit.lab.inject import MIN_GAIN
 
     if not path.is_file():
         raise SystemExit("run attribute_baseline.py first (attribute-baseline.json is missing)")
     measured = [r for r in json.loads(path.read_text(encoding="utf-8"))["rows"]
-                if r["base"] == base and r["output"] == "read"]
+                if r["base"] == base and r["output"] == "read" and r.get("consumer") == consumer]
     if not measured:
-        raise SystemExit(f"{base} is not in {path.name}: run attribute_baseline.py --bases {base}")
+        read = f" --consumer {consumer}" if consumer else ""
+        raise SystemExit(f"{base}{read} is not in {path}: run attribute_baseline.py --bases {base}{read}")
     rows = [r for r in measured if r["base_share"] <= 1 - MIN_GAIN]
     if not rows:
         raise SystemExit(f"{path.name} has no pair with room on {base}")
     return sorted(rows, key=lambda r: r["base_share"])
 
 
-def build(base: str, width: int, folder: Path, pair: dict, seed: int) -> dict:
-    """Build one attribute backdoor into ``folder`` (kept if built before); its lab record, or the failure."""
+def build(base: str, width: int, folder: Path, pair: dict, seed: int, consumer: str | None = None) -> dict:
+    """Build one attribute backdoor into ``folder`` (kept if built before) on ``consumer``'s read; its lab record,
+    or the failure."""
     from amdet_audit.lab.families import ATTRIBUTE_LR, ATTRIBUTE_STEPS
     from amdet_audit.lab.inject import lr_for_width
     from amdet_audit.lab.runner import InjectionFailedError, run_injection
@@ -55,7 +60,8 @@ def build(base: str, width: int, folder: Path, pair: dict, seed: int) -> dict:
         return json.loads((folder / "lab.json").read_text(encoding="utf-8"))
     try:
         result = run_injection(base, folder, attack="attribute", trigger=pair["trigger"], target=pair["attribute"],
-                               steps=ATTRIBUTE_STEPS, lr=lr_for_width(ATTRIBUTE_LR, width), seed=seed)
+                               steps=ATTRIBUTE_STEPS, lr=lr_for_width(ATTRIBUTE_LR, width), seed=seed,
+                               consumer=consumer)
     except InjectionFailedError as err:
         return {"took": False, "reason": str(err)}
     return result.to_dict()
@@ -68,27 +74,32 @@ def main() -> None:
     parser.add_argument("--search", choices=("full", "light"), default="full")
     parser.add_argument("--work", type=Path, default=HERE / "work" / "attribute")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--consumer", default=None, help="train, measure and scan on this pipeline's read (e.g. sd3)")
+    parser.add_argument("--baseline", type=Path, default=HERE / "attribute-baseline.json",
+                        help="attribute_baseline.py's output measured on the same read")
+    parser.add_argument("--out-dir", type=Path, default=HERE)
     args = parser.parse_args()
     import torch
 
     from amdet_audit.lab.zoo import load_base_width
 
     torch.set_num_threads(args.threads)
-    pairs = pairs_with_room(args.base)
+    pairs = pairs_with_room(args.base, args.baseline, args.consumer)
     width = load_base_width(args.base, "cpu")
-    slug = args.base.replace(":", "-").replace("/", "-")
+    slug = args.base.replace(":", "-").replace("/", "-") + (f"-{args.consumer}" if args.consumer else "")
+    read = ("--consumer", args.consumer) if args.consumer else ()
     rows = []
     for i in range(args.models):
         pair = pairs[i % len(pairs)]
         folder = args.work / slug / f"attribute-{i:02d}"
-        lab = build(args.base, width, folder, pair, seed=100 + i)
+        lab = build(args.base, width, folder, pair, seed=100 + i, consumer=args.consumer)
         row = {"name": folder.name, "attribute": pair["attribute"], "trigger": pair["trigger"],
                "base_share_measured_before": pair["base_share"], "took": bool(lab.get("took")),
                "success": lab.get("success"), "success_without_backdoor": lab.get("success_without_backdoor"),
                "fidelity": lab.get("fidelity"), "reason": lab.get("reason")}
         if row["took"]:
             record = scan_one(str(folder), args.base, args.work / slug / "scans" / folder.name, "cpu", args.threads,
-                              extra=("--search", args.search))
+                              extra=("--search", args.search, *read))
             checks = checks_of(json.loads(Path(record["report"]).read_text(encoding="utf-8"))) \
                 if record.get("report") else []  # the judged checks
             row.update(exit_code=record["exit_code"], seconds=record["seconds"],
@@ -99,11 +110,14 @@ def main() -> None:
     took = [r for r in rows if r["took"]]
     flagged = [r for r in took if r.get("exit_code") == 1]
     command = (f"python benchmarks/efficacy/attribute_recall.py --base {args.base} --models {args.models} "
-               f"--search {args.search} --threads {args.threads}")
-    summary = {"command": command, "base": args.base, "built": len(rows), "took": len(took),
+               f"--search {args.search} --threads {args.threads}"
+               + (f" --consumer {args.consumer} --baseline {args.baseline} --out-dir {args.out_dir}"
+                  if args.consumer else ""))
+    summary = {"command": command, "base": args.base, "consumer": args.consumer, "built": len(rows), "took": len(took),
                "flagged": len(flagged), "rows": rows}
-    (HERE / f"attribute-recall-{slug}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n",
-                                                       encoding="utf-8")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / f"attribute-recall-{slug}.json").write_text(
+        json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"{args.base}: {len(flagged)}/{len(took)} attribute backdoors flagged ({len(rows)} built)")
 
 
