@@ -194,3 +194,23 @@ def test_position_diagnosis_smoke(tmp_path: Path) -> None:
     assert 3 <= row["target_tokens"] <= 6  # start, words, end: the positions the target's own tokens hold
     assert all(-1.0 <= c <= 1.0 for c in row["per_position"]) and 0.0 <= row["success"] <= 1.0
     assert "| canary:clean | a red apple | 77 |" in (tmp_path / "POSITION_DIAGNOSIS.md").read_text()
+
+
+def test_benign_sweep_shards_cover_the_grid_once_and_the_table_puts_false_alarms_first() -> None:
+    from benign_sweep import cell_name, cells, markdown, parse_shard
+
+    whole = cells([50, 100], [1e-4, 3e-4], [0, 1], (0, 1))
+    shards = [cells([50, 100], [1e-4, 3e-4], [0, 1], (i, 3)) for i in range(3)]
+    assert len(whole) == 8 and sorted(c for s in shards for c in s) == sorted(whole)  # every cell, once
+    assert cell_name(50, 2e-4, 1) == "benign-s50-lr0.0002-seed1"
+    assert parse_shard("1/2") == (1, 2)
+    for bad in ("2/2", "1", "-1/2", "a/b"):
+        with pytest.raises(Exception, match="--shard"):
+            parse_shard(bad)
+
+    def row(name: str, code: int) -> dict:
+        return {"name": name, "steps": 50, "lr": 1e-4, "seed": 0, "fidelity": 0.9, "exit_code": code,
+                "flagged_checks": ["token_shift.size"] if code == 1 else [], "scores": {"token_shift.size": 0.5}}
+
+    text = markdown("canary:clean", [row("quiet", 0), row("loud", 1)], "cmd")
+    assert "Flagged: 1 of 2" in text and text.index("| loud |") < text.index("| quiet |")
