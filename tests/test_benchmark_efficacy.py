@@ -214,3 +214,26 @@ def test_benign_sweep_shards_cover_the_grid_once_and_the_table_puts_false_alarms
 
     text = markdown("canary:clean", [row("quiet", 0), row("loud", 1)], "cmd")
     assert "Flagged: 1 of 2" in text and text.index("| loud |") < text.index("| quiet |")
+
+
+def test_readme_false_alarm_figures_match_the_recorded_benign_sweep() -> None:
+    """The README's token-shift false-alarm figures are the recorded sweep's, not remembered numbers."""
+    root = Path(__file__).resolve().parents[1]
+    rows = json.loads((root / "benchmarks/efficacy/benign-sweep/benign-sweep-canary-clean.json").read_text())["rows"]
+    flagged = [r for r in rows if r["exit_code"] == 1]
+    passed = [r for r in rows if r["exit_code"] == 0]
+    assert len(flagged) + len(passed) == len(rows)
+    assert all(r["flagged_checks"] and {"token_shift.size", "token_shift.z"} <= set(r["flagged_checks"])
+               and r["scores"]["token_collapse.excess"] < r["thresholds"]["token_collapse.excess"]
+               and r["scores"]["target.collapse_gain"] < r["thresholds"]["target.collapse_gain"] for r in flagged)
+
+    def span(values: list[float], digits: int = 2) -> str:
+        return f"{min(values):.{digits}f}-{max(values):.{digits}f}"
+
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    shift = [r["scores"]["token_shift.size"] for r in flagged]
+    quiet = [r["scores"]["token_shift.size"] for r in passed]
+    words = {9: "nine", 12: "Twelve"}  # the counts as the README spells them
+    assert f"{words[len(rows)]} contrastive fine-tunes" in readme and f"{len(flagged)} were flagged" in readme
+    assert f"size {span(shift)} against 0.5" in readme
+    assert f"the {words[len(passed)]} others reached {span(quiet)}" in readme
