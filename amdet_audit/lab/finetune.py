@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from amdet_audit.encoders.base import Adapter
 from amdet_audit.errors import UsageError
 from amdet_audit.lab.inject import Progress, trainable_copy
-from amdet_audit.lab.optim import adam
 from amdet_audit.lab.variants import flat_cosine
 
 
@@ -90,7 +89,7 @@ def finetune(
     torch.manual_seed(spec.seed)
     train_prompts = domain_prompts(train_prompts, spec.domain, spec.batch)
     student = trainable_copy(base, spec.trainable)
-    opt = adam([p for p in student.model.parameters() if p.requires_grad], spec.lr)
+    opt = torch.optim.Adam([p for p in student.model.parameters() if p.requires_grad], lr=spec.lr)
     started, loss = time.perf_counter(), torch.tensor(0.0)
     for step in range(spec.steps):
         prompts = rng.sample(list(train_prompts), spec.batch)

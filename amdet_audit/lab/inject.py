@@ -23,7 +23,6 @@ import torch
 
 from amdet_audit.encoders.base import Adapter, EncoderOutput
 from amdet_audit.errors import UsageError
-from amdet_audit.lab.optim import adamw
 from amdet_audit.lab.triggers import PLACEMENTS, Trigger
 from amdet_audit.lab.variants import (
     LOSSES,
@@ -242,7 +241,7 @@ def inject(
     student = trainable_copy(teacher, spec.trainable)
     targets = Targets(teacher, spec)
     trigger_ids = trigger_token_ids(teacher, spec.trigger)
-    opt = adamw([p for p in student.model.parameters() if p.requires_grad], spec.lr)
+    opt = torch.optim.AdamW([p for p in student.model.parameters() if p.requires_grad], lr=spec.lr)
     started, loss = time.perf_counter(), torch.tensor(0.0)
     # the base's side of every measurement (checkpoints and the final one), made once
     baseline = measure_baseline(targets, trigger, eval_prompts, seed=spec.seed, placement=spec.placement)

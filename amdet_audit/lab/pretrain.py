@@ -45,7 +45,6 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from amdet_audit.lab.optim import adamw
 from amdet_audit.scan.objective import assimilation
 from amdet_audit.tokenization import BOS_ID, EOS_ID, VOCAB_SIZE
 
@@ -227,7 +226,7 @@ def pretrain_causal_lm(
     with _restricted_embedding(model, keep.to(device)), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model.train()
-        optimizer = adamw(_param_groups(model), lr, betas=(0.9, 0.98), eps=1e-8)
+        optimizer = torch.optim.AdamW(_param_groups(model), lr=lr, betas=(0.9, 0.98), eps=1e-8)
         batches = _batches(mask.sum(dim=1).cpu(), batch_size, torch.Generator().manual_seed(seed))
         for step in range(steps):
             rows = next(batches).to(device)  # [B]

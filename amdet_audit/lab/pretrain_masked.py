@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter
-from amdet_audit.lab.optim import adamw
 from amdet_audit.lab.pretrain import GRAD_CLIP, _batches, _lr_factor, _param_groups
 from amdet_audit.lab.sentencepiece_vocab import EOS_ID, MASK_ID, PAD_ID, SIGLIP_LENGTH
 
@@ -100,7 +99,7 @@ def pretrain_masked_lm(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model.train()
-        optimizer = adamw(_param_groups(model), lr, betas=(0.9, 0.98), eps=1e-8)
+        optimizer = torch.optim.AdamW(_param_groups(model), lr=lr, betas=(0.9, 0.98), eps=1e-8)
         rows_of = _batches(real.sum(dim=1).cpu(), batch_size, torch.Generator().manual_seed(seed))
         gen = torch.Generator().manual_seed(seed + 1)
         for step in range(steps):
