@@ -225,7 +225,8 @@ def test_readme_false_alarm_figures_match_the_recorded_benign_sweep() -> None:
     assert len(flagged) + len(passed) == len(rows)
     assert all(r["flagged_checks"] and {"token_shift.size", "token_shift.z"} <= set(r["flagged_checks"])
                and r["scores"]["token_collapse.excess"] < r["thresholds"]["token_collapse.excess"]
-               and r["scores"]["target.collapse_gain"] < r["thresholds"]["target.collapse_gain"] for r in flagged)
+               and r["scores"]["target.collapse_gain"] < r["thresholds"]["target.collapse_gain"]
+               and r["scores"]["divergence.relative"] < r["thresholds"]["divergence.relative"] for r in flagged)
 
     def span(values: list[float], digits: int = 2) -> str:
         return f"{min(values):.{digits}f}-{max(values):.{digits}f}"
@@ -237,3 +238,4 @@ def test_readme_false_alarm_figures_match_the_recorded_benign_sweep() -> None:
     assert f"{words[len(rows)]} contrastive fine-tunes" in readme and f"{len(flagged)} were flagged" in readme
     assert f"size {span(shift)} against 0.5" in readme
     assert f"the {words[len(passed)]} others reached {span(quiet)}" in readme
+    assert f"z-scores ({span([r['scores']['token_shift.z'] for r in passed], 0)})" in readme
