@@ -239,3 +239,8 @@ def test_readme_false_alarm_figures_match_the_recorded_benign_sweep() -> None:
     assert f"size {span(shift)} against 0.5" in readme
     assert f"the {words[len(passed)]} others reached {span(quiet)}" in readme
     assert f"z-scores ({span([r['scores']['token_shift.z'] for r in passed], 0)})" in readme
+    longer = json.loads((root / "benchmarks/efficacy/benign-sweep/steps200/benign-sweep-canary-clean.json")
+                        .read_text())["rows"]
+    loud = [r["scores"]["token_shift.size"] for r in longer if r["exit_code"] == 1]
+    assert f"at 200 steps {len(loud)} of {len(longer)} more were flagged" in readme
+    assert f"size up to {max(loud):.2f}" in readme
