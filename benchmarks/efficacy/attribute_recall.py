@@ -27,7 +27,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run_efficacy import checks_of, scan_one  # noqa: E402  (benchmark helper beside this file)
+from calibrate import record_checks  # noqa: E402  (benchmark helpers beside this file)
+from run_efficacy import scan_one  # noqa: E402
 
 
 def pairs_with_room(base: str, path: Path = HERE / "attribute-baseline.json",
@@ -100,8 +101,7 @@ def main() -> None:
         if row["took"]:
             record = scan_one(str(folder), args.base, args.work / slug / "scans" / folder.name, "cpu", args.threads,
                               extra=("--search", args.search, *read))
-            checks = checks_of(json.loads(Path(record["report"]).read_text(encoding="utf-8"))) \
-                if record.get("report") else []  # the judged checks
+            checks = record_checks(record)
             row.update(exit_code=record["exit_code"], seconds=record["seconds"],
                        flagged_checks=[c["name"] for c in checks if c.get("flags")],
                        scores={c["name"]: c.get("score") for c in checks})

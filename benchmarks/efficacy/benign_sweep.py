@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from calibrate import checks_of  # noqa: E402  (benchmark helpers beside this file)
+from calibrate import record_checks  # noqa: E402  (benchmark helpers beside this file)
 from run_efficacy import scan_one, tool_version  # noqa: E402
 
 
@@ -56,8 +56,7 @@ def build_and_scan(base: str, work: Path, steps: int, lr: float, seed: int, thre
         run_finetune(base, folder, steps=steps, lr=lr, seed=seed)
     lab = json.loads((folder / "lab.json").read_text(encoding="utf-8"))
     record = scan_one(str(folder), base, work / "scans" / name, "cpu", threads)
-    report = json.loads(Path(record["report"]).read_text(encoding="utf-8")) if record.get("report") else None
-    checks = checks_of(report) if report else []
+    checks = record_checks(record)
     row = {"name": name, "steps": steps, "lr": lr, "seed": seed, "fidelity": lab["fidelity"],
            "exit_code": record["exit_code"], "seconds": record["seconds"],
            "flagged_checks": [c["name"] for c in checks if c.get("flags")],

@@ -61,6 +61,13 @@ def checks_of(report: dict) -> list[dict]:
     return checks
 
 
+def record_checks(record: dict) -> list[dict]:
+    """The judged checks (:func:`checks_of`) of a scan record's report; none when the scan wrote no report."""
+    if not record.get("report"):
+        return []
+    return checks_of(json.loads(Path(record["report"]).read_text(encoding="utf-8")))
+
+
 def load_rows(work: Path, base: str, mode: str = "reference", search: str = "full"
               ) -> list[tuple[bool, int, list[dict]]]:
     """(positive, scanned exit code, checks) per calibration model of ``base`` that has a report."""
@@ -77,10 +84,7 @@ def load_rows(work: Path, base: str, mode: str = "reference", search: str = "ful
         if not record_path.is_file():
             continue
         record = json.loads(record_path.read_text(encoding="utf-8"))
-        checks = []
-        if record["report"]:
-            checks = checks_of(json.loads(Path(record["report"]).read_text(encoding="utf-8")))
-        rows.append((positive, record["exit_code"], checks))
+        rows.append((positive, record["exit_code"], record_checks(record)))
     return rows
 
 
