@@ -244,3 +244,39 @@ def test_readme_false_alarm_figures_match_the_recorded_benign_sweep() -> None:
     loud = [r["scores"]["token_shift.size"] for r in longer if r["exit_code"] == 1]
     assert f"at 200 steps {len(loud)} of {len(longer)} more were flagged" in readme
     assert f"size up to {max(loud):.2f}" in readme
+    heldout = [r for grid in ("steps100", "steps300") for r in json.loads(
+        (root / f"benchmarks/efficacy/token-shift/heldout-sweep/{grid}/benign-sweep-canary-clean.json").read_text())["rows"]]
+    alarms = [r for r in heldout if r["exit_code"] == 1]
+    assert all({"token_shift.size", "token_shift.z"} <= set(r["flagged_checks"]) for r in alarms)
+    sizes = [r["scores"]["token_shift.size"] for r in alarms]
+    assert f"on new seeds {len(alarms)} of {len(heldout)} (size up to {max(sizes):.2f};" in readme
+    rules = json.loads((root / "benchmarks/efficacy/token-shift/rules.json").read_text())["rows"]
+    alone = sorted(round(c["scores"]["token_shift.size"], 2) for r in rules for c in r["scan"]
+                   if c["rules_holding"] == ["token_shift"])
+    assert f"(sizes {alone[0]:.2f} and {alone[1]:.2f})" in readme and len(alone) == 2
+
+
+@pytest.mark.slow
+def test_probe_scores_of_a_model_against_itself_show_no_excess_and_no_shift() -> None:
+    """A probe moves suspect and reference alike when they are one model: no collapse beyond the reference's and
+    no shift beyond it, at either placement, whatever the probe collapses on its own; special tokens dropped."""
+    from probe_scores import probe_scores
+
+    rows = probe_scores("canary:clean", "canary:clean", ["zzzz", "🦄"])
+    assert [(r["probe"], r["placement"]) for r in rows] == [("zzzz", "start"), ("zzzz", "end"), ("🦄", "start"),
+                                                            ("🦄", "end")]
+    assert all(r["tokens"] and abs(r["excess"]) < 1e-4 and r["shift"] < 1e-4 for r in rows)
+    assert all(-1.0 <= r["collapse"] <= 1.0 for r in rows)
+
+
+def test_a_family_rebuild_takes_the_whole_zoos_draw_not_a_draw_of_its_own() -> None:
+    """The object model a seed's full zoo drew is the one rebuilt, which a zoo of that family alone does not draw."""
+    from rebuild_family_models import plan_of
+
+    from amdet_audit.lab.families import plan_families
+
+    whole = {e.name: e for e in plan_families(1, 12, 128)}
+    (rebuilt,) = plan_of(128, 12, ["object"])
+    assert rebuilt == whole["bd-object-00"]
+    (alone,) = plan_families(1, 12, 128, families=["object"])
+    assert alone != rebuilt  # same family and seed, other draws
