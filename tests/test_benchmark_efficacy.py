@@ -244,8 +244,9 @@ def test_readme_false_alarm_figures_match_the_recorded_benign_sweep() -> None:
     loud = [r["scores"]["token_shift.size"] for r in longer if r["exit_code"] == 1]
     assert f"at 200 steps {len(loud)} of {len(longer)} more were flagged" in readme
     assert f"size up to {max(loud):.2f}" in readme
-    heldout = [r for grid in ("steps100", "steps300") for r in json.loads(
-        (root / f"benchmarks/efficacy/token-shift/heldout-sweep/{grid}/benign-sweep-canary-clean.json").read_text())["rows"]]
+    sweeps = root / "benchmarks/efficacy/token-shift/heldout-sweep"
+    heldout = [r for grid in ("steps100", "steps300")
+               for r in json.loads((sweeps / grid / "benign-sweep-canary-clean.json").read_text())["rows"]]
     alarms = [r for r in heldout if r["exit_code"] == 1]
     assert all({"token_shift.size", "token_shift.z"} <= set(r["flagged_checks"]) for r in alarms)
     sizes = [r["scores"]["token_shift.size"] for r in alarms]
