@@ -63,13 +63,18 @@ def effects(enc: Encoders, cands: dict[str, Candidate], data: ScanPrompts, n: in
     return {family: measure(enc, c.vector, index, data.ids) for family, c in cands.items()}
 
 
+def token_prompts(data: ScanPrompts, config: ScanConfig) -> list[str]:
+    """The prompts the real-input probes are scored on: the first ``config.token_prompts`` test prompts."""
+    return [data.prompts[i] for i in data.test[: config.token_prompts].tolist()]
+
+
 def token_search(enc: Encoders, data: ScanPrompts, cands: dict[str, Candidate], config: ScanConfig,
                  progress: Progress | None) -> TokenSearch | None:
     """Real-input trigger candidates (see scan/discrete.py) on the first test prompts; None without a reference
     (the token rules need one) or when no pseudo-trigger came out."""
     if enc.reference is None or not cands or config.token_prompts < 2:
         return None
-    prompts = [data.prompts[i] for i in data.test[: config.token_prompts].tolist()]
+    prompts = token_prompts(data, config)
     t, by_gain = config.thresholds, not getattr(enc.suspect, "causal", True)  # see verdict.token_checks
     return search_tokens(enc.suspect, enc.reference, prompts, [c.vector for c in cands.values()],
                          padding=config.padding_positions, nearest=config.token_nearest, moved=config.token_moved,

@@ -5,7 +5,9 @@ Usage:
     python benchmarks/efficacy/probe_scores.py SUSPECT --reference canary:clean --probe 🦄 --probe cow
         [--consumer sdxl] [--component text_encoder] [--out FILE.json]
 
-Each component is read as the scan reads it (``--consumer``, else the pipeline's, else a lone encoder's read).
+The suspect's component (``--component``, else its first) is read as the scan reads it (``--consumer``, else the
+pipeline's, else a lone encoder's read), and the reference's component of that name (a lone encoder: itself) as the
+suspect is read.
 Each probe's text is tokenized as the suspect's consumer tokenizes it (special tokens dropped) and inserted
 after the start token and before the end token of the scan's first ``token_prompts`` test prompts
 (:mod:`amdet_audit.scan.discrete`); prints, per probe and placement, the suspect's cross-prompt collapse, its
@@ -32,21 +34,26 @@ def probe_scores(suspect: str, reference: str, probes: list[str], consumer: str 
     from amdet_audit.scan.config import ScanConfig
     from amdet_audit.scan.discrete import Probe, ProbeRunner, special_ids
     from amdet_audit.scan.prompts import prepare_prompts
+    from amdet_audit.scan.run import token_prompts
     from amdet_audit.sources import resolve
 
-    def load(target: str):
-        resolved = resolve(target)
-        parts = [c for c in resolved.components if component is None or c.name == component]
-        if not parts:
-            raise SystemExit(f"{target}: no component {component!r}")
-        return load_as_read(parts[0], read_of(consumer_for(consumer, resolved.pipeline_class), parts[0]))
+    def component_of(resolved, lone_ok: bool = False):
+        """``--component`` of ``resolved``, else its first; with ``lone_ok``, a lone encoder stands for any name."""
+        if component is None or (lone_ok and len(resolved.components) == 1):
+            return resolved.components[0]
+        try:
+            return resolved.component(component)
+        except KeyError:
+            raise SystemExit(f"{resolved.input}: no component {component!r}") from None
 
     torch.set_num_threads(1)
-    s, r = load(suspect), load(reference)
+    suspect_target, reference_target = resolve(suspect), resolve(reference)
+    part = component_of(suspect_target)
+    read = read_of(consumer_for(consumer, suspect_target.pipeline_class), part)
+    # the reference is read as the suspect is read, as the scan reads it (audit/components.py)
+    s, r = load_as_read(part, read), load_as_read(component_of(reference_target, lone_ok=True), read)
     cfg = ScanConfig()
-    data = prepare_prompts(s, cfg)
-    runner = ProbeRunner(s, r, [data.prompts[i] for i in data.test[: cfg.token_prompts].tolist()],
-                         padding=cfg.padding_positions)
+    runner = ProbeRunner(s, r, token_prompts(prepare_prompts(s, cfg), cfg), padding=cfg.padding_positions)
     banned = special_ids(s)
     rows = []
     for text in probes:
