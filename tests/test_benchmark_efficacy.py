@@ -268,6 +268,45 @@ def test_probe_scores_of_a_model_against_itself_show_no_excess_and_no_shift() ->
                                                             ("🦄", "end")]
     assert all(r["tokens"] and abs(r["excess"]) < 1e-4 and r["shift"] < 1e-4 for r in rows)
     assert all(-1.0 <= r["collapse"] <= 1.0 for r in rows)
+    # the two moves are one: same size, same direction
+    assert all(r["suspect_move"] == r["reference_move"] > 0 and r["move_cosine"] > 0.9999 for r in rows)
+
+
+def test_probe_scores_take_a_reports_top_shifting_word_pieces(tmp_path) -> None:
+    """A report's probes are taken by their shift, with their own token ids and placement (look-alike probes,
+    which carry no token ids, are left out)."""
+    from probe_scores import report_probes
+
+    top = [{"text": "por", "placement": "end", "token_ids": [817], "shift": 0.4},
+           {"text": "por", "placement": "end", "token_ids": [817], "shift": 0.3},
+           {"text": "a->α first", "placement": "text", "token_ids": [], "shift": 0.9},
+           {"text": "ballet por", "placement": "start", "token_ids": [10703, 817], "shift": 0.8}]
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"components": [{"scan": {"evidence": {"token_search": {"top": top}}}}]}))
+    assert report_probes(report, 1) == [("ballet por", "start", (10703, 817))]
+    assert report_probes(report, 5) == [("ballet por", "start", (10703, 817)), ("por", "end", (817,))]
+
+
+def test_an_attribute_build_that_did_not_take_is_recorded_and_not_rebuilt(tiny_clip, tmp_path, monkeypatch) -> None:
+    """One training step cannot implant the attribute: the failure is written beside the model's folder, and the
+    next run reads it instead of training again."""
+    import amdet_audit.lab.families as families
+    import amdet_audit.lab.runner as runner
+    from attribute_recall import NOT_TAKEN, build
+
+    monkeypatch.setattr(families, "ATTRIBUTE_STEPS", 1)
+    folder = tmp_path / "attribute-00"
+    pair = {"trigger": "zzzz", "attribute": "in the style of pixel art"}
+    failed = build(str(tiny_clip), 32, folder, pair, seed=100)
+    assert failed["took"] is False and "did not take" in failed["reason"]
+    record = tmp_path / ("attribute-00" + NOT_TAKEN)
+    assert json.loads(record.read_text(encoding="utf-8")) == failed and not folder.exists()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("rebuilt a build recorded as not taken")
+
+    monkeypatch.setattr(runner, "run_injection", no_training)
+    assert build(str(tiny_clip), 32, folder, pair, seed=100) == failed
 
 
 def test_a_family_rebuild_takes_the_whole_zoos_draw_not_a_draw_of_its_own() -> None:

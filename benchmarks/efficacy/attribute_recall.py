@@ -10,7 +10,7 @@ attribute": see attribute_baseline.py). This takes the (attribute, trigger) pair
 with room on BASE, lowest base share first (``--models`` of them; past the last pair they repeat with new
 seeds), builds one attribute backdoor per model with the attribute family's recipe (``ATTRIBUTE_STEPS``, its
 learning rate scaled to the base's width, seed 100 + i), scans each that took against BASE with today's
-defaults (an injection that did not take is rebuilt on the next run: it is deterministic, so it fails again)
+defaults (an injection that did not take is recorded beside its folder and not rebuilt: it would fail again)
 and writes ``attribute-recall-<base>.json`` beside this file: one row per model (pair, success, fidelity,
 exit code, the judged checks that flagged). ``--consumer`` trains, measures and scans each model on that
 pipeline's read (a lone T5 for SD3: 256 tokens); its pairs come from a baseline measured on the same read
@@ -29,6 +29,10 @@ sys.path.insert(0, str(HERE))
 
 from calibrate import record_checks  # noqa: E402  (benchmark helpers beside this file)
 from run_efficacy import scan_one  # noqa: E402
+
+
+#: beside a model's folder: the build did not take (deterministic, so it is not rebuilt on the next run)
+NOT_TAKEN = ".not-taken.json"
 
 
 def pairs_with_room(base: str, path: Path = HERE / "attribute-baseline.json",
@@ -57,14 +61,18 @@ def build(base: str, width: int, folder: Path, pair: dict, seed: int, consumer: 
     from amdet_audit.lab.inject import lr_for_width
     from amdet_audit.lab.runner import InjectionFailedError, run_injection
 
-    if (folder / "lab.json").is_file():
-        return json.loads((folder / "lab.json").read_text(encoding="utf-8"))
+    for record in (folder / "lab.json", folder.with_name(folder.name + NOT_TAKEN)):
+        if record.is_file():
+            return json.loads(record.read_text(encoding="utf-8"))
     try:
         result = run_injection(base, folder, attack="attribute", trigger=pair["trigger"], target=pair["attribute"],
                                steps=ATTRIBUTE_STEPS, lr=lr_for_width(ATTRIBUTE_LR, width), seed=seed,
                                consumer=consumer)
     except InjectionFailedError as err:
-        return {"took": False, "reason": str(err)}
+        failed = {"took": False, "reason": str(err)}
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.with_name(folder.name + NOT_TAKEN).write_text(json.dumps(failed) + "\n", encoding="utf-8")
+        return failed
     return result.to_dict()
 
 
