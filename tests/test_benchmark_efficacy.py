@@ -290,9 +290,10 @@ def test_probe_scores_take_a_reports_top_shifting_word_pieces(tmp_path) -> None:
 def test_an_attribute_build_that_did_not_take_is_recorded_and_not_rebuilt(tiny_clip, tmp_path, monkeypatch) -> None:
     """One training step cannot implant the attribute: the failure is written beside the model's folder, and the
     next run reads it instead of training again."""
+    from attribute_recall import NOT_TAKEN, build
+
     import amdet_audit.lab.families as families
     import amdet_audit.lab.runner as runner
-    from attribute_recall import NOT_TAKEN, build
 
     monkeypatch.setattr(families, "ATTRIBUTE_STEPS", 1)
     folder = tmp_path / "attribute-00"

@@ -30,7 +30,6 @@ sys.path.insert(0, str(HERE))
 from calibrate import record_checks  # noqa: E402  (benchmark helpers beside this file)
 from run_efficacy import scan_one  # noqa: E402
 
-
 #: beside a model's folder: the build did not take (deterministic, so it is not rebuilt on the next run)
 NOT_TAKEN = ".not-taken.json"
 

@@ -69,13 +69,15 @@ def probe_scores(suspect: str, reference: str, probes: list[str], consumer: str 
     s, r = load_as_read(part, read), load_as_read(component_of(reference_target, lone_ok=True), read)
     cfg = ScanConfig()
     runner = ProbeRunner(s, r, token_prompts(prepare_prompts(s, cfg), cfg), padding=cfg.padding_positions)
+
     @torch.no_grad()
     def moves(probe: Probe) -> dict:
         """The suspect's and the reference's mean move under ``probe``, sizes and the cosine between them."""
         batch = runner.inputs(probe)
         mean_moves = [(tail.features(runner.tail(model(batch.ids), batch.eos)) - clean).mean(dim=0)
                       / clean.norm(dim=-1).mean()
-                      for model, tail, clean in ((s, runner.s_tail, runner.s_clean), (r, runner.r_tail, runner.r_clean))]
+                      for model, tail, clean in ((s, runner.s_tail, runner.s_clean),
+                                                 (r, runner.r_tail, runner.r_clean))]
         cosine = torch.nn.functional.cosine_similarity(*mean_moves, dim=0)
         return {"suspect_move": round(float(mean_moves[0].norm()), 4),
                 "reference_move": round(float(mean_moves[1].norm()), 4), "move_cosine": round(float(cosine), 4)}
