@@ -3,18 +3,20 @@ the scan's token rules score them.
 
 Usage:
     python benchmarks/efficacy/probe_scores.py SUSPECT --reference canary:clean --probe 🦄 --probe cow
-        [--report SCAN/report.json --top 4] [--consumer sdxl] [--component text_encoder] [--out FILE.json]
+        [--report SCAN/report.json --top 4] [--search auto] [--consumer sdxl] [--component text_encoder]
+        [--out FILE.json]
 
 The suspect's component (``--component``, else its first) is read as the scan reads it (``--consumer``, else the
 pipeline's, else a lone encoder's read), and the reference's component of that name (a lone encoder: itself) as the
 suspect is read.
 Each probe's text is tokenized as the suspect's consumer tokenizes it (special tokens dropped) and inserted
 after the start token and before the end token of the scan's first ``token_prompts`` test prompts
-(:mod:`amdet_audit.scan.discrete`); prints, per probe and placement, the suspect's cross-prompt collapse, its
-excess over the reference's under the same probe, and the consistent shift beyond the reference's
-(``token_shift.size`` when the search picks that probe), and what that shift points at: the size of the suspect's
-and the reference's own mean move under the probe (each in units of its clean outputs' size) and the cosine
-between the two moves (near 1: the suspect moves as the reference does, only further). ``--report`` adds the
+(:mod:`amdet_audit.scan.discrete`; ``--search`` names the scan's preset, whose prompt window picks them);
+prints, per probe and placement, the suspect's cross-prompt collapse, its excess over the reference's under the
+same probe, and the consistent shift beyond the reference's (``token_shift.size`` when the search picks that
+probe), and what that shift points at: the size of the suspect's and the reference's own mean move under the
+probe (each in units of its clean outputs' size) and the cosine between the two moves (near 1: the suspect moves
+as the reference does, only further). ``--report`` adds the
 ``--top`` token probes of a scan's report that shifted most, at their placement, with their token ids (a search
 probe can be a word piece that no text tokenizes to). No z-score: that needs the scan's random-token null,
 which the scan's report records (``evidence.token_search.null``). Used to tell whether a backdoor's verdict
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -40,8 +43,10 @@ def report_probes(report: Path, top: int) -> list[tuple[str, str, tuple[int, ...
 
 def probe_scores(suspect: str, reference: str, probes: list[str], consumer: str | None = None,
                  component: str | None = None,
-                 tokenized: list[tuple[str, str, tuple[int, ...]]] | None = None) -> list[dict]:
-    """One row per probe and placement (start, end), then one per ``tokenized`` (text, placement, token ids)."""
+                 tokenized: list[tuple[str, str, tuple[int, ...]]] | None = None, search: str = "auto") -> list[dict]:
+    """One row per probe and placement (start, end), then one per ``tokenized`` (text, placement, token ids); the
+    prompts are the ``search`` preset's on the CPU, as the scan picks them (the preset's prompt window decides
+    which test prompts the probes run on)."""
     import torch
 
     from amdet_audit.encoders.consumers import consumer_for
@@ -67,8 +72,11 @@ def probe_scores(suspect: str, reference: str, probes: list[str], consumer: str 
     read = read_of(consumer_for(consumer, suspect_target.pipeline_class), part)
     # the reference is read as the suspect is read, as the scan reads it (audit/components.py)
     s, r = load_as_read(part, read), load_as_read(component_of(reference_target, lone_ok=True), read)
-    cfg = ScanConfig()
-    runner = ProbeRunner(s, r, token_prompts(prepare_prompts(s, cfg), cfg), padding=cfg.padding_positions)
+    cfg = ScanConfig.preset(search, "cpu", causal=s.causal)
+    if not read.sequence:  # the consumer reads the pooled output alone: so do the probes (audit/components.py)
+        cfg = replace(cfg, pooled_only=True)
+    runner = ProbeRunner(s, r, token_prompts(prepare_prompts(s, cfg), cfg), padding=cfg.padding_positions,
+                         pooled_only=cfg.pooled_only)
 
     @torch.no_grad()
     def moves(probe: Probe) -> dict:
@@ -105,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--probe", action="append", default=[])
     parser.add_argument("--report", type=Path, help="a scan's report.json: also score its top shifting probes")
     parser.add_argument("--top", type=int, default=4, help="how many of the report's probes (--report)")
+    parser.add_argument("--search", default="auto", choices=("auto", "light", "full"),
+                        help="the scan's --search preset (auto: as the scan picks it on the CPU)")
     parser.add_argument("--consumer")
     parser.add_argument("--component")
     parser.add_argument("--out", type=Path)
@@ -112,7 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.probe and not args.report:
         parser.error("give --probe TEXT or --report REPORT")
     tokenized = report_probes(args.report, args.top) if args.report else None
-    rows = probe_scores(args.suspect, args.reference, args.probe, args.consumer, args.component, tokenized)
+    rows = probe_scores(args.suspect, args.reference, args.probe, args.consumer, args.component, tokenized,
+                        args.search)
     for row in rows:
         print(f"{row['probe']!r} {row['placement']}: collapse {row['collapse']:.3f} excess {row['excess']:.3f} "
               f"shift {row['shift']:.3f}; moves: suspect {row['suspect_move']:.3f} reference "
