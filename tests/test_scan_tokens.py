@@ -7,7 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from amdet_audit.scan.discrete import Probe, ProbeRunner, lookalike_probes, robust, search_tokens
+from amdet_audit.scan.discrete import (
+    Probe,
+    ProbeRunner,
+    gradient_probes,
+    lookalike_probes,
+    robust,
+    search_tokens,
+    seed_probes,
+)
 from amdet_audit.scan.lookalikes import LOOKALIKES, substitute_every, substitute_first
 
 PROMPTS = ["a red fox in the snow", "a violin on a chair, oil painting", "two cats", "a castle at dawn"]
@@ -57,6 +65,16 @@ def test_search_reports_z_scores_against_random_tokens(tower) -> None:
     assert found.best_collapse is not None and found.probes > 12
     assert any(s.probe.tokens == (700,) for s in found.top) or found.best_collapse.excess == pytest.approx(0.0)
     assert found.null["token_excess_spread"] > 0 and found.null["text_excess_spread"] > 0  # floored, never zero
+
+
+def test_a_token_reached_by_the_gradient_and_by_a_pseudo_trigger_is_one_probe(tower) -> None:
+    """The same token at the same placement, proposed by two routes, is scored once and listed once."""
+    v = tower.token_embedding_matrix()[[700]].clone()
+    seeded = seed_probes(tower, None, [v], nearest=1, moved=0)
+    assert {(p.placement, p.tokens) for p in seeded} == {("start", (700,)), ("end", (700,))}
+    vocabulary = tower.token_embedding_matrix().shape[0]
+    by_gradient = gradient_probes(ProbeRunner(tower, None, PROMPTS, padding=4), seeded[0], top=vocabulary)
+    assert seeded[0] in by_gradient and len(set(by_gradient)) == len(by_gradient)
 
 
 def test_lookalike_table_and_robust_spread() -> None:

@@ -281,7 +281,8 @@ def gradient_probes(runner: ProbeRunner, best: Probe, top: int) -> list[Probe]:
     table = runner.suspect.token_embedding_matrix().float()
     gain = table @ grad  # [V, D] @ [D] -> [V]
     gain[list(special_ids(runner.suspect))] = -float("inf")
-    return [Probe(label=str(t), placement=best.placement, tokens=(t,), origin="gradient")
+    # labelled as seed_probes labels the same token, so a token reached both ways is one probe (scored once)
+    return [Probe(label=str((t,)), placement=best.placement, tokens=(t,), origin="gradient")
             for t in gain.topk(top).indices.tolist()]
 
 
