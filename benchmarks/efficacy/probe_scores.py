@@ -129,8 +129,8 @@ def main(argv: list[str] | None = None) -> None:
               f"shift {row['shift']:.3f}; moves: suspect {row['suspect_move']:.3f} reference "
               f"{row['reference_move']:.3f} cosine {row['move_cosine']:.3f}")
     if args.out:
-        args.out.write_text(json.dumps({"suspect": args.suspect, "reference": args.reference, "rows": rows},
-                                       indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        record = {"suspect": args.suspect, "reference": args.reference, "search": args.search, "rows": rows}
+        args.out.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
