@@ -16,11 +16,11 @@ prints, per probe and placement, the suspect's cross-prompt collapse, its excess
 same probe, and the consistent shift beyond the reference's (``token_shift.size`` when the search picks that
 probe), and what that shift points at: the size of the suspect's and the reference's own mean move under the
 probe (each in units of its clean outputs' size) and the cosine between the two moves (near 1: the suspect moves
-as the reference does, only further). ``--report`` adds the
-``--top`` token probes of a scan's report that shifted most, at their placement, with their token ids (a search
-probe can be a word piece that no text tokenizes to). No z-score: that needs the scan's random-token null,
-which the scan's report records (``evidence.token_search.null``). Used to tell whether a backdoor's verdict
-rests on its real trigger or on a word its training changed as a side effect.
+as the reference does, only further). ``--report`` adds the ``--top`` token probes of a scan's report that
+shifted most, at their placement, with their token ids (a search probe can be a word piece that no text
+tokenizes to). No z-score: that needs the scan's random-token null, which the scan's report records
+(``evidence.token_search.null``). Used to tell whether a backdoor's verdict rests on its real trigger or on a
+word its training changed as a side effect.
 """
 
 from __future__ import annotations
