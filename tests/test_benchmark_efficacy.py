@@ -310,6 +310,27 @@ def test_an_attribute_build_that_did_not_take_is_recorded_and_not_rebuilt(tiny_c
     assert build(str(tiny_clip), 32, folder, pair, seed=100) == failed
 
 
+def test_decoys_of_a_base_measured_as_its_own_backdoor_gain_nothing(tiny_clip, tmp_path) -> None:
+    """The decoy measure on a "backdoor" that is its base: every word, trigger or decoy, reaches the target exactly
+    as often in both, and the decoys are ordinary corpus words, none of the trigger's or the target's."""
+    import shutil
+
+    from decoy_success import decoy_success
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_clip, model)
+    spec = {"attack": "text-on-text", "trigger": "zzzz", "target": "a red fox in the snow", "seed": 3}
+    (model / "lab.json").write_text(json.dumps({"kind": "backdoored", "base": {"input": str(tiny_clip)},
+                                                "spec": spec, "success": 0.0, "eval_prompts": 64}))
+    result = decoy_success(model, decoys=3, seed=1)
+    assert [r["role"] for r in result["rows"]] == ["trigger", "decoy", "decoy", "decoy"]
+    assert all(r["success"] == r["base_success"] for r in result["rows"])
+    decoys = [r["text"] for r in result["rows"][1:]]
+    assert len(set(decoys)) == 3 and all(d.isalpha() and d not in {"zzzz", "red", "fox", "the", "snow"}
+                                         for d in decoys)
+    assert decoy_success(model, decoys=3, seed=1)["rows"] == result["rows"]  # drawn and placed reproducibly
+
+
 def test_a_family_rebuild_takes_the_whole_zoos_draw_not_a_draw_of_its_own() -> None:
     """The object model a seed's full zoo drew is the one rebuilt, which a zoo of that family alone does not draw."""
     from rebuild_family_models import plan_of
