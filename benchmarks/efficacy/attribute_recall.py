@@ -125,7 +125,7 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"attribute-recall-{slug}.json").write_text(
         json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    print(f"{args.base}: {len(flagged)}/{len(took)} attribute backdoors flagged ({len(rows)} built)")
+    print(f"{args.base}: {len(flagged)}/{len(took)} attribute backdoors flagged ({len(rows)} tried, {len(took)} took)")
 
 
 if __name__ == "__main__":
