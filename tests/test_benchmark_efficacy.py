@@ -255,6 +255,12 @@ def test_readme_false_alarm_figures_match_the_recorded_benign_sweep() -> None:
     alone = sorted(round(c["scores"]["token_shift.size"], 2) for r in rules for c in r["scan"]
                    if c["rules_holding"] == ["token_shift"])
     assert f"(sizes {alone[0]:.2f} and {alone[1]:.2f})" in readme and len(alone) == 2
+    decoys = {name: json.loads((root / f"benchmarks/efficacy/decoys/{name}.json").read_text())
+              for name in ("object-seed12", "sdxl-lora-text_encoder")}
+    (obj_trigger, *_), (sdxl_trigger, *_) = (d["rows"] for d in decoys.values())
+    assert (f"object: decoy success up to {decoys['object-seed12']['decoy_success_max']:.2f} against the trigger's "
+            f"{obj_trigger['success']:.2f}; SDXL: {decoys['sdxl-lora-text_encoder']['decoy_success_max']:.2f} "
+            f"against {sdxl_trigger['success']:.2f}") in readme
 
 
 @pytest.mark.slow
