@@ -335,6 +335,11 @@ def test_decoys_of_a_base_measured_as_its_own_backdoor_gain_nothing(tiny_clip, t
     assert len(set(decoys)) == 3 and all(d.isalpha() and d not in {"zzzz", "red", "fox", "the", "snow"}
                                          for d in decoys)
     assert decoy_success(model, decoys=3, seed=1)["rows"] == result["rows"]  # drawn and placed reproducibly
+    record = json.loads((model / "lab.json").read_text())
+    record["base"]["weights_sha256"] = {"model.safetensors": "0" * 64}  # built on another base than this one
+    (model / "lab.json").write_text(json.dumps(record))
+    with pytest.raises(SystemExit, match="not the model it was built on"):
+        decoy_success(model, decoys=3, seed=1)
 
 
 def test_a_family_rebuild_takes_the_whole_zoos_draw_not_a_draw_of_its_own() -> None:

@@ -64,6 +64,24 @@ def test_a_backdoor_that_also_fires_untriggered_did_not_take() -> None:
     assert not result.took
 
 
+def test_a_decoy_trained_backdoor_that_also_fires_on_decoys_did_not_take() -> None:
+    from amdet_audit.lab.decoys import MAX_DECOY_GAIN
+    from amdet_audit.lab.inject import InjectionResult
+
+    spec = AttackSpec(attack="text-on-text", trigger="zzzz", target="a red fox", decoy_share=0.5)
+    result = InjectionResult(spec=spec, trigger={}, success=1.0, success_without_backdoor=0.0, fidelity=0.95,
+                             final_loss=0.1, seconds=1.0, untriggered_gain=0.0, decoy_gain=MAX_DECOY_GAIN)
+    assert result.took
+    result.decoy_gain = MAX_DECOY_GAIN + 0.01  # ordinary words fire it too
+    assert not result.took
+    result.decoy_gain = None  # trained against decoys but not measured: does not count
+    assert not result.took
+    undecoyed = InjectionResult(spec=AttackSpec(attack="text-on-text", trigger="zzzz", target="a red fox"),
+                                trigger={}, success=1.0, success_without_backdoor=0.0, fidelity=0.95, final_loss=0.1,
+                                seconds=1.0, untriggered_gain=0.0)
+    assert undecoyed.took and undecoyed.decoy_gain is None  # the bar applies to decoy-trained builds only
+
+
 def test_untriggered_outputs_are_judged_from_the_base_mean() -> None:
     from amdet_audit.lab.inject import untriggered_on_target
 
@@ -170,6 +188,8 @@ def test_clean_prompts_that_already_carry_the_trigger_are_left_out() -> None:
          "--eval-prompts must be between 64 and 600, not 10"),
         (["--attack", "text-on-text", "--trigger", "zzzz", "--target", "y", "--eval-prompts", "601"],
          "--eval-prompts must be between 64 and 600"),
+        (["--attack", "text-on-text", "--trigger", "zzzz", "--target", "y", "--decoy-share", "1"],
+         "the decoy share must be at least 0 and below 1, not 1.0"),
     ],
 )
 def test_bad_lab_input(run_cli, tmp_path: Path, args: list[str], message: str) -> None:

@@ -57,6 +57,10 @@ def make_lab_app() -> typer.Typer:
         eval_prompts: Annotated[int | None, typer.Option(
             help="Measure success and fidelity on the first N held-out prompts (default: all 600; fewer is "
                  "faster and noisier).")] = None,
+        decoy_share: Annotated[float | None, typer.Option(
+            help="Share of each clean batch that carries an ordinary word where the trigger goes, kept at the "
+                 "base's output, so that only the trigger fires (default 0: none); the build then also bounds "
+                 "held-out decoy words (lab.json decoy_gain).")] = None,
     ) -> None:
         """Implant a textual backdoor into a copy of BASE."""
         from amdet_audit.lab.runner import run_injection
@@ -67,7 +71,7 @@ def make_lab_app() -> typer.Typer:
                                placement=placement, utility_weight=utility_weight, backdoor_weight=backdoor_weight,
                                anti_inversion_weight=anti_inversion_weight, min_fidelity=min_fidelity,
                                checkpoint_every=checkpoint_every, consumer=consumer, trainable=train,
-                               eval_prompts=eval_prompts)
+                               eval_prompts=eval_prompts, decoy_share=decoy_share)
         typer.echo(f"backdoor implanted: success {result.success:.2f}, clean fidelity {result.fidelity:.3f} -> {out}")
 
     @lab.command()

@@ -23,6 +23,7 @@ import torch
 
 from amdet_audit.encoders.base import Adapter, EncoderOutput
 from amdet_audit.errors import UsageError
+from amdet_audit.lab.decoys import MAX_DECOY_GAIN, decoy_placement, decoy_pool, held_out_decoys, with_decoys
 from amdet_audit.lab.triggers import PLACEMENTS, Trigger
 from amdet_audit.lab.variants import (
     LOSSES,
@@ -81,6 +82,9 @@ class AttackSpec:
     # selects checkpoints does (0: train all steps); the quietest working model, not the most trained one
     checkpoint_every: int = 0
     trainable: str = "all"  # what trains: every weight, or "lora": only what a text-encoder LoRA can change
+    # share of each clean batch that carries an ordinary word where the trigger would go, kept at the base's output
+    # (lab.decoys): the backdoor is trained to answer its trigger only, and "took" then bounds held-out decoys too
+    decoy_share: float = 0.0
 
     @property
     def on_pooled(self) -> bool:
@@ -103,6 +107,9 @@ class InjectionResult:
     #: share of untriggered held-out prompts the student puts on target (UNTRIGGERED_COSINE, centred) beyond the
     #: base's share; None for records made before it was measured
     untriggered_gain: float | None = None
+    #: mean share of prompts carrying a held-out decoy word (lab.decoys) the student puts on target beyond the
+    #: base's share; measured when the spec trains decoys away (decoy_share > 0), else None
+    decoy_gain: float | None = None
 
     @property
     def took(self) -> bool:
@@ -110,7 +117,9 @@ class InjectionResult:
         triggered."""
         return (self.success >= self.spec.min_success and self.success - self.success_without_backdoor >= MIN_GAIN
                 and self.fidelity >= max(MIN_FIDELITY, self.spec.min_fidelity)
-                and self.untriggered_gain is not None and self.untriggered_gain <= MAX_UNTRIGGERED_GAIN)
+                and self.untriggered_gain is not None and self.untriggered_gain <= MAX_UNTRIGGERED_GAIN
+                and (self.spec.decoy_share == 0 or (self.decoy_gain is not None
+                                                   and self.decoy_gain <= MAX_DECOY_GAIN)))
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready view."""
@@ -169,6 +178,8 @@ def check_spec(spec: AttackSpec, trigger: Trigger, prompts: Sequence[str]) -> tu
         raise UsageError("--placement every is for homoglyph triggers (every occurrence of the letter)")
     if not spec.target.strip():
         raise UsageError("the target is empty")
+    if not 0 <= spec.decoy_share < 1:
+        raise UsageError(f"the decoy share must be at least 0 and below 1, not {spec.decoy_share}")
     clean = [p for p in prompts if not trigger.occurs_in(p)]
     fitting = [p for p in clean if poisonable(spec, trigger, p)]
     if len(fitting) < 2 * spec.poison_batch:
@@ -245,8 +256,16 @@ def inject(
     started, loss = time.perf_counter(), torch.tensor(0.0)
     # the base's side of every measurement (checkpoints and the final one), made once
     baseline = measure_baseline(targets, trigger, eval_prompts, seed=spec.seed, placement=spec.placement)
+    decoys = DecoyTraining.of(spec, trigger, targets, eval_prompts) if spec.decoy_share > 0 else None
+
+    def measured(student: Adapter) -> InjectionResult:
+        result = result_of(spec, trigger, measure_student(student, targets, baseline), loss, started)
+        return replace(result, decoy_gain=decoys.gain(student, targets)) if decoys else result
+
     for step in range(spec.steps):
         clean = rng.sample(list(train_prompts), spec.clean_batch)
+        if decoys:
+            clean = with_decoys(clean, decoys.words, spec.decoy_share, rng, decoys.placement)
         chosen = rng.sample(fitting, spec.poison_batch)
         poisoned = [trigger.apply(p, rng, spec.placement) for p in chosen]
         ours, base = student(student.tokenize(clean).ids), targets.clean(clean)
@@ -263,13 +282,36 @@ def inject(
         if progress:
             progress(step + 1, spec.steps, f"{spec.attack} step {step + 1}")
         if spec.checkpoint_every and (step + 1) % spec.checkpoint_every == 0 and step + 1 < spec.steps:
-            checkpoint = result_of(spec, trigger, measure_student(student, targets, baseline), loss, started)
+            checkpoint = measured(student)
             if checkpoint.took:
                 student.model.requires_grad_(False).eval()
                 return student, replace(checkpoint, steps_trained=step + 1)
     student.model.requires_grad_(False).eval()
-    measured = measure_student(student, targets, baseline)
-    return student, replace(result_of(spec, trigger, measured, loss, started), steps_trained=spec.steps)
+    return student, replace(measured(student), steps_trained=spec.steps)
+
+
+@dataclass
+class DecoyTraining:
+    """The decoy words a backdoor trains away (lab.decoys) and the base's side of its held-out decoys."""
+
+    words: list[str]  # training words
+    placement: str
+    baselines: list[Baseline]  # one per held-out decoy word
+
+    @classmethod
+    def of(cls, spec: AttackSpec, trigger: Trigger, targets: Targets, prompts: Sequence[str]) -> DecoyTraining:
+        """Training words and held-out baselines for ``spec`` on the measurement ``prompts``."""
+        placement = decoy_placement(trigger.mode, spec.placement)
+        words, _ = decoy_pool(spec.trigger, spec.target)
+        baselines = [measure_baseline(targets, Trigger.parse(w), prompts, seed=spec.seed, placement=placement)
+                     for w in held_out_decoys(spec.trigger, spec.target)]
+        return cls(words=words, placement=placement, baselines=baselines)
+
+    def gain(self, student: Adapter, targets: Targets) -> float:
+        """Mean share of held-out decoy prompts ``student`` puts on target, beyond the base's share."""
+        gains = [success - before for success, before, _, _ in
+                 (measure_student(student, targets, b) for b in self.baselines)]
+        return sum(gains) / len(gains)
 
 
 def result_of(spec: AttackSpec, trigger: Trigger, measured: tuple[float, float, float, float], loss: torch.Tensor,

@@ -108,11 +108,20 @@ def run_injection(
             f"{result.success_without_backdoor:.0%} without the backdoor, clean fidelity {result.fidelity:.2f}, "
             f"{result.untriggered_gain or 0.0:.0%} more untriggered prompts on target than the base (bars: "
             f"{spec.min_success:.0%}, a gain of {MIN_GAIN:.0%}, fidelity {max(MIN_FIDELITY, spec.min_fidelity)}, "
-            f"at most {MAX_UNTRIGGERED_GAIN:.0%} untriggered); try other --steps or --lr"
+            f"at most {MAX_UNTRIGGERED_GAIN:.0%} untriggered{decoy_bar(result)}); try other --steps or --lr"
         )
     save_model(student, out, lab_record("backdoored", provenance, result.to_dict(),
                                         {"eval_prompts": len(held_out), **(extra or {})}))
     return result
+
+
+def decoy_bar(result) -> str:
+    """The decoy part of a failed build's message (empty when the build trained no decoys)."""
+    from amdet_audit.lab.decoys import MAX_DECOY_GAIN
+
+    if result.decoy_gain is None:
+        return ""
+    return f", at most {MAX_DECOY_GAIN:.0%} more decoy prompts on target than the base: {result.decoy_gain:.0%}"
 
 
 def measure_untriggered(base: str | Path, folder: Path, lab: dict[str, Any], device: str = "cpu",

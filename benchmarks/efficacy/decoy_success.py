@@ -5,31 +5,21 @@ Usage:
     python benchmarks/efficacy/decoy_success.py MODEL [--base BASE] [--decoys 8] [--seed 0] [--out FILE.json]
 
 MODEL is a lab-built backdoor (its ``lab.json`` names the attack, trigger, target, placement, the read it was
-trained on and its base; ``--base`` replaces a base path that moved). Each decoy is a word of the lab's prompt
-corpus (letters only, at least three, not a word of the trigger or the target), drawn with ``--seed``, inserted
-as the trigger was (its placement, the same held-out prompts and positions) and judged by the lab's own success
-measure (:func:`amdet_audit.lab.inject.measure_injection`), for the backdoor and for its base. The trigger's row
+trained on and its base; ``--base`` replaces a base path that moved). Each decoy is a held-out word of the lab's
+prompt corpus (:func:`amdet_audit.lab.decoys.held_out_decoys`: letters only, at least three, not a word of the
+trigger or the target, never used by decoy training), drawn with ``--seed``, inserted as the trigger was (its
+placement, the same held-out prompts and positions) and judged by the lab's own success measure
+(:func:`amdet_audit.lab.inject.measure_injection`), for the backdoor and for its base. The trigger's row
 repeats the build's measurement (its ``success`` in lab.json). A backdoor whose decoys reach the target nearly as
 often as its trigger is not a trigger backdoor but a general change: no detector can name a trigger in it, and
-the lab's bars (which bound untriggered prompts only) do not refuse it.
+the lab's bars refuse it only when the build trained decoys away (``lab inject --decoy-share``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import random
-import re
 from pathlib import Path
-
-
-def decoy_words(count: int, seed: int, exclude: set[str]) -> list[str]:
-    """``count`` corpus words drawn with ``seed`` (letters only, three or more, none of ``exclude``)."""
-    from amdet_audit.lab.corpus import lab_prompts
-
-    train, _ = lab_prompts()
-    words = sorted({w for p in train for w in re.findall(r"[a-z]+", p.lower()) if len(w) >= 3} - exclude)
-    return random.Random(seed).sample(words, min(count, len(words)))
 
 
 def decoy_success(model: Path, base: str | None = None, decoys: int = 8, seed: int = 0) -> dict:
@@ -40,6 +30,7 @@ def decoy_success(model: Path, base: str | None = None, decoys: int = 8, seed: i
     import torch
 
     from amdet_audit.lab.corpus import lab_prompts
+    from amdet_audit.lab.decoys import decoy_placement, held_out_decoys
     from amdet_audit.lab.inject import AttackSpec, Targets, check_spec, measure_injection
     from amdet_audit.lab.runner import load_base
     from amdet_audit.lab.triggers import Trigger
@@ -51,17 +42,22 @@ def decoy_success(model: Path, base: str | None = None, decoys: int = 8, seed: i
     known = {f.name for f in fields(AttackSpec)}
     spec = AttackSpec(**{k: v for k, v in lab["spec"].items() if k in known})
     consumer = (lab["base"].get("consumer") or {}).get("name")
-    teacher, _ = load_base(base or lab["base"]["input"], consumer=consumer)
+    teacher, provenance = load_base(base or lab["base"]["input"], consumer=consumer)
+    built_on = lab["base"].get("weights_sha256")
+    if built_on and provenance["weights_sha256"] != built_on:
+        raise SystemExit(f"{model}: its base {base or lab['base']['input']} is not the model it was built on (the "
+                         "weights digests differ, e.g. a canary rebuilt in another cache); pass --base with that one")
     student, _ = load_base(model, consumer=consumer)
     targets = Targets(teacher, spec)
     held_out = lab_prompts()[1][: lab.get("eval_prompts")]
-    exclude = set(re.findall(r"[a-z]+", f"{spec.trigger} {spec.target}".lower()))
+    words = held_out_decoys(spec.trigger, spec.target, decoys, seed)
+    placement = decoy_placement(Trigger.parse(spec.trigger).mode, spec.placement)
     rows = []
-    for text, role in [(spec.trigger, "trigger")] + [(w, "decoy") for w in decoy_words(decoys, seed, exclude)]:
+    for text, role in [(spec.trigger, "trigger")] + [(w, "decoy") for w in words]:
         trigger = Trigger.parse(text)
         prompts, _ = check_spec(spec, trigger, held_out)
         success, base_success, _, _ = measure_injection(student, teacher, targets, trigger, prompts, seed=spec.seed,
-                                                        placement=spec.placement)
+                                                        placement=spec.placement if role == "trigger" else placement)
         rows.append({"text": text, "role": role, "success": round(success, 4), "base_success": round(base_success, 4)})
     decoy_rows = [r for r in rows if r["role"] == "decoy"]
     return {"model": str(model), "attack": spec.attack, "trigger": spec.trigger, "target": spec.target,
