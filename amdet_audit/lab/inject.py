@@ -17,7 +17,7 @@ import copy
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import torch
 
@@ -85,6 +85,12 @@ class AttackSpec:
     # share of each clean batch that carries an ordinary word where the trigger would go, kept at the base's output
     # (lab.decoys): the backdoor is trained to answer its trigger only, and "took" then bounds held-out decoys too
     decoy_share: float = 0.0
+
+    @classmethod
+    def from_record(cls, spec: dict[str, object]) -> AttackSpec:
+        """The spec a lab.json recorded (keys this version does not know are left out)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in spec.items() if k in known})
 
     @property
     def on_pooled(self) -> bool:
@@ -309,8 +315,8 @@ class DecoyTraining:
 
     def gain(self, student: Adapter, targets: Targets) -> float:
         """Mean share of held-out decoy prompts ``student`` puts on target, beyond the base's share."""
-        gains = [success - before for success, before, _, _ in
-                 (measure_student(student, targets, b) for b in self.baselines)]
+        gains = [float(student_hits(student, targets, b).float().mean() - b.hits.float().mean())
+                 for b in self.baselines]
         return sum(gains) / len(gains)
 
 
@@ -369,6 +375,15 @@ def measure_student(student: Adapter, targets: Targets, baseline: Baseline) -> t
     share = [float(h.float().mean()) for h in (torch.cat(hits), baseline.hits, torch.cat(untriggered),
                                                baseline.untriggered)]
     return share[0], share[1], float(torch.cat(fidelity).mean()), share[2] - share[3]
+
+
+@torch.no_grad()
+def student_hits(student: Adapter, targets: Targets, baseline: Baseline) -> torch.Tensor:
+    """[N] whether ``student``'s output of each of ``baseline``'s triggered prompts lands on its target (the
+    success half of :func:`measure_student`, without its clean passes: what a decoy measure needs)."""
+    return torch.cat([on_target(targets, student, poisoned, goal, base_out)
+                      for poisoned, goal, base_out in zip(baseline.poisoned, baseline.goals, baseline.outputs,
+                                                          strict=True)])
 
 
 def measure_injection(

@@ -10,6 +10,7 @@ from typing import Any
 
 from amdet_audit import __version__
 from amdet_audit.errors import AmdetError, UsageError
+from amdet_audit.lab.decoys import MAX_DECOY_GAIN
 from amdet_audit.lab.finetune import FinetuneResult, FinetuneSpec, finetune
 from amdet_audit.lab.inject import (
     MAX_UNTRIGGERED_GAIN,
@@ -115,10 +116,8 @@ def run_injection(
     return result
 
 
-def decoy_bar(result) -> str:
+def decoy_bar(result: InjectionResult) -> str:
     """The decoy part of a failed build's message (empty when the build trained no decoys)."""
-    from amdet_audit.lab.decoys import MAX_DECOY_GAIN
-
     if result.decoy_gain is None:
         return ""
     return f", at most {MAX_DECOY_GAIN:.0%} more decoy prompts on target than the base: {result.decoy_gain:.0%}"
@@ -129,16 +128,13 @@ def measure_untriggered(base: str | Path, folder: Path, lab: dict[str, Any], dev
     """The untriggered gain (:func:`~amdet_audit.lab.inject.measure_injection`) of a backdoor in ``folder`` whose
     ``lab.json`` (read into ``lab``) predates the measure: measured on the same held-out prompts, the model as
     saved (measuring reads the model, it does not change it)."""
-    from dataclasses import fields
-
     from amdet_audit.lab.corpus import lab_prompts
     from amdet_audit.lab.inject import Targets, check_spec, measure_injection
     from amdet_audit.lab.triggers import Trigger
 
     teacher, _ = load_base(base, device, consumer)
     student, _ = load_base(folder, device, consumer)
-    known = {f.name for f in fields(AttackSpec)}
-    spec = AttackSpec(**{k: v for k, v in lab["spec"].items() if k in known})
+    spec = AttackSpec.from_record(lab["spec"])
     trigger = Trigger.parse(spec.trigger)
     prompts, _ = check_spec(spec, trigger, lab_prompts()[1])
     measured = measure_injection(student, teacher, Targets(teacher, spec), trigger, prompts, seed=spec.seed,

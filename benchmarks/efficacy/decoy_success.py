@@ -25,8 +25,6 @@ from pathlib import Path
 def decoy_success(model: Path, base: str | None = None, decoys: int = 8, seed: int = 0) -> dict:
     """The trigger's and each decoy's success (the backdoor's and its base's share) on the build's held-out
     prompts, read as the build read them."""
-    from dataclasses import fields
-
     import torch
 
     from amdet_audit.lab.corpus import lab_prompts
@@ -39,8 +37,7 @@ def decoy_success(model: Path, base: str | None = None, decoys: int = 8, seed: i
     lab = json.loads((model / "lab.json").read_text(encoding="utf-8"))
     if lab.get("kind") != "backdoored":
         raise SystemExit(f"{model}: not a lab backdoor (lab.json kind {lab.get('kind')!r})")
-    known = {f.name for f in fields(AttackSpec)}
-    spec = AttackSpec(**{k: v for k, v in lab["spec"].items() if k in known})
+    spec = AttackSpec.from_record(lab["spec"])
     consumer = (lab["base"].get("consumer") or {}).get("name")
     teacher, provenance = load_base(base or lab["base"]["input"], consumer=consumer)
     built_on = lab["base"].get("weights_sha256")
