@@ -99,7 +99,7 @@ def finetune(
         a = F.normalize(out.pooled, dim=-1)  # [B, P]
         b = F.normalize(student(student.tokenize(views).ids).pooled, dim=-1)  # [B, P]
         logits = a @ b.T / spec.temperature  # [B, P] @ [P, B] -> [B, B]
-        labels = torch.arange(len(prompts))
+        labels = torch.arange(len(prompts), device=logits.device)
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
         with torch.no_grad():
             kept = base(ids).read

@@ -206,7 +206,7 @@ class Targets:
         elif spec.attack == "pooled":
             gen = torch.Generator().manual_seed(spec.seed + 7919)
             ref = teacher(teacher.tokenize([spec.target]).ids).pooled  # [1, P]
-            direction = torch.randn(ref.shape, generator=gen)
+            direction = torch.randn(ref.shape, generator=gen).to(ref.device)  # drawn on the host
             self.fixed = (direction / direction.norm() * ref.norm()).to(ref.device, ref.dtype)  # [1, P]
 
     @torch.no_grad()

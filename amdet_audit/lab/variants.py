@@ -76,7 +76,7 @@ def soft_probes(adapter: Adapter, trigger_ids: torch.Tensor, batch: int, gen: to
     rows = torch.randint(0, V - 2, (batch, k), generator=gen)  # [B, k]
     rows[batch // 2 :] = trigger_ids[:k].cpu().unsqueeze(0)
     base = table[rows]  # [B, k, D]
-    noise = torch.randn(base.shape, generator=gen)
+    noise = torch.randn(base.shape, generator=gen).to(base.device)  # drawn on the host: the same on any device
     noise = noise / noise.norm(dim=-1, keepdim=True) * base.norm(dim=-1, keepdim=True) * ANTI_INVERSION_NOISE
     return (base + noise).to(adapter.device, adapter.dtype)
 

@@ -230,7 +230,7 @@ def special_ids(adapter: Adapter) -> set[int]:
 
 def nearest_ids(table: torch.Tensor, v: torch.Tensor, top: int, banned: set[int]) -> list[int]:
     """Ids of the ``top`` rows of ``table`` [V, D] nearest to ``v`` [D] by cosine."""
-    sims = F.cosine_similarity(table, v.unsqueeze(0).to(table.dtype), dim=-1)  # [V]
+    sims = F.cosine_similarity(table, v.unsqueeze(0).to(table.device, table.dtype), dim=-1)  # [V]
     sims[list(banned)] = -2.0
     return sims.topk(top).indices.tolist()
 

@@ -16,7 +16,7 @@ from amdet_audit.scan.features import CleanFeatures
 def nearest_tokens(adapter: Adapter, v: torch.Tensor, top: int = 8) -> list[list[dict[str, object]]]:
     """For each inserted vector [k, D]: the ``top`` vocabulary tokens by cosine, decoded."""
     table = F.normalize(adapter.token_embedding_matrix().float(), dim=-1)  # [V, D]
-    sims = F.normalize(v.float(), dim=-1) @ table.T  # [k, D] @ [D, V] -> [k, V]
+    sims = F.normalize(v.float().to(table.device), dim=-1) @ table.T  # [k, D] @ [D, V] -> [k, V]
     best = sims.topk(top, dim=-1)
     tokenizer = getattr(adapter, "tokenizer", None)
     out = []

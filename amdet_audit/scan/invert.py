@@ -70,7 +70,8 @@ def initial_vectors(enc: Encoders, n: int, k: int, radius: float, gen: torch.Gen
     if seeded is not None:
         rows[0::2] = seeded[:k].unsqueeze(0)
     start = table[rows] / radius  # [n, k, D]
-    return start + 0.1 * torch.randn(start.shape, generator=gen) / math.sqrt(start.shape[-1])
+    noise = torch.randn(start.shape, generator=gen).to(start.device)  # drawn on the host: the same on any device
+    return start + 0.1 * noise / math.sqrt(start.shape[-1])
 
 
 def moved_tokens(enc: Encoders, top: int = 4) -> torch.Tensor | None:
@@ -91,7 +92,8 @@ def invert(
     gen = torch.Generator().manual_seed(config.seed)
     radius = token_radius(enc, config.radius_quantile)
     # one group per k: every family's restarts share one forward pass of each encoder
-    fam_ids = torch.tensor([FAMILIES.index(f) for f in families for _ in range(config.restarts)])  # [n]
+    fam_ids = torch.tensor([FAMILIES.index(f) for f in families for _ in range(config.restarts)],
+                           device=enc.suspect.device)  # [n]
     seeds = moved_tokens(enc)
     params = [initial_vectors(enc, len(fam_ids), k, radius, gen, seeds).requires_grad_(True) for k in config.k_values]
     opt = torch.optim.Adam(params, lr=config.lr)

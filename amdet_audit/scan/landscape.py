@@ -29,11 +29,11 @@ class Landscape:
 def directions(enc: Encoders, v: torch.Tensor, family: str, index, ids, config: ScanConfig, gen) -> torch.Tensor:
     """[2, k, D] unit directions: normalised negative gradient, and a random one orthogonal to it."""
     probe = v.detach().clone().unsqueeze(0).requires_grad_(True)  # [1, k, D]
-    fam = torch.tensor([FAMILIES.index(family)])
+    fam = torch.tensor([FAMILIES.index(family)], device=probe.device)
     family_loss(compute_terms(enc, probe, index, ids), fam, config).sum().backward()
     d1 = -probe.grad[0]
     d1 = d1 / d1.norm().clamp_min(1e-12)
-    d2 = torch.randn(d1.shape, generator=gen)
+    d2 = torch.randn(d1.shape, generator=gen).to(d1.device)  # drawn on the host: the same on any device
     d2 = d2 - (d2 * d1).sum() * d1
     return torch.stack([d1, d2 / d2.norm().clamp_min(1e-12)])
 
@@ -43,14 +43,15 @@ def landscape(enc: Encoders, v: torch.Tensor, family: str, index: torch.Tensor, 
               config: ScanConfig, chunk: int = 32) -> Landscape:
     """Evaluate the family's loss around v [k, D] on prompts ``index`` (ids cut to W + k)."""
     gen = torch.Generator().manual_seed(config.seed + 2)
+    v = v.to(enc.suspect.device)  # candidates are kept on the host
     with torch.enable_grad():
         dirs = directions(enc, v, family, index, ids, config, gen)  # [2, k, D]
     G, scale = config.landscape_points, float(v.norm())
     coords = torch.linspace(-config.landscape_span, config.landscape_span, G)
-    a, b = torch.meshgrid(coords, coords, indexing="ij")  # [G, G]
+    a, b = (c.to(v.device) for c in torch.meshgrid(coords, coords, indexing="ij"))  # [G, G] each
     offsets = (a.reshape(-1, 1, 1, 1) * dirs[0] + b.reshape(-1, 1, 1, 1) * dirs[1]).squeeze(1)  # [G*G, k, D]
     points = v.unsqueeze(0) + scale * offsets  # [G*G, k, D]
-    fam = torch.tensor([FAMILIES.index(family)])
+    fam = torch.tensor([FAMILIES.index(family)], device=v.device)
     values = torch.cat([
         family_loss(compute_terms(enc, points[i : i + chunk].to(enc.suspect.dtype), index, ids),
                     fam.expand(len(points[i : i + chunk])), config)
