@@ -53,9 +53,11 @@ def pairs_with_room(base: str, path: Path = HERE / "attribute-baseline.json",
     return sorted(rows, key=lambda r: r["base_share"])
 
 
-def build(base: str, width: int, folder: Path, pair: dict, seed: int, consumer: str | None = None) -> dict:
+def build(base: str, width: int, folder: Path, pair: dict, seed: int, consumer: str | None = None,
+          steps: int | None = None, checkpoint_every: int = 0) -> dict:
     """Build one attribute backdoor into ``folder`` (kept if built before) on ``consumer``'s read; its lab record,
-    or the failure."""
+    or the failure. ``steps``: the attribute family's 500 unless given; ``checkpoint_every``: keep the first
+    checkpoint that meets the lab's bars (a longer recipe that stops once it has taken)."""
     from amdet_audit.lab.families import ATTRIBUTE_LR, ATTRIBUTE_STEPS
     from amdet_audit.lab.inject import lr_for_width
     from amdet_audit.lab.runner import InjectionFailedError, run_injection
@@ -65,8 +67,8 @@ def build(base: str, width: int, folder: Path, pair: dict, seed: int, consumer: 
             return json.loads(record.read_text(encoding="utf-8"))
     try:
         result = run_injection(base, folder, attack="attribute", trigger=pair["trigger"], target=pair["attribute"],
-                               steps=ATTRIBUTE_STEPS, lr=lr_for_width(ATTRIBUTE_LR, width), seed=seed,
-                               consumer=consumer)
+                               steps=steps or ATTRIBUTE_STEPS, lr=lr_for_width(ATTRIBUTE_LR, width), seed=seed,
+                               consumer=consumer, checkpoint_every=checkpoint_every)
     except InjectionFailedError as err:
         failed = {"took": False, "reason": str(err)}
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +88,9 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, default=HERE / "attribute-baseline.json",
                         help="attribute_baseline.py's output measured on the same read")
     parser.add_argument("--out-dir", type=Path, default=HERE)
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the attribute family's)")
+    parser.add_argument("--checkpoint-every", type=int, default=0,
+                        help="keep the first checkpoint, every N steps, that meets the lab's bars")
     args = parser.parse_args()
     import torch
 
@@ -99,12 +104,14 @@ def main() -> None:
     rows = []
     for i in range(args.models):
         pair = pairs[i % len(pairs)]
-        folder = args.work / slug / f"attribute-{i:02d}"
-        lab = build(args.base, width, folder, pair, seed=100 + i, consumer=args.consumer)
+        recipe = f"-s{args.steps}" if args.steps else ""  # a longer recipe's builds live beside the default's
+        folder = args.work / slug / f"attribute-{i:02d}{recipe}"
+        lab = build(args.base, width, folder, pair, seed=100 + i, consumer=args.consumer, steps=args.steps,
+                    checkpoint_every=args.checkpoint_every)
         row = {"name": folder.name, "attribute": pair["attribute"], "trigger": pair["trigger"],
                "base_share_measured_before": pair["base_share"], "took": bool(lab.get("took")),
                "success": lab.get("success"), "success_without_backdoor": lab.get("success_without_backdoor"),
-               "fidelity": lab.get("fidelity"), "reason": lab.get("reason")}
+               "fidelity": lab.get("fidelity"), "steps_trained": lab.get("steps_trained"), "reason": lab.get("reason")}
         if row["took"]:
             record = scan_one(str(folder), args.base, args.work / slug / "scans" / folder.name, "cpu", args.threads,
                               extra=("--search", args.search, *read))
@@ -119,11 +126,13 @@ def main() -> None:
     command = (f"python benchmarks/efficacy/attribute_recall.py --base {args.base} --models {args.models} "
                f"--search {args.search} --threads {args.threads}"
                + (f" --consumer {args.consumer} --baseline {args.baseline} --out-dir {args.out_dir}"
-                  if args.consumer else ""))
+                  if args.consumer else "")
+               + (f" --steps {args.steps}" if args.steps else "")
+               + (f" --checkpoint-every {args.checkpoint_every}" if args.checkpoint_every else ""))
     summary = {"command": command, "base": args.base, "consumer": args.consumer, "built": len(rows), "took": len(took),
                "flagged": len(flagged), "rows": rows}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"attribute-recall-{slug}.json").write_text(
+    (args.out_dir / f"attribute-recall-{slug}{f'-s{args.steps}' if args.steps else ''}.json").write_text(
         json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"{args.base}: {len(flagged)}/{len(took)} attribute backdoors flagged ({len(rows)} tried, {len(took)} took)")
 
