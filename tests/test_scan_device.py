@@ -112,3 +112,16 @@ def test_lab_training_keeps_its_tensors_on_the_device(tiny_clip: Path) -> None:
                     "clean_batch": 4, "poison_batch": 4, **extra}
             _, result = inject(base, AttackSpec(**spec), train, held_out[:16])
             assert 0.0 <= result.success <= 1.0
+
+
+def test_readme_gpu_figure_is_the_recorded_one() -> None:
+    """README's GPU time is the speed benchmark's recorded run, not a remembered number."""
+    import json
+
+    root = Path(__file__).resolve().parents[1]
+    record = json.loads((root / "benchmarks/speed/results-2026-12-04-h200.json").read_text(encoding="utf-8"))
+    (clip_l,) = [r for r in record["runs"] if r["size"] == "clip-l"]
+    assert record["machine"]["cuda"] == "NVIDIA H200" and clip_l["device"] == "cuda"
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    assert f"on an NVIDIA H200 the CLIP-L-sized clean worst case (every stage forced) took {clip_l['wall_s']:.0f} s" \
+        in readme

@@ -66,7 +66,7 @@ def timed_scan(suspect, reference, config) -> dict:
     result = run_scan(suspect, reference, config=config)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    record = {"verdict": result.verdict, "wall_s": round(time.perf_counter() - wall, 2),
+    record = {"verdict": result.verdict, "reasons": result.reasons, "wall_s": round(time.perf_counter() - wall, 2),
               "cpu_s": round(time.process_time() - cpu, 2), "steps": result.inversion["steps"],
               "stages_s": {k: round(v, 2) for k, v in result.timings.items()},
               "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
