@@ -356,3 +356,19 @@ def test_a_family_rebuild_takes_the_whole_zoos_draw_not_a_draw_of_its_own() -> N
     assert rebuilt == whole["bd-object-00"]
     (alone,) = plan_families(1, 12, 128, families=["object"])
     assert alone != rebuilt  # same family and seed, other draws
+
+
+def test_readme_siglip_false_alarm_figures_match_the_recorded_sweep() -> None:
+    """README's SigLIP benign figures are the recorded sweep's."""
+    root = Path(__file__).resolve().parents[1]
+    sweep = root / "benchmarks/efficacy/siglip/benign-sweep"
+    heavy, contrastive = (json.loads((sweep / kind / "benign-sweep-canary-siglip-clean.json").read_text())["rows"]
+                          for kind in ("heavy-domain", "contrastive"))
+    alarms = [r for r in heavy if r["exit_code"] == 1]
+    assert not [r for r in contrastive if r["exit_code"] != 0] and all(r["domain"] == "city" for r in alarms)
+    gains = sorted(r["scores"]["token_collapse.gain"] for r in alarms)
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    assert (f"flagged {len(alarms)} of {len(heavy)} heavy-domain fine-tunes" in readme
+            and f"token gain {gains[0]:.3f} and {gains[1]:.3f} against the bar 0.5" in readme
+            and f"0 of {len(contrastive)} contrastive ones: {len(alarms)} of {23 + len(heavy) + len(contrastive)} "
+                "benign SigLIP models flagged" in readme)
