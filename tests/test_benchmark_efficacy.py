@@ -372,3 +372,24 @@ def test_readme_siglip_false_alarm_figures_match_the_recorded_sweep() -> None:
             and f"token gain {gains[0]:.3f} and {gains[1]:.3f} against the bar 0.5" in readme
             and f"0 of {len(contrastive)} contrastive ones: {len(alarms)} of {23 + len(heavy) + len(contrastive)} "
                 "benign SigLIP models flagged" in readme)
+
+
+def test_readme_siglip_seed21_figures_match_the_recorded_scans() -> None:
+    """README's fourth SigLIP zoo and attribute figures are the recorded scans'."""
+    root = Path(__file__).resolve().parents[1]
+    folder = root / "benchmarks/efficacy/siglip/seed21"
+    rows = json.loads((folder / "zoo-scans.json").read_text(encoding="utf-8"))["rows"]
+    backdoors = [r for r in rows if r["kind"] == "backdoored"]
+    benign = [r for r in rows if r["kind"] != "backdoored"]
+    (missed,) = [r for r in backdoors if r["exit_code"] != 1]
+    attribute = json.loads((folder / "attribute-recall-canary-siglip-clean-today.json").read_text(encoding="utf-8"))
+    earlier = json.loads((root / "benchmarks/efficacy/attribute-recall-canary-siglip-clean.json").read_text())
+    caught = sum(r["exit_code"] == 1 for r in attribute["rows"]) + sum(r["exit_code"] == 1 for r in earlier["rows"])
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    assert missed["family"] == "attribute"
+    assert (f"{len(backdoors) - 1} of {len(backdoors)} backdoors flagged, its attribute backdoor missed, "
+            f"{sum(r['exit_code'] == 1 for r in benign)} of {len(benign)} benign models flagged" in readme)
+    # the earlier 7: six attribute_recall builds and the seed-12 zoo's attribute backdoor, all flagged
+    total = len(attribute["rows"]) + len(earlier["rows"]) + 1 + 1  # + the seed-12 and seed-21 zoos' attribute models
+    assert f"of two more attribute backdoors on that build {sum(r['exit_code'] == 1 for r in attribute['rows'])} was" \
+        in readme and f"attribute recall on SigLIP is {caught + 1} of {total} over all builds" in readme
