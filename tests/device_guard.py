@@ -23,7 +23,8 @@ _MOVES = {torch.Tensor.to, torch.Tensor.cpu, torch.Tensor.cuda}
 #: calls whose tensor arguments may sit on either side (CUDA copies across devices for them)
 _ACROSS = {torch.Tensor.copy_, torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.numpy, torch.Tensor.__repr__,
            torch.Tensor.__format__, torch.Tensor.__bool__, torch.Tensor.__float__, torch.Tensor.__int__,
-           torch.Tensor.__index__, torch.Tensor.__len__, torch.Tensor.__iter__, torch.Tensor.__hash__}
+           torch.Tensor.__index__, torch.Tensor.__len__, torch.Tensor.__iter__, torch.Tensor.__hash__,
+           torch._has_compatible_shallow_copy_type}  # the last: Module.to comparing a weight with its moved copy
 
 
 class DeviceMix(RuntimeError):
@@ -97,6 +98,11 @@ class DeviceGuard(TorchFunctionMode):
             if out is args[0] and side != on_accelerator(args[0]):
                 out = out.view_as(out)  # a real move makes a new tensor; here the input itself came back
         elif func in _ACROSS:
+            return out
+        elif name.endswith("__set__"):  # ``weight.data = moved`` (Module.to / .cpu): the weight moves with it
+            target, value = args[0], args[-1]
+            if isinstance(target, torch.Tensor) and isinstance(value, torch.Tensor):
+                setattr(target, MARK, on_accelerator(value))
             return out
         elif func is torch.Tensor.__getitem__:
             side = on_accelerator(args[0])  # host indices may index an accelerator tensor

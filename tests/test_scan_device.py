@@ -125,3 +125,30 @@ def test_readme_gpu_figure_is_the_recorded_one() -> None:
     readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
     assert f"on an NVIDIA H200 the CLIP-L-sized clean worst case (every stage forced) took {clip_l['wall_s']:.0f} s" \
         in readme
+
+
+def test_lab_pretraining_keeps_its_tensors_on_the_device(tmp_path: Path) -> None:
+    """The canaries' pretraining (causal LM for CLIP, masked LM for SigLIP and T5), two steps each."""
+    from test_adapter_bidirectional import siglip_folder, t5_folder
+    from transformers import CLIPTokenizer
+
+    from amdet_audit.lab.corpus import lab_prompts
+    from amdet_audit.lab.pretrain import make_tiny_clip, pretrain_causal_lm
+    from amdet_audit.lab.pretrain_masked import pretrain_masked_lm
+    from amdet_audit.lab.sentencepiece_vocab import train_sentencepiece
+    from amdet_audit.tokenization import write_clip_tokenizer
+
+    prompts = lab_prompts()[0][:64]
+    model = make_tiny_clip(hidden=32, layers=1, heads=2)
+    mark_module(model)
+    with DeviceGuard():
+        stats = pretrain_causal_lm(model, CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp_path / "tok")),
+                                   prompts, steps=2, batch_size=4, summary_weight=1.0)
+    assert stats["steps"] == 2
+    vocabulary = train_sentencepiece(lab_prompts()[0])
+    for make in (siglip_folder, t5_folder):
+        adapter = load_component(resolve(str(make(tmp_path / make.__name__, vocabulary))).components[0])
+        adapter.model.requires_grad_(True)
+        mark_module(adapter.model)
+        with DeviceGuard():
+            assert pretrain_masked_lm(adapter, prompts, steps=2, batch_size=4)["steps"] == 2
