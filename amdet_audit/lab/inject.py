@@ -365,22 +365,20 @@ def measure_baseline(targets: Targets, trigger: Trigger, prompts: Sequence[str],
 def measure_student(student: Adapter, targets: Targets, baseline: Baseline) -> tuple[float, float, float, float]:
     """(attack success, the same for the clean base, clean fidelity, untriggered gain) of ``student`` against
     ``baseline`` (see :func:`measure_injection`)."""
-    hits, fidelity, untriggered = [], [], []
-    for chunk, poisoned, goal, base_out in zip(baseline.clean, baseline.poisoned, baseline.goals, baseline.outputs,
-                                               strict=True):
+    fidelity, untriggered = [], []
+    for chunk, goal, base_out in zip(baseline.clean, baseline.goals, baseline.outputs, strict=True):
         student_out = targets.output(student, chunk).float()
-        hits.append(on_target(targets, student, poisoned, goal, base_out))
         fidelity.append(flat_cosine(student_out, base_out))
         untriggered.append(untriggered_on_target(student_out, goal, baseline.centre))
-    share = [float(h.float().mean()) for h in (torch.cat(hits), baseline.hits, torch.cat(untriggered),
-                                               baseline.untriggered)]
+    share = [float(h.float().mean()) for h in (student_hits(student, targets, baseline), baseline.hits,
+                                               torch.cat(untriggered), baseline.untriggered)]
     return share[0], share[1], float(torch.cat(fidelity).mean()), share[2] - share[3]
 
 
 @torch.no_grad()
 def student_hits(student: Adapter, targets: Targets, baseline: Baseline) -> torch.Tensor:
     """[N] whether ``student``'s output of each of ``baseline``'s triggered prompts lands on its target (the
-    success half of :func:`measure_student`, without its clean passes: what a decoy measure needs)."""
+    success part of :func:`measure_student`; alone, what a decoy measure needs)."""
     return torch.cat([on_target(targets, student, poisoned, goal, base_out)
                       for poisoned, goal, base_out in zip(baseline.poisoned, baseline.goals, baseline.outputs,
                                                           strict=True)])
