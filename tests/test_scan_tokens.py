@@ -58,6 +58,19 @@ def test_the_model_against_itself_has_no_excess(tower) -> None:
     assert score.excess == pytest.approx(0.0, abs=1e-6) and score.shift == pytest.approx(0.0, abs=1e-6)
 
 
+def test_move_cosine_says_whether_the_suspect_goes_where_the_reference_goes(tower) -> None:
+    """Against itself a probe moves both alike (cosine 1); without a reference there is nothing to compare."""
+    from amdet_audit.scan.features import move_cosine
+
+    assert ProbeRunner(tower, tower, PROMPTS, padding=4).score(Probe("t", "end", tokens=(600,))).move_cosine \
+        == pytest.approx(1.0, abs=1e-5)
+    assert ProbeRunner(tower, None, PROMPTS, padding=4).score(Probe("t", "end", tokens=(600,))).move_cosine is None
+    base = torch.tensor([[1.0, 0.0, 0.0], [3.0, 0.0, 0.0]])  # [B, F] per-prompt moves, mean (2, 0, 0)
+    assert move_cosine(base * 5, base) == pytest.approx(1.0)  # only further: still 1
+    assert move_cosine(-base, base) == pytest.approx(-1.0)
+    assert move_cosine(torch.tensor([[0.0, 1.0, 0.0], [0.0, 2.0, 1.0]]), base) == pytest.approx(0.0)
+
+
 def test_search_reports_z_scores_against_random_tokens(tower) -> None:
     v = tower.token_embedding_matrix()[[700]].clone()  # a pseudo-trigger sitting on a real token
     found = search_tokens(tower, tower, PROMPTS, [v], padding=4, nearest=2, moved=2, gradient_top=2, rounds=1,

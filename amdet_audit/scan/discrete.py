@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter, EncoderOutput
-from amdet_audit.scan.features import collapse, collapse_gain, spread_ratio
+from amdet_audit.scan.features import collapse, collapse_gain, move_cosine, spread_ratio
 from amdet_audit.scan.lookalikes import LOOKALIKES, UNLIKE, substitute_every, substitute_first, substitutions
 
 PLACEMENTS = ("start", "end")
@@ -66,6 +66,8 @@ class ProbeScore:
     gain_z: float = 0.0
     spread: float | None = None  # suspect's spread ratio under the probe (features.spread_ratio; with a reference)
     reference_spread: float | None = None  # the reference's under the same probe
+    move_cosine: float | None = None  # cosine of the suspect's and the reference's mean moves under the probe
+    # (features.move_cosine; with a reference): near 1 when the suspect only goes further where the reference goes
 
 
 @dataclass
@@ -194,11 +196,12 @@ class ProbeRunner:
             excess, gain = col - r_col, collapse_gain(col, r_col)
             moved = moved - (r - self.r_clean)
             spreads = spread_ratio(s, self.s_clean), spread_ratio(r, self.r_clean)
+            cosine = move_cosine(s - self.s_clean, r - self.r_clean)
         else:
-            spreads = None, None
+            spreads, cosine = (None, None), None
         shift = float(moved.mean(dim=0).norm() / self.s_clean.norm(dim=-1).mean())
         return ProbeScore(probe=probe, collapse=col, excess=excess, shift=shift, gain=gain, spread=spreads[0],
-                          reference_spread=spreads[1])
+                          reference_spread=spreads[1], move_cosine=cosine)
 
     def gradient(self, probe: Probe) -> torch.Tensor:
         """[D] gradient of the suspect's tail collapse w.r.t. the embedding of the probe's first token."""

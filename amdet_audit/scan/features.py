@@ -130,6 +130,13 @@ def spread_ratio(triggered: torch.Tensor, clean: torch.Tensor) -> float:
     return float(spread(triggered) / spread(clean).clamp_min(1e-12))
 
 
+def move_cosine(suspect_moves: torch.Tensor, reference_moves: torch.Tensor) -> float:
+    """[B, F] x [B, F] per-prompt moves (triggered minus clean features) -> cosine of the two mean moves: near 1
+    when the suspect goes where the reference goes under the same input (only further, as a fine-tune that
+    strengthened a word's meaning does), near 0 or below when it goes somewhere the reference does not."""
+    return float(F.cosine_similarity(suspect_moves.float().mean(dim=0), reference_moves.float().mean(dim=0), dim=0))
+
+
 def rowwise_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """[..., F] x [..., F] -> [...] cosine per row."""
     return F.cosine_similarity(a, b, dim=-1)

@@ -100,7 +100,8 @@ def token_evidence(search: TokenSearch | None, adapter: Adapter) -> dict | None:
                 "collapse_gain": round(s.gain, 4), "gain_z": round(s.gain_z, 2),
                 "shift": round(s.shift, 4), "shift_z": round(s.shift_z, 2),
                 "spread": None if s.spread is None else round(s.spread, 4),
-                "reference_spread": None if s.reference_spread is None else round(s.reference_spread, 4)}
+                "reference_spread": None if s.reference_spread is None else round(s.reference_spread, 4),
+                "move_cosine": None if s.move_cosine is None else round(s.move_cosine, 4)}
 
     return {"probes_tried": search.probes, "null": {k: round(v, 4) for k, v in search.null.items()},
             "top": [row(s) for s in search.top]}

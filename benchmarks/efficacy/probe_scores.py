@@ -80,15 +80,15 @@ def probe_scores(suspect: str, reference: str, probes: list[str], consumer: str 
 
     @torch.no_grad()
     def moves(probe: Probe) -> dict:
-        """The suspect's and the reference's mean move under ``probe``, sizes and the cosine between them."""
+        """The sizes of the suspect's and the reference's mean move under ``probe`` (the scan records the cosine
+        between them: ``ProbeScore.move_cosine``)."""
         batch = runner.inputs(probe)
         mean_moves = [(tail.features(runner.tail(model(batch.ids), batch.eos)) - clean).mean(dim=0)
                       / clean.norm(dim=-1).mean()
                       for model, tail, clean in ((s, runner.s_tail, runner.s_clean),
                                                  (r, runner.r_tail, runner.r_clean))]
-        cosine = torch.nn.functional.cosine_similarity(*mean_moves, dim=0)
         return {"suspect_move": round(float(mean_moves[0].norm()), 4),
-                "reference_move": round(float(mean_moves[1].norm()), 4), "move_cosine": round(float(cosine), 4)}
+                "reference_move": round(float(mean_moves[1].norm()), 4)}
 
     banned = special_ids(s)
     wanted = []
@@ -102,7 +102,7 @@ def probe_scores(suspect: str, reference: str, probes: list[str], consumer: str 
         score = runner.score(probe)
         rows.append({"probe": text, "tokens": list(tokens), "placement": placement,
                      "collapse": round(score.collapse, 4), "excess": round(score.excess, 4),
-                     "shift": round(score.shift, 4), **moves(probe)})
+                     "shift": round(score.shift, 4), **moves(probe), "move_cosine": round(score.move_cosine, 4)})
     return rows
 
 
