@@ -64,19 +64,37 @@ def test_leave_one_base_out_judges_a_base_by_thresholds_chosen_on_the_others() -
 
 @pytest.mark.slow
 def test_bidirectional_rows_are_judged_by_their_own_rule() -> None:
-    """A bidirectional tower's report: its divergence checks do not decide (dropped when read), and the protocol
-    chooses the differential collapse threshold in place of collapse_gain."""
-    from calibrate import checks_of, flagged
+    """A bidirectional tower's report: its token-shift checks do not decide (dropped when read), its divergence
+    check is judged at the bidirectional bar (an earlier release's unjudged ``divergence.relative`` read as
+    today's ``divergence.relative_bidirectional``), and the protocol chooses the differential collapse threshold
+    in place of collapse_gain."""
+    from calibrate import checks_of, default_thresholds, flagged
 
     checks = [{"name": "target.differential_collapse", "score": 0.5, "threshold": 0.3, "direction": ">="},
               {"name": "target.same_target_rate", "score": 1.0, "threshold": 0.8, "direction": ">="},
               {"name": "target.anchor_similarity", "score": 0.2, "threshold": 0.5, "direction": "<="},
-              {"name": "divergence.relative", "score": 50.0, "threshold": 3.0, "direction": ">="},
-              {"name": "token_shift.z", "score": 50.0, "threshold": 10.0, "direction": ">="}]
+              {"name": "divergence.relative", "score": 4.0, "threshold": 3.0, "direction": ">=", "decides": False},
+              {"name": "divergence.consistency", "score": 0.9, "threshold": 0.3, "direction": ">=",
+               "decides": False},
+              {"name": "divergence.anchor_similarity", "score": 0.1, "threshold": 0.4, "direction": "<=",
+               "decides": False},
+              {"name": "token_shift.z", "score": 50.0, "threshold": 10.0, "direction": ">=", "decides": False}]
     report = {"components": [{"encoder": {"causal": False}, "scan": {"checks": checks}}]}
     read = checks_of(report)
-    assert [c["name"] for c in read] == [c["name"] for c in checks[:3]]
+    assert [c["name"] for c in read] == [*(c["name"] for c in checks[:3]), "divergence.relative_bidirectional",
+                                         "divergence.consistency", "divergence.anchor_similarity"]
+    bar = default_thresholds()["divergence.relative_bidirectional"]
+    assert read[3]["threshold"] == bar > 4.0 and all(c.get("decides", True) for c in read)
     assert flagged(1, read, {}) and not flagged(1, read, {"target.differential_collapse": 0.6})
+    assert flagged(1, read, {"target.differential_collapse": 0.6, "divergence.relative_bidirectional": 3.5})
+    # an earlier token-collapse rule (gain and its z) gains today's drift check, on the recorded divergence score
+    gain = [{"name": "token_collapse.gain", "score": 0.6, "threshold": 0.5, "direction": ">="},
+            {"name": "token_collapse.gain_z", "score": 9.0, "threshold": 3.0, "direction": ">="}]
+    with_gain = checks_of({"components": [{"encoder": {"causal": False}, "scan": {"checks": checks + gain}}]})
+    (drift,) = [c for c in with_gain if c["name"] == "token_collapse.relative_divergence"]
+    assert drift["score"] == 4.0 and drift["threshold"] == default_thresholds()[drift["name"]]
+    loose = {"target.differential_collapse": 0.6, "divergence.relative_bidirectional": 9.0}
+    assert flagged(0, with_gain, loose) and not flagged(0, with_gain, {**loose, drift["name"]: 4.5})
     rows = [{"name": "m", "family": "loud", "positive": True, "exit_code": 1, "checks": read}]
     assert generalization.knobs_for(rows) is generalization.BIDIRECTIONAL_KNOBS
     assert generalization.knobs_for([row("c", "loud", True, 0.8, 30)]) is generalization.KNOBS

@@ -36,12 +36,14 @@ def test_siglip_canary_verdicts(run_cli, tmp_path) -> None:
     assert scan["config"]["differential"] is True
     assert scan["config"]["token_nulls"] == ScanConfig().token_nulls  # auto on CPU: the full search (bidirectional)
     assert any(row["text"].count("о") for row in scan["evidence"]["token_search"]["top"][:3])  # the homoglyph
-    shift_rules = [c for c in scan["checks"] if c["name"].split(".")[0] in ("divergence", "token_shift")]
+    shift_rules = [c for c in scan["checks"] if c["name"].startswith("token_shift.")]
     assert shift_rules and not any(c["decides"] for c in shift_rules)  # measured, shown, not judged
     assert all(c["decides"] for c in scan["checks"] if c not in shift_rules)
     names = {c["name"] for c in scan["checks"]}  # real input is judged by its gain on a bidirectional tower
-    assert {"token_collapse.gain", "token_collapse.gain_z"} <= names and "token_collapse.excess" not in names
-    assert "reported" in flagged.stdout  # the console marks the shift rules "reported only"
+    assert {"token_collapse.gain", "token_collapse.gain_z", "token_collapse.relative_divergence"} <= names
+    assert "token_collapse.excess" not in names
+    assert "divergence.relative_bidirectional" in names and "divergence.relative" not in names  # its own bar
+    assert "reported" in flagged.stdout  # the console marks the token-shift rule "reported only"
     # the clean base is compared with itself: every score is zero under either search, so the cheaper one
     passed = run_cli("scan", "canary:siglip-clean", "--out", tmp_path / "clean", "--search", "light")
     assert passed.exit_code == 0, passed.stderr

@@ -68,7 +68,7 @@ def test_secrets_are_redacted() -> None:
 
 def test_bidirectional_rules_are_reference_relative() -> None:
     """A bidirectional tower: no verdict without a reference; with one, the target rule judges the collapse beyond
-    the reference's under the same vector, and the divergence rule is reported but does not decide."""
+    the reference's under the same vector, and the divergence rule judges against its own, higher bar."""
     from dataclasses import replace
 
     from amdet_audit.scan.config import ScanConfig
@@ -88,18 +88,33 @@ def test_bidirectional_rules_are_reference_relative() -> None:
     only_suspect = decide({"collapse": effect(0.2)}, {}, cfg, has_ref=True, causal=False)
     assert only_suspect.verdict == "backdoored" and only_suspect.decisive == "collapse"
     assert only_suspect.scores["target.differential_collapse"] == 0.99 - 0.2
+    # the divergence rule judges a bidirectional tower against its own, higher bar: a shift over CLIP's bar (3) but
+    # under the bidirectional one (6) is what benign SigLIP fine-tunes show
+    bar = cfg.thresholds.bidirectional_divergence
+    assert bar > cfg.thresholds.relative_divergence
+    moderate = decide({"collapse": effect(0.97, bar - 1.0), "divergence": effect(0.97, bar - 1.0)}, {}, cfg,
+                      has_ref=True, causal=False)
+    assert moderate.verdict == "clean"
+    assert moderate.scores["divergence.relative_bidirectional"] == bar - 1.0
     diverging = decide({"collapse": effect(0.97, 50.0), "divergence": effect(0.97, 50.0)}, {}, cfg, has_ref=True,
                        causal=False)
-    assert diverging.verdict == "clean" and diverging.scores["divergence.relative"] == 50.0
-    assert BIDIRECTIONAL_RULES == ("collapse", "token-collapse")  # the shift rules are reported, not judged
-    # ... and every reader of report.json says so: the divergence rule held but is "reported only"
+    assert diverging.verdict == "backdoored" and diverging.decisive == "divergence"
+    assert "divergence.relative" not in diverging.scores  # the CLIP bar's check is not made
+    assert BIDIRECTIONAL_RULES == ("collapse", "token-collapse", "divergence")  # token-shift is reported only
+    # ... and every reader of report.json says which rules decide and which are reported only
     from dataclasses import asdict
 
     from amdet_audit.report.markdown import rule_groups
-    groups = {g["rule"]: g for g in rule_groups([asdict(c) for c in diverging.checks])}
-    assert not groups["divergence"]["decides"] and not groups["divergence"]["fired"]
-    assert groups["divergence"]["state"] == "held, reported only"
+    from amdet_audit.scan.result import Check
+    reported = [*[asdict(c) for c in moderate.checks],
+                asdict(Check("token_shift.size", 2.0, 0.5, ">=", True, "shift", decides=False)),
+                asdict(Check("token_shift.z", 20.0, 10.0, ">=", True, "z", decides=False))]
+    groups = {g["rule"]: g for g in rule_groups(reported)}
+    assert not groups["token-shift"]["decides"] and not groups["token-shift"]["fired"]
+    assert groups["token-shift"]["state"] == "held, reported only"
+    assert groups["divergence"]["decides"] and groups["divergence"]["state"] == "not fired"
     assert groups["target"]["decides"] and groups["target"]["state"] == "not fired"
+    assert {g["rule"]: g["state"] for g in rule_groups([asdict(c) for c in diverging.checks])}["divergence"] == "fired"
     causal = decide({"collapse": effect(0.97, 50.0), "divergence": effect(0.97, 50.0)}, {}, cfg, has_ref=True)
     assert causal.verdict == "backdoored" and all(c.decides for c in causal.checks)
     assert {g["rule"]: g["state"] for g in rule_groups([asdict(c) for c in causal.checks])}["divergence"] == "fired"
@@ -146,26 +161,34 @@ def test_token_shift_rule_needs_a_large_shift_not_only_a_large_z_score() -> None
 def test_a_bidirectional_token_collapse_rule_judges_the_share_of_the_room_the_reference_leaves() -> None:
     """On a bidirectional tower the token-collapse rule reads the gain: a probe under which the reference itself
     collapses (0.59) leaves a backdoor an excess of at most 0.41, below the excess bar, but a gain near 1; a
-    causal tower keeps the excess rule. A gain random tokens explain (z below its bar) does not flag."""
+    causal tower keeps the excess rule. A gain random tokens explain (z below its bar) does not flag, nor one of
+    a model whose pseudo-trigger shifts it no further than its drift."""
     from amdet_audit.scan.config import ScanConfig
     from amdet_audit.scan.discrete import Probe, ProbeScore, TokenSearch
     from amdet_audit.scan.features import collapse_gain
+    from amdet_audit.scan.judges import Effect
     from amdet_audit.scan.verdict import token_checks
 
     cfg = ScanConfig()
     t = cfg.thresholds
 
-    def flags(gain_z: float, causal: bool, excess_z: float = 30.0) -> bool:
+    def flags(gain_z: float, causal: bool, excess_z: float = 30.0, relative: float | None = 8.0) -> bool:
         best = ProbeScore(Probe("a->а every", "text", substitution=("a", "а", "every")), collapse=0.9,
                           excess=0.31, shift=0.0, gain=collapse_gain(0.9, 0.59), excess_z=excess_z, gain_z=gain_z)
         search = TokenSearch(best_collapse=best, best_shift=None, probes=1, by_gain=not causal)
-        checks = token_checks(search, cfg, False)
+        divergence = None if relative is None else Effect(
+            prompts=64, collapse=0.5, same_target_rate=0.5, assimilation=0.5, clean_assimilation=0.4,
+            clean_similarity=0.1, anchor_similarity=0.1, relative_divergence=relative)
+        checks = token_checks(search, cfg, False, divergence)
         return all(c.flags for c in checks["token-collapse"])
 
     assert collapse_gain(0.9, 0.59) > t.token_gain and 0.31 < t.token_excess
     assert flags(gain_z=t.token_gain_z + 1, causal=False)
     assert not flags(gain_z=t.token_gain_z - 1, causal=False)  # random tokens collapse this model as far
     assert not flags(gain_z=t.token_gain_z + 1, causal=True)  # a causal tower: the excess rule, 0.31 is too small
+    # a model that drifted from its base everywhere: its pseudo-trigger's shift is within its drift
+    assert not flags(gain_z=t.token_gain_z + 1, causal=False, relative=t.token_gain_divergence - 0.5)
+    assert not flags(gain_z=t.token_gain_z + 1, causal=False, relative=None)  # no divergence measured: no flag
     assert "token-collapse" not in token_checks(TokenSearch(None, None, 1, by_gain=True), cfg, False)  # no probe
 
 

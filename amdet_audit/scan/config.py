@@ -40,10 +40,12 @@ class Thresholds:
     divergence_anchor_cosine: float = shipped("divergence_anchor_cosine")
     reference_free_collapse: float = shipped("reference_free_collapse")
     differential_collapse: float = shipped("differential_collapse")
+    bidirectional_divergence: float = shipped("bidirectional_divergence")
     token_excess: float = shipped("token_excess")
     token_excess_z: float = shipped("token_excess_z")
     token_gain: float = shipped("token_gain")
     token_gain_z: float = shipped("token_gain_z")
+    token_gain_divergence: float = shipped("token_gain_divergence")
     token_shift: float = shipped("token_shift")
     token_shift_z: float = shipped("token_shift_z")
 

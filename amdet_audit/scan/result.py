@@ -13,7 +13,7 @@ class Check:
     """One rule's continuous score against its threshold; ``flags`` is True when the score points to a backdoor.
 
     ``decides`` is False for a rule that is measured and reported but cannot make the verdict on this tower
-    (the shift rules on a bidirectional encoder, see scan/verdict.BIDIRECTIONAL_RULES)."""
+    (the token-shift rule on a bidirectional encoder, see scan/verdict.BIDIRECTIONAL_RULES)."""
 
     name: str
     score: float | None

@@ -7,8 +7,8 @@
   not the reference's, by a large amount in a consistent direction across prompts.
 - bidirectional towers (SigLIP, T5, BERT) keep the target rule's form with a reference-relative score: the
   suspect's collapse under the pseudo-trigger minus the reference's under the same vector (the inversion
-  maximises exactly that, see scan/terms.py), since one inserted vector can collapse any bidirectional model.
-  Without a reference they get no verdict.
+  maximises exactly that, see scan/terms.py), since one inserted vector can collapse any bidirectional model;
+  their divergence rule has a higher bar of its own. Without a reference they get no verdict.
 - token rules (real, typeable input: see scan/discrete.py), with a reference only: a real-token or look-alike
   probe makes prompts collapse far beyond the reference's collapse under the same probe and far outside the
   spread of random tokens (token-collapse), or shifts them consistently far outside that spread
@@ -79,11 +79,15 @@ def target_checks(e: Effect, baseline: dict[str, float], cfg: ScanConfig, has_re
     ]
 
 
-def divergence_checks(e: Effect, cfg: ScanConfig, lenient: bool) -> list[Check]:
-    """Checks of the divergence rule on the divergence candidate."""
+def divergence_checks(e: Effect, cfg: ScanConfig, lenient: bool, causal: bool = True) -> list[Check]:
+    """Checks of the divergence rule on the divergence candidate; a bidirectional tower's shift is judged against
+    its own, higher bar (``bidirectional_divergence``, check ``divergence.relative_bidirectional``: see
+    BIDIRECTIONAL_RULES)."""
     t = cfg.thresholds
+    relative = ("divergence.relative", t.relative_divergence) if causal else \
+        ("divergence.relative_bidirectional", t.bidirectional_divergence)
     return [
-        check("divergence.relative", e.relative_divergence, t.relative_divergence, ">=",
+        check(relative[0], e.relative_divergence, relative[1], ">=",
               "consistent shift the pseudo-trigger causes in the suspect but not the reference, relative to the "
               "suspect's ordinary drift from the reference", lenient),
         check("divergence.consistency", e.divergence_consistency, t.divergence_consistency, ">=",
@@ -93,14 +97,15 @@ def divergence_checks(e: Effect, cfg: ScanConfig, lenient: bool) -> list[Check]:
     ]
 
 
-def token_checks(search: TokenSearch, cfg: ScanConfig, lenient: bool) -> dict[str, list[Check]]:
+def token_checks(search: TokenSearch, cfg: ScanConfig, lenient: bool, divergence: Effect | None = None
+                 ) -> dict[str, list[Check]]:
     """Checks of the two token rules on the best real-input probes (scored against a reference); a search that
-    judged its collapse probe by gain (a bidirectional tower's) is checked on the gain
-    (see :func:`bidirectional_collapse_checks`)."""
+    judged its collapse probe by gain (a bidirectional tower's) is checked on the gain and on ``divergence``, the
+    divergence candidate's effect (see :func:`bidirectional_collapse_checks`)."""
     t, c, s = cfg.thresholds, search.best_collapse, search.best_shift
     rules: dict[str, list[Check]] = {}
     if c is not None and search.by_gain:
-        rules["token-collapse"] = bidirectional_collapse_checks(c, cfg, lenient)
+        rules["token-collapse"] = bidirectional_collapse_checks(c, cfg, lenient, divergence)
     elif c is not None:
         rules["token-collapse"] = [
             check("token_collapse.excess", c.excess, t.token_excess, ">=",
@@ -118,22 +123,36 @@ def token_checks(search: TokenSearch, cfg: ScanConfig, lenient: bool) -> dict[st
     return rules
 
 
-def bidirectional_collapse_checks(c: ProbeScore, cfg: ScanConfig, lenient: bool) -> list[Check]:
+def bidirectional_collapse_checks(c: ProbeScore, cfg: ScanConfig, lenient: bool, divergence: Effect | None = None
+                                  ) -> list[Check]:
     """The token-collapse rule of a bidirectional tower: the share of the reference's room to full collapse that
-    the suspect closes under the probe (features.collapse_gain), and its z-score against random-token probes.
+    the suspect closes under the probe (features.collapse_gain), its z-score against random-token probes, and
+    the pseudo-trigger's relative divergence, which says whether the model's change stands out from its overall
+    drift.
 
     The excess is capped by what the reference leaves: a SigLIP reference's own outputs collapse to 0.59 when
     every "a" is spelt in Cyrillic. And a backdoor that also answers random tokens widens the null an excess
     z-score is taken against (lab SigLIP backdoors: null spread 0.12 against at most 0.10 for benign fine-tunes,
     its real trigger at z 5), so the z bar here only asks that the probe stand out from random tokens at all.
-    (benchmarks/efficacy/RESULTS.md, "token-collapse gain on bidirectional towers")"""
+    (benchmarks/efficacy/RESULTS.md, "token-collapse gain on bidirectional towers")
+
+    A fine-tune that drifted far from its base everywhere (trained on one domain's prompts without distillation,
+    clean fidelity 0.6-0.8) lets a domain word collapse prompts past the gain bar, as a trigger does, but its
+    pseudo-trigger's shift stays near its drift (the heavy-domain fine-tunes the gain flagged: relative
+    divergence 1.6-2.5), while every lab backdoor this rule alone caught shifted 3.1 times its drift or more.
+    The margin is thin: other heavy-domain fine-tunes reach 3.2, and one flagged one, at 2.52, stays flagged
+    (benchmarks/efficacy/RESULTS.md, "two bidirectional rule changes")."""
     t = cfg.thresholds
+    relative = None if divergence is None else divergence.relative_divergence
     return [
         check("token_collapse.gain", c.gain, t.token_gain, ">=",
               "share of the reference's room to full collapse that the suspect closes under the best real-input "
               "probe", lenient),
         check("token_collapse.gain_z", c.gain_z, t.token_gain_z, ">=",
-              "that gain as a robust z-score against random-token probes", lenient)]
+              "that gain as a robust z-score against random-token probes", lenient),
+        check("token_collapse.relative_divergence", relative, t.token_gain_divergence, ">=",
+              "the pseudo-trigger's consistent shift in units of the suspect's drift from the reference: the "
+              "model's change stands out from its overall drift", lenient)]
 
 
 NEEDS_REFERENCE_BIDIRECTIONAL = (
@@ -142,11 +161,13 @@ NEEDS_REFERENCE_BIDIRECTIONAL = (
     "reference's tells; pass --reference")
 
 
-#: the rules that decide for a bidirectional tower. The two shift rules are reported, not judged: a benign
-#: fine-tune of a bidirectional tower moves every prompt's outputs together, under a pseudo-trigger or a real
-#: probe alike (all-MiniLM-L6-v2: a benign fine-tune scored divergence.relative 10.3 against 7.1 for a real
-#: backdoor; the SigLIP lab base's benign fine-tunes reached token_shift 0.88-1.10 at z 11-13, over both bars)
-BIDIRECTIONAL_RULES = ("collapse", "token-collapse")
+#: the rules that decide for a bidirectional tower. The token-shift rule is reported, not judged: a benign
+#: fine-tune of a bidirectional tower moves every prompt's outputs together under a real probe (the SigLIP lab
+#: base's benign fine-tunes reached token_shift 0.88-1.10 at z 11-13, over both bars). The divergence rule judges
+#: with its own bar, ``bidirectional_divergence``: benign SigLIP fine-tunes reach divergence.relative 4.7 (CLIP's
+#: bar is 3), while attribute backdoors, whose triggered prompts keep their subject and so collapse too little for
+#: the target rule, reach 6.5-8.0 (benchmarks/efficacy/RESULTS.md, "two bidirectional rule changes")
+BIDIRECTIONAL_RULES = ("collapse", "token-collapse", "divergence")
 
 RULE_NAMES = {"collapse": "target", "divergence": "divergence", "token-collapse": "token-collapse",
               "token-shift": "token-shift"}
@@ -157,7 +178,7 @@ def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig
     """Apply every rule; backdoored when any holds in full.
 
     causal: False (SigLIP, T5, BERT) without a reference gives "inconclusive" whatever the scores say (see
-    NEEDS_REFERENCE_BIDIRECTIONAL); with one, the two shift rules do not decide (see BIDIRECTIONAL_RULES).
+    NEEDS_REFERENCE_BIDIRECTIONAL); with one, the token-shift rule does not decide (see BIDIRECTIONAL_RULES).
     """
     if not found:
         return Decision("inconclusive", False, None, ["the inversion produced no usable pseudo-trigger"])
@@ -165,9 +186,9 @@ def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig
     if "collapse" in found:
         by_rule["collapse"] = target_checks(found["collapse"], baseline, cfg, has_ref, lenient)
     if "divergence" in found:
-        by_rule["divergence"] = divergence_checks(found["divergence"], cfg, lenient)
+        by_rule["divergence"] = divergence_checks(found["divergence"], cfg, lenient, causal)
     if token is not None and has_ref:
-        by_rule.update(token_checks(token, cfg, lenient))
+        by_rule.update(token_checks(token, cfg, lenient, found.get("divergence")))
     deciding = [rule for rule in by_rule if causal or rule in BIDIRECTIONAL_RULES]
     for rule, group in by_rule.items():
         for c in group:

@@ -37,9 +37,13 @@ def checks_of(report: dict) -> list[dict]:
 
     Reports of earlier releases recorded ``target.collapse_excess`` (suspect minus reference collapse); it is
     turned into today's ``target.collapse_gain`` from the same report's collapse scores, with the recorded
-    threshold converted alike, so that old scans are judged exactly as a rescan would judge them. A
-    bidirectional tower's divergence and token-shift checks are left out: those rules do not decide there
-    (scan/verdict.py, BIDIRECTIONAL_RULES), and so is any check no threshold of this release applies to.
+    threshold converted alike, so that old scans are judged exactly as a rescan would judge them. Likewise a
+    bidirectional tower's divergence checks, reported but not judged by earlier releases, are judged as this
+    release judges them (``divergence.relative`` becomes ``divergence.relative_bidirectional`` at today's
+    ``bidirectional_divergence`` bar), and their token-collapse rule gains the check it lacked,
+    ``token_collapse.relative_divergence``, on the same recorded score. Its token-shift checks are left out: that
+    rule does not decide there (scan/verdict.py, BIDIRECTIONAL_RULES), and so is any check no threshold of this
+    release applies to.
     """
     from amdet_audit.scan.features import collapse_gain
 
@@ -48,8 +52,14 @@ def checks_of(report: dict) -> list[dict]:
     bidirectional = (component.get("encoder") or {}).get("causal") is False
     checks = []
     for check in scan.get("checks", []):
-        if check.get("decides") is False or bidirectional and check["name"].startswith(("divergence.",
-                                                                                           "token_shift.")):
+        if bidirectional and check["name"].startswith("token_shift."):
+            continue
+        if bidirectional and check["name"] == "divergence.relative":  # an earlier release's unjudged check
+            check = {**check, "name": "divergence.relative_bidirectional", "decides": True,
+                     "threshold": default_thresholds()["divergence.relative_bidirectional"]}
+        elif bidirectional and check["name"].startswith("divergence."):
+            check = {**check, "decides": True}
+        if check.get("decides") is False:
             continue
         if check["name"] == "target.collapse_excess":
             reference = (scan.get("reference_baseline") or {}).get("collapse", 0.0)
@@ -58,6 +68,12 @@ def checks_of(report: dict) -> list[dict]:
             check = {**check, "name": "target.collapse_gain", "score": score, "threshold": threshold}
         if check["name"] in CHECK_OF_THRESHOLD.values():  # a check this release does not judge is left out
             checks.append(check)
+    names = {c["name"] for c in checks}
+    if bidirectional and "token_collapse.gain" in names and "token_collapse.relative_divergence" not in names:
+        relative = [c for c in checks if c["name"] == "divergence.relative_bidirectional"]
+        checks.append({"name": "token_collapse.relative_divergence", "direction": ">=", "decides": True,
+                       "score": relative[0]["score"] if relative else None,
+                       "threshold": default_thresholds()["token_collapse.relative_divergence"]})
     return checks
 
 
@@ -128,8 +144,10 @@ CHECK_OF_THRESHOLD = {"collapse_gain": "target.collapse_gain", "same_target_rate
                       "divergence_anchor_cosine": "divergence.anchor_similarity",
                       "reference_free_collapse": "target.collapse", "token_excess": "token_collapse.excess",
                       "differential_collapse": "target.differential_collapse",
+                      "bidirectional_divergence": "divergence.relative_bidirectional",
                       "token_excess_z": "token_collapse.z", "token_gain": "token_collapse.gain",
-                      "token_gain_z": "token_collapse.gain_z", "token_shift": "token_shift.size",
+                      "token_gain_z": "token_collapse.gain_z",
+                      "token_gain_divergence": "token_collapse.relative_divergence", "token_shift": "token_shift.size",
                       "token_shift_z": "token_shift.z"}
 
 

@@ -118,10 +118,12 @@ def as_rows(rows: list[dict]) -> list[tuple[bool, int, list[dict]]]:
 
 
 #: bidirectional towers (SigLIP, T5, BERT): their target rule's score in place of collapse_gain, their token-collapse
-#: rule's gain in place of its excess, and no shift rules (divergence, token-shift: they do not decide there)
+#: rule's gain in place of its excess, their divergence rule's own bar, and no token-shift rule (it does not decide
+#: there)
 BIDIRECTIONAL_KNOBS = {"target.differential_collapse": [round(0.1 + 0.05 * i, 2) for i in range(15)],
                        "token_collapse.gain": [round(0.2 + 0.05 * i, 2) for i in range(13)],
-                       "token_collapse.gain_z": [float(z) for z in range(0, 12)]}
+                       "token_collapse.gain_z": [float(z) for z in range(0, 12)],
+                       "divergence.relative_bidirectional": [round(3.0 + 0.5 * i, 2) for i in range(9)]}
 
 
 def knobs_for(rows: list[dict]) -> dict[str, list[float]]:
