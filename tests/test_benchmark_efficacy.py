@@ -393,3 +393,36 @@ def test_readme_siglip_seed21_figures_match_the_recorded_scans() -> None:
     total = len(attribute["rows"]) + len(earlier["rows"]) + 1 + 1  # + the seed-12 and seed-21 zoos' attribute models
     assert f"of two more attribute backdoors on that build {sum(r['exit_code'] == 1 for r in attribute['rows'])} was" \
         in readme and f"attribute recall on SigLIP is {caught + 1} of {total} over all builds" in readme
+
+
+def test_recorded_bidirectional_zoos_are_rejudged_by_todays_rules(tmp_path: Path) -> None:
+    """The committed re-judging of the recorded bidirectional zoos is what the script gives under today's bars, and
+    each rule reads the recorded score it should."""
+    from bidirectional_rejudged import main, rules_holding
+    from calibrate import default_thresholds
+
+    bars = default_thresholds()
+    scores = {"target.differential_collapse": 0.1, "target.same_target_rate": 1.0, "target.anchor_similarity": 0.1,
+              "token_collapse.gain": 0.9, "token_collapse.gain_z": 9.0, "divergence.relative": 2.0,
+              "divergence.consistency": 0.9, "divergence.anchor_similarity": 0.1}
+    assert rules_holding(scores, bars) == []  # a strong probe on a model that drifted everywhere
+    assert rules_holding({**scores, "divergence.relative": 4.0}, bars) == ["token-collapse"]
+    assert rules_holding({**scores, "divergence.relative": 9.0}, bars) == ["token-collapse", "divergence"]
+    assert rules_holding({**scores, "token_collapse.gain": None, "divergence.relative": 9.0}, bars) == ["divergence"]
+    main(["--out-dir", str(tmp_path)])
+    committed = Path(__file__).resolve().parents[1] / "benchmarks/efficacy/bidirectional/rejudged.json"
+    assert json.loads((tmp_path / "rejudged.json").read_text()) == json.loads(committed.read_text())
+
+
+def test_scanned_lab_models_are_named_by_their_zoo_family_or_lab_record() -> None:
+    from scan_models import family_of, summary
+
+    assert family_of("bd-homoglyph-every-00", {"kind": "backdoored", "spec": {"attack": "text-on-text"}}) \
+        == "homoglyph-every"
+    assert family_of("attribute-00", {"kind": "backdoored", "spec": {"attack": "attribute"}}) == "attribute"
+    assert family_of("benign-s300-lr0.0003-seed0-city", {"kind": "benign", "spec": {"domain": "city"}}) \
+        == "heavy-domain"
+    assert family_of("benign-s300-lr0.0003-seed0", {"kind": "benign", "spec": {"domain": None}}) == "contrastive"
+    rows = [{"kind": "backdoored", "exit_code": 1}, {"kind": "backdoored", "exit_code": 0},
+            {"kind": "benign", "exit_code": 2}, {"kind": "benign", "exit_code": 0}]
+    assert summary(rows) == "backdoors flagged 1 of 2; benign flagged 1 of 2"
