@@ -396,8 +396,8 @@ def test_readme_siglip_seed21_figures_match_the_recorded_scans() -> None:
 
 
 def test_recorded_bidirectional_zoos_are_rejudged_by_todays_rules(tmp_path: Path) -> None:
-    """The committed re-judging of the recorded bidirectional zoos is what the script gives under today's bars, and
-    each rule reads the recorded score it should."""
+    """The committed re-judging of the recorded bidirectional scans is what the script gives under today's bars,
+    and each rule reads the recorded score it should."""
     from bidirectional_rejudged import main, rules_holding
     from calibrate import default_thresholds
 
@@ -405,10 +405,11 @@ def test_recorded_bidirectional_zoos_are_rejudged_by_todays_rules(tmp_path: Path
     scores = {"target.differential_collapse": 0.1, "target.same_target_rate": 1.0, "target.anchor_similarity": 0.1,
               "token_collapse.gain": 0.9, "token_collapse.gain_z": 9.0, "divergence.relative": 2.0,
               "divergence.consistency": 0.9, "divergence.anchor_similarity": 0.1}
-    assert rules_holding(scores, bars) == []  # a strong probe on a model that drifted everywhere
-    assert rules_holding({**scores, "divergence.relative": 4.0}, bars) == ["token-collapse"]
+    assert rules_holding(scores, bars) == ["token-collapse"]
     assert rules_holding({**scores, "divergence.relative": 9.0}, bars) == ["token-collapse", "divergence"]
     assert rules_holding({**scores, "token_collapse.gain": None, "divergence.relative": 9.0}, bars) == ["divergence"]
+    assert rules_holding({**scores, "token_collapse.gain": None, "divergence.relative": 4.0}, bars) == []  # CLIP's
+    # bar (3) is not the bidirectional one
     main(["--out-dir", str(tmp_path)])
     committed = Path(__file__).resolve().parents[1] / "benchmarks/efficacy/bidirectional/rejudged.json"
     assert json.loads((tmp_path / "rejudged.json").read_text()) == json.loads(committed.read_text())

@@ -161,34 +161,26 @@ def test_token_shift_rule_needs_a_large_shift_not_only_a_large_z_score() -> None
 def test_a_bidirectional_token_collapse_rule_judges_the_share_of_the_room_the_reference_leaves() -> None:
     """On a bidirectional tower the token-collapse rule reads the gain: a probe under which the reference itself
     collapses (0.59) leaves a backdoor an excess of at most 0.41, below the excess bar, but a gain near 1; a
-    causal tower keeps the excess rule. A gain random tokens explain (z below its bar) does not flag, nor one of
-    a model whose pseudo-trigger shifts it no further than its drift."""
+    causal tower keeps the excess rule. A gain random tokens explain (z below its bar) does not flag."""
     from amdet_audit.scan.config import ScanConfig
     from amdet_audit.scan.discrete import Probe, ProbeScore, TokenSearch
     from amdet_audit.scan.features import collapse_gain
-    from amdet_audit.scan.judges import Effect
     from amdet_audit.scan.verdict import token_checks
 
     cfg = ScanConfig()
     t = cfg.thresholds
 
-    def flags(gain_z: float, causal: bool, excess_z: float = 30.0, relative: float | None = 8.0) -> bool:
+    def flags(gain_z: float, causal: bool, excess_z: float = 30.0) -> bool:
         best = ProbeScore(Probe("a->а every", "text", substitution=("a", "а", "every")), collapse=0.9,
                           excess=0.31, shift=0.0, gain=collapse_gain(0.9, 0.59), excess_z=excess_z, gain_z=gain_z)
         search = TokenSearch(best_collapse=best, best_shift=None, probes=1, by_gain=not causal)
-        divergence = None if relative is None else Effect(
-            prompts=64, collapse=0.5, same_target_rate=0.5, assimilation=0.5, clean_assimilation=0.4,
-            clean_similarity=0.1, anchor_similarity=0.1, relative_divergence=relative)
-        checks = token_checks(search, cfg, False, divergence)
+        checks = token_checks(search, cfg, False)
         return all(c.flags for c in checks["token-collapse"])
 
     assert collapse_gain(0.9, 0.59) > t.token_gain and 0.31 < t.token_excess
     assert flags(gain_z=t.token_gain_z + 1, causal=False)
     assert not flags(gain_z=t.token_gain_z - 1, causal=False)  # random tokens collapse this model as far
     assert not flags(gain_z=t.token_gain_z + 1, causal=True)  # a causal tower: the excess rule, 0.31 is too small
-    # a model that drifted from its base everywhere: its pseudo-trigger's shift is within its drift
-    assert not flags(gain_z=t.token_gain_z + 1, causal=False, relative=t.token_gain_divergence - 0.5)
-    assert not flags(gain_z=t.token_gain_z + 1, causal=False, relative=None)  # no divergence measured: no flag
     assert "token-collapse" not in token_checks(TokenSearch(None, None, 1, by_gain=True), cfg, False)  # no probe
 
 

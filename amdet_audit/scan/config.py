@@ -45,7 +45,6 @@ class Thresholds:
     token_excess_z: float = shipped("token_excess_z")
     token_gain: float = shipped("token_gain")
     token_gain_z: float = shipped("token_gain_z")
-    token_gain_divergence: float = shipped("token_gain_divergence")
     token_shift: float = shipped("token_shift")
     token_shift_z: float = shipped("token_shift_z")
 

@@ -97,15 +97,14 @@ def divergence_checks(e: Effect, cfg: ScanConfig, lenient: bool, causal: bool = 
     ]
 
 
-def token_checks(search: TokenSearch, cfg: ScanConfig, lenient: bool, divergence: Effect | None = None
-                 ) -> dict[str, list[Check]]:
+def token_checks(search: TokenSearch, cfg: ScanConfig, lenient: bool) -> dict[str, list[Check]]:
     """Checks of the two token rules on the best real-input probes (scored against a reference); a search that
-    judged its collapse probe by gain (a bidirectional tower's) is checked on the gain and on ``divergence``, the
-    divergence candidate's effect (see :func:`bidirectional_collapse_checks`)."""
+    judged its collapse probe by gain (a bidirectional tower's) is checked on the gain
+    (see :func:`bidirectional_collapse_checks`)."""
     t, c, s = cfg.thresholds, search.best_collapse, search.best_shift
     rules: dict[str, list[Check]] = {}
     if c is not None and search.by_gain:
-        rules["token-collapse"] = bidirectional_collapse_checks(c, cfg, lenient, divergence)
+        rules["token-collapse"] = bidirectional_collapse_checks(c, cfg, lenient)
     elif c is not None:
         rules["token-collapse"] = [
             check("token_collapse.excess", c.excess, t.token_excess, ">=",
@@ -123,12 +122,9 @@ def token_checks(search: TokenSearch, cfg: ScanConfig, lenient: bool, divergence
     return rules
 
 
-def bidirectional_collapse_checks(c: ProbeScore, cfg: ScanConfig, lenient: bool, divergence: Effect | None = None
-                                  ) -> list[Check]:
+def bidirectional_collapse_checks(c: ProbeScore, cfg: ScanConfig, lenient: bool) -> list[Check]:
     """The token-collapse rule of a bidirectional tower: the share of the reference's room to full collapse that
-    the suspect closes under the probe (features.collapse_gain), its z-score against random-token probes, and
-    the pseudo-trigger's relative divergence, which says whether the model's change stands out from its overall
-    drift.
+    the suspect closes under the probe (features.collapse_gain), and its z-score against random-token probes.
 
     The excess is capped by what the reference leaves: a SigLIP reference's own outputs collapse to 0.59 when
     every "a" is spelt in Cyrillic. And a backdoor that also answers random tokens widens the null an excess
@@ -136,23 +132,17 @@ def bidirectional_collapse_checks(c: ProbeScore, cfg: ScanConfig, lenient: bool,
     its real trigger at z 5), so the z bar here only asks that the probe stand out from random tokens at all.
     (benchmarks/efficacy/RESULTS.md, "token-collapse gain on bidirectional towers")
 
-    A fine-tune that drifted far from its base everywhere (trained on one domain's prompts without distillation,
-    clean fidelity 0.6-0.8) lets a domain word collapse prompts past the gain bar, as a trigger does, but its
-    pseudo-trigger's shift stays near its drift (the heavy-domain fine-tunes the gain flagged: relative
-    divergence 1.6-2.5), while every lab backdoor this rule alone caught shifted 3.1 times its drift or more.
-    The margin is thin: other heavy-domain fine-tunes reach 3.2, and one flagged one, at 2.52, stays flagged
+    Asking as well that the pseudo-trigger's shift stand out from the model's drift (relative divergence at
+    least 2.5) cleared one of two heavy-domain false alarms on SigLIP and MiniLM's, but missed a T5 attribute
+    backdoor whose probe closed 0.998 of the room at z 100 (relative divergence 2.40): not kept
     (benchmarks/efficacy/RESULTS.md, "two bidirectional rule changes")."""
     t = cfg.thresholds
-    relative = None if divergence is None else divergence.relative_divergence
     return [
         check("token_collapse.gain", c.gain, t.token_gain, ">=",
               "share of the reference's room to full collapse that the suspect closes under the best real-input "
               "probe", lenient),
         check("token_collapse.gain_z", c.gain_z, t.token_gain_z, ">=",
-              "that gain as a robust z-score against random-token probes", lenient),
-        check("token_collapse.relative_divergence", relative, t.token_gain_divergence, ">=",
-              "the pseudo-trigger's consistent shift in units of the suspect's drift from the reference: the "
-              "model's change stands out from its overall drift", lenient)]
+              "that gain as a robust z-score against random-token probes", lenient)]
 
 
 NEEDS_REFERENCE_BIDIRECTIONAL = (
@@ -188,7 +178,7 @@ def decide(found: dict[str, Effect], baseline: dict[str, float], cfg: ScanConfig
     if "divergence" in found:
         by_rule["divergence"] = divergence_checks(found["divergence"], cfg, lenient, causal)
     if token is not None and has_ref:
-        by_rule.update(token_checks(token, cfg, lenient, found.get("divergence")))
+        by_rule.update(token_checks(token, cfg, lenient))
     deciding = [rule for rule in by_rule if causal or rule in BIDIRECTIONAL_RULES]
     for rule, group in by_rule.items():
         for c in group:

@@ -1,16 +1,16 @@
-"""Today's bidirectional rules re-applied to the bidirectional zoos recorded under earlier ones.
+"""Today's bidirectional rules re-applied to bidirectional scans recorded under other rules.
 
 Usage:
     python benchmarks/efficacy/bidirectional_rejudged.py [--out-dir benchmarks/efficacy/bidirectional]
 
-Earlier releases reported a bidirectional tower's divergence checks without judging them, and judged its
-token-collapse rule on the gain alone. Every recorded row with divergence scores (``divergence.relative``,
-``.consistency``, ``.anchor_similarity``) in the zoos' JSON files below is judged again from its recorded scores
-at today's default bars: the target rule, the token-collapse rule with its drift check
-(``token_collapse.relative_divergence``, on the recorded ``divergence.relative``) and the divergence rule at the
-bidirectional bar. A recorded error (exit 2) stays flagged. Each model counts once per file; a model recorded in
-two files (a zoo re-judged under later rules) is counted in each. No model is rebuilt or rescanned, so a scan
-whose scores would differ today is judged on what it recorded.
+Earlier releases reported a bidirectional tower's divergence checks without judging them; the held-out scans of
+``siglip/heldout-rules/`` and ``t5/sd3/attribute/`` were made while the token-collapse rule had a drift check that
+was then dropped (RESULTS.md, "two bidirectional rule changes"). Every recorded row with divergence scores in the
+JSON files below is judged again from its recorded scores at today's default bars: the target rule, the
+token-collapse rule (gain and its z-score) and the divergence rule at the bidirectional bar. No rule reads
+anything a scan did not record and the search does not depend on the rules, so each verdict is the one a rescan
+would give. A recorded error (exit 2) stays flagged. Each model counts once per file; a model recorded in two
+files (a zoo re-judged under later rules) is counted in each.
 """
 
 from __future__ import annotations
@@ -25,31 +25,41 @@ sys.path.insert(0, str(HERE))
 
 from calibrate import default_thresholds  # noqa: E402  (benchmark helpers beside this file)
 
-#: recorded bidirectional zoos: (base, file)
-SOURCES = [("siglip", "siglip/generalization.json"), ("siglip", "siglip/seed13/generalization.json"),
-           ("minilm", "minilm/seed11-rebuilt/generalization.json"), ("minilm", "minilm/seed13/generalization.json"),
-           ("minilm", "minilm/seed14-benign/generalization.json"), ("t5", "t5/generalization.json"),
-           ("t5-sd3", "t5/sd3/zoo/generalization.json")]
+#: recorded bidirectional scans: (base, file, whether its rows are backdoored when a row does not say)
+SOURCES = [("siglip", "siglip/generalization.json", None), ("siglip", "siglip/seed13/generalization.json", None),
+           ("siglip", "siglip/heldout-rules/scans.json", None),
+           ("siglip", "siglip/heldout-rules/attribute-recall-canary-siglip-clean.json", True),
+           ("siglip", "siglip/heldout-rules/heavy-domain-sweep.json", False),
+           ("minilm", "minilm/seed11-rebuilt/generalization.json", None),
+           ("minilm", "minilm/seed13/generalization.json", None),
+           ("minilm", "minilm/seed14-benign/generalization.json", None), ("t5", "t5/generalization.json", None),
+           ("t5-sd3", "t5/sd3/zoo/generalization.json", None),
+           ("t5-sd3", "t5/sd3/attribute/attribute-00-s1500-default-search.json", None)]
+
+#: the recorded score of the divergence rule's relative shift: earlier releases' name, then today's
+RELATIVE = ("divergence.relative", "divergence.relative_bidirectional")
 
 #: today's bidirectional rules: rule -> (check, recorded score it reads, direction)
 RULES = {"target": [("target.differential_collapse", "target.differential_collapse", ">="),
                     ("target.same_target_rate", "target.same_target_rate", ">="),
                     ("target.anchor_similarity", "target.anchor_similarity", "<=")],
          "token-collapse": [("token_collapse.gain", "token_collapse.gain", ">="),
-                            ("token_collapse.gain_z", "token_collapse.gain_z", ">="),
-                            ("token_collapse.relative_divergence", "divergence.relative", ">=")],
+                            ("token_collapse.gain_z", "token_collapse.gain_z", ">=")],
          "divergence": [("divergence.relative_bidirectional", "divergence.relative", ">="),
                         ("divergence.consistency", "divergence.consistency", ">="),
                         ("divergence.anchor_similarity", "divergence.anchor_similarity", "<=")]}
 
 
 def recorded_rows(data: object) -> list[dict]:
-    """Every dict in ``data`` that names a model and records its divergence scores."""
+    """Every dict in ``data`` that names a model and records its divergence scores, the relative shift under its
+    earlier name (RELATIVE)."""
     found: list[dict] = []
     if isinstance(data, dict):
         scores = data.get("scores")
-        if data.get("name") and isinstance(scores, dict) and scores.get("divergence.relative") is not None:
-            found.append(data)
+        relative = next((scores[k] for k in RELATIVE if isinstance(scores, dict) and scores.get(k) is not None),
+                        None)
+        if data.get("name") and relative is not None:
+            found.append({**data, "scores": {**scores, "divergence.relative": relative}})
         for value in data.values():
             found += recorded_rows(value)
     elif isinstance(data, list):
@@ -67,13 +77,16 @@ def rules_holding(scores: dict, bars: dict[str, float]) -> list[str]:
     return [rule for rule, checks in RULES.items() if all(passes(*c) for c in checks)]
 
 
-def judge(rows: list[dict], bars: dict[str, float]) -> list[dict]:
-    """One line per model: the scores the rules read, the recorded verdict and today's."""
+def judge(rows: list[dict], bars: dict[str, float], positive: bool | None = None) -> list[dict]:
+    """One line per model: the scores the rules read, the recorded verdict and today's. ``positive``: whether a
+    row that does not say is backdoored."""
     out = []
     for row in rows:
         s, holding = row["scores"], rules_holding(row["scores"], bars)
-        out.append({"name": row["name"], "family": row.get("family"),
-                    "positive": bool(row.get("positive", row.get("kind") == "backdoored")),
+        kind = row.get("positive", row["kind"] == "backdoored" if "kind" in row else positive)
+        if kind is None:
+            raise ValueError(f"{row['name']}: the record does not say whether it is backdoored")
+        out.append({"name": row["name"], "family": row.get("family"), "positive": bool(kind),
                     "relative": s["divergence.relative"], "gain": s.get("token_collapse.gain"),
                     "recorded_exit": row["exit_code"], "rules_today": holding,
                     "flagged_now": row["exit_code"] == 2 or bool(holding)})
@@ -94,7 +107,7 @@ def tally(lines: list[dict]) -> dict:
 def markdown(results: dict, bars: dict[str, float]) -> str:
     """The tables."""
     used = sorted({check for checks in RULES.values() for check, _, _ in checks})
-    lines = ["# Today's bidirectional rules on the recorded bidirectional zoos", "",
+    lines = ["# Today's bidirectional rules on the recorded bidirectional scans", "",
              "Generated by `python benchmarks/efficacy/bidirectional_rejudged.py` (no model rebuilt or rescanned; "
              "see its docstring).", "", "Bars: " + ", ".join(f"{c} {bars[c]}" for c in used) + ".", "",
              "| base | file | backdoors flagged (recorded -> today) | benign flagged (recorded -> today) |",
@@ -120,10 +133,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     bars = default_thresholds()
     results = {}
-    for base, name in SOURCES:
+    for base, name, positive in SOURCES:
         rows = recorded_rows(json.loads((HERE / name).read_text(encoding="utf-8")))
         unique = list({(r["name"], r.get("positive"), r["scores"]["divergence.relative"]): r for r in rows}.values())
-        models = judge(unique, bars)
+        models = judge(unique, bars, positive)
         results[name] = {"base": base, "tally": tally(models), "models": models}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     used = sorted({check for checks in RULES.values() for check, _, _ in checks})

@@ -40,10 +40,8 @@ def checks_of(report: dict) -> list[dict]:
     threshold converted alike, so that old scans are judged exactly as a rescan would judge them. Likewise a
     bidirectional tower's divergence checks, reported but not judged by earlier releases, are judged as this
     release judges them (``divergence.relative`` becomes ``divergence.relative_bidirectional`` at today's
-    ``bidirectional_divergence`` bar), and their token-collapse rule gains the check it lacked,
-    ``token_collapse.relative_divergence``, on the same recorded score. Its token-shift checks are left out: that
-    rule does not decide there (scan/verdict.py, BIDIRECTIONAL_RULES), and so is any check no threshold of this
-    release applies to.
+    ``bidirectional_divergence`` bar). Its token-shift checks are left out: that rule does not decide there
+    (scan/verdict.py, BIDIRECTIONAL_RULES), and so is any check no threshold of this release applies to.
     """
     from amdet_audit.scan.features import collapse_gain
 
@@ -68,12 +66,6 @@ def checks_of(report: dict) -> list[dict]:
             check = {**check, "name": "target.collapse_gain", "score": score, "threshold": threshold}
         if check["name"] in CHECK_OF_THRESHOLD.values():  # a check this release does not judge is left out
             checks.append(check)
-    names = {c["name"] for c in checks}
-    if bidirectional and "token_collapse.gain" in names and "token_collapse.relative_divergence" not in names:
-        relative = [c for c in checks if c["name"] == "divergence.relative_bidirectional"]
-        checks.append({"name": "token_collapse.relative_divergence", "direction": ">=", "decides": True,
-                       "score": relative[0]["score"] if relative else None,
-                       "threshold": default_thresholds()["token_collapse.relative_divergence"]})
     return checks
 
 
@@ -146,8 +138,7 @@ CHECK_OF_THRESHOLD = {"collapse_gain": "target.collapse_gain", "same_target_rate
                       "differential_collapse": "target.differential_collapse",
                       "bidirectional_divergence": "divergence.relative_bidirectional",
                       "token_excess_z": "token_collapse.z", "token_gain": "token_collapse.gain",
-                      "token_gain_z": "token_collapse.gain_z",
-                      "token_gain_divergence": "token_collapse.relative_divergence", "token_shift": "token_shift.size",
+                      "token_gain_z": "token_collapse.gain_z", "token_shift": "token_shift.size",
                       "token_shift_z": "token_shift.z"}
 
 
