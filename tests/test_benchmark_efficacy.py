@@ -427,3 +427,34 @@ def test_scanned_lab_models_are_named_by_their_zoo_family_or_lab_record() -> Non
     rows = [{"kind": "backdoored", "exit_code": 1}, {"kind": "backdoored", "exit_code": 0},
             {"kind": "benign", "exit_code": 2}, {"kind": "benign", "exit_code": 0}]
     assert summary(rows) == "backdoors flagged 1 of 2; benign flagged 1 of 2"
+
+
+def test_readme_heldout_bidirectional_rule_figures_match_the_records() -> None:
+    """README's figures for the bidirectional divergence rule are the re-judged held-out records'."""
+    root = Path(__file__).resolve().parents[1]
+    files = json.loads((root / "benchmarks/efficacy/bidirectional/rejudged.json").read_text(encoding="utf-8"))["files"]
+    held = "siglip/heldout-rules/"
+    scans = files[held + "scans.json"]["models"]
+    zoo = [m for m in scans if m["name"].startswith("bd-")]
+    zoo_benign = [m for m in scans if m["name"].startswith("benign-") and not m["name"].startswith("benign-s")]
+    attribute = files[held + "attribute-recall-canary-siglip-clean.json"]["models"]
+    benign = [m for m in scans if not m["positive"]] + files[held + "heavy-domain-sweep.json"]["models"]
+    alarms = [m for m in benign if m["flagged_now"]]
+    built = json.loads((root / "benchmarks/efficacy" / held / "attribute-recall-canary-siglip-clean.json")
+                       .read_text(encoding="utf-8"))
+    (t5,) = files["t5/sd3/attribute/attribute-00-s1500-default-search.json"]["models"]
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    assert (f"the seed-21 zoo {sum(m['flagged_now'] for m in zoo)} of {len(zoo)} backdoors, "
+            f"{sum(m['flagged_now'] for m in zoo_benign)} of {len(zoo_benign)} benign" in readme)
+    assert ("of six more attribute backdoors on the same build five took and all five were flagged" in readme
+            and built["built"] == 6 and built["took"] == len(attribute) == 5
+            and all(m["flagged_now"] for m in attribute))
+    earlier = 7  # six attribute_recall builds and the seed-12 zoo's, flagged by rules that did not change
+    on_build = len(attribute) + 1  # and the seed-21 zoo's
+    assert f"attribute recall on SigLIP is now {earlier + on_build} of {earlier + on_build} over all builds" in readme
+    assert all(m["rules_today"] == ["token-collapse"] and m["name"].endswith("-city") for m in alarms)
+    gains = sorted(m["gain"] for m in alarms)
+    assert (f"Of {len(benign)} benign SigLIP fine-tunes scanned afterwards {len(alarms)} were flagged" in readme
+            and f"(gain {gains[0]:.3f} to {gains[-1]:.2f} against the bar 0.5)" in readme)
+    assert t5["positive"] and t5["flagged_now"] and f"the default search flagged it (token gain {t5['gain']:.3f})" \
+        in readme

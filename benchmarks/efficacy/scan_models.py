@@ -50,6 +50,17 @@ def lab_row(folder: Path) -> dict:
             "fidelity": lab.get("fidelity")}
 
 
+def gain_rule_probe(report: dict) -> dict | None:
+    """The real-input probe a bidirectional tower's token-collapse rule judged (the report's top probe whose gain
+    z-score is the rule's), with its gain and move cosine; None for a causal tower or when it is not among the top."""
+    scan = (report.get("components") or [{}])[0].get("scan") or {}
+    z = {c["name"]: c["score"] for c in scan.get("checks", [])}.get("token_collapse.gain_z")
+    top = ((scan.get("evidence") or {}).get("token_search") or {}).get("top") or []
+    rows = [r for r in top if z is not None and r.get("gain_z") is not None and abs(r["gain_z"] - z) < 0.01]
+    return {k: rows[0].get(k) for k in ("text", "placement", "origin", "collapse_gain", "gain_z", "move_cosine")} \
+        if rows else None
+
+
 def scan_row(folder: Path, reference: str, work: Path, threads: int, device: str, extra: tuple[str, ...]) -> dict:
     """Scan ``folder`` against ``reference`` (kept if this tool version scanned it) and return its row."""
     record = scan_one(str(folder), reference, work / folder.name, device, threads, extra=extra)
@@ -59,7 +70,7 @@ def scan_row(folder: Path, reference: str, work: Path, threads: int, device: str
             "seconds": round(record["seconds"], 1),
             "reasons": (report.get("verdict") or {}).get("reasons", []),
             "scores": {c["name"]: None if c.get("score") is None else round(c["score"], 4) for c in checks},
-            "flagged_checks": [c["name"] for c in checks if c.get("flags")]}
+            "flagged_checks": [c["name"] for c in checks if c.get("flags")], "gain_rule_probe": gain_rule_probe(report)}
 
 
 def summary(rows: list[dict]) -> str:
