@@ -133,7 +133,7 @@ def bidirectional_collapse_checks(c: ProbeScore, cfg: ScanConfig, lenient: bool)
     (benchmarks/efficacy/RESULTS.md, "token-collapse gain on bidirectional towers")
 
     Asking as well that the pseudo-trigger's shift stand out from the model's drift (relative divergence at
-    least 2.5) cleared one of two heavy-domain false alarms on SigLIP and MiniLM's, but missed a T5 attribute
+    least 2.5) cleared two of three heavy-domain false alarms on SigLIP and MiniLM's, but missed a T5 attribute
     backdoor whose probe closed 0.998 of the room at z 100 (relative divergence 2.40): not kept
     (benchmarks/efficacy/RESULTS.md, "two bidirectional rule changes")."""
     t = cfg.thresholds
