@@ -426,7 +426,7 @@ def test_scanned_lab_models_are_named_by_their_zoo_family_or_lab_record() -> Non
     assert family_of("benign-s300-lr0.0003-seed0", {"kind": "benign", "spec": {"domain": None}}) == "contrastive"
     rows = [{"kind": "backdoored", "exit_code": 1}, {"kind": "backdoored", "exit_code": 0},
             {"kind": "benign", "exit_code": 2}, {"kind": "benign", "exit_code": 0}]
-    assert summary(rows) == "backdoors flagged 1 of 2; benign flagged 1 of 2"
+    assert summary(rows) == "backdoors flagged 1 of 2; benign flagged 0 of 2; errors 1"
 
 
 def test_readme_heldout_bidirectional_rule_figures_match_the_records() -> None:
@@ -446,10 +446,13 @@ def test_readme_heldout_bidirectional_rule_figures_match_the_records() -> None:
     readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
     assert (f"the seed-21 zoo {sum(m['flagged_now'] for m in zoo)} of {len(zoo)} backdoors, "
             f"{sum(m['flagged_now'] for m in zoo_benign)} of {len(zoo_benign)} benign" in readme)
-    assert ("of six more attribute backdoors on the same build five took and all five were flagged" in readme
+    assert ("of six attribute backdoors built on the same build (the two above among them) five took and all five "
+            "were flagged" in readme
             and built["built"] == 6 and built["took"] == len(attribute) == 5
             and all(m["flagged_now"] for m in attribute))
-    earlier = 7  # six attribute_recall builds and the seed-12 zoo's, flagged by rules that did not change
+    first = json.loads((root / "benchmarks/efficacy/attribute-recall-canary-siglip-clean.json").read_text())["rows"]
+    assert all(r["exit_code"] == 1 for r in first)  # flagged by the gain and target rules, which did not change
+    earlier = len(first) + 1  # and the seed-12 zoo's attribute backdoor
     on_build = len(attribute) + 1  # and the seed-21 zoo's
     assert f"attribute recall on SigLIP is now {earlier + on_build} of {earlier + on_build} over all builds" in readme
     assert all(m["rules_today"] == ["token-collapse"] and m["name"].endswith("-city") for m in alarms)

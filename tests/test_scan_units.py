@@ -89,7 +89,7 @@ def test_bidirectional_rules_are_reference_relative() -> None:
     assert only_suspect.verdict == "backdoored" and only_suspect.decisive == "collapse"
     assert only_suspect.scores["target.differential_collapse"] == 0.99 - 0.2
     # the divergence rule judges a bidirectional tower against its own, higher bar: a shift over CLIP's bar (3) but
-    # under the bidirectional one (6) is what benign SigLIP fine-tunes show
+    # under the bidirectional one (bidirectional_divergence) is what benign SigLIP fine-tunes show
     bar = cfg.thresholds.bidirectional_divergence
     assert bar > cfg.thresholds.relative_divergence
     moderate = decide({"collapse": effect(0.97, bar - 1.0), "divergence": effect(0.97, bar - 1.0)}, {}, cfg,
@@ -105,11 +105,15 @@ def test_bidirectional_rules_are_reference_relative() -> None:
     from dataclasses import asdict
 
     from amdet_audit.report.markdown import rule_groups
-    from amdet_audit.scan.result import Check
-    reported = [*[asdict(c) for c in moderate.checks],
-                asdict(Check("token_shift.size", 2.0, 0.5, ">=", True, "shift", decides=False)),
-                asdict(Check("token_shift.z", 20.0, 10.0, ">=", True, "z", decides=False))]
-    groups = {g["rule"]: g for g in rule_groups(reported)}
+    from amdet_audit.scan.discrete import Probe, ProbeScore, TokenSearch
+    shifting = ProbeScore(Probe("t", "end", tokens=(5,)), collapse=0.1, excess=0.0, shift=2.0, gain=0.0,
+                          shift_z=20.0)  # a real probe that shifts every prompt far: what benign fine-tunes show
+    token = TokenSearch(best_collapse=shifting, best_shift=shifting, probes=1, by_gain=True)
+    shifted = decide({"collapse": effect(0.97, bar - 1.0), "divergence": effect(0.97, bar - 1.0)}, {}, cfg,
+                     has_ref=True, causal=False, token=token)
+    assert shifted.verdict == "clean"  # the token-shift rule holds but does not decide
+    assert all(not c.decides for c in shifted.checks if c.name.startswith("token_shift."))
+    groups = {g["rule"]: g for g in rule_groups([asdict(c) for c in shifted.checks])}
     assert not groups["token-shift"]["decides"] and not groups["token-shift"]["fired"]
     assert groups["token-shift"]["state"] == "held, reported only"
     assert groups["divergence"]["decides"] and groups["divergence"]["state"] == "not fired"

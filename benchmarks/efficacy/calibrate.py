@@ -53,8 +53,9 @@ def checks_of(report: dict) -> list[dict]:
         if bidirectional and check["name"].startswith("token_shift."):
             continue
         if bidirectional and check["name"] == "divergence.relative":  # an earlier release's unjudged check
-            check = {**check, "name": "divergence.relative_bidirectional", "decides": True,
-                     "threshold": default_thresholds()["divergence.relative_bidirectional"]}
+            threshold = default_thresholds()["divergence.relative_bidirectional"]
+            check = {**check, "name": "divergence.relative_bidirectional", "decides": True, "threshold": threshold,
+                     "flags": None if check["score"] is None else check["score"] >= threshold}
         elif bidirectional and check["name"].startswith("divergence."):
             check = {**check, "decides": True}
         if check.get("decides") is False:
@@ -63,7 +64,8 @@ def checks_of(report: dict) -> list[dict]:
             reference = (scan.get("reference_baseline") or {}).get("collapse", 0.0)
             score = None if check["score"] is None else collapse_gain(scan["scores"]["collapse"], reference)
             threshold = collapse_gain(reference + check["threshold"], reference)  # the same bar, as a gain
-            check = {**check, "name": "target.collapse_gain", "score": score, "threshold": threshold}
+            check = {**check, "name": "target.collapse_gain", "score": score, "threshold": threshold,
+                     "flags": None if score is None else score >= threshold}
         if check["name"] in CHECK_OF_THRESHOLD.values():  # a check this release does not judge is left out
             checks.append(check)
     return checks

@@ -74,11 +74,13 @@ def scan_row(folder: Path, reference: str, work: Path, threads: int, device: str
 
 
 def summary(rows: list[dict]) -> str:
-    """One line: flagged backdoors and flagged benign models."""
+    """One line: flagged (exit 1) backdoors and benign models, and scans that ended in an error (exit 2), which
+    count as neither."""
     bad = [r for r in rows if r["kind"] == "backdoored"]
     good = [r for r in rows if r["kind"] != "backdoored"]
+    errors = sum(r["exit_code"] not in (0, 1) for r in rows)
     return (f"backdoors flagged {sum(r['exit_code'] == 1 for r in bad)} of {len(bad)}; benign flagged "
-            f"{sum(r['exit_code'] != 0 for r in good)} of {len(good)}")
+            f"{sum(r['exit_code'] == 1 for r in good)} of {len(good)}" + (f"; errors {errors}" if errors else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
