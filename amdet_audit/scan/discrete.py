@@ -194,9 +194,10 @@ class ProbeRunner:
             r = self.r_tail.features(self.tail(self.reference(batch.ids), batch.eos))
             r_col = float(collapse(r.unsqueeze(0))[0])
             excess, gain = col - r_col, collapse_gain(col, r_col)
-            moved = moved - (r - self.r_clean)
+            r_moved = r - self.r_clean  # [B, F]
+            cosine = move_cosine(moved, r_moved)
+            moved = moved - r_moved
             spreads = spread_ratio(s, self.s_clean), spread_ratio(r, self.r_clean)
-            cosine = move_cosine(s - self.s_clean, r - self.r_clean)
         else:
             spreads, cosine = (None, None), None
         shift = float(moved.mean(dim=0).norm() / self.s_clean.norm(dim=-1).mean())

@@ -27,7 +27,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from calibrate import default_thresholds  # noqa: E402  (benchmark helpers beside this file)
+from calibrate import default_thresholds, passes  # noqa: E402  (benchmark helpers beside this file)
 
 #: recorded bidirectional scans: (base, file, whether its rows are backdoored when a row does not say)
 SOURCES = [("siglip", "siglip/generalization.json", None), ("siglip", "siglip/seed13/generalization.json", None),
@@ -74,11 +74,9 @@ def recorded_rows(data: object) -> list[dict]:
 
 def rules_holding(scores: dict, bars: dict[str, float]) -> list[str]:
     """The rules that hold on ``scores`` at ``bars`` (a missing score holds no rule)."""
-    def passes(check: str, recorded: str, direction: str) -> bool:
-        value = scores.get(recorded)
-        return value is not None and (value >= bars[check] if direction == ">=" else value <= bars[check])
-
-    return [rule for rule, checks in RULES.items() if all(passes(*c) for c in checks)]
+    return [rule for rule, checks in RULES.items()
+            if all(passes({"name": check, "score": scores.get(recorded), "threshold": bars[check],
+                           "direction": direction}, {}) for check, recorded, direction in checks)]
 
 
 def judge(rows: list[dict], bars: dict[str, float], positive: bool | None = None) -> list[dict]:

@@ -54,8 +54,8 @@ def checks_of(report: dict) -> list[dict]:
             continue
         if bidirectional and check["name"] == "divergence.relative":  # an earlier release's unjudged check
             threshold = default_thresholds()["divergence.relative_bidirectional"]
-            check = {**check, "name": "divergence.relative_bidirectional", "decides": True, "threshold": threshold,
-                     "flags": None if check["score"] is None else check["score"] >= threshold}
+            check = {**check, "name": "divergence.relative_bidirectional", "decides": True, "threshold": threshold}
+            check["flags"] = None if check["score"] is None else passes(check, {})
         elif bidirectional and check["name"].startswith("divergence."):
             check = {**check, "decides": True}
         if check.get("decides") is False:
@@ -64,8 +64,8 @@ def checks_of(report: dict) -> list[dict]:
             reference = (scan.get("reference_baseline") or {}).get("collapse", 0.0)
             score = None if check["score"] is None else collapse_gain(scan["scores"]["collapse"], reference)
             threshold = collapse_gain(reference + check["threshold"], reference)  # the same bar, as a gain
-            check = {**check, "name": "target.collapse_gain", "score": score, "threshold": threshold,
-                     "flags": None if score is None else score >= threshold}
+            check = {**check, "name": "target.collapse_gain", "score": score, "threshold": threshold}
+            check["flags"] = None if score is None else passes(check, {})
         if check["name"] in CHECK_OF_THRESHOLD.values():  # a check this release does not judge is left out
             checks.append(check)
     return checks
