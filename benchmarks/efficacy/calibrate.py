@@ -71,6 +71,18 @@ def checks_of(report: dict) -> list[dict]:
     return checks
 
 
+def judged_probe(report: dict) -> dict | None:
+    """The report's top real-input probe that its token-collapse rule judged (by its gain on a bidirectional tower,
+    else by its excess: the top row whose z-score is the rule's); None when that probe is not among the top rows."""
+    scan = report["components"][0].get("scan", {})
+    scores = {c["name"]: c["score"] for c in scan.get("checks", [])}
+    top = ((scan.get("evidence") or {}).get("token_search") or {}).get("top") or []
+    by_gain = scores.get("token_collapse.gain_z") is not None
+    key, z = ("gain_z", scores["token_collapse.gain_z"]) if by_gain else ("collapse_z", scores.get("token_collapse.z"))
+    judged = [row for row in top if z is not None and row.get(key) is not None and abs(row[key] - z) < 0.01]
+    return judged[0] if judged else None
+
+
 def record_checks(record: dict) -> list[dict]:
     """The judged checks (:func:`checks_of`) of a scan record's report; none when the scan wrote no report."""
     if not record.get("report"):

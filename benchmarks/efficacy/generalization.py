@@ -34,7 +34,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from calibrate import best_plateau, checks_of, default_thresholds, figures, flag_grid, plateau_middle  # noqa: E402
+from calibrate import (  # noqa: E402
+    best_plateau,
+    checks_of,
+    default_thresholds,
+    figures,
+    flag_grid,
+    judged_probe,
+    plateau_middle,
+)
 from report import positive_int, scans_dir  # noqa: E402
 from run_efficacy import CLI, base_target, run, scan_one, tool_version  # noqa: E402
 
@@ -101,14 +109,9 @@ def recorded_scores(report: dict) -> dict[str, float | None]:
     scan = report["components"][0].get("scan", {})
     out = {c["name"]: c["score"] for c in scan.get("checks", [])}
     out.update(scan.get("scores") or {})
-    top = ((scan.get("evidence") or {}).get("token_search") or {}).get("top") or []
-    # the probe the token-collapse rule judged (by its gain on a bidirectional tower, else by its excess), when it
-    # is among the top rows
-    by_gain = out.get("token_collapse.gain_z") is not None
-    key, z = ("gain_z", out["token_collapse.gain_z"]) if by_gain else ("collapse_z", out.get("token_collapse.z"))
-    judged = [row for row in top if z is not None and row.get(key) is not None and abs(row[key] - z) < 0.01]
-    if judged:
-        out.update({f"token_collapse.{k}": judged[0].get(k) for k in ("collapse", "spread", "reference_spread")})
+    probe = judged_probe(report)
+    if probe is not None:
+        out.update({f"token_collapse.{k}": probe.get(k) for k in ("collapse", "spread", "reference_spread")})
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}
 
 

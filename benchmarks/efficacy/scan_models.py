@@ -24,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from calibrate import record_checks  # noqa: E402  (benchmark helpers beside this file)
+from calibrate import checks_of, judged_probe  # noqa: E402  (benchmark helpers beside this file)
 from run_efficacy import scan_one, tool_version  # noqa: E402
 
 
@@ -51,26 +51,27 @@ def lab_row(folder: Path) -> dict:
 
 
 def gain_rule_probe(report: dict) -> dict | None:
-    """The real-input probe a bidirectional tower's token-collapse rule judged (the report's top probe whose gain
-    z-score is the rule's), with its gain and move cosine; None for a causal tower or when it is not among the top."""
-    scan = (report.get("components") or [{}])[0].get("scan") or {}
-    z = {c["name"]: c["score"] for c in scan.get("checks", [])}.get("token_collapse.gain_z")
-    top = ((scan.get("evidence") or {}).get("token_search") or {}).get("top") or []
-    rows = [r for r in top if z is not None and r.get("gain_z") is not None and abs(r["gain_z"] - z) < 0.01]
-    return {k: rows[0].get(k) for k in ("text", "placement", "origin", "collapse_gain", "gain_z", "move_cosine")} \
-        if rows else None
+    """The real-input probe a bidirectional tower's token-collapse rule judged (:func:`calibrate.judged_probe`),
+    with its gain and move cosine; None for a causal tower or when it is not among the top rows."""
+    scan = report["components"][0].get("scan", {})
+    if not any(c["name"] == "token_collapse.gain_z" for c in scan.get("checks", [])):
+        return None
+    probe = judged_probe(report)
+    return None if probe is None else {k: probe.get(k) for k in ("text", "placement", "origin", "collapse_gain",
+                                                                   "gain_z", "move_cosine")}
 
 
 def scan_row(folder: Path, reference: str, work: Path, threads: int, device: str, extra: tuple[str, ...]) -> dict:
     """Scan ``folder`` against ``reference`` (kept if this tool version scanned it) and return its row."""
     record = scan_one(str(folder), reference, work / folder.name, device, threads, extra=extra)
-    checks = record_checks(record)
-    report = json.loads(Path(record["report"]).read_text(encoding="utf-8")) if record.get("report") else {}
+    report = json.loads(Path(record["report"]).read_text(encoding="utf-8")) if record.get("report") else None
+    checks = checks_of(report) if report else []
     return {**lab_row(folder), "path": str(folder), "exit_code": record["exit_code"],
             "seconds": round(record["seconds"], 1),
-            "reasons": (report.get("verdict") or {}).get("reasons", []),
+            "reasons": ((report or {}).get("verdict") or {}).get("reasons", []),
             "scores": {c["name"]: None if c.get("score") is None else round(c["score"], 4) for c in checks},
-            "flagged_checks": [c["name"] for c in checks if c.get("flags")], "gain_rule_probe": gain_rule_probe(report)}
+            "flagged_checks": [c["name"] for c in checks if c.get("flags")],
+            "gain_rule_probe": gain_rule_probe(report) if report else None}
 
 
 def summary(rows: list[dict]) -> str:
