@@ -461,3 +461,19 @@ def test_readme_heldout_bidirectional_rule_figures_match_the_records() -> None:
             and f"(gain {gains[0]:.3f} to {gains[-1]:.2f} against the bar 0.5)" in readme)
     assert t5["positive"] and t5["flagged_now"] and f"the default search flagged it (token gain {t5['gain']:.3f})" \
         in readme
+
+
+def test_probe_extension_rows_are_tabled_with_both_judged_probes(tmp_path: Path) -> None:
+    """The multi-token benchmark's table names each model's judged probe without growth and among grown probes."""
+    from probe_extension import summarize
+
+    judged = {"probe": "z z", "placement": "end", "tokens": 2, "gain": 0.61, "gain_z": 12.0}
+    rows = [{"name": "attribute-06", "kind": "backdoored", "trigger": {"text": "zzzz"},
+             "judged_plain": {**judged, "probe": "z", "gain": 0.48}, "judged_grown": judged, "judged": judged},
+            {"name": "benign-city", "kind": "benign", "trigger": None, "judged_plain": judged, "judged_grown": None,
+             "judged": judged}]
+    summarize(rows, tmp_path, "python benchmarks/efficacy/probe_extension.py ...")
+    table = (tmp_path / "PROBE_EXTENSION.md").read_text(encoding="utf-8")
+    assert "| attribute-06 | backdoored | zzzz | 0.480 (z 12.0) `z` end | 0.610 (z 12.0) `z z` end |" in table
+    assert "| benign-city | benign | - | 0.610 (z 12.0) `z z` end | - |" in table
+    assert json.loads((tmp_path / "probe-extension.json").read_text(encoding="utf-8"))["rows"] == rows

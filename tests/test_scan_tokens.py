@@ -10,8 +10,10 @@ import torch
 from amdet_audit.scan.discrete import (
     Probe,
     ProbeRunner,
+    extension_probes,
     gradient_probes,
     lookalike_probes,
+    probe_kind,
     robust,
     search_tokens,
     seed_probes,
@@ -88,6 +90,38 @@ def test_a_token_reached_by_the_gradient_and_by_a_pseudo_trigger_is_one_probe(to
     vocabulary = tower.token_embedding_matrix().shape[0]
     by_gradient = gradient_probes(ProbeRunner(tower, None, PROMPTS, padding=4), seeded[0], top=vocabulary)
     assert seeded[0] in by_gradient and len(set(by_gradient)) == len(by_gradient)
+
+
+def test_an_extension_keeps_the_probe_and_adds_one_token(tower) -> None:
+    """Each grown probe is the parent's tokens and one more on either side: its own tokens repeated, then
+    gradient-ranked ones."""
+    from amdet_audit.scan.discrete import special_ids
+
+    runner = ProbeRunner(tower, None, PROMPTS, padding=4)
+    for placement in ("start", "end"):
+        parent = Probe("p", placement, tokens=(700, 701))
+        grown = extension_probes(runner, parent, top=3)
+        assert [g.tokens for g in grown[:2]] == [(700, 701, 700), (700, 701, 701)]  # the repeats come first
+        after = [g for g in grown if g.tokens[:2] == (700, 701)]
+        before = [g for g in grown if g.tokens[1:] == (700, 701)]
+        assert len(after) + len(before) == len(grown) == len(set(grown)) and 3 <= len(after) <= 5
+        assert (700, 700, 701) in [g.tokens for g in before]
+        added = {g.tokens[-1] for g in after} | {g.tokens[0] for g in before}
+        assert all(len(g.tokens) == 3 and g.placement == placement and g.origin == "extended" for g in grown)
+        assert not added & special_ids(tower)
+
+
+def test_extended_probes_are_judged_against_random_sequences_of_their_length(tower) -> None:
+    v = tower.token_embedding_matrix()[[700]].clone()
+    found = search_tokens(tower, tower, PROMPTS, [v], padding=4, nearest=2, moved=0, gradient_top=2, rounds=1,
+                          nulls=4, seed=1, extend=2, beam=1)
+    assert {"tokens2_gain_spread", "tokens3_gain_spread", "token_gain_spread"} <= set(found.null)
+    assert max(len(s.probe.tokens) for s in found.top if not s.probe.substitution) <= 3
+    assert probe_kind(Probe("x", "end", tokens=(1, 2, 3)), (2, 3)) == "tokens3"
+    assert probe_kind(Probe("x", "end", tokens=(1, 2)), ()) == "token"  # no null of pairs: the single tokens'
+    plain = search_tokens(tower, tower, PROMPTS, [v], padding=4, nearest=2, moved=0, gradient_top=2, rounds=1,
+                          nulls=4, seed=1)
+    assert not any(k.startswith("tokens") for k in plain.null) and found.probes > plain.probes
 
 
 def test_lookalike_table_and_robust_spread() -> None:

@@ -88,6 +88,9 @@ class ScanConfig:
     token_nulls: int = 16  # random tokens probed for the null distribution
     token_confirm: int = 16  # screened candidates scored against the reference (see scan/discrete.py)
     token_lookalike_every: bool = True  # also substitute every occurrence of a letter, not only the first
+    token_extend: int = 0  # tokens the strongest probes may grow by, one at a time (bidirectional towers; off: see
+    # benchmarks/efficacy/probe_extension.py)
+    token_beam: int = 2  # probes per placement kept at each step of that growth
     seed: int = DEFAULT_SEED
     thresholds: Thresholds = field(default_factory=Thresholds)
 

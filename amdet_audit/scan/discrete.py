@@ -7,8 +7,10 @@ that vector little to find, while the real trigger still works. So the scan also
 
 - probes: tokens nearest to each pseudo-trigger vector, tokens whose embeddings moved most from the
   reference, tokens ranked by a first-order (HotFlip-style) estimate of the collapse objective over the
-  whole vocabulary, refined greedily, each inserted after the start token and before the end token; and
-  every single-letter look-alike substitution (a homoglyph trigger) applied to real prompts;
+  whole vocabulary, refined greedily, each inserted after the start token and before the end token; on a
+  bidirectional tower the strongest of them also grow, a token at a time on either side, into multi-token
+  probes (a trigger spelt in several pieces); and every single-letter look-alike substitution (a homoglyph
+  trigger) applied to real prompts;
 - features: what a triggered prompt's consumer reads after the trigger: the end-token state, the mean of the
   padding states after it and the pooled output, each centred by the clean corpus mean and scaled to unit
   typical norm (positions before an end-placed trigger cannot change in a causal tower, so they are left out;
@@ -16,7 +18,8 @@ that vector little to find, while the real trigger still works. So the scan also
 - scores: cross-prompt collapse of the suspect beyond the reference's under the same probe (as a difference, the
   excess, and as the share of the reference's room to full collapse that the suspect closes, the gain), and the
   consistent shift the probe causes in the suspect but not in the reference, each also as a robust z-score
-  against random vocabulary tokens probed the same way (a null distribution of this very model pair).
+  against random vocabulary tokens probed the same way (a null distribution of this very model pair; a grown
+  probe's against random sequences of its own length).
 
 Inspired by NLP trigger inversion in token space (DBS, Shen et al. 2022; PICCOLO, Liu et al. 2022); no code
 from either.
@@ -204,13 +207,13 @@ class ProbeRunner:
         return ProbeScore(probe=probe, collapse=col, excess=excess, shift=shift, gain=gain, spread=spreads[0],
                           reference_spread=spreads[1], move_cosine=cosine)
 
-    def gradient(self, probe: Probe) -> torch.Tensor:
-        """[D] gradient of the suspect's tail collapse w.r.t. the embedding of the probe's first token."""
+    def gradient(self, probe: Probe, index: int = 0) -> torch.Tensor:
+        """[D] gradient of the suspect's tail collapse w.r.t. the embedding of the probe's token ``index``."""
         batch = self.inputs(probe)
         start = self.suspect.insert_position if probe.placement == "start" else None
         slot = torch.zeros(batch.ids.shape, dtype=torch.bool, device=batch.ids.device)  # [B, L]
         for b, e in enumerate(batch.eos.tolist()):
-            slot[b, start if start is not None else e - len(probe.tokens)] = True
+            slot[b, (start if start is not None else e - len(probe.tokens)) + index] = True
         embeds = self.suspect.embed_tokens(batch.ids).detach().float()  # [B, L, D]
         e = embeds[slot][0].clone().requires_grad_(True)  # [D]
         mixed = torch.where(slot.unsqueeze(-1), e.expand_as(embeds), embeds)  # [B, L, D]
@@ -290,9 +293,42 @@ def gradient_probes(runner: ProbeRunner, best: Probe, top: int) -> list[Probe]:
             for t in gain.topk(top).indices.tolist()]
 
 
-def probe_kind(probe: Probe) -> str:
-    """"text" for a look-alike substitution, "token" for inserted tokens: each kind has its own null."""
-    return "text" if probe.substitution else "token"
+def extension_probes(runner: ProbeRunner, parent: Probe, top: int) -> list[Probe]:
+    """``parent``'s tokens and one more, before or after them: each of its own tokens repeated, and the ``top``
+    tokens whose first-order gain of the suspect's collapse at the new slot is largest (taken with the nearest
+    token repeated there).
+
+    A trigger spelt in several pieces ("zzzz": "▁", "z", "z", "z", "z"; an emoji: four byte pieces) is rarely
+    reached by single tokens: one of its pieces moves the prompts part of the way, and the rest of the way lies in
+    adding the other pieces, on either side.
+    """
+    tokens, grown = parent.tokens, []
+    for after in (True, False):
+        slot = len(tokens) if after else 0
+        guess = (*tokens, tokens[-1]) if after else (tokens[0], *tokens)
+        grad = runner.gradient(Probe(label="", placement=parent.placement, tokens=guess), index=slot)  # [D]
+        gain = runner.suspect.token_embedding_matrix().float() @ grad  # [V, D] @ [D] -> [V]
+        gain[list(special_ids(runner.suspect))] = -float("inf")
+        for t in dict.fromkeys([*tokens, *gain.topk(top).indices.tolist()]):
+            ids = (*tokens, t) if after else (t, *tokens)
+            grown.append(Probe(label=str(ids), placement=parent.placement, tokens=ids, origin="extended"))
+    return list(dict.fromkeys(grown))
+
+
+def null_sequences(adapter: Adapter, count: int, length: int, seed: int) -> list[Probe]:
+    """Random vocabulary sequences of ``length`` tokens at both placements: the null of multi-token probes."""
+    rng, banned = random.Random(seed + length), special_ids(adapter)
+    allowed = [t for t in range(adapter.token_embedding_matrix().shape[0]) if t not in banned]
+    return [Probe(label=str(ids), placement=p, tokens=ids, origin="null")
+            for ids in (tuple(rng.sample(allowed, length)) for _ in range(count)) for p in PLACEMENTS]
+
+
+def probe_kind(probe: Probe, lengths: Sequence[int] = ()) -> str:
+    """"text" for a look-alike substitution, "token" for inserted tokens, "tokensN" for N inserted tokens when N
+    is one of ``lengths`` (those with a null of random N-token sequences): each kind has its own null."""
+    if probe.substitution:
+        return "text"
+    return f"tokens{len(probe.tokens)}" if len(probe.tokens) in lengths else "token"
 
 
 def robust(values: list[float]) -> tuple[float, float]:
@@ -307,7 +343,7 @@ def search_tokens(
     padding: int = 8, nearest: int = 4, moved: int = 8, gradient_top: int = 8, rounds: int = 2, nulls: int = 16,
     confirm: int = 16, lookalike_modes: tuple[str, ...] = ("first", "every"), seed: int = 0,
     progress: Callable[[int, int, str], None] | None = None, pooled_only: bool = False,
-    z_bars: tuple[float, float] = (math.inf, math.inf), by_gain: bool = False,
+    z_bars: tuple[float, float] = (math.inf, math.inf), by_gain: bool = False, extend: int = 0, beam: int = 2,
 ) -> TokenSearch:
     """Try real-input trigger candidates on ``prompts`` and score each against a null of random tokens.
 
@@ -320,6 +356,9 @@ def search_tokens(
         they close) instead of their excess: a bidirectional reference's own outputs may collapse under a probe
         (every "a" spelt in Cyrillic turns SigLIP's prompts into byte pieces: reference collapse 0.59), which
         caps the excess a backdoor can show there, but not its gain.
+    extend: the ``beam`` strongest token probes at each placement grow by up to this many tokens, one at a time
+        (:func:`extension_probes`); probes of 2 to ``1 + extend`` tokens are then scored against random sequences
+        of their own length.
     """
     runner = ProbeRunner(suspect, reference, prompts, padding, pooled_only)
     scored: dict[Probe, ProbeScore] = {}
@@ -331,7 +370,9 @@ def search_tokens(
                 if progress:
                     progress(len(scored), 0, "trying real-token triggers")
 
+    lengths = tuple(range(2, 2 + extend))
     null = null_probes(suspect, nulls, seed, lookalike_modes)
+    null += [p for n in lengths for p in null_sequences(suspect, max(4, nulls // 2), n, seed)]
     run(null, with_reference=True)
     run(seed_probes(suspect, reference, vectors, nearest, moved) + lookalike_probes(lookalike_modes))
     for placement in PLACEMENTS:  # greedy refinement from the best token probe at each placement
@@ -340,12 +381,25 @@ def search_tokens(
             if not pool:
                 break
             run(gradient_probes(runner, max(pool, key=lambda s: s.collapse).probe, gradient_top))
-    screened = [s for s in scored.values() if s.probe.origin != "null"]
+    for placement in PLACEMENTS:  # greedy extension of the strongest token probes, one token at a time
+        front = [s.probe for s in scored.values() if s.probe.placement == placement and s.probe.origin != "null"]
+        for _ in range(extend):
+            front = sorted(front, key=lambda p: scored[p].collapse, reverse=True)[:beam]
+            front = [grown for p in front if len(p.tokens) < 1 + extend
+                     for grown in extension_probes(runner, p, gradient_top)]
+            run(front)
+    screened = [s for s in scored.values() if s.probe.origin not in ("null", "extended")]
+    grown = [s for s in scored.values() if s.probe.origin == "extended"]
     chosen = {s.probe for s in sorted(screened, key=lambda s: s.collapse, reverse=True)[:confirm]}
     chosen |= {s.probe for s in sorted(screened, key=lambda s: s.shift, reverse=True)[: confirm // 2]}
+    chosen |= {s.probe for s in sorted(grown, key=lambda s: s.collapse, reverse=True)[: confirm // 2]}  # on top:
+    # grown probes collapse more than their parents on the suspect alone, and would crowd out the rest
     run(sorted(chosen, key=lambda p: p.label), with_reference=True)
-    kind = probe_kind
-    nulls_of = {k: [p for p in null if kind(p) == k] for k in ("token", "text")}
+
+    def kind(p: Probe) -> str:
+        return probe_kind(p, lengths)
+
+    nulls_of = {k: [p for p in null if kind(p) == k] for k in ("token", "text", *(f"tokens{n}" for n in lengths))}
     stats = {(k, name): robust([getattr(scored[p], name) for p in ps])
              for k, ps in nulls_of.items() for name in ("excess", "shift", "gain")}
     for s in scored.values():
