@@ -116,6 +116,7 @@ def test_extended_probes_are_judged_against_random_sequences_of_their_length(tow
     found = search_tokens(tower, tower, PROMPTS, [v], padding=4, nearest=2, moved=0, gradient_top=2, rounds=1,
                           nulls=4, seed=1, extend=2, beam=1)
     assert {"tokens2_gain_spread", "tokens3_gain_spread", "token_gain_spread"} <= set(found.null)
+    assert found.best_collapse in found.confirmed  # the rules chose from the confirmed probes
     assert max(len(s.probe.tokens) for s in found.top if not s.probe.substitution) <= 3
     assert probe_kind(Probe("x", "end", tokens=(1, 2, 3)), (2, 3)) == "tokens3"
     assert probe_kind(Probe("x", "end", tokens=(1, 2)), ()) == "token"  # no null of pairs: the single tokens'

@@ -83,6 +83,8 @@ class TokenSearch:
     null: dict[str, float] = field(default_factory=dict)
     top: list[ProbeScore] = field(default_factory=list)
     by_gain: bool = False  # best_collapse was judged by its gain (bidirectional towers; see search_tokens)
+    confirmed: list[ProbeScore] = field(default_factory=list)  # every probe scored against the reference, the
+    # token rules' choice
 
 
 @dataclass
@@ -415,7 +417,7 @@ def search_tokens(
     ranked = sorted(tried, key=lambda s: max(s.excess_z, s.shift_z), reverse=True)
     top = list({id(s): s for s in [*(b for b in (best_c, best_s) if b is not None), *ranked]}.values())[:8]
     return TokenSearch(best_collapse=best_c, best_shift=best_s, probes=len(scored), null=null_summary, top=top,
-                       by_gain=by_gain)
+                       by_gain=by_gain, confirmed=tried)
 
 
 def judged(scores: Sequence[ProbeScore], value: str, z: str, bar: float) -> ProbeScore | None:

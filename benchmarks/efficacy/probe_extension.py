@@ -37,10 +37,10 @@ def measure(folder: Path, reference: str, extend: int = 3, beam: int = 2) -> dic
     with ``beam`` kept per placement and step."""
     import torch
 
-    import amdet_audit.scan.discrete as discrete
     from amdet_audit.encoders.consumers import consumer_for
     from amdet_audit.encoders.load import load_as_read, read_of
     from amdet_audit.scan.config import ScanConfig
+    from amdet_audit.scan.discrete import judged
     from amdet_audit.scan.invert import invert
     from amdet_audit.scan.prompts import prepare_prompts
     from amdet_audit.scan.run import build_encoders, token_search
@@ -59,19 +59,8 @@ def measure(folder: Path, reference: str, extend: int = 3, beam: int = 2) -> dic
     started = time.perf_counter()
     inv = invert(enc, data.ids[data.train], cfg)
     cands = {f: c for f in ("collapse", "divergence") if (c := inv.best(f)) is not None}
-    tried: list = []
-    judged = discrete.judged
-
-    def keep(scores, value, z, bar):  # the probes the collapse rule chose from
-        if value == "gain":
-            tried[:] = list(scores)
-        return judged(scores, value, z, bar)
-
-    discrete.judged = keep
-    try:
-        search = token_search(enc, data, cands, cfg, None)
-    finally:
-        discrete.judged = judged
+    search = token_search(enc, data, cands, cfg, None)
+    tried = search.confirmed if search else []  # the probes the collapse rule chose from
     tokenizer = getattr(s, "tokenizer", None)
 
     def name(p) -> str:
