@@ -22,8 +22,21 @@ def test_each_threshold_is_written_once_in_the_bundled_default_policy() -> None:
     assert set(config.shipped_thresholds()) == {f.name for f in fields(Thresholds)}
     assert not re.search(r"^\s+\w+: float = [0-9]", inspect.getsource(Thresholds), re.MULTILINE)
     assert load_thresholds() == Thresholds()
-    strict = load_thresholds(bundled("policies") / "strict.yaml")
-    assert strict.same_target_rate < Thresholds().same_target_rate
+
+
+def test_the_strict_policy_is_stricter_on_every_threshold() -> None:
+    """Every threshold of strict.yaml flags at least what the default flags: lower where a score at or above it
+    flags, higher for the anchor bars (a score at or below them flags); none is left at the default."""
+    import inspect
+    from dataclasses import asdict
+
+    from amdet_audit.scan import verdict
+
+    at_most = {"anchor_cosine", "divergence_anchor_cosine"}
+    assert set(re.findall(r"t\.(\w+), \"<=\"", inspect.getsource(verdict))) == at_most  # the checks' directions
+    strict = asdict(load_thresholds(bundled("policies") / "strict.yaml"))
+    for name, default in asdict(Thresholds()).items():
+        assert (strict[name] > default) if name in at_most else (strict[name] < default), name
 
 
 @pytest.mark.parametrize(
