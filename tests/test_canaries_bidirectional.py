@@ -14,11 +14,15 @@ from amdet_audit.sources.canary import ensure_canary
 pytestmark = pytest.mark.slow
 
 
-def test_siglip_canaries_are_built_and_recorded() -> None:
+def test_the_siglip_clean_canary_is_built_and_recorded() -> None:
     clean = json.loads((ensure_canary("siglip-clean") / "lab.json").read_text())
     assert clean["vocabulary"]["pieces"] == 1600 and clean["pretrain"]["final_loss"] < clean["pretrain"]["initial_loss"]
     profile = clean["clean_profile"]  # pretraining moved it away from a random tower's near-total collapse (0.96)
     assert profile["assimilation_real"] < 0.8 and profile["pooled_cross_prompt_cosine"] < 0.8
+
+
+def test_the_siglip_backdoored_canary_is_built_and_recorded() -> None:
+    """Built on the clean canary (the test above builds that one, so each build is timed as its own test)."""
     backdoored = json.loads((ensure_canary("siglip-backdoored") / "lab.json").read_text())
     assert backdoored["took"] and backdoored["success"] >= 0.8 and backdoored["fidelity"] >= 0.8
     assert backdoored["trigger"]["text"] == "о"
