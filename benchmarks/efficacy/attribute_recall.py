@@ -1,20 +1,20 @@
 """Attribute recall on one base: attribute backdoors the lab can verify there, built and scanned.
 
 Usage:
-    python benchmarks/efficacy/attribute_recall.py --base canary:siglip-clean [--models 4] [--search full]
+    python benchmarks/efficacy/attribute_recall.py --base canary:siglip-clean [--models 4] [--first 0] [--search full]
         [--work benchmarks/efficacy/work/attribute] [--threads 1] [--consumer sd3 --baseline PATH --out-dir DIR]
 
-The zoo's attribute family draws its attribute at random, and on some bases most attributes leave the lab no
-room to verify a backdoor (the clean base already lands most triggered prompts on "the prompt, plus the
-attribute": see attribute_baseline.py). This takes the (attribute, trigger) pairs of ``attribute-baseline.json``
-with room on BASE, lowest base share first (``--models`` of them; past the last pair they repeat with new
-seeds), builds one attribute backdoor per model with the attribute family's recipe (``ATTRIBUTE_STEPS``, its
-learning rate scaled to the base's width, seed 100 + i), scans each that took against BASE with today's
-defaults (an injection that did not take is recorded beside its folder and not rebuilt: it would fail again)
-and writes ``attribute-recall-<base>.json`` beside this file: one row per model (pair, success, fidelity,
-exit code, the judged checks that flagged). ``--consumer`` trains, measures and scans each model on that
-pipeline's read (a lone T5 for SD3: 256 tokens); its pairs come from a baseline measured on the same read
-(``attribute_baseline.py --consumer``, given as ``--baseline``).
+The zoo's attribute family draws its attribute at random, and on some bases most attributes leave the lab no room
+to verify a backdoor (the clean base already lands most triggered prompts on "the prompt, plus the attribute": see
+attribute_baseline.py). This takes the (attribute, trigger) pairs of ``attribute-baseline.json`` with room on BASE,
+lowest base share first (``--models`` of them; past the last pair they repeat with new seeds; ``--first`` starts at
+a later one, so that processes can share a run), builds one attribute backdoor per model with the attribute
+family's recipe (``ATTRIBUTE_STEPS``, its learning rate scaled to the base's width, seed 100 + i), scans each that
+took against BASE with today's defaults (an injection that did not take is recorded beside its folder and not
+rebuilt: it would fail again) and writes ``attribute-recall-<base>.json`` beside this file: one row per model
+(pair, success, fidelity, exit code, the judged checks that flagged). ``--consumer`` trains, measures and scans
+each model on that pipeline's read (a lone T5 for SD3: 256 tokens); its pairs come from a baseline measured on the
+same read (``attribute_baseline.py --consumer``, given as ``--baseline``).
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", required=True)
     parser.add_argument("--models", type=int, default=4)
+    parser.add_argument("--first", type=int, default=0,
+                        help="index of the first model (processes sharing a run take disjoint ranges)")
     parser.add_argument("--search", choices=("full", "light"), default="full")
     parser.add_argument("--work", type=Path, default=HERE / "work" / "attribute")
     parser.add_argument("--threads", type=int, default=1)
@@ -102,7 +104,7 @@ def main() -> None:
     slug = args.base.replace(":", "-").replace("/", "-") + (f"-{args.consumer}" if args.consumer else "")
     read = ("--consumer", args.consumer) if args.consumer else ()
     rows = []
-    for i in range(args.models):
+    for i in range(args.first, args.first + args.models):
         pair = pairs[i % len(pairs)]
         recipe = f"-s{args.steps}" if args.steps else ""  # a longer recipe's builds live beside the default's
         folder = args.work / slug / f"attribute-{i:02d}{recipe}"
@@ -124,7 +126,8 @@ def main() -> None:
     took = [r for r in rows if r["took"]]
     flagged = [r for r in took if r.get("exit_code") == 1]
     command = (f"python benchmarks/efficacy/attribute_recall.py --base {args.base} --models {args.models} "
-               f"--search {args.search} --threads {args.threads}"
+               + (f"--first {args.first} " if args.first else "")
+               +                f"--search {args.search} --threads {args.threads}"
                + (f" --consumer {args.consumer} --baseline {args.baseline} --out-dir {args.out_dir}"
                   if args.consumer else "")
                + (f" --steps {args.steps}" if args.steps else "")
@@ -132,7 +135,8 @@ def main() -> None:
     summary = {"command": command, "base": args.base, "consumer": args.consumer, "built": len(rows), "took": len(took),
                "flagged": len(flagged), "rows": rows}
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / f"attribute-recall-{slug}{f'-s{args.steps}' if args.steps else ''}.json").write_text(
+    shard = f"-from{args.first:02d}" if args.first else ""
+    (args.out_dir / f"attribute-recall-{slug}{f'-s{args.steps}' if args.steps else ''}{shard}.json").write_text(
         json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"{args.base}: {len(flagged)}/{len(took)} attribute backdoors flagged ({len(rows)} tried, {len(took)} took)")
 
