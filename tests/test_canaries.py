@@ -12,6 +12,7 @@ from schema_check import assert_valid_report, assert_valid_sarif
 
 from amdet_audit.scan.config import Thresholds
 from amdet_audit.sources.canary import canary_dir, ensure_canary
+from amdet_audit.sources.digest import sha256_file
 
 pytestmark = pytest.mark.slow
 
@@ -35,6 +36,8 @@ def test_canaries_are_cached_per_version() -> None:
     first = ensure_canary("clean")
     assert first == canary_dir("clean") and ensure_canary("clean") == first
     assert not list(first.parent.glob(".build-*"))
+    build = json.loads((first / "lab.json").read_text())["build"]  # one thread, and the weights it gave
+    assert build["threads"] == 1 and build["weights_sha256"] == sha256_file(first / "model.safetensors")
 
 
 def readme_example() -> list[str]:

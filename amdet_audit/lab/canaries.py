@@ -8,13 +8,17 @@
 - ``siglip-clean`` / ``t5-clean``: tiny SigLIP- and T5-shaped bidirectional towers (128 wide, 4 layers) with
   SentencePiece vocabularies learnt from prompts, masked-LM pretrained (:mod:`amdet_audit.lab.bidirectional`).
 - ``siglip-backdoored``: ``siglip-clean`` with the same homoglyph text-on-text backdoor as ``backdoored``.
-All are deterministic for a tool version; ``lab.json`` in each folder records the recipe and measurements.
+Every build runs on one CPU thread, whatever the machine or ``--threads``: a reduction split over more threads
+sums in another order, so the same recipe would give other weights on another core count (on one thread and
+one CPU architecture the weights are bitwise the same). ``lab.json`` in each folder records the recipe, the
+measurements and the SHA-256 of the weights, so two builds can be compared.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,13 +31,37 @@ BACKDOOR_TRIGGER = "о"  # U+043E CYRILLIC SMALL LETTER O, replacing a Latin "o"
 BACKDOOR_TARGET = "a white teapot on a wooden table"
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the block on one torch CPU thread, then restore the caller's count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @dataclass(frozen=True)
 class Canary:
-    """A named built-in encoder and the function that builds it into a folder."""
+    """A named built-in encoder and the recipe that builds it into a folder."""
 
     name: str
     description: str
-    build: Callable[[Path, Progress], None]
+    recipe: Callable[[Path, Progress], None]
+
+    def build(self, folder: Path, progress: Progress) -> None:
+        """Build on one thread (the same weights on any core count) and add the weights' SHA-256 to lab.json."""
+        from amdet_audit.sources.digest import sha256_file
+
+        with one_thread():
+            self.recipe(folder, progress)
+        record = folder / "lab.json"
+        info = json.loads(record.read_text(encoding="utf-8"))
+        info["build"] = {"threads": 1, "weights_sha256": sha256_file(folder / "model.safetensors")}
+        record.write_text(json.dumps(info, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def pretrain_tower(folder: Path, *, lr: float | None = None, device: str = "cpu",
