@@ -217,6 +217,10 @@ def test_benign_sweep_shards_cover_the_grid_once_and_the_table_puts_false_alarms
 
     text = markdown("canary:clean", [row("quiet", 0), row("loud", 1)], "cmd")
     assert "Flagged: 1 of 2" in text and text.index("| loud |") < text.index("| quiet |")
+    assert "| flagged by | token_shift.size |\n" in text and "| 0.500 |" in text  # the scores the rows hold
+    siglip = [{**row("bidirectional", 0), "scores": {"token_collapse.gain": 0.3}, "reference_digest": "ab" * 32}]
+    text = markdown("canary:siglip-clean", siglip, "cmd")
+    assert "| flagged by | token_collapse.gain |\n" in text and f"digest: `{'ab' * 8}`" in text
 
 
 def test_readme_false_alarm_figures_match_the_recorded_benign_sweep() -> None:
