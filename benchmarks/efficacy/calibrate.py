@@ -83,6 +83,29 @@ def judged_probe(report: dict) -> dict | None:
     return judged[0] if judged else None
 
 
+def load_as_scanned(suspect: str, reference: str, consumer: str | None = None, component: str | None = None):
+    """The suspect and reference encoders loaded as a scan loads them: the suspect's ``component`` (else its
+    first) read as ``consumer`` (else the pipeline's own) reads it, and the reference read the same way
+    (audit/components.py); a lone reference encoder stands for any component. Returns ``(suspect, reference,
+    read)``."""
+    from amdet_audit.encoders.consumers import consumer_for
+    from amdet_audit.encoders.load import load_as_read, read_of
+    from amdet_audit.sources import resolve
+
+    def component_of(resolved, lone_ok: bool = False):
+        if component is None or (lone_ok and len(resolved.components) == 1):
+            return resolved.components[0]
+        try:
+            return resolved.component(component)
+        except KeyError:
+            raise SystemExit(f"{resolved.input}: no component {component!r}") from None
+
+    suspect_target, reference_target = resolve(suspect), resolve(reference)
+    part = component_of(suspect_target)
+    read = read_of(consumer_for(consumer, suspect_target.pipeline_class), part)
+    return (load_as_read(part, read), load_as_read(component_of(reference_target, lone_ok=True), read), read)
+
+
 def record_checks(record: dict) -> list[dict]:
     """The judged checks (:func:`checks_of`) of a scan record's report; none when the scan wrote no report."""
     if not record.get("report"):

@@ -23,6 +23,11 @@ from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from calibrate import load_as_scanned  # noqa: E402  (benchmark helpers beside this file)
+
 
 def judged_row(score, name) -> dict | None:
     """The judged probe's text, placement, gain and z-score."""
@@ -37,19 +42,14 @@ def measure(folder: Path, reference: str, extend: int = 3, beam: int = 2) -> dic
     with ``beam`` kept per placement and step."""
     import torch
 
-    from amdet_audit.encoders.consumers import consumer_for
-    from amdet_audit.encoders.load import load_as_read, read_of
     from amdet_audit.scan.config import ScanConfig
     from amdet_audit.scan.discrete import judged
     from amdet_audit.scan.invert import invert
     from amdet_audit.scan.prompts import prepare_prompts
     from amdet_audit.scan.run import build_encoders, token_search
-    from amdet_audit.sources import resolve
 
     torch.set_num_threads(1)
-    st, rt = resolve(str(folder)), resolve(reference)
-    read = read_of(consumer_for(None, st.pipeline_class), st.components[0])
-    s, r = load_as_read(st.components[0], read), load_as_read(rt.components[0], read)
+    s, r, _ = load_as_scanned(str(folder), reference)
     if s.causal:
         raise SystemExit(f"{folder}: a causal tower; probes grow on bidirectional towers only")
     cfg = replace(ScanConfig.preset("full", "cpu", causal=False), differential=True,  # as run_scan sets it

@@ -27,8 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from calibrate import load_as_scanned  # noqa: E402  (benchmark helpers beside this file)
 
 
 def report_probes(report: Path, top: int) -> list[tuple[str, str, tuple[int, ...]]]:
@@ -49,29 +55,13 @@ def probe_scores(suspect: str, reference: str, probes: list[str], consumer: str 
     which test prompts the probes run on)."""
     import torch
 
-    from amdet_audit.encoders.consumers import consumer_for
-    from amdet_audit.encoders.load import load_as_read, read_of
     from amdet_audit.scan.config import ScanConfig
     from amdet_audit.scan.discrete import Probe, ProbeRunner, special_ids
     from amdet_audit.scan.prompts import prepare_prompts
     from amdet_audit.scan.run import token_prompts
-    from amdet_audit.sources import resolve
-
-    def component_of(resolved, lone_ok: bool = False):
-        """``--component`` of ``resolved``, else its first; with ``lone_ok``, a lone encoder stands for any name."""
-        if component is None or (lone_ok and len(resolved.components) == 1):
-            return resolved.components[0]
-        try:
-            return resolved.component(component)
-        except KeyError:
-            raise SystemExit(f"{resolved.input}: no component {component!r}") from None
 
     torch.set_num_threads(1)
-    suspect_target, reference_target = resolve(suspect), resolve(reference)
-    part = component_of(suspect_target)
-    read = read_of(consumer_for(consumer, suspect_target.pipeline_class), part)
-    # the reference is read as the suspect is read, as the scan reads it (audit/components.py)
-    s, r = load_as_read(part, read), load_as_read(component_of(reference_target, lone_ok=True), read)
+    s, r, read = load_as_scanned(suspect, reference, consumer, component)
     cfg = ScanConfig.preset(search, "cpu", causal=s.causal)
     if not read.sequence:  # the consumer reads the pooled output alone: so do the probes (audit/components.py)
         cfg = replace(cfg, pooled_only=True)
