@@ -378,6 +378,25 @@ def test_readme_siglip_false_alarm_figures_match_the_recorded_sweep() -> None:
                 "benign SigLIP models flagged" in readme)
 
 
+def test_readme_siglip_one_thread_build_figures_match_the_recorded_sweep() -> None:
+    """README's figures for the heavy-domain sweep on the one-thread SigLIP canary build are the record's: every
+    alarm a "city" fine-tune, all on one build."""
+    root = Path(__file__).resolve().parents[1]
+    record = root / "benchmarks/efficacy/siglip/benign-sweep/heavy-domain-one-thread"
+    rows = json.loads((record / "benign-sweep-canary-siglip-clean.json").read_text(encoding="utf-8"))["rows"]
+    alarms = [r for r in rows if r["exit_code"] == 1]
+    assert len({r["reference_digest"] for r in rows}) == 1 and all(r["exit_code"] in (0, 1) for r in rows)
+    passed_domains = {r["domain"] for r in rows if r["exit_code"] == 0}
+    assert {r["domain"] for r in alarms} == {"city"} == {r["domain"] for r in rows} - passed_domains  # every one
+    gains = sorted(r["scores"]["token_collapse.gain"] for r in alarms)
+    others = len(rows) - len([r for r in rows if r["domain"] == "city"])
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    words = {5: "five"}  # the count as the README spells it
+    assert (f"on that build {len(alarms)} of {len(rows)} heavy-domain fine-tunes were flagged, all "
+            f"{words[len(alarms)]} of \"city\" (gain {gains[0]:.3f} to {gains[-1]:.3f}), none of the {others} "
+            "on other domain words" in readme)
+
+
 def test_readme_siglip_seed21_figures_match_the_recorded_scans() -> None:
     """README's fourth SigLIP zoo and attribute figures are the recorded scans'."""
     root = Path(__file__).resolve().parents[1]
