@@ -26,49 +26,60 @@ def scan(folder: Path, out: Path, **options) -> dict:
     return data
 
 
+class Reports(dict):
+    """Scan reports by lab model name, each model built and scanned against the clean canary (the built-in
+    table picks it) on first use, so that each build and scan is timed within the first test that needs it."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str) -> dict:
+        self[name] = scan(lab_model(name), self.root / name)
+        return self[name]
+
+
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """One scan per lab model against the clean canary (the built-in table picks it). The models are taken in
-    the reverse of tests/test_lab.py's order: when both files run at once, each worker builds another model
-    instead of waiting on the other's."""
-    root = tmp_path_factory.mktemp("reports")
-    return {name: scan(lab_model(name), root / name) for name in reversed(MODELS)}
+def reports(tmp_path_factory: pytest.TempPathFactory) -> Reports:
+    """The lab models' reports. The tests below first ask for them in the reverse of tests/test_lab.py's order:
+    when both files run at once, each worker builds another model instead of waiting on the other's."""
+    return Reports(tmp_path_factory.mktemp("reports"))
 
 
-@pytest.mark.parametrize("name", ["multi-token", "attribute-word"])
-def test_backdoors_are_flagged(reports: dict[str, dict], name: str) -> None:
+def test_benign_finetune_passes(reports: Reports) -> None:
+    data = reports["benign"]
+    assert data["verdict"]["label"] == "clean" and data["verdict"]["exit_code"] == 0
+
+
+@pytest.mark.parametrize("name", ["attribute-word", "multi-token"])
+def test_backdoors_are_flagged(reports: Reports, name: str) -> None:
     data = reports[name]
     scores = {c["name"]: round(c["score"], 3) for c in data["components"][0]["scan"]["checks"]}
     assert data["verdict"]["label"] == "backdoored" and data["verdict"]["exit_code"] == 1, scores
     assert data["reference"]["model"]["input"] == "canary:clean"
 
 
-def test_benign_finetune_passes(reports: dict[str, dict]) -> None:
-    data = reports["benign"]
-    assert data["verdict"]["label"] == "clean" and data["verdict"]["exit_code"] == 0
-
-
-def test_nearest_prompts_name_the_injected_target(reports: dict[str, dict]) -> None:
+def test_nearest_prompts_name_the_injected_target(reports: Reports) -> None:
     evidence = reports["multi-token"]["components"][0]["scan"]["evidence"]
     top3 = [p["prompt"] for p in evidence["nearest_prompts"][:3]]
     assert MODELS["multi-token"]["target"] in top3, top3
     assert evidence["nearest_prompts_basis"] == "reference"
 
 
-def test_pseudo_trigger_of_a_word_backdoor_decodes_to_the_trigger(reports: dict[str, dict]) -> None:
+def test_pseudo_trigger_of_a_word_backdoor_decodes_to_the_trigger(reports: Reports) -> None:
     evidence = reports["attribute-word"]["components"][0]["scan"]["evidence"]
     tokens = {t["token"] for row in evidence["nearest_tokens"] for t in row[:3]}
     assert "zzzz</w>" in tokens, tokens
 
 
-def test_every_check_has_a_continuous_score_and_threshold(reports: dict[str, dict]) -> None:
-    for data in reports.values():
+def test_every_check_has_a_continuous_score_and_threshold(reports: Reports) -> None:
+    for data in (reports[name] for name in MODELS):
         for check in data["components"][0]["scan"]["checks"]:
             assert isinstance(check["score"], float) and isinstance(check["threshold"], float)
             assert check["direction"] in (">=", "<=")
 
 
-def test_evidence_files_are_faithful(reports: dict[str, dict]) -> None:
+def test_evidence_files_are_faithful(reports: Reports) -> None:
     files = reports["multi-token"]["components"][0]["evidence_files"]
     v = load_file(files["pseudo_trigger"])["pseudo_trigger"]
     ti = load_file(files["pseudo_trigger_ti"])["emb_params"]
