@@ -395,6 +395,11 @@ def test_readme_siglip_one_thread_build_figures_match_the_recorded_sweep() -> No
     assert (f"on that build {len(alarms)} of {len(rows)} heavy-domain fine-tunes were flagged, all "
             f"{words[len(alarms)]} of \"city\" (gain {gains[0]:.3f} to {gains[-1]:.3f}), none of the {others} "
             "on other domain words" in readme)
+    contrastive = json.loads((record.parent / "contrastive-one-thread/benign-sweep-canary-siglip-clean.json")
+                             .read_text(encoding="utf-8"))["rows"]
+    assert {r["reference_digest"] for r in contrastive} == {r["reference_digest"] for r in rows}  # the same build
+    assert (f"and {sum(r['exit_code'] == 1 for r in contrastive)} of {len(contrastive)} distilled contrastive "
+            "fine-tunes" in readme and all(r["exit_code"] == 0 for r in contrastive))
 
 
 def test_readme_siglip_seed21_figures_match_the_recorded_scans() -> None:
