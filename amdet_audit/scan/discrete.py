@@ -284,15 +284,20 @@ def null_probes(adapter: Adapter, count: int, seed: int, modes: tuple[str, ...] 
     return tokens + texts
 
 
+def gradient_top_ids(runner: ProbeRunner, probe: Probe, top: int, index: int = 0) -> list[int]:
+    """The ``top`` token ids (no special ids) whose first-order gain of the suspect's collapse is largest when
+    placed at ``probe``'s token ``index``."""
+    grad = runner.gradient(probe, index)  # [D]
+    gain = runner.suspect.token_embedding_matrix().float() @ grad  # [V, D] @ [D] -> [V]
+    gain[list(special_ids(runner.suspect))] = -float("inf")
+    return gain.topk(top).indices.tolist()
+
+
 def gradient_probes(runner: ProbeRunner, best: Probe, top: int) -> list[Probe]:
     """Single tokens whose first-order gain of the suspect's collapse, at ``best``'s slot, is largest."""
-    grad = runner.gradient(best)  # [D]
-    table = runner.suspect.token_embedding_matrix().float()
-    gain = table @ grad  # [V, D] @ [D] -> [V]
-    gain[list(special_ids(runner.suspect))] = -float("inf")
     # labelled as seed_probes labels the same token, so a token reached both ways is one probe (scored once)
     return [Probe(label=str((t,)), placement=best.placement, tokens=(t,), origin="gradient")
-            for t in gain.topk(top).indices.tolist()]
+            for t in gradient_top_ids(runner, best, top)]
 
 
 def extension_probes(runner: ProbeRunner, parent: Probe, top: int) -> list[Probe]:
@@ -308,10 +313,8 @@ def extension_probes(runner: ProbeRunner, parent: Probe, top: int) -> list[Probe
     for after in (True, False):
         slot = len(tokens) if after else 0
         guess = (*tokens, tokens[-1]) if after else (tokens[0], *tokens)
-        grad = runner.gradient(Probe(label="", placement=parent.placement, tokens=guess), index=slot)  # [D]
-        gain = runner.suspect.token_embedding_matrix().float() @ grad  # [V, D] @ [D] -> [V]
-        gain[list(special_ids(runner.suspect))] = -float("inf")
-        for t in dict.fromkeys([*tokens, *gain.topk(top).indices.tolist()]):
+        ranked = gradient_top_ids(runner, Probe(label="", placement=parent.placement, tokens=guess), top, slot)
+        for t in dict.fromkeys([*tokens, *ranked]):
             ids = (*tokens, t) if after else (t, *tokens)
             grown.append(Probe(label=str(ids), placement=parent.placement, tokens=ids, origin="extended"))
     return list(dict.fromkeys(grown))
