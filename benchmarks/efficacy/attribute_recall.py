@@ -127,7 +127,7 @@ def main() -> None:
     flagged = [r for r in took if r.get("exit_code") == 1]
     command = (f"python benchmarks/efficacy/attribute_recall.py --base {args.base} --models {args.models} "
                + (f"--first {args.first} " if args.first else "")
-               +                f"--search {args.search} --threads {args.threads}"
+               + f"--search {args.search} --threads {args.threads}"
                + (f" --consumer {args.consumer} --baseline {args.baseline} --out-dir {args.out_dir}"
                   if args.consumer else "")
                + (f" --steps {args.steps}" if args.steps else "")

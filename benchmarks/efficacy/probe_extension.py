@@ -44,6 +44,7 @@ def measure(folder: Path, reference: str, extend: int = 3, beam: int = 2) -> dic
 
     from amdet_audit.scan.config import ScanConfig
     from amdet_audit.scan.discrete import judged
+    from amdet_audit.scan.evidence import token_text
     from amdet_audit.scan.invert import invert
     from amdet_audit.scan.prompts import prepare_prompts
     from amdet_audit.scan.run import build_encoders, token_search
@@ -63,8 +64,8 @@ def measure(folder: Path, reference: str, extend: int = 3, beam: int = 2) -> dic
     tried = search.confirmed if search else []  # the probes the collapse rule chose from
     tokenizer = getattr(s, "tokenizer", None)
 
-    def name(p) -> str:
-        return p.label if p.substitution else " ".join(tokenizer.convert_ids_to_tokens(list(p.tokens)))
+    def name(p) -> str:  # as report.json's token_search rows name a probe
+        return p.label if p.substitution else " ".join(token_text(tokenizer, t) for t in p.tokens)
 
     bar = cfg.thresholds.token_gain_z
     plain = judged([x for x in tried if x.probe.origin != "extended"], "gain", "gain_z", bar)
