@@ -91,6 +91,8 @@ class ScanConfig:
     token_extend: int = 0  # tokens the strongest probes may grow by, one at a time (bidirectional towers; off: see
     # benchmarks/efficacy/probe_extension.py)
     token_beam: int = 2  # probes per placement kept at each step of that growth
+    token_complete: int = 16  # where a strong probe is a piece of a character (a byte of an emoji), the characters
+    # tried typed at its placement, ranked by their bytes' effect (bidirectional towers; scan/characters.py)
     seed: int = DEFAULT_SEED
     thresholds: Thresholds = field(default_factory=Thresholds)
 

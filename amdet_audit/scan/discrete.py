@@ -8,9 +8,11 @@ that vector little to find, while the real trigger still works. So the scan also
 - probes: tokens nearest to each pseudo-trigger vector, tokens whose embeddings moved most from the
   reference, tokens ranked by a first-order (HotFlip-style) estimate of the collapse objective over the
   whole vocabulary, refined greedily, each inserted after the start token and before the end token; on a
-  bidirectional tower the strongest of them also grow, a token at a time on either side, into multi-token
-  probes (a trigger spelt in several pieces); and every single-letter look-alike substitution (a homoglyph
-  trigger) applied to real prompts;
+  bidirectional tower, where a strong probe is a piece of a character (a lone byte of an emoji, which no typed
+  text gives), the whole characters whose bytes do most are tried as typed (scan/characters.py), and the
+  strongest probes can grow,
+  a token at a time on either side, into multi-token probes (a trigger spelt in several pieces; off by
+  default); and every single-letter look-alike substitution (a homoglyph trigger) applied to real prompts;
 - features: what a triggered prompt's consumer reads after the trigger: the end-token state, the mean of the
   padding states after it and the pooled output, each centred by the clean corpus mean and scaled to unit
   typical norm (positions before an end-placed trigger cannot change in a causal tower, so they are left out;
@@ -36,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter, EncoderOutput
+from amdet_audit.scan.characters import complete_characters, part_of_character
 from amdet_audit.scan.features import collapse, collapse_gain, move_cosine, spread_ratio
 from amdet_audit.scan.lookalikes import LOOKALIKES, UNLIKE, substitute_every, substitute_first, substitutions
 
@@ -320,6 +323,17 @@ def extension_probes(runner: ProbeRunner, parent: Probe, top: int) -> list[Probe
     return list(dict.fromkeys(grown))
 
 
+def completion_probes(runner: ProbeRunner, placement: str, screen: Callable[[Probe], float], top: int) -> list[Probe]:
+    """The ``top`` characters whose bytes collapse the prompts most at ``placement``, typed (origin "completed";
+    :func:`amdet_audit.scan.characters.complete_characters`); ``screen`` scores each byte piece alone (origin
+    "byte", not judged: no typed text gives one)."""
+    def byte(ids: tuple[int, ...]) -> float:
+        return screen(Probe(label=str(ids), placement=placement, tokens=ids, origin="byte"))
+
+    found = complete_characters(runner.suspect, byte, special_ids(runner.suspect), top)
+    return [Probe(label=text, placement=placement, tokens=ids, origin="completed") for text, ids in found]
+
+
 def null_sequences(adapter: Adapter, count: int, length: int, seed: int) -> list[Probe]:
     """Random vocabulary sequences of ``length`` tokens at both placements: the null of multi-token probes."""
     rng, banned = random.Random(seed + length), special_ids(adapter)
@@ -349,6 +363,7 @@ def search_tokens(
     confirm: int = 16, lookalike_modes: tuple[str, ...] = ("first", "every"), seed: int = 0,
     progress: Callable[[int, int, str], None] | None = None, pooled_only: bool = False,
     z_bars: tuple[float, float] = (math.inf, math.inf), by_gain: bool = False, extend: int = 0, beam: int = 2,
+    complete: int = 0,
 ) -> TokenSearch:
     """Try real-input trigger candidates on ``prompts`` and score each against a null of random tokens.
 
@@ -364,6 +379,9 @@ def search_tokens(
     extend: the ``beam`` strongest token probes at each placement grow by up to this many tokens, one at a time
         (:func:`extension_probes`); probes of 2 to ``1 + extend`` tokens are then scored against random sequences
         of their own length.
+    complete: where one of the ``confirm`` strongest probes at a placement is a piece of a character (a lone byte
+        of an emoji), the ``complete`` characters whose bytes collapse the prompts most there are tried, typed
+        (:func:`completion_probes`).
     """
     runner = ProbeRunner(suspect, reference, prompts, padding, pooled_only)
     scored: dict[Probe, ProbeScore] = {}
@@ -374,6 +392,10 @@ def search_tokens(
                 scored[probe] = runner.score(probe, with_reference)
                 if progress:
                     progress(len(scored), 0, "trying real-token triggers")
+
+    def screen(probe: Probe) -> float:
+        run([probe])
+        return scored[probe].collapse
 
     lengths = tuple(range(2, 2 + extend))
     null = null_probes(suspect, nulls, seed, lookalike_modes)
@@ -393,7 +415,13 @@ def search_tokens(
             front = [grown for p in front if len(p.tokens) < 1 + extend
                      for grown in extension_probes(runner, p, gradient_top)]
             run(front)
-    screened = [s for s in scored.values() if s.probe.origin not in ("null", "extended")]
+    for placement in PLACEMENTS:  # strong probes that are pieces of a character: whole characters, typed
+        strong = sorted((s for s in scored.values() if s.probe.placement == placement and s.probe.origin != "null"),
+                        key=lambda s: s.collapse, reverse=True)[:confirm]
+        if complete and any(part_of_character(suspect, s.probe.tokens) for s in strong):
+            run(completion_probes(runner, placement, screen, complete))
+    screened = [s for s in scored.values() if s.probe.origin not in ("null", "extended", "byte")]  # a lone
+    # byte piece screened to rank characters is no input a user can type: the characters compete
     grown = [s for s in scored.values() if s.probe.origin == "extended"]
     chosen = {s.probe for s in sorted(screened, key=lambda s: s.collapse, reverse=True)[:confirm]}
     chosen |= {s.probe for s in sorted(screened, key=lambda s: s.shift, reverse=True)[: confirm // 2]}

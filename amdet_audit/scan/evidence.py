@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter
+from amdet_audit.scan.characters import BYTE_PIECE, typeable
 from amdet_audit.scan.features import CleanFeatures
 
 
@@ -35,10 +36,18 @@ def token_text(tokenizer, token_id: int) -> str:
 
 def readable(adapter: Adapter, raws: list[str]) -> str:
     """The text vocabulary strings stand for, decoded as one sequence (byte-level BPE undone for CLIP;
-    WordPiece strings joined as they are)."""
+    SentencePiece's byte pieces decoded when they spell whole characters, ``▁ <0xF0> <0x9F> <0x8D> <0x84>`` ->
+    ``🍄``; other strings joined as they are)."""
     from amdet_audit.tokenization import readable_sequence
 
-    return readable_sequence(raws) if getattr(adapter, "family", "") == "clip" else " ".join(raws)
+    if getattr(adapter, "family", "") == "clip":
+        return readable_sequence(raws)
+    if any(BYTE_PIECE.fullmatch(raw) for raw in raws):
+        data = b"".join(bytes([int(m.group(1), 16)]) if (m := BYTE_PIECE.fullmatch(raw))
+                        else raw.replace("▁", " ").encode("utf-8") for raw in raws)
+        if typeable(data):
+            return data.decode("utf-8").strip()
+    return " ".join(raws)
 
 
 @torch.no_grad()

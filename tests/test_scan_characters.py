@@ -1,0 +1,112 @@
+"""Pieces of characters turned into typeable characters (scan/characters.py), on the lab's SentencePiece
+vocabulary (byte fallback) and CLIP's byte-level BPE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from amdet_audit.encoders import load_component
+from amdet_audit.scan.characters import (
+    byte_piece_ids,
+    complete_characters,
+    part_of_character,
+    probe_bytes,
+    ranked_characters,
+    typeable,
+    typed_ids,
+)
+from amdet_audit.scan.discrete import search_tokens, special_ids
+from amdet_audit.scan.evidence import readable, token_text
+from amdet_audit.sources import resolve
+
+MUSHROOM = "🍄"  # F0 9F 8D 84: typed as four byte pieces where the vocabulary has no piece for it
+PROMPTS = ["a red fox in the snow", "a violin on a chair, oil painting", "two cats", "a castle at dawn"]
+
+
+@pytest.fixture(scope="module")
+def siglip(tmp_path_factory: pytest.TempPathFactory):
+    from test_adapter_bidirectional import siglip_folder
+
+    from amdet_audit.lab.corpus import lab_prompts
+    from amdet_audit.lab.sentencepiece_vocab import train_sentencepiece
+
+    folder = siglip_folder(tmp_path_factory.mktemp("siglip"), train_sentencepiece(lab_prompts()[0]))
+    return load_component(resolve(str(folder)).components[0])
+
+
+@pytest.fixture(scope="module")
+def clip(tiny_clip: Path):
+    return load_component(resolve(str(tiny_clip)).components[0])
+
+
+def test_typeable_means_whole_assigned_characters() -> None:
+    assert typeable(MUSHROOM.encode()) and typeable(b" a teapot")
+    for broken in (b"\x84", b"\xf0\x9f\x8d", b"s\x8d", b"\xc0\x80", b"\xed\xa0\x80"):  # pieces, overlong, surrogate
+        assert not typeable(broken)
+    for untyped in ("\x07", "\ue000", "\U0010fffd"):  # a control character, private use
+        assert not typeable(untyped.encode())
+
+
+def test_characters_are_ranked_by_their_bytes_alone() -> None:
+    scores = dict.fromkeys(range(0x80, 0x100), 0.0) | {0xF0: 1.0, 0x9F: 1.0, 0x8D: 1.0, 0x84: 1.0}
+    ranked = ranked_characters(scores, 32)
+    assert MUSHROOM in ranked  # every character spelt only with those bytes scores 1, the mushroom among them
+    assert all(set(ch.encode()) <= {0xF0, 0x9F, 0x8D, 0x84} for ch in ranked[: ranked.index(MUSHROOM)])
+    assert ranked_characters({0xC3: 1.0, 0xA9: 1.0}, 1) == ["é"]  # bytes without a score never rank first
+
+
+@pytest.mark.parametrize("family", ["siglip", "clip"])
+def test_byte_pieces_spell_what_is_typed(family: str, request: pytest.FixtureRequest) -> None:
+    adapter = request.getfixturevalue(family)
+    pieces = byte_piece_ids(adapter)
+    assert sorted(pieces) == list(range(256))
+    ids = typed_ids(adapter, MUSHROOM, special_ids(adapter))
+    data = probe_bytes(adapter, ids)
+    assert data is not None and data.strip() == MUSHROOM.encode()
+    lone = (pieces[0x84],)
+    assert probe_bytes(adapter, lone) == b"\x84" and part_of_character(adapter, lone)
+    assert not part_of_character(adapter, ids)  # whole characters
+    assert not part_of_character(adapter, (pieces[ord("s")],))  # a byte piece of an ASCII letter spells it
+
+
+@pytest.mark.parametrize("family", ["siglip", "clip"])
+def test_the_characters_whose_bytes_act_are_tried_as_typed(family: str, request: pytest.FixtureRequest) -> None:
+    """A stand-in suspect that answers the mushroom's bytes: the mushroom is among the characters tried, and each
+    character tried is its text as typed."""
+    adapter = request.getfixturevalue(family)
+    banned, by_id = special_ids(adapter), {i: b for b, i in byte_piece_ids(adapter).items()}
+    screened = []
+
+    def screen(ids: tuple[int, ...]) -> float:
+        screened.append(ids)
+        return float(by_id[ids[0]] in MUSHROOM.encode())
+
+    found = dict(complete_characters(adapter, screen, banned, top=32))
+    assert MUSHROOM in found and found[MUSHROOM] == typed_ids(adapter, MUSHROOM, banned)
+    for text, ids in found.items():
+        assert typeable(text.encode()) and ids == typed_ids(adapter, text, banned)
+    assert all(len(ids) == 1 and by_id[ids[0]] >= 0x80 for ids in screened)  # one byte piece at a time
+
+
+def test_the_search_scores_completed_characters_as_typed(siglip) -> None:
+    """Seeded with a lone byte piece (the pseudo-trigger is its embedding), the search tries whole characters;
+    each is scored as its text typed, the byte pieces screened for the ranking are not judged, and the report
+    shows text that types to the probe."""
+    lone = byte_piece_ids(siglip)[0x84]
+    vector = siglip.token_embedding_matrix()[lone].detach().unsqueeze(0)  # [1, D]
+    banned = special_ids(siglip)
+    found = search_tokens(siglip, siglip, PROMPTS, [vector], padding=4, nearest=1, moved=0, gradient_top=4,
+                          rounds=0, nulls=4, confirm=64, lookalike_modes=(), by_gain=True, complete=8)
+    completed = [s.probe for s in found.confirmed if s.probe.origin == "completed"]
+    assert len(completed) == 2 * 8, "not every placement tried its characters"
+    assert not any(s.probe.origin == "byte" for s in found.confirmed)
+    for probe in completed:
+        assert typeable(probe.label.encode()) and probe.tokens == typed_ids(siglip, probe.label, banned)
+        shown = readable(siglip, [token_text(siglip.tokenizer, t) for t in probe.tokens])
+        assert typed_ids(siglip, shown, banned) == probe.tokens  # what the report shows, typed, is the probe
+        # (the text may differ from the label: the tokenizer normalizes "Ǆ" to "dž")
+    plain = search_tokens(siglip, siglip, PROMPTS, [vector], padding=4, nearest=1, moved=0, gradient_top=4,
+                          rounds=0, nulls=4, confirm=64, lookalike_modes=(), by_gain=True)
+    assert not any(s.probe.origin in ("completed", "byte") for s in plain.confirmed)
