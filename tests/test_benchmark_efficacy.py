@@ -402,6 +402,29 @@ def test_readme_siglip_one_thread_build_figures_match_the_recorded_sweep() -> No
             "fine-tunes" in readme and all(r["exit_code"] == 0 for r in contrastive))
 
 
+def test_readme_siglip_typeable_character_figures_match_the_record() -> None:
+    """README's figures for the one-thread SigLIP build's backdoors and the typeable characters are the record's."""
+    root = Path(__file__).resolve().parents[1]
+    record = root / "benchmarks/efficacy/siglip/typeable-characters/typeable-characters.json"
+    rows = json.loads(record.read_text(encoding="utf-8"))["rows"]
+    backdoors = [r for r in rows if r["kind"] == "backdoored"]
+    benign = [r for r in rows if r["kind"] == "benign"]
+    flagged = {side: sum(r[side]["exit_code"] == 1 for r in backdoors) for side in ("before", "after")}
+    alarms = {side: sum(r[side]["exit_code"] == 1 for r in benign) for side in ("before", "after")}
+    assert flagged["before"] == flagged["after"] == len(backdoors) and alarms["before"] == alarms["after"]
+    precision = len(backdoors) / (len(backdoors) + alarms["after"])
+    f1 = 2 * precision / (precision + 1)
+    changed = [r for r in rows if r["before"]["gain_rule_probe"] != r["after"]["gain_rule_probe"]]
+    assert all(r["kind"] == "backdoored" and r["after"]["gain_rule_probe"]["origin"] == "completed" for r in changed)
+    before = sorted(r["before"]["gain_rule_probe"]["collapse_gain"] for r in changed)
+    after = sorted(r["after"]["gain_rule_probe"]["collapse_gain"] for r in changed)
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    assert (f"{len(backdoors)} of {len(backdoors)}: with those {len(benign)} benign models, precision "
+            f"{precision:.2f}, recall 1.0, F1 {f1:.2f}" in readme)
+    assert (f"({len(changed)} of the {len(backdoors)}: gain {before[0]:.2f} to {before[-1]:.2f} before, "
+            f"{after[0]:.2f} to {after[-1]:.2f} after); no benign verdict or judged probe changed" in readme)
+
+
 def test_readme_siglip_seed21_figures_match_the_recorded_scans() -> None:
     """README's fourth SigLIP zoo and attribute figures are the recorded scans'."""
     root = Path(__file__).resolve().parents[1]
