@@ -10,9 +10,9 @@ that vector little to find, while the real trigger still works. So the scan also
   whole vocabulary, refined greedily, each inserted after the start token and before the end token; on a
   bidirectional tower, where a strong probe is a piece of a character (a lone byte of an emoji, which no typed
   text gives), the whole characters whose bytes do most are tried as typed (scan/characters.py), and the
-  strongest probes can grow,
-  a token at a time on either side, into multi-token probes (a trigger spelt in several pieces; off by
-  default); and every single-letter look-alike substitution (a homoglyph trigger) applied to real prompts;
+  strongest probes can grow, a token at a time on either side, into multi-token probes (a trigger spelt in
+  several pieces; off by default); and every single-letter look-alike substitution (a homoglyph trigger)
+  applied to real prompts;
 - features: what a triggered prompt's consumer reads after the trigger: the end-token state, the mean of the
   padding states after it and the pooled output, each centred by the clean corpus mean and scaled to unit
   typical norm (positions before an end-placed trigger cannot change in a causal tower, so they are left out;
