@@ -10,8 +10,10 @@ character, so such a probe is not an input a user can give, and it shows a revie
 is screened alone on the suspect, the assigned characters whose bytes collapse the prompts most on average are
 ranked from those scores, and the best are tokenized as typed, so the probes that are then scored are real
 input. A backdoor on one emoji moves the bytes of its neighbours in the code table too, so the best character
-need not be the trigger itself, but it is input a user can type that does what the trigger does. WordPiece
-(BERT) maps an unknown character to ``[UNK]`` and has no pieces of characters: nothing to complete there.
+need not be the trigger itself, but it is input a user can type that does what the trigger does. A lone piece
+that the search reached as a seed (nearest to a pseudo-trigger, moved, gradient-ranked) is still judged, as
+before, when it does more than every character. WordPiece (BERT) maps an unknown character to ``[UNK]`` and has
+no pieces of characters: nothing to complete there.
 """
 
 from __future__ import annotations
@@ -108,8 +110,8 @@ def typed_ids(adapter: Adapter, text: str, banned: set[int]) -> tuple[int, ...]:
 
 
 def part_of_character(adapter: Adapter, tokens: tuple[int, ...]) -> bool:
-    """Whether a probe's pieces stand for bytes of a non-ASCII character that they do not spell whole (a lone
-    byte of an emoji), which no typed text gives."""
+    """Whether a probe's pieces stand for non-ASCII bytes that are not whole typeable characters (a lone byte of
+    an emoji, which no typed text gives; or an unassigned or private-use character)."""
     data = probe_bytes(adapter, tokens)
     return data is not None and any(b >= 0x80 for b in data) and not typeable(data)
 

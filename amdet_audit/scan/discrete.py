@@ -331,7 +331,10 @@ def completion_probes(runner: ProbeRunner, placement: str, screen: Callable[[Pro
         return screen(Probe(label=str(ids), placement=placement, tokens=ids, origin="byte"))
 
     found = complete_characters(runner.suspect, byte, special_ids(runner.suspect), top)
-    return [Probe(label=text, placement=placement, tokens=ids, origin="completed") for text, ids in found]
+    # labelled by ids, as seed_probes labels them: characters that type to the same pieces ("Ǆ", "ǅ" -> "dž") are
+    # one probe, and one a seed reached already is not scored twice
+    typed = dict.fromkeys(ids for _, ids in found)
+    return [Probe(label=str(ids), placement=placement, tokens=ids, origin="completed") for ids in typed]
 
 
 def null_sequences(adapter: Adapter, count: int, length: int, seed: int) -> list[Probe]:
@@ -381,7 +384,8 @@ def search_tokens(
         of their own length.
     complete: where one of the ``confirm`` strongest probes at a placement is a piece of a character (a lone byte
         of an emoji), the ``complete`` characters whose bytes collapse the prompts most there are tried, typed
-        (:func:`completion_probes`).
+        (:func:`completion_probes`); the ``confirm // 2`` strongest are scored against the reference on top of the
+        rest, each against random sequences of its own length.
     """
     runner = ProbeRunner(suspect, reference, prompts, padding, pooled_only)
     scored: dict[Probe, ProbeScore] = {}
@@ -420,13 +424,20 @@ def search_tokens(
                         key=lambda s: s.collapse, reverse=True)[:confirm]
         if complete and any(part_of_character(suspect, s.probe.tokens) for s in strong):
             run(completion_probes(runner, placement, screen, complete))
-    screened = [s for s in scored.values() if s.probe.origin not in ("null", "extended", "byte")]  # a lone
-    # byte piece screened to rank characters is no input a user can type: the characters compete
+    typed = [s for s in scored.values() if s.probe.origin == "completed"]
+    lengths += tuple(sorted({len(s.probe.tokens) for s in typed} - {1, *lengths}))  # a typed character of n
+    # pieces is judged against random sequences of n pieces, as grown probes are
+    late_null = [p for n in lengths for p in null_sequences(suspect, max(4, nulls // 2), n, seed) if p not in scored]
+    run(late_null, with_reference=True)
+    null += late_null
+    screened = [s for s in scored.values() if s.probe.origin not in ("null", "extended", "byte", "completed")]
+    # (a lone byte piece screened to rank characters is no input a user can type: never judged)
     grown = [s for s in scored.values() if s.probe.origin == "extended"]
     chosen = {s.probe for s in sorted(screened, key=lambda s: s.collapse, reverse=True)[:confirm]}
     chosen |= {s.probe for s in sorted(screened, key=lambda s: s.shift, reverse=True)[: confirm // 2]}
-    chosen |= {s.probe for s in sorted(grown, key=lambda s: s.collapse, reverse=True)[: confirm // 2]}  # on top:
-    # grown probes collapse more than their parents on the suspect alone, and would crowd out the rest
+    for extra in (grown, typed):  # on top: grown probes and typed characters collapse more than single pieces on
+        # the suspect alone, and would crowd out the rest
+        chosen |= {s.probe for s in sorted(extra, key=lambda s: s.collapse, reverse=True)[: confirm // 2]}
     run(sorted(chosen, key=lambda p: p.label), with_reference=True)
 
     def kind(p: Probe) -> str:
