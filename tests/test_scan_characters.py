@@ -111,3 +111,25 @@ def test_the_search_scores_completed_characters_as_typed(siglip) -> None:
     plain = search_tokens(siglip, siglip, PROMPTS, [vector], padding=4, nearest=1, moved=0, gradient_top=4,
                           rounds=0, nulls=4, confirm=64, lookalike_modes=(), by_gain=True)
     assert not any(s.probe.origin in ("completed", "byte") for s in plain.confirmed)
+
+
+class NamedPieces:
+    """A vocabulary that names ordinary pieces "<0x00>".."<0xFF>" (ids 10..265) but has no byte fallback: typed
+    text it does not know becomes its unknown id, 3."""
+
+    def convert_tokens_to_ids(self, piece: str) -> int:
+        return 10 + int(piece[3:5], 16) if piece.startswith("<0x") else 3
+
+    def convert_ids_to_tokens(self, i: int) -> str:
+        return f"<0x{i - 10:02X}>" if 10 <= i < 266 else "<unk>"
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [3] * len(text)}
+
+
+def test_pieces_named_like_bytes_are_not_trusted_without_byte_fallback(siglip) -> None:
+    class Hostile:
+        family, tokenizer = "siglip", NamedPieces()
+
+    assert byte_piece_ids(Hostile()) == {}
+    assert len(byte_piece_ids(siglip)) == 256  # the lab vocabulary spells the proof character in its byte pieces

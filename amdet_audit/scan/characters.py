@@ -30,6 +30,7 @@ from amdet_audit.tokenization import symbol_bytes
 BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte fallback
 END_OF_WORD = "</w>"  # byte-level BPE's mark of a word's last piece (a space follows when decoded)
 NOT_TYPED = ("Cc", "Cs", "Cn", "Co")  # control, surrogate, unassigned, private use: not characters users type
+PROOF = "\U0001FAE8"  # a recent emoji (shaking face, Unicode 15) that a byte-fallback vocabulary spells in bytes
 UTF8_BYTES = [b for b in range(0x80, 0x100) if b not in (0xC0, 0xC1) and b < 0xF5]  # bytes of non-ASCII characters
 
 
@@ -93,7 +94,10 @@ def byte_piece_ids(adapter: Adapter) -> dict[int, int]:
         i = tokenizer.convert_tokens_to_ids(piece)
         if isinstance(i, int) and i >= 0 and tokenizer.convert_ids_to_tokens(i) == piece:
             ids[b] = i
-    return ids
+    # trusted only when a rare character really types to them: a vocabulary without byte fallback may still
+    # name ordinary pieces "<0x84>"
+    typed = tokenizer(PROOF, add_special_tokens=False)["input_ids"]
+    return ids if [i for i in typed if i in ids.values()] == [ids.get(b) for b in PROOF.encode()] else {}
 
 
 def probe_bytes(adapter: Adapter, tokens: tuple[int, ...]) -> bytes | None:
