@@ -73,6 +73,11 @@ def token_bytes(adapter: Adapter, token_id: int) -> bytes | None:
         if not body or any(c not in table for c in body):
             return None
         return bytes(table[c] for c in body) + end
+    return sentencepiece_bytes(piece)
+
+
+def sentencepiece_bytes(piece: str) -> bytes:
+    """The bytes a SentencePiece vocabulary string stands for: a byte piece's byte, else its text (``▁``: space)."""
     match = BYTE_PIECE.fullmatch(piece)
     if match:
         return bytes([int(match.group(1), 16)])

@@ -425,9 +425,11 @@ def search_tokens(
         if complete and any(part_of_character(suspect, s.probe.tokens) for s in strong):
             run(completion_probes(runner, placement, screen, complete))
     typed = [s for s in scored.values() if s.probe.origin == "completed"]
-    lengths += tuple(sorted({len(s.probe.tokens) for s in typed} - {1, *lengths}))  # a typed character of n
+    new_lengths = tuple(sorted({len(s.probe.tokens) for s in typed} - {1, *lengths}))  # a typed character of n
     # pieces is judged against random sequences of n pieces, as grown probes are
-    late_null = [p for n in lengths for p in null_sequences(suspect, max(4, nulls // 2), n, seed) if p not in scored]
+    lengths += new_lengths
+    late_null = [p for n in new_lengths for p in null_sequences(suspect, max(4, nulls // 2), n, seed)
+                 if p not in scored]
     run(late_null, with_reference=True)
     null += late_null
     screened = [s for s in scored.values() if s.probe.origin not in ("null", "extended", "byte", "completed")]

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter
-from amdet_audit.scan.characters import BYTE_PIECE, typeable
+from amdet_audit.scan.characters import BYTE_PIECE, sentencepiece_bytes, typeable
 from amdet_audit.scan.features import CleanFeatures
 
 
@@ -43,8 +43,7 @@ def readable(adapter: Adapter, raws: list[str]) -> str:
     if getattr(adapter, "family", "") == "clip":
         return readable_sequence(raws)
     if any(BYTE_PIECE.fullmatch(raw) for raw in raws):
-        data = b"".join(bytes([int(m.group(1), 16)]) if (m := BYTE_PIECE.fullmatch(raw))
-                        else raw.replace("▁", " ").encode("utf-8") for raw in raws)
+        data = b"".join(sentencepiece_bytes(raw) for raw in raws)
         if typeable(data):
             return data.decode("utf-8").strip()
     return " ".join(raws)
