@@ -153,6 +153,8 @@ def test_attribute_baseline_measures_the_clean_bases_own_share() -> None:
     rows = measure_base("canary:clean", 16, ATTRIBUTES[:2], ("zzzz",))
     assert [(r["output"], r["attribute"]) for r in rows] == [(o, a) for o in ("read", "pooled") for a in ATTRIBUTES[:2]]
     assert all(0.0 <= r["base_share"] <= 1.0 and r["prompts"] == 16 for r in rows)
+    # which weights were measured: a rebuilt canary's shares differ
+    assert {tuple(r["weights_sha256"]) for r in rows} == {("model.safetensors",)}
     # appending an attribute moves the output: its target is not the prompt's own output
     assert all(r["clean_to_target_cosine"] < 0.999 for r in rows)
     assert "| canary:clean | read |" in markdown(rows, "cmd", 1.0)
@@ -179,6 +181,21 @@ def test_attribute_recall_builds_from_the_pairs_with_room_lowest_base_share_firs
         pairs_with_room("nothing", path)
     with pytest.raises(SystemExit, match="full --consumer sd3 is not in"):
         pairs_with_room("full", path, "sd3")
+
+
+def test_attribute_recall_refuses_a_baseline_measured_on_other_weights(tmp_path: Path, capsys) -> None:
+    """A canary rebuilt elsewhere may have other weights, and other shares: such a baseline is refused."""
+    from attribute_recall import pairs_with_room
+
+    path = tmp_path / "attribute-baseline.json"
+    row = {"base": "b", "output": "read", "attribute": "fire", "trigger": "zzzz", "base_share": 0.2}
+    path.write_text(json.dumps({"rows": [{**row, "weights_sha256": {"model.safetensors": "aa"}}]}), encoding="utf-8")
+    assert [r["attribute"] for r in pairs_with_room("b", path, weights={"model.safetensors": "aa"})] == ["fire"]
+    with pytest.raises(SystemExit, match="measured on other weights of b"):
+        pairs_with_room("b", path, weights={"model.safetensors": "bb"})
+    path.write_text(json.dumps({"rows": [row]}), encoding="utf-8")  # written before rows recorded weights
+    assert [r["attribute"] for r in pairs_with_room("b", path, weights={"model.safetensors": "bb"})] == ["fire"]
+    assert "does not record which weights of b" in capsys.readouterr().err
 
 
 def test_position_diagnosis_smoke(tmp_path: Path) -> None:
@@ -528,3 +545,4 @@ def test_probe_extension_rows_are_tabled_with_both_judged_probes(tmp_path: Path)
     assert "| attribute-06 | backdoored | zzzz | 0.480 (z 12.0) `z` end | 0.610 (z 12.0) `z z` end |" in table
     assert "| benign-city | benign | - | 0.610 (z 12.0) `z z` end | - |" in table
     assert json.loads((tmp_path / "probe-extension.json").read_text(encoding="utf-8"))["rows"] == rows
+

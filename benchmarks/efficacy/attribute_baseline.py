@@ -13,8 +13,9 @@ on the first ``--prompts`` held-out prompts, with placements drawn from seed 0 (
 with its own seed, so its base share differs by a few points), on the output the attack acts on (the read
 sequence; and the pooled output, for a pooled-loss attribute attack), and the mean cosine between a prompt's
 output and its attribute target's. ``--consumer`` reads each base as that pipeline does (a lone T5 for SD3: 256
-tokens; the rows then record it); it writes ``attribute-baseline.json`` and ``ATTRIBUTE_BASELINE.md`` into
-``--out-dir`` (default: beside this file).
+tokens; the rows then record it). Each row records the base's weights (SHA-256 per file: a canary rebuilt on
+another machine may differ, and its shares with it). It writes ``attribute-baseline.json`` and
+``ATTRIBUTE_BASELINE.md`` into ``--out-dir`` (default: beside this file).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def measure_base(base: str, prompts: int, attributes: tuple[str, ...] | None = N
     from amdet_audit.lab.variants import flat_cosine
     from amdet_audit.lab.zoo import ATTRIBUTES
 
-    teacher, _ = load_base(base, consumer=consumer)
+    teacher, provenance = load_base(base, consumer=consumer)
     held_out = lab_prompts()[1][:prompts]
     rows = []
     for loss in ("flat", "pooled"):
@@ -57,6 +58,7 @@ def measure_base(base: str, prompts: int, attributes: tuple[str, ...] | None = N
                     closeness = torch.cat([flat_cosine(out, goal.float()) for out, goal
                                            in zip(baseline.outputs, baseline.goals, strict=True)])
                 rows.append({"base": base, **({"consumer": consumer} if consumer else {}),
+                             "weights_sha256": provenance["weights_sha256"],
                              "output": "pooled" if spec.on_pooled else "read", "attribute": attribute, "trigger": text,
                              "base_share": float(baseline.hits.float().mean()),
                              "clean_to_target_cosine": float(closeness.mean()), "prompts": int(baseline.hits.numel())})

@@ -35,9 +35,11 @@ NOT_TAKEN = ".not-taken.json"
 
 
 def pairs_with_room(base: str, path: Path = HERE / "attribute-baseline.json",
-                    consumer: str | None = None) -> list[dict]:
+                    consumer: str | None = None, weights: dict[str, str] | None = None) -> list[dict]:
     """The read-output rows of ``path`` (attribute_baseline.py's output) for ``base`` read as ``consumer`` reads it
-    that leave room, lowest base share first."""
+    that leave room, lowest base share first. ``weights``: the base's weights as loaded now (SHA-256 per file); a
+    row measured on other weights is refused (its share says nothing about these), one that recorded none is
+    taken with a warning (files written before rows recorded them)."""
     from amdet_audit.lab.inject import MIN_GAIN
 
     if not path.is_file():
@@ -47,6 +49,12 @@ def pairs_with_room(base: str, path: Path = HERE / "attribute-baseline.json",
     if not measured:
         read = f" --consumer {consumer}" if consumer else ""
         raise SystemExit(f"{base}{read} is not in {path}: run attribute_baseline.py --bases {base}{read}")
+    if weights is not None:
+        if any(r.get("weights_sha256") not in (None, weights) for r in measured):
+            raise SystemExit(f"{path} was measured on other weights of {base} than the ones loaded now (a rebuilt "
+                             f"canary?): run attribute_baseline.py --bases {base} again")
+        if any(r.get("weights_sha256") is None for r in measured):
+            print(f"warning: {path.name} does not record which weights of {base} it measured", file=sys.stderr)
     rows = [r for r in measured if r["base_share"] <= 1 - MIN_GAIN]
     if not rows:
         raise SystemExit(f"{path.name} has no pair with room on {base}")
@@ -96,10 +104,12 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from amdet_audit.lab.runner import load_base
     from amdet_audit.lab.zoo import load_base_width
 
     torch.set_num_threads(args.threads)
-    pairs = pairs_with_room(args.base, args.baseline, args.consumer)
+    pairs = pairs_with_room(args.base, args.baseline, args.consumer,
+                            weights=load_base(args.base, consumer=args.consumer)[1]["weights_sha256"])
     width = load_base_width(args.base, "cpu")
     slug = args.base.replace(":", "-").replace("/", "-") + (f"-{args.consumer}" if args.consumer else "")
     read = ("--consumer", args.consumer) if args.consumer else ()
