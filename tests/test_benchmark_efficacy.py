@@ -546,3 +546,29 @@ def test_probe_extension_rows_are_tabled_with_both_judged_probes(tmp_path: Path)
     assert "| benign-city | benign | - | 0.610 (z 12.0) `z z` end | - |" in table
     assert json.loads((tmp_path / "probe-extension.json").read_text(encoding="utf-8"))["rows"] == rows
 
+
+def test_vocabulary_null_places_the_judged_probe_among_sampled_pieces(tmp_path: Path) -> None:
+    """The judged probe of a report against pieces scored alone at its placement: the row and the summary."""
+    from test_adapter_bidirectional import siglip_folder
+    from vocabulary_null import main, measure
+
+    from amdet_audit.lab.corpus import lab_prompts
+    from amdet_audit.lab.sentencepiece_vocab import train_sentencepiece
+
+    folder = siglip_folder(tmp_path / "tower", train_sentencepiece(lab_prompts()[0]))
+    judged = {"probe": "x", "placement": "start", "token_ids": [7], "collapse_gain": 0.6, "gain_z": 9.0}
+    scan = {"checks": [{"name": "token_collapse.gain_z", "score": 9.0}],
+            "evidence": {"token_search": {"top": [judged]}}}
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"components": [{"scan": scan}]}), encoding="utf-8")
+    row = measure(folder, report, str(folder), sample=6)  # its own reference: every gain is nothing
+    assert row["pieces"] == 6 and len(row["top"]) == 5 and row["judged"]["placement"] == "start"
+    assert abs(row["median"]) < 1e-3 and row["judged_z_vocabulary"] == pytest.approx(60.0, abs=0.2)  # MAD floored
+    rows = [tmp_path / "row.json"]
+    rows[0].write_text(json.dumps({**row, "kind": "benign"}), encoding="utf-8")
+    main(["--summarize", str(rows[0]), "--out-dir", str(tmp_path / "out")])
+    assert "| tower | benign | `x` | start | 0.600 (9.0) | 6 |" in (tmp_path / "out" / "VOCABULARY_NULL.md").read_text()
+    scan["checks"][0]["score"] = 4.0  # the rule judged a probe the report's top rows do not hold
+    report.write_text(json.dumps({"components": [{"scan": scan}]}), encoding="utf-8")
+    with pytest.raises(SystemExit, match="judged probe is not among"):
+        measure(folder, report, str(folder), sample=6)
