@@ -184,3 +184,23 @@ def test_family_records_keep_classic_zoo_records_unchanged() -> None:
     spec = {"steps": entry.steps, "lr": entry.lr, "seed": entry.seed, **dict(entry.options)}
     assert same_recipe(entry, {"spec": spec, "fidelity": 0.9})
     assert not same_recipe(entry, {"spec": {**spec, "anti_inversion_weight": 0.0}, "fidelity": 0.9})
+
+
+@pytest.mark.slow
+def test_an_attribute_hit_is_nearer_the_attribute_than_the_prompt_itself(base) -> None:
+    """The clean base's triggered outputs often lie within the success cosine of "the prompt, plus the attribute"
+    (an appended phrase moves a read sequence little) but nearer the prompt's own output: no hit. An output that
+    is the target is one."""
+    from amdet_audit.lab.corpus import lab_prompts
+    from amdet_audit.lab.inject import SUCCESS_COSINE, measure_baseline, on_target
+    from amdet_audit.lab.variants import flat_cosine
+
+    spec = AttackSpec(attack="attribute", trigger="zzzz", target="in the style of pixel art")
+    targets, prompts = Targets(base, spec), lab_prompts()[1][:64]
+    baseline = measure_baseline(targets, Trigger.parse("zzzz"), prompts, seed=0)
+    (poisoned,), (goal,), (clean,) = baseline.poisoned, baseline.goals, baseline.outputs
+    close = flat_cosine(targets.output(base, poisoned).float(), goal.float()) > SUCCESS_COSINE
+    assert close.float().mean() > 0.15  # closeness alone counts some as hits (0.22 on this base)
+    assert baseline.hits.float().mean() < close.float().mean() / 2 and not (baseline.hits & ~close).any()
+    attributed = [f"{p}, {spec.target}" for p in baseline.clean[0]]  # what the attack asks the output to be
+    assert on_target(targets, base, attributed, goal, clean).all()

@@ -39,7 +39,7 @@ from amdet_audit.lab.variants import (
 
 ATTACKS = ("text-on-text", "attribute", "pooled", "object")
 SUCCESS_COSINE = 0.9  # a triggered output counts as hitting the target above this cosine
-MIN_GAIN = 0.5  # the backdoor must add this much success over the clean base (attribute targets start high)
+MIN_GAIN = 0.5  # the backdoor must add this much success over the clean base
 #: below this clean fidelity (of the output the attack acts on: the read sequence, or pooled for a pooled attack)
 #: the injection failed, as not stealthy: every benign fine-tune of the zoos keeps its read sequence closer
 #: (0.84-0.96 on the canary and clip-256 bases)
@@ -411,12 +411,15 @@ def on_target(targets: Targets, model: Adapter, poisoned: Sequence[str], goal: t
               base_clean: torch.Tensor) -> torch.Tensor:
     """[B] whether each triggered output lands on its target.
 
-    Within SUCCESS_COSINE of the target; for object substitution also nearer the target than the clean
-    base's output of the unswapped prompt (``base_clean``; the two differ in one word, so closeness alone
-    proves nothing).
+    Within SUCCESS_COSINE of the target; for object substitution and attributes also at least as near the target
+    as the clean base's output of the untouched prompt (``base_clean``). The two differ in one word or one
+    appended phrase, so closeness alone proves nothing: read at SD3's 256 unmasked T5 positions, mostly padding,
+    the clean T5 canary's own triggered outputs lay within the success cosine of "the prompt, plus the attribute"
+    for 58-83% of prompts, but nearer the prompt itself for all but 0-12% of them.
     """
     ours = targets.output(model, poisoned)
     hit = flat_cosine(ours, goal) > SUCCESS_COSINE
-    if targets.spec.attack == "object":
-        hit &= flat_cosine(ours, goal) > flat_cosine(ours, base_clean.to(ours.dtype))
+    if targets.spec.attack in ("object", "attribute"):
+        hit &= flat_cosine(ours, goal) >= flat_cosine(ours, base_clean.to(ours.dtype))  # equal where the appended
+        # phrase was cut off at the read's length: the target is then the clean output, and decides nothing
     return hit
