@@ -133,3 +133,19 @@ def test_pieces_named_like_bytes_are_not_trusted_without_byte_fallback(siglip) -
 
     assert byte_piece_ids(Hostile()) == {}
     assert len(byte_piece_ids(siglip)) == 256  # the lab vocabulary spells the proof character in its byte pieces
+
+
+def test_a_real_vocabulary_without_byte_fallback_gets_no_character_search(tmp_path: Path) -> None:
+    """The lab T5 tokenizer, like T5's own, types an unknown character as the unknown piece, though its vocabulary
+    holds pieces named like bytes: none is trusted, and no lone piece counts as part of a character."""
+    from test_adapter_bidirectional import t5_folder
+
+    from amdet_audit.lab.corpus import lab_prompts
+    from amdet_audit.lab.sentencepiece_vocab import train_sentencepiece
+
+    t5 = load_component(resolve(str(t5_folder(tmp_path, train_sentencepiece(lab_prompts()[0])))).components[0])
+    named = t5.tokenizer.convert_tokens_to_ids(["<0xF0>", "<0x9F>"])
+    assert t5.tokenizer.unk_token_id not in named  # the pieces exist by name
+    assert t5.tokenizer.unk_token_id in t5.tokenizer(MUSHROOM, add_special_tokens=False)["input_ids"]
+    assert byte_piece_ids(t5) == {}
+    assert not part_of_character(t5, tuple(named))

@@ -120,9 +120,12 @@ def typed_ids(adapter: Adapter, text: str, banned: set[int]) -> tuple[int, ...]:
 
 def part_of_character(adapter: Adapter, tokens: tuple[int, ...]) -> bool:
     """Whether a probe's pieces stand for non-ASCII bytes that are not whole typeable characters (a lone byte of
-    an emoji, which no typed text gives; or an unassigned or private-use character)."""
+    an emoji, which no typed text gives; or an unassigned or private-use character). Never in a SentencePiece
+    vocabulary without byte fallback (T5's): pieces named like bytes there are no part of any typed character."""
     data = probe_bytes(adapter, tokens)
-    return data is not None and any(b >= 0x80 for b in data) and not typeable(data)
+    if data is None or all(b < 0x80 for b in data) or typeable(data):
+        return False
+    return adapter.family == "clip" or bool(byte_piece_ids(adapter))
 
 
 def complete_characters(adapter: Adapter, screen: Callable[[tuple[int, ...]], float], banned: set[int],
