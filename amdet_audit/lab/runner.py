@@ -6,7 +6,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from amdet_audit import __version__
 from amdet_audit.errors import AmdetError, UsageError
@@ -21,6 +21,9 @@ from amdet_audit.lab.inject import (
     inject,
     lr_for_width,
 )
+
+if TYPE_CHECKING:
+    from amdet_audit.sources.model import ResolvedTarget
 
 Progress = Callable[[int, int, str], None]
 #: the fewest held-out prompts an injection may be measured on (``--eval-prompts``): one measuring batch
@@ -45,12 +48,17 @@ def load_base(base: str | Path, device: str = "cpu", consumer: str | None = None
         names = ", ".join(c.name for c in resolved.components)
         raise UsageError(f"{base}: has several text encoders ({names}); pick one folder, e.g. {base}/text_encoder")
     comp = resolved.components[0]
-    weights = {f.path: f.sha256 for f in resolved.files if f.path.endswith((".safetensors", ".bin", ".pt"))}
+    weights = weights_sha256(resolved)
     chosen = consumer_for(consumer, resolved.pipeline_class)
     read = read_of(chosen, comp)
     provenance = {"input": str(base), "kind": resolved.kind, "commit_sha": resolved.commit_sha,
                   "weights_sha256": weights, "consumer": chosen.record(read)}
     return load_as_read(comp, read, device), provenance
+
+
+def weights_sha256(resolved: ResolvedTarget) -> dict[str, str]:
+    """SHA-256 of each weights file of a resolved target, by its path in the folder (a base's provenance)."""
+    return {f.path: f.sha256 for f in resolved.files if f.path.endswith((".safetensors", ".bin", ".pt"))}
 
 
 def fresh_output(out: Path) -> Path:

@@ -104,12 +104,12 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from amdet_audit.lab.runner import load_base
+    from amdet_audit.lab.runner import weights_sha256
     from amdet_audit.lab.zoo import load_base_width
+    from amdet_audit.sources import resolve
 
     torch.set_num_threads(args.threads)
-    pairs = pairs_with_room(args.base, args.baseline, args.consumer,
-                            weights=load_base(args.base, consumer=args.consumer)[1]["weights_sha256"])
+    pairs = pairs_with_room(args.base, args.baseline, args.consumer, weights=weights_sha256(resolve(args.base)))
     width = load_base_width(args.base, "cpu")
     slug = args.base.replace(":", "-").replace("/", "-") + (f"-{args.consumer}" if args.consumer else "")
     read = ("--consumer", args.consumer) if args.consumer else ()
