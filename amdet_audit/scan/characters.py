@@ -125,7 +125,7 @@ def part_of_character(adapter: Adapter, tokens: tuple[int, ...]) -> bool:
     data = probe_bytes(adapter, tokens)
     if data is None or all(b < 0x80 for b in data) or typeable(data):
         return False
-    return adapter.family == "clip" or bool(byte_piece_ids(adapter))
+    return bool(byte_piece_ids(adapter))
 
 
 def complete_characters(adapter: Adapter, screen: Callable[[tuple[int, ...]], float], banned: set[int],
