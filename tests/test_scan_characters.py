@@ -135,9 +135,10 @@ def test_pieces_named_like_bytes_are_not_trusted_without_byte_fallback(siglip) -
     assert len(byte_piece_ids(siglip)) == 256  # the lab vocabulary spells the proof character in its byte pieces
 
 
-def test_a_real_vocabulary_without_byte_fallback_gets_no_character_search(tmp_path: Path) -> None:
+def test_a_real_vocabulary_without_byte_fallback_gets_no_character_search(tmp_path: Path, siglip) -> None:
     """The lab T5 tokenizer, like T5's own, types an unknown character as the unknown piece, though its vocabulary
-    holds pieces named like bytes: none is trusted, and no lone piece counts as part of a character."""
+    holds pieces named like bytes: none is trusted, no lone piece counts as part of a character, and the report
+    shows such pieces by name, not as the character their names would spell."""
     from test_adapter_bidirectional import t5_folder
 
     from amdet_audit.lab.corpus import lab_prompts
@@ -149,3 +150,6 @@ def test_a_real_vocabulary_without_byte_fallback_gets_no_character_search(tmp_pa
     assert t5.tokenizer.unk_token_id in t5.tokenizer(MUSHROOM, add_special_tokens=False)["input_ids"]
     assert byte_piece_ids(t5) == {}
     assert not part_of_character(t5, tuple(named))
+    mushroom_pieces = ["▁", *(f"<0x{b:02X}>" for b in MUSHROOM.encode())]
+    assert readable(t5, mushroom_pieces) == " ".join(mushroom_pieces)
+    assert readable(siglip, mushroom_pieces) == MUSHROOM  # a vocabulary with byte fallback

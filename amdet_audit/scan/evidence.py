@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter
-from amdet_audit.scan.characters import BYTE_PIECE, sentencepiece_bytes, typeable
+from amdet_audit.scan.characters import BYTE_PIECE, byte_piece_ids, sentencepiece_bytes, typeable
 from amdet_audit.scan.features import CleanFeatures
 
 
@@ -37,12 +37,14 @@ def token_text(tokenizer, token_id: int) -> str:
 def readable(adapter: Adapter, raws: list[str]) -> str:
     """The text vocabulary strings stand for, decoded as one sequence (byte-level BPE undone for CLIP;
     SentencePiece's byte pieces decoded when they spell whole characters, ``▁ <0xF0> <0x9F> <0x8D> <0x84>`` ->
-    ``🍄``; other strings joined as they are)."""
+    ``🍄``, in a vocabulary whose byte pieces are trusted (see :func:`byte_piece_ids`: without byte fallback
+    ``<0xF0>`` names an ordinary piece, and typing ``🍄`` gives the unknown one); other strings joined as they
+    are)."""
     from amdet_audit.tokenization import readable_sequence
 
     if getattr(adapter, "family", "") == "clip":
         return readable_sequence(raws)
-    if any(BYTE_PIECE.fullmatch(raw) for raw in raws):
+    if any(BYTE_PIECE.fullmatch(raw) for raw in raws) and byte_piece_ids(adapter):
         data = b"".join(sentencepiece_bytes(raw) for raw in raws)
         if typeable(data):
             return data.decode("utf-8").strip()
