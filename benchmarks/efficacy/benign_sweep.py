@@ -31,7 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from calibrate import record_checks  # noqa: E402  (benchmark helpers beside this file)
+from calibrate import checks_of  # noqa: E402  (benchmark helpers beside this file)
 from run_efficacy import scan_one, tool_version  # noqa: E402
 
 Cell = tuple[int, float, int, str | None]  # one cell of the grid: (steps, lr, seed, domain)
@@ -67,8 +67,8 @@ def build_and_scan(base: str, work: Path, steps: int, lr: float, seed: int, thre
         run_finetune(base, folder, steps=steps, lr=lr, seed=seed, device=device, **variant)
     lab = json.loads((folder / "lab.json").read_text(encoding="utf-8"))
     record = scan_one(str(folder), base, work / "scans" / name, device, threads, extra=extra)
-    checks = record_checks(record)
     report = json.loads(Path(record["report"]).read_text(encoding="utf-8")) if record.get("report") else {}
+    checks = checks_of(report) if report else []
     row = {"name": name, "steps": steps, "lr": lr, "seed": seed, "domain": domain, "device": device,
            "fidelity": lab["fidelity"],
            "reference_digest": ((report.get("reference") or {}).get("model") or {}).get("weights_digest"),
