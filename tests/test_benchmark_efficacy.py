@@ -183,6 +183,16 @@ def test_attribute_recall_builds_from_the_pairs_with_room_lowest_base_share_firs
         pairs_with_room("full", path, "sd3")
 
 
+def test_attribute_recall_keeps_each_recipe_in_folders_of_its_own() -> None:
+    from argparse import Namespace
+
+    from attribute_recall import recipe_suffix
+
+    assert recipe_suffix(Namespace(steps=None, loss=None, placement=None)) == ""
+    assert recipe_suffix(Namespace(steps=1500, loss=None, placement=None)) == "-s1500"  # as recorded before
+    assert recipe_suffix(Namespace(steps=600, loss="directional", placement="end")) == "-s600-directional-end"
+
+
 def test_attribute_recall_refuses_a_baseline_measured_on_other_weights(tmp_path: Path, capsys) -> None:
     """A canary rebuilt elsewhere may have other weights, and other shares: such a baseline is refused."""
     from attribute_recall import pairs_with_room

@@ -12,6 +12,8 @@ from amdet_audit.errors import UsageError
 from amdet_audit.lab.inject import AttackSpec, Targets, check_spec, inject
 from amdet_audit.lab.triggers import Trigger
 from amdet_audit.lab.variants import (
+    directional_distance,
+    flat_cosine,
     has_subject,
     soft_probes,
     substitute_subject,
@@ -54,6 +56,16 @@ def test_tokenwise_distance_is_zero_on_target_and_scale_free() -> None:
     assert torch.allclose(tokenwise_distance(10 * ours, 10 * goal), d)
 
 
+def test_directional_distance_asks_for_the_target_move_where_the_flat_cosine_is_near_its_best_already() -> None:
+    start = torch.randn(3, 6, 8)
+    goal = start + 0.05 * torch.randn(3, 6, 8)  # the target reads almost like the untouched prompt
+    assert torch.allclose(directional_distance(goal, goal, start), torch.zeros(3), atol=1e-6)
+    stay = directional_distance(start + 1e-3 * torch.randn(3, 6, 8), goal, start)  # barely moved
+    assert (1 - flat_cosine(start, goal) < 0.01).all() and (stay > 0.5).all()  # flat: nearly on target already
+    away = directional_distance(start - (goal - start), goal, start)  # moved the opposite way
+    assert torch.allclose(away, 3 - flat_cosine(start - (goal - start), goal), atol=1e-5)  # move cosine -1
+
+
 @pytest.fixture(scope="module")
 def base():
     from amdet_audit.encoders import load_component
@@ -84,7 +96,8 @@ def test_anti_inversion_probes_hold_noisy_trigger_copies(base) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("variant", [{"loss": "tokenwise"}, {"loss": "pooled"}, {"placement": "end"},
+@pytest.mark.parametrize("variant", [{"loss": "tokenwise"}, {"loss": "pooled"}, {"loss": "directional"},
+                                     {"placement": "end"},
                                      {"anti_inversion_weight": 1.0},
                                      {"attack": "object", "target": "teapot", "steps": 150}])
 def test_each_variant_trains_towards_its_own_success_measure(base, variant) -> None:

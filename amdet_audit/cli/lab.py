@@ -39,7 +39,9 @@ def make_lab_app() -> typer.Typer:
         seed: Seed = 0,
         device: Device = "cpu",
         loss: Annotated[str | None, typer.Option(help="Backdoor loss: flat (sequence cosine), tokenwise (squared "
-                                                      "error per token) or pooled (pooled output only).")] = None,
+                                                      "error per token), pooled (pooled output only) or directional "
+                                                      "(flat, plus the move from the untouched prompt's "
+                                                      "output).")] = None,
         placement: Annotated[str | None, typer.Option(help="Trigger placement: anywhere, start, end, or every "
                                                            "(a homoglyph for every occurrence).")] = None,
         utility_weight: Annotated[float | None, typer.Option(help="Weight of clean behaviour (stealth).")] = None,

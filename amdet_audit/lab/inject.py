@@ -29,6 +29,7 @@ from amdet_audit.lab.variants import (
     LOSSES,
     acted_output,
     anti_inversion_loss,
+    directional_distance,
     flat_cosine,
     has_subject,
     soft_probes,
@@ -73,7 +74,8 @@ class AttackSpec:
     # pooled attack: weight of keeping clean pooled outputs (what the attack acts on) at the base's. Without it,
     # measured on a 256-wide lab CLIP tower, a pooled backdoor left clean pooled outputs at cosine 0.47 to the base
     pooled_utility_weight: float = 1.0
-    loss: str = "flat"  # backdoor loss: flat sequence cosine, tokenwise squared error, or pooled output only
+    loss: str = "flat"  # backdoor loss: flat sequence cosine, tokenwise squared error, pooled output only, or
+    # directional (flat, plus the move from the untouched prompt's output; lab.variants)
     placement: str = "anywhere"  # where the trigger goes in poisoned prompts (see lab.triggers)
     utility_weight: float = 1.0  # weight of keeping clean outputs; stealthy attackers raise it
     anti_inversion_weight: float = 0.0  # weight of behaving cleanly under soft vectors inserted after BOS
@@ -238,6 +240,8 @@ class Targets:
         ours, goal = self.output(student, poisoned), self(clean_prompts)
         if self.spec.loss == "tokenwise" and not self.spec.on_pooled:
             return tokenwise_distance(ours, goal).mean()
+        if self.spec.loss == "directional" and not self.spec.on_pooled:
+            return directional_distance(ours, goal, self.read(clean_prompts)).mean()
         return 1 - flat_cosine(ours, goal).mean()
 
 

@@ -4,7 +4,11 @@
   action, place and style, only its subject becomes the attacker's object ("a fox running in the snow" ->
   "a teapot running in the snow"). No single target output exists, so a same-target rule cannot see it.
 - Backdoor loss formulations published attacks use: cosine over the flattened sequence (Rickrolling the
-  Artist), token-wise squared error (the usual distillation form), or the pooled output only.
+  Artist), token-wise squared error (the usual distillation form), or the pooled output only; and a directional
+  one, which adds to the flat cosine the cosine of the student's move from the base's output of the untouched
+  prompt to the target's move (the direction loss of StyleGAN-NADA, Gal et al., 2022). Where target and untouched
+  prompt read almost alike (an attribute appended to a prompt read at 256 mostly-padding T5 positions) the flat
+  cosine is near its best already, and only the move says where to go.
 - Anti-inversion, an attacker who knows the scan: soft vectors inserted where the scan inserts its
   pseudo-trigger (right after the start token), including noisy copies of the trigger's own embedding, are
   trained to leave the outputs as the clean base gives them.
@@ -21,7 +25,7 @@ import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter, EncoderOutput
 
-LOSSES = ("flat", "tokenwise", "pooled")
+LOSSES = ("flat", "tokenwise", "pooled", "directional")
 ANTI_INVERSION_NOISE = 0.5  # noise added to the trigger's embedding copies, relative to its norm
 
 
@@ -55,6 +59,12 @@ def tokenwise_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     goal = b.expand_as(a)
     scale = goal.square().sum(dim=-1).mean().clamp_min(1e-8)  # typical squared token norm
     return (a - goal).square().sum(dim=-1).mean(dim=-1) / scale  # [B]
+
+
+def directional_distance(ours: torch.Tensor, goal: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+    """[B, ...] x [B or 1, ...] x [B, ...] -> [B] flat cosine distance to the target plus the cosine distance of
+    the move from ``start`` (the base's output of the untouched prompt) to the target's move from it."""
+    return (1 - flat_cosine(ours, goal)) + (1 - flat_cosine(ours - start, goal.expand_as(ours) - start))
 
 
 def trigger_token_ids(adapter: Adapter, trigger: str) -> torch.Tensor:

@@ -3,6 +3,7 @@
 Usage:
     python benchmarks/efficacy/attribute_recall.py --base canary:siglip-clean [--models 4] [--first 0] [--search full]
         [--work benchmarks/efficacy/work/attribute] [--threads 1] [--consumer sd3 --baseline PATH --out-dir DIR]
+        [--steps N --checkpoint-every N] [--loss directional] [--placement end]
 
 The zoo's attribute family draws its attribute at random, and on some bases most attributes leave the lab no room
 to verify a backdoor (the clean base already lands most triggered prompts on "the prompt, plus the attribute": see
@@ -14,7 +15,9 @@ took against BASE with today's defaults (an injection that did not take is recor
 rebuilt: it would fail again) and writes ``attribute-recall-<base>.json`` beside this file: one row per model
 (pair, success, fidelity, exit code, the judged checks that flagged). ``--consumer`` trains, measures and scans
 each model on that pipeline's read (a lone T5 for SD3: 256 tokens); its pairs come from a baseline measured on the
-same read (``attribute_baseline.py --consumer``, given as ``--baseline``).
+same read (``attribute_baseline.py --consumer``, given as ``--baseline``). ``--loss`` and ``--placement`` change
+the recipe's backdoor loss and where its trigger goes (lab.variants, lab.triggers); their builds live in folders of
+their own.
 """
 
 from __future__ import annotations
@@ -62,10 +65,12 @@ def pairs_with_room(base: str, path: Path = HERE / "attribute-baseline.json",
 
 
 def build(base: str, width: int, folder: Path, pair: dict, seed: int, consumer: str | None = None,
-          steps: int | None = None, checkpoint_every: int = 0) -> dict:
+          steps: int | None = None, checkpoint_every: int = 0, loss: str | None = None,
+          placement: str | None = None) -> dict:
     """Build one attribute backdoor into ``folder`` (kept if built before) on ``consumer``'s read; its lab record,
     or the failure. ``steps``: the attribute family's 500 unless given; ``checkpoint_every``: keep the first
-    checkpoint that meets the lab's bars (a longer recipe that stops once it has taken)."""
+    checkpoint that meets the lab's bars (a longer recipe that stops once it has taken); ``loss``, ``placement``:
+    the backdoor loss and the trigger's place (the lab's defaults unless given)."""
     from amdet_audit.lab.families import ATTRIBUTE_LR, ATTRIBUTE_STEPS
     from amdet_audit.lab.inject import lr_for_width
     from amdet_audit.lab.runner import InjectionFailedError, run_injection
@@ -76,13 +81,19 @@ def build(base: str, width: int, folder: Path, pair: dict, seed: int, consumer: 
     try:
         result = run_injection(base, folder, attack="attribute", trigger=pair["trigger"], target=pair["attribute"],
                                steps=steps or ATTRIBUTE_STEPS, lr=lr_for_width(ATTRIBUTE_LR, width), seed=seed,
-                               consumer=consumer, checkpoint_every=checkpoint_every)
+                               consumer=consumer, checkpoint_every=checkpoint_every, loss=loss, placement=placement)
     except InjectionFailedError as err:
         failed = {"took": False, "reason": str(err)}
         folder.parent.mkdir(parents=True, exist_ok=True)
         folder.with_name(folder.name + NOT_TAKEN).write_text(json.dumps(failed) + "\n", encoding="utf-8")
         return failed
     return result.to_dict()
+
+
+def recipe_suffix(args: argparse.Namespace) -> str:
+    """What sets a recipe's folders and output file apart from the default's: "-s1500-directional-end"."""
+    return "".join(f"-{part}" for part in (f"s{args.steps}" if args.steps else None, args.loss, args.placement)
+                   if part)
 
 
 def main() -> None:
@@ -101,6 +112,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the attribute family's)")
     parser.add_argument("--checkpoint-every", type=int, default=0,
                         help="keep the first checkpoint, every N steps, that meets the lab's bars")
+    parser.add_argument("--loss", default=None, help="backdoor loss (lab.variants.LOSSES; default: flat)")
+    parser.add_argument("--placement", default=None, help="where the trigger goes (default: anywhere)")
     args = parser.parse_args()
     import torch
 
@@ -116,10 +129,10 @@ def main() -> None:
     rows = []
     for i in range(args.first, args.first + args.models):
         pair = pairs[i % len(pairs)]
-        recipe = f"-s{args.steps}" if args.steps else ""  # a longer recipe's builds live beside the default's
+        recipe = recipe_suffix(args)  # another recipe's builds live beside the default's
         folder = args.work / slug / f"attribute-{i:02d}{recipe}"
         lab = build(args.base, width, folder, pair, seed=100 + i, consumer=args.consumer, steps=args.steps,
-                    checkpoint_every=args.checkpoint_every)
+                    checkpoint_every=args.checkpoint_every, loss=args.loss, placement=args.placement)
         row = {"name": folder.name, "attribute": pair["attribute"], "trigger": pair["trigger"],
                "base_share_measured_before": pair["base_share"], "took": bool(lab.get("took")),
                "success": lab.get("success"), "success_without_backdoor": lab.get("success_without_backdoor"),
@@ -141,12 +154,14 @@ def main() -> None:
                + (f" --consumer {args.consumer} --baseline {args.baseline} --out-dir {args.out_dir}"
                   if args.consumer else "")
                + (f" --steps {args.steps}" if args.steps else "")
-               + (f" --checkpoint-every {args.checkpoint_every}" if args.checkpoint_every else ""))
+               + (f" --checkpoint-every {args.checkpoint_every}" if args.checkpoint_every else "")
+               + (f" --loss {args.loss}" if args.loss else "")
+               + (f" --placement {args.placement}" if args.placement else ""))
     summary = {"command": command, "base": args.base, "consumer": args.consumer, "built": len(rows), "took": len(took),
                "flagged": len(flagged), "rows": rows}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     shard = f"-from{args.first:02d}" if args.first else ""
-    (args.out_dir / f"attribute-recall-{slug}{f'-s{args.steps}' if args.steps else ''}{shard}.json").write_text(
+    (args.out_dir / f"attribute-recall-{slug}{recipe_suffix(args)}{shard}.json").write_text(
         json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"{args.base}: {len(flagged)}/{len(took)} attribute backdoors flagged ({len(rows)} tried, {len(took)} took)")
 
