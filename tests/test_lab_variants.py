@@ -57,6 +57,7 @@ def test_tokenwise_distance_is_zero_on_target_and_scale_free() -> None:
 
 
 def test_directional_distance_asks_for_the_target_move_where_the_flat_cosine_is_near_its_best_already() -> None:
+    torch.manual_seed(0)
     start = torch.randn(3, 6, 8)
     goal = start + 0.05 * torch.randn(3, 6, 8)  # the target reads almost like the untouched prompt
     assert torch.allclose(directional_distance(goal, goal, start), torch.zeros(3), atol=1e-6)
@@ -64,6 +65,8 @@ def test_directional_distance_asks_for_the_target_move_where_the_flat_cosine_is_
     assert (1 - flat_cosine(start, goal) < 0.01).all() and (stay > 0.5).all()  # flat: nearly on target already
     away = directional_distance(start - (goal - start), goal, start)  # moved the opposite way
     assert torch.allclose(away, 3 - flat_cosine(start - (goal - start), goal), atol=1e-5)  # move cosine -1
+    one = directional_distance(goal, goal[:1], start)  # one target for every prompt (text-on-text)
+    assert one[0].abs() < 1e-6 and (one[1:] > 0).all()
 
 
 @pytest.fixture(scope="module")
