@@ -126,10 +126,10 @@ def main() -> None:
     width = load_base_width(args.base, "cpu")
     slug = args.base.replace(":", "-").replace("/", "-") + (f"-{args.consumer}" if args.consumer else "")
     read = ("--consumer", args.consumer) if args.consumer else ()
+    recipe = recipe_suffix(args)  # another recipe's builds and output live beside the default's
     rows = []
     for i in range(args.first, args.first + args.models):
         pair = pairs[i % len(pairs)]
-        recipe = recipe_suffix(args)  # another recipe's builds live beside the default's
         folder = args.work / slug / f"attribute-{i:02d}{recipe}"
         lab = build(args.base, width, folder, pair, seed=100 + i, consumer=args.consumer, steps=args.steps,
                     checkpoint_every=args.checkpoint_every, loss=args.loss, placement=args.placement)
@@ -161,7 +161,7 @@ def main() -> None:
                "flagged": len(flagged), "rows": rows}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     shard = f"-from{args.first:02d}" if args.first else ""
-    (args.out_dir / f"attribute-recall-{slug}{recipe_suffix(args)}{shard}.json").write_text(
+    (args.out_dir / f"attribute-recall-{slug}{recipe}{shard}.json").write_text(
         json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"{args.base}: {len(flagged)}/{len(took)} attribute backdoors flagged ({len(rows)} tried, {len(took)} took)")
 
