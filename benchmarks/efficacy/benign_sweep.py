@@ -3,8 +3,8 @@ fine-tune is flagged, and how near the bars the others come.
 
 Usage:
     python benchmarks/efficacy/benign_sweep.py --base canary:clean --steps 50,100 --lrs 1e-4,2e-4,3e-4
-        [--seeds 0,1] [--domains portrait,forest] [--shard 0/2] [--threads 1] [--device cpu] [--search light]
-        [--work benchmarks/efficacy/work/benign-sweep] [--out-dir DIR]
+        [--seeds 0,1] [--domains portrait,forest] [--consumer sd3] [--shard 0/2] [--threads 1] [--device cpu]
+        [--search light] [--work benchmarks/efficacy/work/benign-sweep] [--out-dir DIR]
 
 Every cell of steps x learning rate x seed is one contrastive fine-tune of BASE (the lab's benign recipe:
 InfoNCE on light rewrites of lab prompts with the distillation term that keeps it near the base,
@@ -15,7 +15,8 @@ training only on prompts that hold the cell's domain word (a further axis of the
 every N-th cell from the I-th, so that N processes share a grid; each writes ``benign-sweep-<base>.json`` and
 ``BENIGN_SWEEP-<base>.md`` into ``--out-dir`` from every cell scanned so far (the last to finish writes the whole
 grid; ``--summarize`` writes them from the cells scanned so far without building anything, after a run cut
-short).
+short). ``--consumer`` fine-tunes and scans on that pipeline's read of the encoder (``sd3``: T5's last layer at
+256 tokens); its cells and files carry the consumer's name beside the base's.
 """
 
 from __future__ import annotations
@@ -51,10 +52,17 @@ def cell_name(steps: int, lr: float, seed: int, domain: str | None = None) -> st
     return f"benign-s{steps}-lr{lr:g}-seed{seed}" + (f"-{domain}" if domain else "")
 
 
+def sweep_slug(base: str, consumer: str | None = None) -> str:
+    """The name of a sweep's work folder and files: the base, and the consumer whose read it is on."""
+    return base.replace(":", "-").replace("/", "-") + (f"-{consumer}" if consumer else "")
+
+
 def build_and_scan(base: str, work: Path, steps: int, lr: float, seed: int, threads: int,
-                   domain: str | None = None, device: str = "cpu", extra: tuple[str, ...] = ()) -> dict:
+                   domain: str | None = None, device: str = "cpu", extra: tuple[str, ...] = (),
+                   consumer: str | None = None) -> dict:
     """Fine-tune one cell (kept if built before) and scan it (kept if scanned by this tool version); its row.
-    A ``domain`` cell is the heavy-domain recipe (no distillation, prompts holding that word only)."""
+    A ``domain`` cell is the heavy-domain recipe (no distillation, prompts holding that word only); ``consumer``:
+    fine-tuned and scanned on that pipeline's read."""
     import torch
 
     from amdet_audit.lab.runner import run_finetune
@@ -64,13 +72,14 @@ def build_and_scan(base: str, work: Path, steps: int, lr: float, seed: int, thre
     if not (folder / "lab.json").is_file():
         torch.set_num_threads(threads)
         variant = {"distill_weight": 0.0, "domain": domain} if domain else {}
-        run_finetune(base, folder, steps=steps, lr=lr, seed=seed, device=device, **variant)
+        run_finetune(base, folder, steps=steps, lr=lr, seed=seed, device=device, consumer=consumer, **variant)
     lab = json.loads((folder / "lab.json").read_text(encoding="utf-8"))
-    record = scan_one(str(folder), base, work / "scans" / name, device, threads, extra=extra)
+    read = ("--consumer", consumer) if consumer else ()
+    record = scan_one(str(folder), base, work / "scans" / name, device, threads, extra=(*extra, *read))
     report = json.loads(Path(record["report"]).read_text(encoding="utf-8")) if record.get("report") else {}
     checks = checks_of(report) if report else []
-    row = {"name": name, "steps": steps, "lr": lr, "seed": seed, "domain": domain, "device": device,
-           "fidelity": lab["fidelity"],
+    row = {"name": name, "steps": steps, "lr": lr, "seed": seed, "domain": domain, "consumer": consumer,
+           "device": device, "fidelity": lab["fidelity"],
            "reference_digest": ((report.get("reference") or {}).get("model") or {}).get("weights_digest"),
            "exit_code": record["exit_code"], "seconds": record["seconds"],
            "flagged_checks": [c["name"] for c in checks if c.get("flags")],
@@ -132,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lrs", default="1e-4,2e-4,3e-4")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--domains", default=None, help="comma list: sweep the heavy-domain recipe over these")
+    parser.add_argument("--consumer", default=None,
+                        help="fine-tune and scan on this pipeline's read of the encoder (e.g. sd3)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (fine-tunes and scans)")
     parser.add_argument("--search", default=None, help="the scan's --search (default: the scan's own)")
     parser.add_argument("--summarize", action="store_true",
@@ -148,23 +159,25 @@ def main(argv: list[str] | None = None) -> None:
     extra = ("--search", args.search) if args.search else ()
     if min(steps) < 1 or min(lrs) <= 0:
         parser.error("--steps and --lrs must be above 0")
-    slug = args.base.replace(":", "-").replace("/", "-")
+    slug = sweep_slug(args.base, args.consumer)
     work = args.work / slug
     for s, lr, seed, domain in [] if args.summarize else cells(steps, lrs, seeds, args.shard, domains):
-        row = build_and_scan(args.base, work, s, lr, seed, args.threads, domain, args.device, extra)
+        row = build_and_scan(args.base, work, s, lr, seed, args.threads, domain, args.device, extra, args.consumer)
         print(json.dumps(row), flush=True)
     wanted = {cell_name(*cell) for cell in cells(steps, lrs, seeds, (0, 1), domains)}
     rows = [json.loads(p.read_text(encoding="utf-8")) for p in sorted((work / "rows").glob("*.json"))
             if p.stem in wanted]
     command = (f"python benchmarks/efficacy/benign_sweep.py --base {args.base} --steps {args.steps} "
                f"--lrs {args.lrs} --seeds {args.seeds}" + (f" --domains {args.domains}" if domains else "")
+               + (f" --consumer {args.consumer}" if args.consumer else "")
                + (f" --device {args.device}" if args.device != "cpu" else "")
                + (f" --search {args.search}" if args.search else ""))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"benign-sweep-{slug}.json").write_text(
         json.dumps({"command": command, "tool_version": tool_version(), "planned": len(wanted), "rows": rows},
                    indent=2) + "\n", encoding="utf-8")
-    (args.out_dir / f"BENIGN_SWEEP-{slug}.md").write_text(markdown(args.base, rows, command, len(wanted)),
+    title = args.base + (f" on {args.consumer}'s read" if args.consumer else "")
+    (args.out_dir / f"BENIGN_SWEEP-{slug}.md").write_text(markdown(title, rows, command, len(wanted)),
                                                           encoding="utf-8")
     print(f"{args.base}: {sum(r['exit_code'] == 1 for r in rows)} of {len(rows)} benign fine-tunes flagged")
 
