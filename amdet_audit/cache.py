@@ -34,7 +34,7 @@ STORES = ("canaries", "scans", "baselines", "tokenizers", "configs")
 #: consumer reads its T5; 9: each probe's move cosine in the evidence; 10: whole characters tried where a probe is
 #: a byte piece of one, byte pieces shown as the characters they spell). What the scan reads of each component is
 #: part of the key itself (scan_choices), so a changed read needs no bump.
-CACHE_FORMAT = 10
+CACHE_FORMAT = 11
 
 
 def cache_root() -> Path:

@@ -16,6 +16,7 @@ from amdet_audit.scan.characters import (
     ranked_characters,
     typeable,
     typed_ids,
+    unknown_character_ids,
 )
 from amdet_audit.scan.discrete import search_tokens, special_ids
 from amdet_audit.scan.evidence import readable, token_text
@@ -33,6 +34,18 @@ def siglip(tmp_path_factory: pytest.TempPathFactory):
     from amdet_audit.lab.sentencepiece_vocab import train_sentencepiece
 
     folder = siglip_folder(tmp_path_factory.mktemp("siglip"), train_sentencepiece(lab_prompts()[0]))
+    return load_component(resolve(str(folder)).components[0])
+
+
+@pytest.fixture(scope="module")
+def t5(tmp_path_factory: pytest.TempPathFactory):
+    """The lab T5 tower: a SentencePiece vocabulary without byte fallback, as T5's own."""
+    from test_adapter_bidirectional import t5_folder
+
+    from amdet_audit.lab.corpus import lab_prompts
+    from amdet_audit.lab.sentencepiece_vocab import train_sentencepiece
+
+    folder = t5_folder(tmp_path_factory.mktemp("t5"), train_sentencepiece(lab_prompts()[0]))
     return load_component(resolve(str(folder)).components[0])
 
 
@@ -135,16 +148,10 @@ def test_pieces_named_like_bytes_are_not_trusted_without_byte_fallback(siglip) -
     assert len(byte_piece_ids(siglip)) == 256  # the lab vocabulary spells the proof character in its byte pieces
 
 
-def test_a_real_vocabulary_without_byte_fallback_gets_no_character_search(tmp_path: Path, siglip) -> None:
+def test_a_real_vocabulary_without_byte_fallback_gets_no_character_search(t5, siglip) -> None:
     """The lab T5 tokenizer, like T5's own, types an unknown character as the unknown piece, though its vocabulary
     holds pieces named like bytes: none is trusted, no lone piece counts as part of a character, and the report
     shows such pieces by name, not as the character their names would spell."""
-    from test_adapter_bidirectional import t5_folder
-
-    from amdet_audit.lab.corpus import lab_prompts
-    from amdet_audit.lab.sentencepiece_vocab import train_sentencepiece
-
-    t5 = load_component(resolve(str(t5_folder(tmp_path, train_sentencepiece(lab_prompts()[0])))).components[0])
     named = t5.tokenizer.convert_tokens_to_ids(["<0xF0>", "<0x9F>"])
     assert t5.tokenizer.unk_token_id not in named  # the pieces exist by name
     assert t5.tokenizer.unk_token_id in t5.tokenizer(MUSHROOM, add_special_tokens=False)["input_ids"]
@@ -153,3 +160,31 @@ def test_a_real_vocabulary_without_byte_fallback_gets_no_character_search(tmp_pa
     mushroom_pieces = ["▁", *(f"<0x{b:02X}>" for b in MUSHROOM.encode())]
     assert readable(t5, mushroom_pieces) == " ".join(mushroom_pieces)
     assert readable(siglip, mushroom_pieces) == MUSHROOM  # a vocabulary with byte fallback
+
+
+def test_characters_outside_the_vocabulary_type_to_the_unknown_piece_where_there_is_no_byte_fallback(
+        t5, siglip, clip) -> None:
+    """T5 and BERT type an emoji as their unknown piece, so a trigger spelt with one is that piece; SigLIP's byte
+    fallback and CLIP's byte-level BPE spell it in bytes (and CLIP's unknown token is its end token)."""
+    from test_adapter_bert import MINILM
+
+    ids = unknown_character_ids(t5, special_ids(t5))
+    assert ids is not None and t5.tokenizer.unk_token_id in ids
+    assert ids == typed_ids(t5, MUSHROOM, special_ids(t5)) == typed_ids(t5, "🦄", special_ids(t5))  # any such one
+    bert = load_component(resolve(MINILM).components[0])
+    assert unknown_character_ids(bert, special_ids(bert)) == (bert.tokenizer.unk_token_id,)
+    assert unknown_character_ids(siglip, special_ids(siglip)) is None
+    assert unknown_character_ids(clip, special_ids(clip)) is None
+
+
+def test_the_search_tries_the_unknown_piece_as_typed(t5) -> None:
+    """On a vocabulary without byte fallback the search scores what an emoji types to at both placements, against
+    random sequences of as many pieces, without a pseudo-trigger pointing at it."""
+    ids = unknown_character_ids(t5, special_ids(t5))
+    vector = t5.token_embedding_matrix()[t5.tokenizer.convert_tokens_to_ids("▁cat")].detach().unsqueeze(0)
+    found = search_tokens(t5, t5, PROMPTS, [vector], padding=4, nearest=1, moved=0, gradient_top=4, rounds=0,
+                          nulls=4, confirm=64, lookalike_modes=(), by_gain=True)
+    unknown = [s for s in found.confirmed if s.probe.origin == "out-of-vocabulary"]
+    assert {(s.probe.placement, s.probe.tokens) for s in unknown} == {("start", ids), ("end", ids)}
+    if len(ids) > 1:
+        assert f"tokens{len(ids)}_gain_median" in found.null

@@ -14,6 +14,10 @@ need not be the trigger itself, but it is input a user can type that does what t
 that the search reached as a seed (nearest to a pseudo-trigger, moved, gradient-ranked) is still judged, as
 before, when it does more than every character. WordPiece (BERT) maps an unknown character to ``[UNK]`` and has
 no pieces of characters: nothing to complete there.
+
+A vocabulary without byte fallback (T5's SentencePiece, WordPiece) types every character outside it to one unknown
+piece (``<unk>``, ``[UNK]``): a trigger spelt with an emoji there is that piece. :func:`unknown_character_ids`
+gives what such a character types to, so the search can try it as typed input.
 """
 
 from __future__ import annotations
@@ -103,6 +107,18 @@ def byte_piece_ids(adapter: Adapter) -> dict[int, int]:
     # name ordinary pieces "<0x84>"
     typed = tokenizer(PROOF, add_special_tokens=False)["input_ids"]
     return ids if [i for i in typed if i in ids.values()] == [ids.get(b) for b in PROOF.encode()] else {}
+
+
+def unknown_character_ids(adapter: Adapter, banned: set[int]) -> tuple[int, ...] | None:
+    """The pieces a character outside the vocabulary types to (T5: ``▁`` and ``<unk>``; BERT: ``[UNK]``), when
+    that holds the tokenizer's unknown piece and it is no start, end or padding id (``banned``); else None (a
+    byte-fallback or byte-level vocabulary spells such a character in bytes; CLIP's unknown token is its end)."""
+    tokenizer = getattr(adapter, "tokenizer", None)
+    unknown = getattr(tokenizer, "unk_token_id", None)
+    if tokenizer is None or not isinstance(unknown, int) or unknown < 0 or unknown in banned:
+        return None
+    typed = typed_ids(adapter, PROOF, banned)
+    return typed if unknown in typed else None
 
 
 def probe_bytes(adapter: Adapter, tokens: tuple[int, ...]) -> bytes | None:

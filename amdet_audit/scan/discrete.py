@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter, EncoderOutput
-from amdet_audit.scan.characters import complete_characters, part_of_character
+from amdet_audit.scan.characters import complete_characters, part_of_character, unknown_character_ids
 from amdet_audit.scan.features import collapse, collapse_gain, move_cosine, spread_ratio
 from amdet_audit.scan.lookalikes import LOOKALIKES, UNLIKE, substitute_every, substitute_first, substitutions
 
@@ -54,7 +54,8 @@ class Probe:
     placement: str  # "start", "end" or "text"
     tokens: tuple[int, ...] = ()
     substitution: tuple[str, str, str] | None = None  # (latin, twin, "first" | "every")
-    origin: str = field(default="", compare=False)  # why it was tried: nearest, moved, gradient, lookalike, null
+    origin: str = field(default="", compare=False)  # why it was tried: nearest, moved, gradient, lookalike,
+    # out-of-vocabulary, extended, completed, byte, null
 
 
 @dataclass
@@ -265,6 +266,15 @@ def seed_probes(suspect: Adapter, reference: Adapter | None, vectors: Sequence[t
     return [Probe(label=str(t), placement=p, tokens=t, origin=o) for t, o in unique for p in PLACEMENTS]
 
 
+def out_of_vocabulary_probes(adapter: Adapter) -> list[Probe]:
+    """What any character outside the vocabulary types to (an emoji on T5 or BERT: the unknown piece), at both
+    placements; none where such characters are spelt in bytes (:func:`characters.unknown_character_ids`)."""
+    ids = unknown_character_ids(adapter, special_ids(adapter))
+    # labelled by ids, as seed_probes labels them: one a seed reached already is not scored twice
+    return [] if ids is None else [Probe(label=str(ids), placement=p, tokens=ids, origin="out-of-vocabulary")
+                                   for p in PLACEMENTS]
+
+
 def lookalike_probes(modes: tuple[str, ...] = ("first", "every")) -> list[Probe]:
     """Every single-letter look-alike substitution, of the first occurrence and/or of every occurrence."""
     return [Probe(label=f"{latin}->{twin} {mode}", placement="text", substitution=(latin, twin, mode),
@@ -382,6 +392,8 @@ def search_tokens(
     extend: the ``beam`` strongest token probes at each placement grow by up to this many tokens, one at a time
         (:func:`extension_probes`); probes of 2 to ``1 + extend`` tokens are then scored against random sequences
         of their own length.
+    What a character outside the vocabulary types to (T5, BERT: the unknown piece; :func:`out_of_vocabulary_probes`)
+    is tried beside the seeds, and judged against random sequences of as many pieces.
     complete: where one of the ``confirm`` strongest probes at a placement is a piece of a character (a lone byte
         of an emoji), the ``complete`` characters whose bytes collapse the prompts most there are tried, typed
         (:func:`completion_probes`); the ``confirm // 2`` strongest are scored against the reference on top of the
@@ -405,7 +417,8 @@ def search_tokens(
     null = null_probes(suspect, nulls, seed, lookalike_modes)
     null += [p for n in lengths for p in null_sequences(suspect, max(4, nulls // 2), n, seed)]
     run(null, with_reference=True)
-    run(seed_probes(suspect, reference, vectors, nearest, moved) + lookalike_probes(lookalike_modes))
+    run(seed_probes(suspect, reference, vectors, nearest, moved) + out_of_vocabulary_probes(suspect)
+        + lookalike_probes(lookalike_modes))
     for placement in PLACEMENTS:  # greedy refinement from the best token probe at each placement
         for _ in range(rounds):
             pool = [s for s in scored.values() if s.probe.placement == placement and s.probe.origin != "null"]
@@ -425,8 +438,9 @@ def search_tokens(
         if complete and any(part_of_character(suspect, s.probe.tokens) for s in strong):
             run(completion_probes(runner, placement, screen, complete))
     typed = [s for s in scored.values() if s.probe.origin == "completed"]
-    new_lengths = tuple(sorted({len(s.probe.tokens) for s in typed} - {1, *lengths}))  # a typed character of n
-    # pieces is judged against random sequences of n pieces, as grown probes are
+    characters = typed + [s for s in scored.values() if s.probe.origin == "out-of-vocabulary"]
+    new_lengths = tuple(sorted({len(s.probe.tokens) for s in characters} - {1, *lengths}))  # a typed character
+    # of n pieces is judged against random sequences of n pieces, as grown probes are
     lengths += new_lengths
     late_null = [p for n in new_lengths for p in null_sequences(suspect, max(4, nulls // 2), n, seed)
                  if p not in scored]
