@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from amdet_audit.encoders import load_component
+from amdet_audit.errors import UsageError
 from amdet_audit.lab.lora import diffusers_tensors, kohya_tensors, write_lora
 from amdet_audit.sources import resolve
 
@@ -259,6 +260,12 @@ def test_lab_lora_ships_a_fine_tune_as_a_lora(run_cli, tiny_clip: Path, tmp_path
     assert not any("embedding" in n or "norm" in n or "text_projection" in n for n in training)
     bad = run_cli("lab", "finetune", str(tiny_clip), "--out", tmp_path / "never", "--train", "embeddings")
     assert bad.exit_code == 2 and "--train must be one of all, lora" in bad.stderr
+
+    class T5Shaped:  # a tower whose matrices carry other names (T5: q, k, v, o, wi, wo): nothing a LoRA would train
+        family, model = "t5", torch.nn.ModuleDict({"q": torch.nn.Linear(4, 4), "wo": torch.nn.Linear(4, 4)})
+
+    with pytest.raises(UsageError, match="this t5 tower has none of them: use --train all"):
+        trainable_copy(T5Shaped(), "lora")
 
 
 def test_a_kohya_alpha_of_zero_is_the_rank_and_the_base_is_in_the_cache_key(tiny_clip: Path, tmp_path: Path) -> None:

@@ -164,6 +164,10 @@ def trainable_copy(adapter: Adapter, trainable: str = "all") -> Adapter:
     if trainable == "lora":
         for name, param in student.model.named_parameters():
             param.requires_grad_(name.endswith(".weight") and name.removesuffix(".weight").endswith(LINEAR))
+        if not any(param.requires_grad for param in student.model.parameters()):
+            raise UsageError(f"--train lora trains the matrices a CLIP text-encoder LoRA patches "
+                             f"({', '.join(n.lstrip('.') for n in LINEAR)}); this {adapter.family} tower has none "
+                             "of them: use --train all")
     return student
 
 
