@@ -32,7 +32,8 @@ STORES = ("canaries", "scans", "baselines", "tokenizers", "configs")
 #: bump whenever the scan's outputs change within a release (4: real-input rules; 5: token_shift.size; 6: decoded
 #: token text in the evidence; 7: the light search preset and its --search choice; 8: a lone T5 read as the named
 #: consumer reads its T5; 9: each probe's move cosine in the evidence; 10: whole characters tried where a probe is
-#: a byte piece of one, byte pieces shown as the characters they spell). What the scan reads of each component is
+#: a byte piece of one, byte pieces shown as the characters they spell; 11: the unknown piece an emoji types to
+#: tried on vocabularies without byte fallback). What the scan reads of each component is
 #: part of the key itself (scan_choices), so a changed read needs no bump.
 CACHE_FORMAT = 11
 

@@ -585,3 +585,30 @@ def test_vocabulary_null_places_the_judged_probe_among_sampled_pieces(tmp_path: 
     report.write_text(json.dumps({"components": [{"scan": scan}]}), encoding="utf-8")
     with pytest.raises(SystemExit, match="judged probe is not among"):
         measure(folder, report, str(folder), sample=6)
+
+
+def test_readme_t5_emoji_and_heavy_domain_figures_match_the_records() -> None:
+    """README's figures for the T5 emoji backdoors and heavy-domain fine-tunes at SD3's read are the records'."""
+    root = Path(__file__).resolve().parents[1]
+    sd3 = root / "benchmarks/efficacy/t5/sd3"
+
+    def scan(model: str, side: str) -> dict:
+        return json.loads((sd3 / "emoji" / model / side / "report.json").read_text(encoding="utf-8"))
+
+    for model in ("bd-emoji-sd3", "bd-emoji-stealthy-sd3"):
+        assert [scan(model, side)["verdict"]["exit_code"] for side in ("before", "after")] == [1, 1]
+    top = scan("bd-emoji-sd3", "after")["components"][0]["scan"]["evidence"]["token_search"]["top"]
+    assert top[0]["origin"] == "lookalike"  # the probe the token-collapse rule judged
+    typed = max(p["collapse_gain"] for p in top if p["origin"] == "out-of-vocabulary")
+    rows = json.loads((sd3 / "benign-sweep/heavy-domain/benign-sweep-canary-t5-clean-sd3.json")
+                      .read_text(encoding="utf-8"))["rows"]
+    fidelity = sorted(r["fidelity"] for r in rows)
+    backdoors = [json.loads(p.read_text(encoding="utf-8"))["components"][0]["scan"]["scores"]
+                 ["divergence.relative_bidirectional"]
+                 for p in (sd3 / "attribute/directional-end/scans").glob("*/report.json")]
+    inside = [r for r in rows if min(backdoors) <= r["scores"]["divergence.relative_bidirectional"] <= max(backdoors)]
+    assert all(r["exit_code"] == 0 for r in rows) and len(rows) == 3 and len(inside) == 2
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    assert (f"(clean fidelity {fidelity[0]:.2f}-{fidelity[-1]:.2f}; `benign_sweep.py --consumer sd3`) pass, but two "
+            "of three sit inside that divergence range too" in readme)
+    assert f"(its typed trigger closes {typed:.2f} of the room against the rule's 0.5;" in readme
