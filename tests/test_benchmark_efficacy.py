@@ -224,7 +224,8 @@ def test_position_diagnosis_smoke(tmp_path: Path) -> None:
 
 
 def test_benign_sweep_shards_cover_the_grid_once_and_the_table_puts_false_alarms_first() -> None:
-    from benign_sweep import cell_name, cells, markdown, parse_shard, sweep_slug
+    from benign_sweep import cell_name, cells, markdown, parse_shard
+    from run_efficacy import base_slug
 
     whole = cells([50, 100], [1e-4, 3e-4], [0, 1], (0, 1))
     shards = [cells([50, 100], [1e-4, 3e-4], [0, 1], (i, 3)) for i in range(3)]
@@ -234,8 +235,8 @@ def test_benign_sweep_shards_cover_the_grid_once_and_the_table_puts_false_alarms
     assert [c[3] for c in domains] == ["forest", "city"] * 2 and [c[2] for c in domains] == [0, 0, 1, 1]
     assert cell_name(300, 3e-4, 0, "forest") == "benign-s300-lr0.0003-seed0-forest"
     # a sweep on a pipeline's read keeps its own folder and files: cells of the same name are other models
-    assert sweep_slug("canary:t5-clean") == "canary-t5-clean"
-    assert sweep_slug("canary:t5-clean", "sd3") == "canary-t5-clean-sd3"
+    assert base_slug("canary:t5-clean") == "canary-t5-clean"
+    assert base_slug("canary:t5-clean", "sd3") == "canary-t5-clean-sd3"
     assert parse_shard("1/2") == (1, 2)
     for bad in ("2/2", "1", "-1/2", "a/b"):
         with pytest.raises(Exception, match="--shard"):

@@ -31,7 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from calibrate import record_checks  # noqa: E402  (benchmark helpers beside this file)
-from run_efficacy import scan_one  # noqa: E402
+from run_efficacy import base_slug, scan_one  # noqa: E402
 
 #: beside a model's folder: the build did not take (deterministic, so it is not rebuilt on the next run)
 NOT_TAKEN = ".not-taken.json"
@@ -124,7 +124,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pairs = pairs_with_room(args.base, args.baseline, args.consumer, weights=weights_sha256(resolve(args.base)))
     width = load_base_width(args.base, "cpu")
-    slug = args.base.replace(":", "-").replace("/", "-") + (f"-{args.consumer}" if args.consumer else "")
+    slug = base_slug(args.base, args.consumer)
     read = ("--consumer", args.consumer) if args.consumer else ()
     recipe = recipe_suffix(args)  # another recipe's builds and output live beside the default's
     rows = []

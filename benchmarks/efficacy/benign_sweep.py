@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from calibrate import checks_of  # noqa: E402  (benchmark helpers beside this file)
-from run_efficacy import scan_one, tool_version  # noqa: E402
+from run_efficacy import base_slug, scan_one, tool_version  # noqa: E402
 
 Cell = tuple[int, float, int, str | None]  # one cell of the grid: (steps, lr, seed, domain)
 
@@ -50,11 +50,6 @@ def cells(steps: list[int], lrs: list[float], seeds: list[int], shard: tuple[int
 def cell_name(steps: int, lr: float, seed: int, domain: str | None = None) -> str:
     """The folder name of one cell."""
     return f"benign-s{steps}-lr{lr:g}-seed{seed}" + (f"-{domain}" if domain else "")
-
-
-def sweep_slug(base: str, consumer: str | None = None) -> str:
-    """The name of a sweep's work folder and files: the base, and the consumer whose read it is on."""
-    return base.replace(":", "-").replace("/", "-") + (f"-{consumer}" if consumer else "")
 
 
 def build_and_scan(base: str, work: Path, steps: int, lr: float, seed: int, threads: int,
@@ -159,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     extra = ("--search", args.search) if args.search else ()
     if min(steps) < 1 or min(lrs) <= 0:
         parser.error("--steps and --lrs must be above 0")
-    slug = sweep_slug(args.base, args.consumer)
+    slug = base_slug(args.base, args.consumer)
     work = args.work / slug
     for s, lr, seed, domain in [] if args.summarize else cells(steps, lrs, seeds, args.shard, domains):
         row = build_and_scan(args.base, work, s, lr, seed, args.threads, domain, args.device, extra, args.consumer)

@@ -138,6 +138,12 @@ def build_zoo(base: str, out: Path, backdoored: int, benign: int, seed: int, dev
     return json.loads((out / "zoo.json").read_text(encoding="utf-8"))
 
 
+def base_slug(base: str, consumer: str | None = None) -> str:
+    """The name of a base's work folder and output files: the base, and the consumer whose read it is on (cells
+    or models of the same name on another read are other models)."""
+    return base.replace(":", "-").replace("/", "-") + (f"-{consumer}" if consumer else "")
+
+
 def scan_one(target: str, reference: str | None, folder: Path, device: str, threads: int,
              rederive: bool = False, extra: tuple[str, ...] = ()) -> dict:
     """Scan one model into ``folder`` unless a scan by this tool version is there; returns the record.
