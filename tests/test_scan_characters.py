@@ -27,25 +27,28 @@ PROMPTS = ["a red fox in the snow", "a violin on a chair, oil painting", "two ca
 
 
 @pytest.fixture(scope="module")
-def siglip(tmp_path_factory: pytest.TempPathFactory):
-    from test_adapter_bidirectional import siglip_folder
-
+def vocabulary() -> bytes:
+    """The lab's SentencePiece vocabulary, learnt once from the prompt corpus for both towers below."""
     from amdet_audit.lab.corpus import lab_prompts
     from amdet_audit.lab.sentencepiece_vocab import train_sentencepiece
 
-    folder = siglip_folder(tmp_path_factory.mktemp("siglip"), train_sentencepiece(lab_prompts()[0]))
+    return train_sentencepiece(lab_prompts()[0])
+
+
+@pytest.fixture(scope="module")
+def siglip(tmp_path_factory: pytest.TempPathFactory, vocabulary: bytes):
+    from test_adapter_bidirectional import siglip_folder
+
+    folder = siglip_folder(tmp_path_factory.mktemp("siglip"), vocabulary)
     return load_component(resolve(str(folder)).components[0])
 
 
 @pytest.fixture(scope="module")
-def t5(tmp_path_factory: pytest.TempPathFactory):
-    """The lab T5 tower: a SentencePiece vocabulary without byte fallback, as T5's own."""
+def t5(tmp_path_factory: pytest.TempPathFactory, vocabulary: bytes):
+    """The lab T5 tower: its tokenizer has no byte fallback, as T5's own."""
     from test_adapter_bidirectional import t5_folder
 
-    from amdet_audit.lab.corpus import lab_prompts
-    from amdet_audit.lab.sentencepiece_vocab import train_sentencepiece
-
-    folder = t5_folder(tmp_path_factory.mktemp("t5"), train_sentencepiece(lab_prompts()[0]))
+    folder = t5_folder(tmp_path_factory.mktemp("t5"), vocabulary)
     return load_component(resolve(str(folder)).components[0])
 
 
@@ -186,5 +189,4 @@ def test_the_search_tries_the_unknown_piece_as_typed(t5) -> None:
                           nulls=4, confirm=64, lookalike_modes=(), by_gain=True)
     unknown = [s for s in found.confirmed if s.probe.origin == "out-of-vocabulary"]
     assert {(s.probe.placement, s.probe.tokens) for s in unknown} == {("start", ids), ("end", ids)}
-    if len(ids) > 1:
-        assert f"tokens{len(ids)}_gain_median" in found.null
+    assert len(ids) == 2 and "tokens2_gain_median" in found.null  # "▁" and "<unk>": judged against random pairs
