@@ -78,6 +78,8 @@ def test_readme_demo_verdicts(run_cli, tmp_path) -> None:
     assert report["reference"]["model"]["note"].startswith("the target is the reference itself")
     bd_report = json.loads((tmp_path / "bd" / "report.json").read_text())
     assert_valid_report(bd_report)
+    assert bd_report["components"][0]["scan"]["evidence"]["token_search"]["untypeable"] == 0  # a causal tower's
+    # rules judge every candidate (typed input only is measured on bidirectional towers)
     sarif = json.loads((tmp_path / "bd" / "report.sarif").read_text())
     assert_valid_sarif(sarif)
     assert [r["ruleId"] for r in sarif["runs"][0]["results"]] == ["assimilation.backdoor"]

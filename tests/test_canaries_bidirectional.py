@@ -40,6 +40,8 @@ def test_siglip_canary_verdicts(run_cli, tmp_path) -> None:
     assert scan["config"]["differential"] is True
     assert scan["config"]["token_nulls"] == ScanConfig().token_nulls  # auto on CPU: the full search (bidirectional)
     assert any(row["text"].count("о") for row in scan["evidence"]["token_search"]["top"][:3])  # the homoglyph
+    assert scan["config"]["token_typed_only"] is True  # the rules judge typed input only: the count is reported
+    assert isinstance(scan["evidence"]["token_search"]["untypeable"], int)
     shift_rules = [c for c in scan["checks"] if c["name"].startswith("token_shift.")]
     assert shift_rules and not any(c["decides"] for c in shift_rules)  # measured, shown, not judged
     assert all(c["decides"] for c in scan["checks"] if c not in shift_rules)

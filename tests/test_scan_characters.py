@@ -1,5 +1,5 @@
 """Pieces of characters turned into typeable characters (scan/characters.py), on the lab's SentencePiece
-vocabulary (byte fallback) and CLIP's byte-level BPE."""
+vocabulary (byte fallback) and CLIP's byte-level BPE; probes judged only as typed text gives them."""
 
 from __future__ import annotations
 
@@ -9,16 +9,18 @@ import pytest
 
 from amdet_audit.encoders import load_component
 from amdet_audit.scan.characters import (
+    PROOF,
     byte_piece_ids,
     complete_characters,
     part_of_character,
     probe_bytes,
     ranked_characters,
+    speller,
     typeable,
     typed_ids,
     unknown_character_ids,
 )
-from amdet_audit.scan.discrete import search_tokens, special_ids
+from amdet_audit.scan.discrete import Probe, ProbeRunner, ProbeScore, search_tokens, shortlist, special_ids, typed_twin
 from amdet_audit.scan.evidence import readable, token_text
 from amdet_audit.sources import resolve
 
@@ -190,3 +192,145 @@ def test_the_search_tries_the_unknown_piece_as_typed(t5) -> None:
     unknown = [s for s in found.confirmed if s.probe.origin == "out-of-vocabulary"]
     assert {(s.probe.placement, s.probe.tokens) for s in unknown} == {("start", ids), ("end", ids)}
     assert len(ids) == 2 and "tokens2_gain_median" in found.null  # "▁" and "<unk>": judged against random pairs
+
+
+def test_a_probe_is_typeable_where_typed_text_gives_it(siglip, t5) -> None:
+    """SentencePiece opens every typed word with "▁": a piece without it ("й") cannot open a prompt but can close
+    one (glued to its last word); a lone byte of a character is no text at all. T5's unknown piece is what an emoji
+    types to, with its "▁" before the prompt."""
+    runner = ProbeRunner(siglip, None, PROMPTS, padding=4)
+    bare, typed = siglip.tokenizer.convert_tokens_to_ids("й"), typed_ids(siglip, "й", special_ids(siglip))
+    assert len(typed) == 2 and typed[1] == bare  # "▁" "й"
+    assert runner.typeable(Probe("й", "start", (bare,))) == 0.0
+    assert runner.typeable(Probe("й", "end", (bare,))) == 1.0
+    assert runner.typeable(Probe("▁ й", "start", typed)) == 1.0
+    assert runner.typeable(Probe("byte", "end", (byte_piece_ids(siglip)[0x84],))) == 0.0
+    assert runner.typeable(Probe("a->а first", "text", substitution=("a", "а", "first"))) == 1.0
+    unknown = unknown_character_ids(t5, special_ids(t5))
+    assert unknown is not None and len(unknown) == 2
+    on_t5 = ProbeRunner(t5, None, PROMPTS, padding=4)
+    assert on_t5.typeable(Probe("▁ <unk>", "start", unknown)) == 1.0
+    assert on_t5.typeable(Probe("<unk>", "start", unknown[1:])) == 0.0
+    assert speller(t5, special_ids(t5))(unknown).strip() == PROOF  # the unknown piece written as a character
+
+
+def test_an_untypeable_probe_has_a_typed_twin(siglip, t5) -> None:
+    """The twin is a one-piece probe's text typed as a word of its own; none for a lone byte, an already typed
+    probe or a probe of several pieces."""
+    from test_adapter_bert import MINILM
+
+    bare = siglip.tokenizer.convert_tokens_to_ids("й")
+    twin = typed_twin(siglip, Probe("й", "start", (bare,), origin="nearest"))
+    assert twin is not None and twin.origin == "typed" and twin.placement == "start"
+    assert twin.tokens == typed_ids(siglip, "й", special_ids(siglip))
+    assert typed_twin(siglip, twin) is None
+    pair = (bare, siglip.tokenizer.convert_tokens_to_ids("ic"))
+    assert typed_twin(siglip, Probe("й ic", "start", pair)) is None  # glued into one word: a string never proposed
+    assert typed_twin(siglip, Probe("byte", "end", (byte_piece_ids(siglip)[0x84],))) is None
+    unknown = t5.tokenizer.unk_token_id
+    t5_twin = typed_twin(t5, Probe("<unk>", "start", (unknown,)))
+    assert t5_twin is not None and t5_twin.tokens == unknown_character_ids(t5, special_ids(t5))
+    bert = load_component(resolve(MINILM).components[0])
+    continuation = bert.tokenizer.convert_tokens_to_ids("##v")
+    bert_twin = typed_twin(bert, Probe("##v", "start", (continuation,)))
+    assert bert_twin is not None and bert_twin.tokens == (bert.tokenizer.convert_tokens_to_ids("v"),)
+
+
+def test_the_search_judges_untypeable_probes_as_typed(siglip) -> None:
+    """Seeded with "й" (a piece no typed text places before a prompt), the search judges "й" at the end, where it
+    is typeable, and at the start only as typed ("▁" "й", against random pairs); without ``typed_only`` the bare
+    piece is judged at both placements."""
+    bare = siglip.tokenizer.convert_tokens_to_ids("й")
+    vector = siglip.token_embedding_matrix()[bare].detach().unsqueeze(0)  # [1, D]
+    kwargs = dict(padding=4, nearest=1, moved=0, gradient_top=4, rounds=0, nulls=4, confirm=64,
+                  lookalike_modes=(), by_gain=True)
+    found = search_tokens(siglip, siglip, PROMPTS, [vector], typed_only=True, **kwargs)
+    judged = {(s.probe.placement, s.probe.tokens) for s in found.confirmed}
+    assert ("end", (bare,)) in judged and ("start", (bare,)) not in judged
+    twin = typed_ids(siglip, "й", special_ids(siglip))
+    assert ("start", twin) in judged and "tokens2_gain_median" in found.null
+    assert found.untypeable == 1  # the bare piece at the start; at the end it is typeable
+    runner = ProbeRunner(siglip, None, PROMPTS, padding=4)
+    assert all(runner.typeable(s.probe) >= 0.5 for s in found.confirmed)
+    plain = search_tokens(siglip, siglip, PROMPTS, [vector], **kwargs)
+    assert ("start", (bare,)) in {(s.probe.placement, s.probe.tokens) for s in plain.confirmed}
+    assert plain.untypeable == 0
+
+
+def test_a_suspect_decoder_cannot_make_its_trigger_look_untypeable(siglip) -> None:
+    """The suspect ships its tokenizer: one whose decoder spells "й" otherwise makes "й" look untypeable by its own
+    round trip, but the reference's tokenizer still types it, and its twin is spelt by the reference."""
+    import copy
+
+    class Respelt:  # the suspect's tokenizer, its decoding changed (a SentencePiece model's denormalization, a
+        # tokenizer.json decoder): typing is untouched, so the trigger still works in the pipeline
+        def __init__(self, tokenizer) -> None:
+            self.inner = tokenizer
+
+        def __getattr__(self, name: str):
+            return getattr(self.inner, name)
+
+        def __call__(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+        def __len__(self) -> int:
+            return len(self.inner)
+
+        def decode(self, ids, **kwargs) -> str:
+            return self.inner.decode(ids, **kwargs).replace("й", "zz")
+
+    hostile = copy.copy(siglip)
+    hostile.tokenizer = Respelt(siglip.tokenizer)
+    bare = siglip.tokenizer.convert_tokens_to_ids("й")
+    glued = Probe("й", "end", (bare,))
+    assert ProbeRunner(hostile, None, PROMPTS, padding=4).typeable(glued) == 0.0  # fooled on its own
+    assert ProbeRunner(hostile, siglip, PROMPTS, padding=4).typeable(glued) == 1.0
+    twin = typed_twin(hostile, Probe("й", "start", (bare,)), siglip)
+    assert twin is not None and twin.tokens == typed_ids(siglip, "й", special_ids(siglip))
+
+
+def test_a_refused_probe_frees_its_place_on_the_shortlist() -> None:
+    """Untypeable pieces that collapse the prompts most cannot push a typed candidate off the shortlist."""
+    scores = [ProbeScore(probe=Probe(f"p{i}", "start", (i,)), collapse=1.0 - i / 10, excess=0.0, shift=0.0)
+              for i in range(6)]
+    asked: list[int] = []
+
+    def typed(p: Probe) -> bool:
+        asked.append(p.tokens[0])
+        return p.tokens[0] >= 3  # the three strongest are untypeable
+
+    assert [p.tokens[0] for p in shortlist(scores, "collapse", 2, typed)] == [3, 4]
+    assert asked == [0, 1, 2, 3, 4]  # asked only until two were found
+
+
+def test_the_reference_tokenizer_counts_only_where_it_names_the_pieces_alike(siglip) -> None:
+    """A suspect tokenizer that renames pieces is not checked against the reference's spelling: its probes are
+    judged (1.0), as without the test."""
+    class Renamed:
+        def __init__(self, tokenizer) -> None:
+            self.inner = tokenizer
+
+        def __getattr__(self, name: str):
+            return getattr(self.inner, name)
+
+        def __call__(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+        def __len__(self) -> int:
+            return len(self.inner)
+
+        def convert_ids_to_tokens(self, ids):
+            return [f"renamed{i}" for i in ids]
+
+        def decode(self, ids, **kwargs) -> str:
+            return "zz"  # no text of it types back
+
+    import copy
+
+    renamed = copy.copy(siglip)
+    renamed.tokenizer = Renamed(siglip.tokenizer)
+    bare = siglip.tokenizer.convert_tokens_to_ids("й")
+    runner = ProbeRunner(renamed, siglip, PROMPTS, padding=4)
+    assert not runner.same_pieces((bare,))
+    assert runner.typeable(Probe("й", "start", (bare,))) == 1.0
+    assert ProbeRunner(siglip, siglip, PROMPTS, padding=4).typeable(Probe("й", "start", (bare,))) == 0.0

@@ -26,7 +26,7 @@ import functools
 import heapq
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from amdet_audit.encoders.base import Adapter
 from amdet_audit.tokenization import symbol_bytes
@@ -119,6 +119,30 @@ def unknown_character_ids(adapter: Adapter, banned: set[int]) -> tuple[int, ...]
         return None
     typed = typed_ids(adapter, PROOF, banned)
     return typed if unknown in typed else None
+
+
+def speller(adapter: Adapter, banned: set[int]) -> Callable[[Sequence[int]], str]:
+    """Ids -> text that types to them where any does: their decoding, with the unknown piece written as a
+    character outside the vocabulary (its own text, "<unk>", would type to the special piece alone) and a leading
+    word continuation mark (WordPiece's "##") dropped; "" without a tokenizer. The decoder is the tokenizer's
+    own (bounded by its size, as its encoder is)."""
+    tokenizer = getattr(adapter, "tokenizer", None)
+    if tokenizer is None:
+        return lambda ids: ""
+    unknown = getattr(tokenizer, "unk_token", None)
+    spelt = isinstance(unknown, str) and bool(unknown) and unknown_character_ids(adapter, banned) is not None
+    mark = getattr(getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None),
+                   "continuing_subword_prefix", None)
+    mark = mark if isinstance(mark, str) and mark else None
+
+    written = unknown if spelt else ""
+
+    def spell(ids: Sequence[int]) -> str:
+        text = tokenizer.decode(list(ids), clean_up_tokenization_spaces=False)
+        text = text.replace(written, PROOF) if written else text
+        return text[len(mark):] if mark is not None and text.startswith(mark) else text
+
+    return spell
 
 
 def probe_bytes(adapter: Adapter, tokens: tuple[int, ...]) -> bytes | None:

@@ -93,6 +93,8 @@ class ScanConfig:
     token_beam: int = 2  # probes per placement kept at each step of that growth
     token_complete: int = 16  # where a strong probe is a piece of a character (a byte of an emoji), the characters
     # tried typed at its placement, ranked by their bytes' effect (bidirectional towers; scan/characters.py)
+    token_typed_only: bool = True  # the token rules judge only candidates typed text gives, and untypeable ones
+    # as typed (bidirectional towers; scan/discrete.py)
     seed: int = DEFAULT_SEED
     thresholds: Thresholds = field(default_factory=Thresholds)
 

@@ -12,7 +12,9 @@ that vector little to find, while the real trigger still works. So the scan also
   text gives), the whole characters whose bytes do most are tried as typed (scan/characters.py), and the
   strongest probes can grow, a token at a time on either side, into multi-token probes (a trigger spelt in
   several pieces; off by default); and every single-letter look-alike substitution (a homoglyph trigger)
-  applied to real prompts;
+  applied to real prompts; on a bidirectional tower the rules judge only what typed text gives: a one-piece
+  candidate no text types to in place (a piece without its word-start mark before a prompt) is replaced by its
+  text typed as a word of its own, and an untypeable one of several pieces is left out;
 - features: what a triggered prompt's consumer reads after the trigger: the end-token state, the mean of the
   padding states after it and the pooled output, each centred by the clean corpus mean and scaled to unit
   typical norm (positions before an end-placed trigger cannot change in a causal tower, so they are left out;
@@ -38,12 +40,20 @@ import torch
 import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter, EncoderOutput
-from amdet_audit.scan.characters import complete_characters, part_of_character, unknown_character_ids
+from amdet_audit.scan.characters import (
+    complete_characters,
+    part_of_character,
+    speller,
+    typed_ids,
+    unknown_character_ids,
+)
 from amdet_audit.scan.features import collapse, collapse_gain, move_cosine, spread_ratio
 from amdet_audit.scan.lookalikes import LOOKALIKES, UNLIKE, substitute_every, substitute_first, substitutions
 
 PLACEMENTS = ("start", "end")
 MAD_FLOOR = 0.01  # least spread of the null distribution (a z-score of noise must stay finite)
+TYPEABLE_SHARE = 0.5  # a candidate is typeable when typed text gives it on at least this share of the prompts
+TYPED_ORIGINS = ("completed", "out-of-vocabulary", "typed")  # candidates made by typing text
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,8 @@ class TokenSearch:
     by_gain: bool = False  # best_collapse was judged by its gain (bidirectional towers; see search_tokens)
     confirmed: list[ProbeScore] = field(default_factory=list)  # every probe scored against the reference, the
     # token rules' choice
+    untypeable: int = 0  # candidates no typed text gives, left unjudged (a one-piece one's typed twin judged
+    # instead)
 
 
 @dataclass
@@ -142,6 +154,10 @@ class ProbeRunner:
         ids, eos = self.clean.ids.cpu(), self.clean.eos.cpu()
         self.rows = [row[: int(e) + 1].tolist() for row, e in zip(ids, eos, strict=True)]  # BOS .. EOS each
         self.suspect_features: dict[Probe, torch.Tensor] = {}  # [B, F] per probe, kept for the second pass
+        self.clean_round_trip: dict[int, list[bool]] = {}  # per tokenizer's adapter, per prompt: its text
+        # tokenizes back to its ids
+        self.spellers: dict[int, Callable[[Sequence[int]], str]] = {}  # per tokenizer's adapter: ids -> text
+        self.typed_shares: dict[Probe, float] = {}
         self.s_tail, self.s_clean = self.fit(suspect)
         self.r_tail, self.r_clean = self.fit(reference) if reference is not None else (None, None)
 
@@ -149,9 +165,10 @@ class ProbeRunner:
         """The tail parts the probes are scored on (:func:`tail_parts`)."""
         return tail_parts(out, eos, self.padding, self.pooled_only)
 
-    def tokenized(self, prompts: Sequence[str]) -> Batch:
-        """Tokenize as the consumer does; the end token sits at the last real position."""
-        batch = self.suspect.tokenize(list(prompts))
+    def tokenized(self, prompts: Sequence[str], adapter: Adapter | None = None) -> Batch:
+        """Tokenize as the consumer does (with the suspect's tokenizer unless ``adapter`` is given); the end token
+        sits at the last real position."""
+        batch = (adapter or self.suspect).tokenize(list(prompts))
         return self.cut(Batch(batch.ids, batch.attention_mask.sum(dim=1) - 1))
 
     def cut(self, batch: Batch) -> Batch:
@@ -185,6 +202,57 @@ class ProbeRunner:
             rows.append(body + [pad] * (T - len(body)))
         device = self.clean.ids.device
         return self.cut(Batch(torch.tensor(rows, device=device), torch.tensor(eos, device=device)))
+
+    def typeable(self, probe: Probe) -> float:
+        """Share of the test prompts on which some typed text gives ``probe``: the prompt carrying it, decoded to
+        text and tokenized again, comes back as the same ids. A piece that only continues a word (SigLIP's "й"
+        without its word-start "▁") cannot open a prompt, and a lone byte of a character is no text at all.
+
+        The suspect's tokenizer comes with the suspect, and a decoder changed to spell its trigger otherwise would
+        make the trigger look untypeable; so the reference's tokenizer decides too where it names every piece as
+        the suspect's does, and the higher share counts. Where they name a piece differently, or a tokenizer's
+        own prompts do not come back whole (a hostile unknown piece, say), the answer is 1.0: judged, as
+        without this test. Also 1.0 for a look-alike substitution (typed text already)."""
+        if probe.substitution is not None or not probe.tokens:
+            return 1.0
+        if probe not in self.typed_shares:
+            shares = [self.typed_share(a, probe) for a in (self.suspect, self.reference)
+                      if a is not None and getattr(a, "tokenizer", None) is not None]
+            if self.reference is not None and not self.same_pieces(probe.tokens):
+                shares = [1.0]
+            self.typed_shares[probe] = max(shares, default=1.0)
+        return self.typed_shares[probe]
+
+    def same_pieces(self, tokens: tuple[int, ...]) -> bool:
+        """Whether the reference's tokenizer names ``tokens`` and every test prompt's pieces as the suspect's does
+        (True without a reference tokenizer: only the suspect's is asked then)."""
+        theirs = getattr(self.reference, "tokenizer", None)
+        ours = getattr(self.suspect, "tokenizer", None)
+        if theirs is None or ours is None:
+            return True
+        ids = sorted({*tokens, *(t for row in self.rows for t in row)})
+        return list(ours.convert_ids_to_tokens(ids)) == list(theirs.convert_ids_to_tokens(ids))
+
+    def typed_share(self, adapter: Adapter, probe: Probe) -> float:
+        """:meth:`typeable` under ``adapter``'s tokenizer alone (1.0 where no prompt's own text comes back)."""
+        specials = special_ids(adapter)
+        if id(adapter) not in self.spellers:
+            self.spellers[id(adapter)] = speller(adapter, specials)
+        spell = self.spellers[id(adapter)]
+
+        def bodies(batch: Batch) -> list[list[int]]:
+            return [[t for t in row[: int(e) + 1].tolist() if t not in specials]
+                    for row, e in zip(batch.ids.cpu(), batch.eos.cpu(), strict=True)]
+
+        def round_trip(rows: list[list[int]]) -> list[bool]:
+            texts = [spell(row) for row in rows]
+            return [a == b for a, b in zip(rows, bodies(self.tokenized(texts, adapter)), strict=True)]
+
+        if id(adapter) not in self.clean_round_trip:
+            self.clean_round_trip[id(adapter)] = round_trip(bodies(self.clean))
+        carried = round_trip(bodies(self.inputs(probe)))
+        kept = [c for c, ok in zip(carried, self.clean_round_trip[id(adapter)], strict=True) if ok]
+        return sum(kept) / len(kept) if kept else 1.0
 
     @torch.no_grad()
     def score(self, probe: Probe, with_reference: bool = True) -> ProbeScore:
@@ -347,6 +415,26 @@ def completion_probes(runner: ProbeRunner, placement: str, screen: Callable[[Pro
     return [Probe(label=str(ids), placement=placement, tokens=ids, origin="completed") for ids in typed]
 
 
+def typed_twin(adapter: Adapter, probe: Probe, spelling: Adapter | None = None) -> Probe | None:
+    """What typing an untypeable one-piece probe's text as a word of its own gives (origin "typed"), at its
+    placement: "й" at a prompt's start is typed "▁" "й". None for a probe of several pieces (glued into one word
+    they make a string no search step proposed: RESULTS.md, "typed probes only"), where the piece spells no text
+    (a lone byte of a character), or where the text types back to the probe itself. The text is spelt by
+    ``spelling``'s tokenizer where it has one (the reference's: the suspect's decoder is the suspect's to choose)
+    and typed with ``adapter``'s, as the consumer types it."""
+    if len(probe.tokens) != 1:
+        return None
+    source = spelling if spelling is not None and getattr(spelling, "tokenizer", None) is not None else adapter
+    text = speller(source, special_ids(source))(probe.tokens).strip()
+    banned = special_ids(adapter)
+    if not text or "\ufffd" in text:
+        return None
+    ids = typed_ids(adapter, text, banned)
+    if not ids or ids == probe.tokens:
+        return None
+    return Probe(label=str(ids), placement=probe.placement, tokens=ids, origin="typed")
+
+
 def null_sequences(adapter: Adapter, count: int, length: int, seed: int) -> list[Probe]:
     """Random vocabulary sequences of ``length`` tokens at both placements: the null of multi-token probes."""
     rng, banned = random.Random(seed + length), special_ids(adapter)
@@ -376,7 +464,7 @@ def search_tokens(
     confirm: int = 16, lookalike_modes: tuple[str, ...] = ("first", "every"), seed: int = 0,
     progress: Callable[[int, int, str], None] | None = None, pooled_only: bool = False,
     z_bars: tuple[float, float] = (math.inf, math.inf), by_gain: bool = False, extend: int = 0, beam: int = 2,
-    complete: int = 0,
+    complete: int = 0, typed_only: bool = False,
 ) -> TokenSearch:
     """Try real-input trigger candidates on ``prompts`` and score each against a null of random tokens.
 
@@ -398,6 +486,13 @@ def search_tokens(
         of an emoji), the ``complete`` characters whose bytes collapse the prompts most there are tried, typed
         (:func:`completion_probes`); the ``confirm // 2`` strongest are scored against the reference on top of the
         rest, each against random sequences of its own length.
+    typed_only: the rules judge only candidates some typed text gives (:meth:`ProbeRunner.typeable`; the next
+        typed one takes an untypeable one's place on the shortlist); an untypeable one-piece candidate is
+        replaced by its text typed as a word of its own (:func:`typed_twin`), judged against random sequences
+        of as many pieces (the nulls stay random pieces, typeable or not). A trigger is text: a heavy-domain
+        SigLIP fine-tune whose prompts collapse under "й" placed where no typed "й" lands (before the prompt,
+        without its word-start piece), but not under "й" typed there, has no trigger in it
+        (benchmarks/efficacy/RESULTS.md, "typed probes only").
     """
     runner = ProbeRunner(suspect, reference, prompts, padding, pooled_only)
     scored: dict[Probe, ProbeScore] = {}
@@ -437,8 +532,30 @@ def search_tokens(
                         key=lambda s: s.collapse, reverse=True)[:confirm]
         if complete and any(part_of_character(suspect, s.probe.tokens) for s in strong):
             run(completion_probes(runner, placement, screen, complete))
-    typed = [s for s in scored.values() if s.probe.origin == "completed"]
-    characters = typed + [s for s in scored.values() if s.probe.origin == "out-of-vocabulary"]
+    completed = [s for s in scored.values() if s.probe.origin == "completed"]
+    screened = [s for s in scored.values() if s.probe.origin not in ("null", "extended", "byte", "completed")]
+    # (a lone byte piece screened to rank characters is no input a user can type: never judged)
+    grown = [s for s in scored.values() if s.probe.origin == "extended"]
+    untypeable: set[Probe] = set()
+
+    def typed(p: Probe) -> bool:
+        if not typed_only or p.origin in TYPED_ORIGINS or runner.typeable(p) >= TYPEABLE_SHARE:
+            return True
+        untypeable.add(p)
+        return False
+
+    chosen = set(shortlist(screened, "collapse", confirm, typed))
+    chosen |= set(shortlist(screened, "shift", confirm // 2, typed))
+    for extra in (grown, completed):  # on top: grown probes and typed characters collapse more than single pieces
+        # on the suspect alone, and would crowd out the rest
+        chosen |= set(shortlist(extra, "collapse", confirm // 2, typed))
+    twins = [t for t in dict.fromkeys(typed_twin(suspect, p, reference)
+                                      for p in sorted(untypeable, key=lambda p: p.label))
+             if t is not None and (t not in scored or scored[t].probe.origin != "null")]
+    run(twins)
+    chosen |= set(twins)
+    characters = completed + [s for s in scored.values() if s.probe.origin == "out-of-vocabulary"]
+    characters += [scored[t] for t in twins]
     new_lengths = tuple(sorted({len(s.probe.tokens) for s in characters} - {1, *lengths}))  # a typed character
     # of n pieces is judged against random sequences of n pieces, as grown probes are
     lengths += new_lengths
@@ -446,14 +563,6 @@ def search_tokens(
                  if p not in scored]
     run(late_null, with_reference=True)
     null += late_null
-    screened = [s for s in scored.values() if s.probe.origin not in ("null", "extended", "byte", "completed")]
-    # (a lone byte piece screened to rank characters is no input a user can type: never judged)
-    grown = [s for s in scored.values() if s.probe.origin == "extended"]
-    chosen = {s.probe for s in sorted(screened, key=lambda s: s.collapse, reverse=True)[:confirm]}
-    chosen |= {s.probe for s in sorted(screened, key=lambda s: s.shift, reverse=True)[: confirm // 2]}
-    for extra in (grown, typed):  # on top: grown probes and typed characters collapse more than single pieces on
-        # the suspect alone, and would crowd out the rest
-        chosen |= {s.probe for s in sorted(extra, key=lambda s: s.collapse, reverse=True)[: confirm // 2]}
     run(sorted(chosen, key=lambda p: p.label), with_reference=True)
 
     def kind(p: Probe) -> str:
@@ -475,7 +584,20 @@ def search_tokens(
     ranked = sorted(tried, key=lambda s: max(s.excess_z, s.shift_z), reverse=True)
     top = list({id(s): s for s in [*(b for b in (best_c, best_s) if b is not None), *ranked]}.values())[:8]
     return TokenSearch(best_collapse=best_c, best_shift=best_s, probes=len(scored), null=null_summary, top=top,
-                       by_gain=by_gain, confirmed=tried)
+                       by_gain=by_gain, confirmed=tried, untypeable=len(untypeable))
+
+
+def shortlist(scores: Sequence[ProbeScore], value: str, count: int, keep: Callable[[Probe], bool]) -> list[Probe]:
+    """The ``count`` probes with the largest ``value`` among those ``keep`` accepts, asking ``keep`` only until
+    they are found: a probe it refuses frees its place for the next (untypeable pieces that collapse the prompts
+    cannot push a typed trigger off the list)."""
+    found: list[Probe] = []
+    for s in sorted(scores, key=lambda s: getattr(s, value), reverse=True):
+        if len(found) >= count:
+            break
+        if keep(s.probe):
+            found.append(s.probe)
+    return found
 
 
 def judged(scores: Sequence[ProbeScore], value: str, z: str, bar: float) -> ProbeScore | None:

@@ -84,7 +84,8 @@ def token_search(enc: Encoders, data: ScanPrompts, cands: dict[str, Candidate], 
                          seed=config.seed, progress=progress, pooled_only=config.pooled_only,
                          z_bars=(t.token_gain_z if by_gain else t.token_excess_z, t.token_shift_z), by_gain=by_gain,
                          extend=config.token_extend if by_gain else 0, beam=config.token_beam,
-                         complete=config.token_complete if by_gain else 0)
+                         complete=config.token_complete if by_gain else 0,
+                         typed_only=config.token_typed_only and by_gain)
 
 
 def token_evidence(search: TokenSearch | None, adapter: Adapter) -> dict | None:
@@ -105,8 +106,8 @@ def token_evidence(search: TokenSearch | None, adapter: Adapter) -> dict | None:
                 "reference_spread": None if s.reference_spread is None else round(s.reference_spread, 4),
                 "move_cosine": None if s.move_cosine is None else round(s.move_cosine, 4)}
 
-    return {"probes_tried": search.probes, "null": {k: round(v, 4) for k, v in search.null.items()},
-            "top": [row(s) for s in search.top]}
+    return {"probes_tried": search.probes, "untypeable": search.untypeable,
+            "null": {k: round(v, 4) for k, v in search.null.items()}, "top": [row(s) for s in search.top]}
 
 
 def calibrate_reference(reference: Adapter, config: ScanConfig, prompts: Sequence[str] | None = None,
