@@ -456,6 +456,32 @@ def test_readme_siglip_typeable_character_figures_match_the_record() -> None:
             f"{after[0]:.2f} to {after[-1]:.2f} after); no benign verdict or judged probe changed" in readme)
 
 
+def test_readme_siglip_typed_probe_figures_match_the_record() -> None:
+    """README's figures for typed probes only on the one-thread SigLIP build are the record's, whose before column
+    is the typeable-characters record's after column."""
+    root = Path(__file__).resolve().parents[1]
+    efficacy = root / "benchmarks/efficacy/siglip"
+    rows = json.loads((efficacy / "typed-probes/typed-probes.json").read_text(encoding="utf-8"))["rows"]
+    earlier = json.loads((efficacy / "typeable-characters/typeable-characters.json").read_text(encoding="utf-8"))
+    assert [r["before"] for r in rows] == [r["after"] for r in earlier["rows"]]
+    backdoors = [r for r in rows if r["kind"] == "backdoored"]
+    benign = [r for r in rows if r["kind"] == "benign"]
+    flagged = sum(r["after"]["exit_code"] == 1 for r in backdoors)
+    alarms = [r for r in benign if r["after"]["exit_code"] == 1]
+    assert all(r["before"]["gain_rule_probe"]["text"] == "й" for r in benign if r["before"]["exit_code"] == 1)
+    gain = [r["after"]["gain_rule_probe"]["collapse_gain"] for r in benign]
+    by_gain_rule = [r["after"]["gain_rule_probe"]["collapse_gain"] for r in backdoors
+                    if any("token-collapse rule holds" in reason for reason in r["after"]["reasons"])]
+    precision = flagged / (flagged + len(alarms))
+    recall = flagged / len(backdoors)
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    assert (f"the same {len(rows)} models give {flagged} of {len(backdoors)} backdoors and {len(alarms)} of "
+            f"{len(benign)} benign models flagged (precision {precision:.1f}, F1 "
+            f"{2 * precision * recall / (precision + recall):.1f} on this build)" in readme)
+    assert (f"the nearest benign model closes {max(gain):.3f} of the room against the bar's 0.5, the weakest "
+            f"backdoor the gain rule flags {min(by_gain_rule):.3f}" in readme)
+
+
 def test_readme_siglip_seed21_figures_match_the_recorded_scans() -> None:
     """README's fourth SigLIP zoo and attribute figures are the recorded scans'."""
     root = Path(__file__).resolve().parents[1]
