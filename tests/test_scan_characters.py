@@ -194,6 +194,22 @@ def test_the_search_tries_the_unknown_piece_as_typed(t5) -> None:
     assert len(ids) == 2 and "tokens2_gain_median" in found.null  # "▁" and "<unk>": judged against random pairs
 
 
+class Wrapped:
+    """A tokenizer passed through, for a test to change one of its methods."""
+
+    def __init__(self, tokenizer) -> None:
+        self.inner = tokenizer
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def __call__(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
 def test_a_probe_is_typeable_where_typed_text_gives_it(siglip, t5) -> None:
     """SentencePiece opens every typed word with "▁": a piece without it ("й") cannot open a prompt but can close
     one (glued to its last word); a lone byte of a character is no text at all. T5's unknown piece is what an emoji
@@ -262,20 +278,8 @@ def test_a_suspect_decoder_cannot_make_its_trigger_look_untypeable(siglip) -> No
     round trip, but the reference's tokenizer still types it, and its twin is spelt by the reference."""
     import copy
 
-    class Respelt:  # the suspect's tokenizer, its decoding changed (a SentencePiece model's denormalization, a
-        # tokenizer.json decoder): typing is untouched, so the trigger still works in the pipeline
-        def __init__(self, tokenizer) -> None:
-            self.inner = tokenizer
-
-        def __getattr__(self, name: str):
-            return getattr(self.inner, name)
-
-        def __call__(self, *args, **kwargs):
-            return self.inner(*args, **kwargs)
-
-        def __len__(self) -> int:
-            return len(self.inner)
-
+    class Respelt(Wrapped):  # the suspect's tokenizer, its decoding changed (a SentencePiece model's
+        # denormalization, a tokenizer.json decoder): typing is untouched, so the trigger still works in the pipeline
         def decode(self, ids, **kwargs) -> str:
             return self.inner.decode(ids, **kwargs).replace("й", "zz")
 
@@ -306,19 +310,7 @@ def test_a_refused_probe_frees_its_place_on_the_shortlist() -> None:
 def test_the_reference_tokenizer_counts_only_where_it_names_the_pieces_alike(siglip) -> None:
     """A suspect tokenizer that renames pieces is not checked against the reference's spelling: its probes are
     judged (1.0), as without the test."""
-    class Renamed:
-        def __init__(self, tokenizer) -> None:
-            self.inner = tokenizer
-
-        def __getattr__(self, name: str):
-            return getattr(self.inner, name)
-
-        def __call__(self, *args, **kwargs):
-            return self.inner(*args, **kwargs)
-
-        def __len__(self) -> int:
-            return len(self.inner)
-
+    class Renamed(Wrapped):
         def convert_ids_to_tokens(self, ids):
             return [f"renamed{i}" for i in ids]
 
