@@ -154,9 +154,9 @@ class ProbeRunner:
         ids, eos = self.clean.ids.cpu(), self.clean.eos.cpu()
         self.rows = [row[: int(e) + 1].tolist() for row, e in zip(ids, eos, strict=True)]  # BOS .. EOS each
         self.suspect_features: dict[Probe, torch.Tensor] = {}  # [B, F] per probe, kept for the second pass
-        self.clean_round_trip: dict[int, list[bool]] = {}  # per tokenizer's adapter, per prompt: its text
-        # tokenizes back to its ids
-        self.spellers: dict[int, Callable[[Sequence[int]], str]] = {}  # per tokenizer's adapter: ids -> text
+        self.typists: dict[int, tuple[set[int], Callable[[Sequence[int]], str], list[bool]]] = {}  # per
+        # tokenizer's adapter: its special ids, ids -> text, and per prompt whether its text tokenizes back to it
+        self.prompts_alike: bool | None = None  # the reference's tokenizer names the prompts' pieces as ours
         self.typed_shares: dict[Probe, float] = {}
         self.s_tail, self.s_clean = self.fit(suspect)
         self.r_tail, self.r_clean = self.fit(reference) if reference is not None else (None, None)
@@ -230,28 +230,33 @@ class ProbeRunner:
         ours = getattr(self.suspect, "tokenizer", None)
         if theirs is None or ours is None:
             return True
-        ids = sorted({*tokens, *(t for row in self.rows for t in row)})
-        return list(ours.convert_ids_to_tokens(ids)) == list(theirs.convert_ids_to_tokens(ids))
+
+        def alike(ids: list[int]) -> bool:
+            return list(ours.convert_ids_to_tokens(ids)) == list(theirs.convert_ids_to_tokens(ids))
+
+        if self.prompts_alike is None:
+            self.prompts_alike = alike(sorted({t for row in self.rows for t in row}))
+        return self.prompts_alike and alike(sorted(set(tokens)))
 
     def typed_share(self, adapter: Adapter, probe: Probe) -> float:
         """:meth:`typeable` under ``adapter``'s tokenizer alone (1.0 where no prompt's own text comes back)."""
-        specials = special_ids(adapter)
-        if id(adapter) not in self.spellers:
-            self.spellers[id(adapter)] = speller(adapter, specials)
-        spell = self.spellers[id(adapter)]
 
-        def bodies(batch: Batch) -> list[list[int]]:
+        def bodies(batch: Batch, specials: set[int]) -> list[list[int]]:
             return [[t for t in row[: int(e) + 1].tolist() if t not in specials]
                     for row, e in zip(batch.ids.cpu(), batch.eos.cpu(), strict=True)]
 
-        def round_trip(rows: list[list[int]]) -> list[bool]:
+        def round_trip(batch: Batch, specials: set[int], spell: Callable[[Sequence[int]], str]) -> list[bool]:
+            rows = bodies(batch, specials)
             texts = [spell(row) for row in rows]
-            return [a == b for a, b in zip(rows, bodies(self.tokenized(texts, adapter)), strict=True)]
+            return [a == b for a, b in zip(rows, bodies(self.tokenized(texts, adapter), specials), strict=True)]
 
-        if id(adapter) not in self.clean_round_trip:
-            self.clean_round_trip[id(adapter)] = round_trip(bodies(self.clean))
-        carried = round_trip(bodies(self.inputs(probe)))
-        kept = [c for c, ok in zip(carried, self.clean_round_trip[id(adapter)], strict=True) if ok]
+        if id(adapter) not in self.typists:
+            specials = special_ids(adapter)
+            spell = speller(adapter, specials)
+            self.typists[id(adapter)] = specials, spell, round_trip(self.clean, specials, spell)
+        specials, spell, clean = self.typists[id(adapter)]
+        carried = round_trip(self.inputs(probe), specials, spell)
+        kept = [c for c, ok in zip(carried, clean, strict=True) if ok]
         return sum(kept) / len(kept) if kept else 1.0
 
     @torch.no_grad()
