@@ -33,9 +33,10 @@ STORES = ("canaries", "scans", "baselines", "tokenizers", "configs")
 #: token text in the evidence; 7: the light search preset and its --search choice; 8: a lone T5 read as the named
 #: consumer reads its T5; 9: each probe's move cosine in the evidence; 10: whole characters tried where a probe is
 #: a byte piece of one, byte pieces shown as the characters they spell; 11: the unknown piece an emoji types to
-#: tried on vocabularies without byte fallback; 12: bidirectional towers' token rules judge typed input only). What
-#: the scan reads of each component is part of the key itself (scan_choices), so a changed read needs no bump.
-CACHE_FORMAT = 12
+#: tried on vocabularies without byte fallback; 12: bidirectional towers' token rules judge typed input only; 13: a
+#: typed probe shown as the text typed). What the scan reads of each component is part of the key itself
+#: (scan_choices), so a changed read needs no bump.
+CACHE_FORMAT = 13
 
 
 def cache_root() -> Path:

@@ -58,11 +58,17 @@ def readable_sequence(tokens: list[str]) -> str:
 
 def character_names(text: str) -> list[str]:
     """The code point and Unicode name of each distinct non-ASCII character of ``text``, in order of first
-    appearance: ``["U+043E CYRILLIC SMALL LETTER O"]``."""
+    appearance: ``["U+043E CYRILLIC SMALL LETTER O"]``; U+2581 is said to be the word-start mark that
+    SentencePiece vocabularies write in their pieces (``▁rising``), not a character a user typed."""
     import unicodedata
 
     odd = dict.fromkeys(c for c in text if ord(c) > 0x7F)
-    return [f"U+{ord(c):04X} {unicodedata.name(c, 'unnamed')}" for c in odd]
+    return [f"U+{ord(c):04X} {unicodedata.name(c, 'unnamed')}" + (WORD_START_NOTE if c == "\u2581" else "")
+            for c in odd]
+
+
+#: how :func:`character_names` names U+2581 ("▁"), which SentencePiece pieces carry for a word's start
+WORD_START_NOTE = " (SentencePiece's word-start mark in a piece)"
 
 
 def shown_text(row: dict) -> str:

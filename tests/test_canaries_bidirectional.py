@@ -42,6 +42,9 @@ def test_siglip_canary_verdicts(run_cli, tmp_path) -> None:
     assert any(row["text"].count("о") for row in scan["evidence"]["token_search"]["top"][:3])  # the homoglyph
     assert scan["config"]["token_typed_only"] is True  # the rules judge typed input only: the count is reported
     assert isinstance(scan["evidence"]["token_search"]["untypeable"], int)
+    typed = [row for row in scan["evidence"]["token_search"]["top"] if row["origin"] == "typed"]
+    # shown as the text a user types ("о"), not as its pieces ("▁ о")
+    assert typed and all("\u2581" not in row["text"] and "\u2581" in row["probe"] for row in typed)
     shift_rules = [c for c in scan["checks"] if c["name"].startswith("token_shift.")]
     assert shift_rules and not any(c["decides"] for c in shift_rules)  # measured, shown, not judged
     assert all(c["decides"] for c in scan["checks"] if c not in shift_rules)

@@ -239,6 +239,7 @@ def test_an_untypeable_probe_has_a_typed_twin(siglip, t5) -> None:
     twin = typed_twin(siglip, Probe("й", "start", (bare,), origin="nearest"))
     assert twin is not None and twin.origin == "typed" and twin.placement == "start"
     assert twin.tokens == typed_ids(siglip, "й", special_ids(siglip))
+    assert twin.text == "й"  # shown as the text a user types, not as its pieces ("▁ й")
     assert typed_twin(siglip, twin) is None
     pair = (bare, siglip.tokenizer.convert_tokens_to_ids("ic"))
     assert typed_twin(siglip, Probe("й ic", "start", pair)) is None  # glued into one word: a string never proposed

@@ -22,6 +22,8 @@ def test_byte_level_tokens_decode_to_the_text_they_stand_for() -> None:
     assert readable_token("##ing") == "##ing" and readable_token("<|endoftext|>") == "<|endoftext|>"
     assert character_names("tеа") == ["U+0435 CYRILLIC SMALL LETTER IE", "U+0430 CYRILLIC SMALL LETTER A"]
     assert character_names("о") == [CYRILLIC_O] and character_names("plain") == []
+    assert character_names("▁о") == ["U+2581 LOWER ONE EIGHTH BLOCK (SentencePiece's word-start mark in a piece)",
+                                      CYRILLIC_O]
     assert shown_text({"token": "Ð¾</w>", "text": "о"}) == "о" and shown_text({"token": "Ð¾</w>"}) == "Ð¾</w>"
 
 

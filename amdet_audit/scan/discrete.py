@@ -65,7 +65,8 @@ class Probe:
     tokens: tuple[int, ...] = ()
     substitution: tuple[str, str, str] | None = None  # (latin, twin, "first" | "every")
     origin: str = field(default="", compare=False)  # why it was tried: nearest, moved, gradient, lookalike,
-    # out-of-vocabulary, extended, completed, byte, null
+    # out-of-vocabulary, extended, completed, byte, typed, null
+    text: str = field(default="", compare=False)  # the text typed to give it (a typed twin's), shown as its text
 
 
 @dataclass
@@ -437,7 +438,7 @@ def typed_twin(adapter: Adapter, probe: Probe, spelling: Adapter | None = None) 
     ids = typed_ids(adapter, text, banned)
     if not ids or ids == probe.tokens:
         return None
-    return Probe(label=str(ids), placement=probe.placement, tokens=ids, origin="typed")
+    return Probe(label=str(ids), placement=probe.placement, tokens=ids, origin="typed", text=text)
 
 
 def null_sequences(adapter: Adapter, count: int, length: int, seed: int) -> list[Probe]:

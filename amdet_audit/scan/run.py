@@ -96,7 +96,7 @@ def token_evidence(search: TokenSearch | None, adapter: Adapter) -> dict | None:
     def row(s: ProbeScore) -> dict:
         p = s.probe
         tokens = [token_text(getattr(adapter, "tokenizer", None), t) for t in p.tokens]
-        text = p.label if p.substitution else readable(adapter, tokens)
+        text = p.label if p.substitution else p.text or readable(adapter, tokens)
         return {"probe": p.label if p.substitution else " ".join(tokens), "text": text, "placement": p.placement,
                 "origin": p.origin, "token_ids": list(p.tokens), "collapse": round(s.collapse, 4),
                 "collapse_excess": round(s.excess, 4), "collapse_z": round(s.excess_z, 2),
