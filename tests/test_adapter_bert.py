@@ -115,3 +115,30 @@ def test_cli_inspect_packaged_model(run_cli) -> None:
     info = json.loads(result.stdout)
     assert info["target"]["kind"] == "package"
     assert info["target"]["repo_id"] == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_the_default_scan_of_a_bert_tower_runs_the_light_search(tmp_path: Path, monkeypatch) -> None:
+    """``--search auto`` gives BERT-family towers the light search on any device (scan/config.LIGHT_FAMILIES):
+    the configuration the audit hands the scan of all-MiniLM-L6-v2, caught where the scan would start."""
+    from dataclasses import replace
+
+    from amdet_audit import api
+    from amdet_audit.scan import run as scan_run
+    from amdet_audit.scan.config import ScanConfig
+
+    class Started(Exception):
+        pass
+
+    handed = {}
+
+    def started(suspect, reference, *, config, **_):
+        handed.update(family=suspect.family, reference=reference is not None, config=config)
+        raise Started
+
+    monkeypatch.setattr(scan_run, "run_scan", started)
+    with pytest.raises(Started):
+        api.scan(MINILM, options=api.ScanOptions(out=tmp_path / "report", use_cache=False, third_party_plugins=False))
+    config = handed["config"]
+    assert handed["family"] == "bert" and handed["reference"]  # judged against its known clean base
+    assert config == replace(ScanConfig.light(), pooled_only=config.pooled_only,
+                             assimilation_weight=config.assimilation_weight, thresholds=config.thresholds)

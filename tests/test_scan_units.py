@@ -223,9 +223,12 @@ def test_the_search_seed_is_the_explicit_one_else_the_configs() -> None:
     assert ScanOptions(seed=3, config=ScanConfig(seed=7)).search_seed == 3  # an explicit seed wins
 
 
-def test_auto_search_is_light_only_for_causal_towers_on_cpu() -> None:
+def test_auto_search_is_light_for_causal_towers_on_cpu_and_for_bert_everywhere() -> None:
     from amdet_audit.scan.config import ScanConfig, preset_name
 
     assert preset_name("auto", "cpu") == "light" and preset_name("auto", "cuda:0") == "full"
     assert preset_name("auto", "cpu", causal=False) == "full" and preset_name("light", "cpu", causal=False) == "light"
-    assert ScanConfig.preset("auto", "cpu", causal=False) == ScanConfig()
+    assert ScanConfig.preset("auto", "cpu", causal=False, family="siglip") == ScanConfig()
+    for device in ("cpu", "cuda:0"):  # the full search finds model differences on BERT-family towers
+        assert ScanConfig.preset("auto", device, causal=False, family="bert") == ScanConfig.light()
+    assert ScanConfig.preset("full", "cpu", causal=False, family="bert") == ScanConfig()  # asked for: given

@@ -131,7 +131,7 @@ def scan_component(resolved: ResolvedTarget, name: str, sources: SourceOptions, 
     consumer = consumer_for(options.consumer, resolved.pipeline_class)
     read = read_of(consumer, resolved.component(name), options.read_layer)
     suspect = load_as_read(resolved.component(name), read, device)
-    config = options.search_config(device, suspect.causal)
+    config = options.search_config(device, suspect.causal, suspect.family)
     if not read.sequence:  # the consumer reads the pooled output alone (FLUX's CLIP): so does the scan
         config = replace(config, pooled_only=True, assimilation_weight=0.0)
     if options.policy is not None:

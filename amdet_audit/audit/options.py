@@ -50,7 +50,8 @@ class ScanOptions:
     device: str = "cpu"
     out: Path | None = None  # new or empty folder for report.json and evidence
     config: ScanConfig | None = None  # None: the ``search`` preset
-    search: str = "auto"  # auto (light on CPU for causal towers, else full; scan/config.AUTO), full or light
+    search: str = "auto"  # auto (light on CPU for causal towers and for BERT-family ones, else full;
+    # scan/config.AUTO), full or light
     seed: int | None = None  # of the search; None: the config's, else DEFAULT_SEED (see ``search_seed``)
     policy: Policy | None = None  # thresholds, fail_on, waivers...; None: the bundled default policy
     plugins: list[str] | None = None  # third-party plugins to run (entry-point names); None: all installed
@@ -64,13 +65,13 @@ class ScanOptions:
     threads: int | None = None  # torch CPU threads for the scan; None: torch's default (one per core)
     argv: list[str] = field(default_factory=list)
 
-    def search_config(self, device: str, causal: bool = True) -> ScanConfig:
-        """The scan's configuration on ``device`` for a causal or bidirectional tower: the given one, else the
-        ``search`` preset, seeded."""
+    def search_config(self, device: str, causal: bool = True, family: str = "") -> ScanConfig:
+        """The scan's configuration on ``device`` for a causal or bidirectional tower of ``family``: the given
+        one, else the ``search`` preset, seeded."""
         seed = self.search_seed
         if self.config is not None:
             return replace(self.config, seed=seed)
-        return ScanConfig.preset(self.search, device, seed, causal)
+        return ScanConfig.preset(self.search, device, seed, causal, family)
 
     @property
     def search_seed(self) -> int:

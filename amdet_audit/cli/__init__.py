@@ -36,7 +36,8 @@ BaseOpt = Annotated[str | None, typer.Option(
     "--base", help="For a text-encoder LoRA (kohya, PEFT, diffusers): the model it was trained on (any TARGET "
     "form). The LoRA is merged onto it and scanned against it (or against --reference).")]
 SearchOpt = Annotated[str, typer.Option(
-    "--search", help="auto (light on CPU for CLIP-style causal towers; full on a GPU and for SigLIP, T5 and BERT), "
+    "--search", help="auto (light on CPU for CLIP-style causal towers and everywhere for BERT-family ones; full on "
+    "a GPU and for SigLIP and T5), "
     "full or light (shorter prompts, fewer starts and steps: about three times faster, and judged the "
     "benchmark's 60 lab CLIP models as the full search did: benchmarks/efficacy/light).")]
 ConsumerOpt = Annotated[str | None, typer.Option(

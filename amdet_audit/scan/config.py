@@ -115,26 +115,40 @@ class ScanConfig:
                    seed=seed)
 
     @classmethod
-    def preset(cls, search: str, device: str, seed: int = DEFAULT_SEED, causal: bool = True) -> ScanConfig:
-        """The ``--search`` preset: ``full``, ``light``, or ``auto`` (see :data:`AUTO`).
+    def preset(cls, search: str, device: str, seed: int = DEFAULT_SEED, causal: bool = True,
+               family: str = "") -> ScanConfig:
+        """The ``--search`` preset: ``full``, ``light``, or ``auto`` (see :data:`AUTO`) for a tower of ``family``.
 
         On CPU the light search is the default for causal towers because, measured on the generalization
         benchmark's 60 lab models of two CLIP bases (benchmarks/efficacy/light/), it judges every model as the
         full search does at a third of the time; on an accelerator the full search's extra starts, steps and
-        prompts cost little. Bidirectional towers get the full search everywhere: their target rule's bar
+        prompts cost little. SigLIP and T5 towers get the full search everywhere: their target rule's bar
         (differential_collapse) was chosen on full-search scores, and the light search, which holds the
         reference's collapse constant within a step, scores them lower (on the SigLIP lab zoo, the same seven
         backdoors: median 0.27 light, 0.58 full; benchmarks/efficacy/RESULTS.md, "light and full search on
-        SigLIP")."""
-        return cls.light(seed) if preset_name(search, device, causal) == "light" else cls(seed=seed)
+        SigLIP"). BERT-family towers get the light search everywhere (see :data:`LIGHT_FAMILIES`)."""
+        return cls.light(seed) if preset_name(search, device, causal, family) == "light" else cls(seed=seed)
 
+
+#: tower families ``auto`` gives the light search on any device. On all-MiniLM-L6-v2, the one real pretrained
+#: bidirectional tower measured, the full search (which backpropagates its differential objective through both
+#: towers) finds a vector that separates any two of its models: it flagged every benign fine-tune it scanned
+#: (3 of 3) and flagged the clean base itself when a fine-tune was named as the reference (differential
+#: collapse 0.97-0.98), while the light search passed those fine-tunes and found the typed trigger of an
+#: attribute backdoor the full one missed (benchmarks/efficacy/RESULTS.md, "the full search on MiniLM finds
+#: model differences, not backdoors")
+LIGHT_FAMILIES = ("bert",)
 
 #: what ``--search auto`` means (part of the scan cache's key: a scan made under another meaning is not reused)
-AUTO = "light for causal towers on CPU; full on an accelerator and for bidirectional towers"
+AUTO = ("light for causal towers on CPU and for BERT-family towers everywhere; full on an accelerator and for "
+        "SigLIP and T5 towers")
 
 
-def preset_name(search: str, device: str, causal: bool = True) -> str:
-    """Which preset ``--search`` means on ``device`` for a causal or a bidirectional tower (see :data:`AUTO`)."""
+def preset_name(search: str, device: str, causal: bool = True, family: str = "") -> str:
+    """Which preset ``--search`` means on ``device`` for a causal or a bidirectional tower of ``family`` (see
+    :data:`AUTO`)."""
     if search != "auto":
         return search
+    if family in LIGHT_FAMILIES:
+        return "light"
     return "light" if str(device).startswith("cpu") and causal else "full"

@@ -62,7 +62,7 @@ def probe_scores(suspect: str, reference: str, probes: list[str], consumer: str 
 
     torch.set_num_threads(1)
     s, r, read = load_as_scanned(suspect, reference, consumer, component)
-    cfg = ScanConfig.preset(search, "cpu", causal=s.causal)
+    cfg = ScanConfig.preset(search, "cpu", causal=s.causal, family=s.family)
     if not read.sequence:  # the consumer reads the pooled output alone: so do the probes (audit/components.py)
         cfg = replace(cfg, pooled_only=True)
     runner = ProbeRunner(s, r, token_prompts(prepare_prompts(s, cfg), cfg), padding=cfg.padding_positions,

@@ -58,7 +58,7 @@ def measure(folder: Path, report: Path, reference: str, sample: int | None = Non
     if not jp.get("token_ids"):
         raise SystemExit(f"{report}: the judged probe {jp['probe']!r} inserts no tokens (a substitution)")
     s, r, _ = load_as_scanned(str(folder), reference)
-    cfg = ScanConfig.preset("auto", "cpu", causal=s.causal)
+    cfg = ScanConfig.preset("auto", "cpu", causal=s.causal, family=s.family)
     runner = ProbeRunner(s, r, token_prompts(prepare_prompts(s, cfg), cfg), padding=cfg.padding_positions)
     banned = special_ids(s)
     ids = [t for t in range(s.token_embedding_matrix().shape[0]) if t not in banned]
