@@ -247,6 +247,7 @@ def test_an_untypeable_probe_has_a_typed_twin(siglip, t5) -> None:
     unknown = t5.tokenizer.unk_token_id
     t5_twin = typed_twin(t5, Probe("<unk>", "start", (unknown,)))
     assert t5_twin is not None and t5_twin.tokens == unknown_character_ids(t5, special_ids(t5))
+    assert t5_twin.text == ""  # any unknown character types to it: shown as its pieces, not as one stand-in
     bert = load_component(resolve(MINILM).components[0])
     continuation = bert.tokenizer.convert_tokens_to_ids("##v")
     bert_twin = typed_twin(bert, Probe("##v", "start", (continuation,)))

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from amdet_audit.encoders.base import Adapter, EncoderOutput
 from amdet_audit.scan.characters import (
+    PROOF,
     complete_characters,
     part_of_character,
     speller,
@@ -438,7 +439,9 @@ def typed_twin(adapter: Adapter, probe: Probe, spelling: Adapter | None = None) 
     ids = typed_ids(adapter, text, banned)
     if not ids or ids == probe.tokens:
         return None
-    return Probe(label=str(ids), placement=probe.placement, tokens=ids, origin="typed", text=text)
+    # shown as the text typed, unless that is the stand-in for any unknown character (shown as its pieces)
+    shown = "" if PROOF in text else text
+    return Probe(label=str(ids), placement=probe.placement, tokens=ids, origin="typed", text=shown)
 
 
 def null_sequences(adapter: Adapter, count: int, length: int, seed: int) -> list[Probe]:
