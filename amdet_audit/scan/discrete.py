@@ -218,11 +218,12 @@ class ProbeRunner:
         if probe.substitution is not None or not probe.tokens:
             return 1.0
         if probe not in self.typed_shares:
-            shares = [self.typed_share(a, probe) for a in (self.suspect, self.reference)
-                      if a is not None and getattr(a, "tokenizer", None) is not None]
             if self.reference is not None and not self.same_pieces(probe.tokens):
-                shares = [1.0]
-            self.typed_shares[probe] = max(shares, default=1.0)
+                self.typed_shares[probe] = 1.0  # no round trip is asked: its answer would not count
+            else:
+                self.typed_shares[probe] = max((self.typed_share(a, probe) for a in (self.suspect, self.reference)
+                                                if a is not None and getattr(a, "tokenizer", None) is not None),
+                                               default=1.0)
         return self.typed_shares[probe]
 
     def same_pieces(self, tokens: tuple[int, ...]) -> bool:
