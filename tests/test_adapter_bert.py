@@ -124,7 +124,7 @@ def test_the_default_scan_of_a_bert_tower_runs_the_light_search(tmp_path: Path, 
 
     from amdet_audit import api
     from amdet_audit.scan import run as scan_run
-    from amdet_audit.scan.config import ScanConfig
+    from amdet_audit.scan.config import TURNED_TOP, ScanConfig
 
     class Started(Exception):
         pass
@@ -140,5 +140,5 @@ def test_the_default_scan_of_a_bert_tower_runs_the_light_search(tmp_path: Path, 
         api.scan(MINILM, options=api.ScanOptions(out=tmp_path / "report", use_cache=False, third_party_plugins=False))
     config = handed["config"]
     assert handed["family"] == "bert" and handed["reference"]  # judged against its known clean base
-    assert config == replace(ScanConfig.light(), pooled_only=config.pooled_only,
+    assert config == replace(ScanConfig.light(), pooled_only=config.pooled_only, token_turned=TURNED_TOP,
                              assimilation_weight=config.assimilation_weight, thresholds=config.thresholds)

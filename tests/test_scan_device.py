@@ -17,7 +17,7 @@ from amdet_audit.sources import resolve
 #: every stage (full checks, reference baseline, landscape, token search), each as short as it goes
 SMALL = ScanConfig(prompts=80, steps=3, min_steps=1, restarts=1, batch=4, landscape_points=3, token_prompts=4,
                    token_nulls=3, token_confirm=2, token_nearest=1, token_moved=2, token_gradient_top=2,
-                   token_rounds=1, check_subset=8, full_checks=True)
+                   token_rounds=1, check_subset=8, full_checks=True, token_turned=2)
 
 
 def test_the_guard_refuses_what_a_gpu_refuses_and_allows_what_it_allows() -> None:

@@ -224,11 +224,14 @@ def test_the_search_seed_is_the_explicit_one_else_the_configs() -> None:
 
 
 def test_auto_search_is_light_for_causal_towers_on_cpu_and_for_bert_everywhere() -> None:
-    from amdet_audit.scan.config import ScanConfig, preset_name
+    from dataclasses import replace
+
+    from amdet_audit.scan.config import TURNED_TOP, ScanConfig, preset_name
 
     assert preset_name("auto", "cpu") == "light" and preset_name("auto", "cuda:0") == "full"
     assert preset_name("auto", "cpu", causal=False) == "full" and preset_name("light", "cpu", causal=False) == "light"
     assert ScanConfig.preset("auto", "cpu", causal=False, family="siglip") == ScanConfig()
     for device in ("cpu", "cuda:0"):  # the full search finds model differences on BERT-family towers
-        assert ScanConfig.preset("auto", device, causal=False, family="bert") == ScanConfig.light()
-    assert ScanConfig.preset("full", "cpu", causal=False, family="bert") == ScanConfig()  # asked for: given
+        assert ScanConfig.preset("auto", device, causal=False, family="bert") == replace(ScanConfig.light(),
+                                                                                         token_turned=TURNED_TOP)
+    assert ScanConfig.preset("full", "cpu", causal=False, family="bert") == ScanConfig(token_turned=TURNED_TOP)

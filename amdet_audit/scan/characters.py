@@ -121,6 +121,13 @@ def unknown_character_ids(adapter: Adapter, banned: set[int]) -> tuple[int, ...]
     return typed if unknown in typed else None
 
 
+def continuation_mark(tokenizer: object) -> str | None:
+    """The prefix that names a piece continuing a word (WordPiece's "##"); None where the tokenizer has none."""
+    mark = getattr(getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None),
+                   "continuing_subword_prefix", None)
+    return mark if isinstance(mark, str) and mark else None
+
+
 def speller(adapter: Adapter, banned: set[int]) -> Callable[[Sequence[int]], str]:
     """Ids -> text that types to them where any does: their decoding, with the unknown piece written as a
     character outside the vocabulary (its own text, "<unk>", would type to the special piece alone) and a leading
@@ -131,9 +138,7 @@ def speller(adapter: Adapter, banned: set[int]) -> Callable[[Sequence[int]], str
         return lambda ids: ""
     unknown = getattr(tokenizer, "unk_token", None)
     spelt = isinstance(unknown, str) and bool(unknown) and unknown_character_ids(adapter, banned) is not None
-    mark = getattr(getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None),
-                   "continuing_subword_prefix", None)
-    mark = mark if isinstance(mark, str) and mark else None
+    mark = continuation_mark(tokenizer)
 
     written = unknown if spelt else ""
 

@@ -4,7 +4,7 @@ policies/default.yaml (where reviewers read and override them); :class:`Threshol
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from amdet_audit.resources import bundled
@@ -95,6 +95,9 @@ class ScanConfig:
     # tried typed at its placement, ranked by their bytes' effect (bidirectional towers; scan/characters.py)
     token_typed_only: bool = True  # the token rules judge only candidates typed text gives, and untypeable ones
     # as typed (bidirectional towers; scan/discrete.py)
+    token_turned: int = 0  # pieces whose embeddings the fine-tune turned, screened, tried as probes, and untypeable
+    # pieces also typed as words ending in them (bidirectional towers; scan/finetuned.py; on for the families in
+    # TURNED_FAMILIES by :meth:`preset`)
     seed: int = DEFAULT_SEED
     thresholds: Thresholds = field(default_factory=Thresholds)
 
@@ -126,8 +129,10 @@ class ScanConfig:
         (differential_collapse) was chosen on full-search scores, and the light search, which holds the
         reference's collapse constant within a step, scores them lower (on the SigLIP lab zoo, the same seven
         backdoors: median 0.27 light, 0.58 full; benchmarks/efficacy/RESULTS.md, "light and full search on
-        SigLIP"). BERT-family towers get the light search everywhere (see :data:`LIGHT_FAMILIES`)."""
-        return cls.light(seed) if preset_name(search, device, causal, family) == "light" else cls(seed=seed)
+        SigLIP"). BERT-family towers get the light search everywhere (see :data:`LIGHT_FAMILIES`), and both
+        presets try the pieces their fine-tune turned there (see :data:`TURNED_FAMILIES`)."""
+        config = cls.light(seed) if preset_name(search, device, causal, family) == "light" else cls(seed=seed)
+        return replace(config, token_turned=TURNED_TOP) if family in TURNED_FAMILIES else config
 
 
 #: tower families ``auto`` gives the light search on any device. On all-MiniLM-L6-v2, the one real pretrained
@@ -138,6 +143,14 @@ class ScanConfig:
 #: attribute backdoor the full one missed (benchmarks/efficacy/RESULTS.md, "the full search on MiniLM finds
 #: model differences, not backdoors")
 LIGHT_FAMILIES = ("bert",)
+
+#: tower families whose scans try the ``TURNED_TOP`` pieces their fine-tune turned that collapse prompts most, and
+#: words ending in untypeable pieces (``ScanConfig.token_turned``). On two all-MiniLM-L6-v2 attribute backdoors a
+#: piece of the trigger topped that screen, and a word of one letter and it collapsed prompts nearly as the
+#: trigger does, where no other source of probes proposed it (benchmarks/efficacy/RESULTS.md, "turned pieces");
+#: measured on MiniLM only, so SigLIP and T5 scans go without it
+TURNED_FAMILIES = ("bert",)
+TURNED_TOP = 8
 
 #: what ``--search auto`` means (part of the scan cache's key: a scan made under another meaning is not reused)
 AUTO = ("light for causal towers on CPU and for BERT-family towers everywhere; full on an accelerator and for "

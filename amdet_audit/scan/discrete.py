@@ -8,6 +8,8 @@ that vector little to find, while the real trigger still works. So the scan also
 - probes: tokens nearest to each pseudo-trigger vector, tokens whose embeddings moved most from the
   reference, tokens ranked by a first-order (HotFlip-style) estimate of the collapse objective over the
   whole vocabulary, refined greedily, each inserted after the start token and before the end token; on a
+  BERT-family tower also the pieces whose embeddings the fine-tune turned that collapse the prompts most, and
+  an untypeable piece typed as the word of one character that ends in it (scan/finetuned.py); on a
   bidirectional tower, where a strong probe is a piece of a character (a lone byte of an emoji, which no typed
   text gives), the whole characters whose bytes do most are tried as typed (scan/characters.py), and the
   strongest probes can grow, a token at a time on either side, into multi-token probes (a trigger spelt in
@@ -49,12 +51,15 @@ from amdet_audit.scan.characters import (
     unknown_character_ids,
 )
 from amdet_audit.scan.features import collapse, collapse_gain, move_cosine, spread_ratio
+from amdet_audit.scan.finetuned import MOST_TURNED, continuation_words, continuations, turned_ids
 from amdet_audit.scan.lookalikes import LOOKALIKES, UNLIKE, substitute_every, substitute_first, substitutions
 
 PLACEMENTS = ("start", "end")
 MAD_FLOOR = 0.01  # least spread of the null distribution (a z-score of noise must stay finite)
 TYPEABLE_SHARE = 0.5  # a candidate is typeable when typed text gives it on at least this share of the prompts
 TYPED_ORIGINS = ("completed", "out-of-vocabulary", "typed")  # candidates made by typing text
+SCREEN_PROMPTS = 8  # the shortest test prompts a batch screen of many probes runs on (turned pieces, words)
+SCREEN_CHUNK = 16  # probes per forward pass of that screen
 
 
 @dataclass(frozen=True)
@@ -65,8 +70,8 @@ class Probe:
     placement: str  # "start", "end" or "text"
     tokens: tuple[int, ...] = ()
     substitution: tuple[str, str, str] | None = None  # (latin, twin, "first" | "every")
-    origin: str = field(default="", compare=False)  # why it was tried: nearest, moved, gradient, lookalike,
-    # out-of-vocabulary, extended, completed, byte, typed, null
+    origin: str = field(default="", compare=False)  # why it was tried: nearest, moved, turned, gradient,
+    # lookalike, out-of-vocabulary, extended, completed, byte, typed, null
     text: str = field(default="", compare=False)  # the text typed to give it (a typed twin's), shown as its text
 
 
@@ -289,6 +294,19 @@ class ProbeRunner:
         return ProbeScore(probe=probe, collapse=col, excess=excess, shift=shift, gain=gain, spread=spreads[0],
                           reference_spread=spreads[1], move_cosine=cosine)
 
+    @torch.no_grad()
+    def collapses(self, probes: Sequence[Probe], chunk: int = SCREEN_CHUNK) -> list[float]:
+        """The suspect's cross-prompt collapse under each token probe (:meth:`score`'s screening value), ``chunk``
+        probes to a forward pass."""
+        found: list[float] = []
+        for k in range(0, len(probes), chunk):
+            batches = [self.inputs(p) for p in probes[k: k + chunk]]
+            width = max(b.ids.shape[1] for b in batches)
+            ids = torch.cat([F.pad(b.ids, (0, width - b.ids.shape[1]), value=self.suspect.pad_id) for b in batches])
+            feats = self.s_tail.features(self.tail(self.suspect(ids), torch.cat([b.eos for b in batches])))
+            found += collapse(feats.view(len(batches), len(self.prompts), -1)).tolist()  # [n*B, F] -> [n]
+        return found
+
     def gradient(self, probe: Probe, index: int = 0) -> torch.Tensor:
         """[D] gradient of the suspect's tail collapse w.r.t. the embedding of the probe's token ``index``."""
         batch = self.inputs(probe)
@@ -445,6 +463,48 @@ def typed_twin(adapter: Adapter, probe: Probe, spelling: Adapter | None = None) 
     return Probe(label=str(ids), placement=probe.placement, tokens=ids, origin="typed", text=shown)
 
 
+def screen_runner(runner: ProbeRunner) -> ProbeRunner:
+    """A runner on the SCREEN_PROMPTS shortest of ``runner``'s prompts, for the suspect alone: a cheap screen of
+    many probes (:meth:`ProbeRunner.collapses`) whose best are then scored on all of them."""
+    shortest = sorted(runner.prompts, key=len)[:SCREEN_PROMPTS]
+    return ProbeRunner(runner.suspect, None, shortest, runner.padding, runner.pooled_only)
+
+
+def turned_probes(screen: ProbeRunner, reference: Adapter, top: int) -> list[Probe]:
+    """The ``top`` pieces continuing a word whose embeddings the fine-tune turned
+    (:func:`amdet_audit.scan.finetuned.turned_ids`) that collapse ``screen``'s prompts most when inserted after the
+    start token, at both placements (origin "turned"). Pieces are named by the reference's tokenizer where it has
+    one (the suspect's names are its publisher's to choose). Whole words are left out: a fine-tune on one domain's
+    prompts trains that domain's words, and one of them can collapse a damaged model's prompts (a benign MiniLM
+    fine-tune on city prompts: "medieval", gain 0.61; benchmarks/efficacy/RESULTS.md, "turned pieces")."""
+    namer = reference if getattr(reference, "tokenizer", None) is not None else screen.suspect
+    rows = screen.suspect.token_embedding_matrix().shape[0]
+    every = turned_ids(screen.suspect, reference, special_ids(screen.suspect), cap=rows)
+    ids = continuations(namer, every)[:MOST_TURNED]
+    if not ids or top < 1:
+        return []
+    scores = screen.collapses([Probe(label="", placement="start", tokens=(t,)) for t in ids])
+    best = [t for _, t in sorted(zip(scores, ids, strict=True), key=lambda pair: -pair[0])[:top]]
+    # labelled as seed_probes labels the same token, so a token reached both ways is one probe (scored once)
+    return [Probe(label=str((t,)), placement=p, tokens=(t,), origin="turned") for t in best for p in PLACEMENTS]
+
+
+def word_twin(screen: ProbeRunner, probe: Probe, spelling: Adapter | None = None) -> Probe | None:
+    """The typed word of one character and an untypeable one-piece probe's piece ("qv" for "##v") that collapses
+    ``screen``'s prompts most at the probe's placement (origin "typed", shown as the word); None for a probe of
+    several pieces or a piece no such word ends in. Spelt as :func:`typed_twin` spells."""
+    if len(probe.tokens) != 1:
+        return None
+    adapter = screen.suspect
+    source = spelling if spelling is not None and getattr(spelling, "tokenizer", None) is not None else adapter
+    words = continuation_words(adapter, probe.tokens[0], special_ids(adapter), speller(source, special_ids(source)))
+    if not words:
+        return None
+    scores = screen.collapses([Probe(label="", placement=probe.placement, tokens=ids) for ids, _ in words])
+    (ids, text), _ = max(zip(words, scores, strict=True), key=lambda pair: pair[1])
+    return Probe(label=str(ids), placement=probe.placement, tokens=ids, origin="typed", text=text)
+
+
 def null_sequences(adapter: Adapter, count: int, length: int, seed: int) -> list[Probe]:
     """Random vocabulary sequences of ``length`` tokens at both placements: the null of multi-token probes."""
     rng, banned = random.Random(seed + length), special_ids(adapter)
@@ -474,7 +534,7 @@ def search_tokens(
     confirm: int = 16, lookalike_modes: tuple[str, ...] = ("first", "every"), seed: int = 0,
     progress: Callable[[int, int, str], None] | None = None, pooled_only: bool = False,
     z_bars: tuple[float, float] = (math.inf, math.inf), by_gain: bool = False, extend: int = 0, beam: int = 2,
-    complete: int = 0, typed_only: bool = False,
+    complete: int = 0, typed_only: bool = False, turned: int = 0,
 ) -> TokenSearch:
     """Try real-input trigger candidates on ``prompts`` and score each against a null of random tokens.
 
@@ -503,8 +563,13 @@ def search_tokens(
         SigLIP fine-tune whose prompts collapse under "й" placed where no typed "й" lands (before the prompt,
         without its word-start piece), but not under "й" typed there, has no trigger in it
         (benchmarks/efficacy/RESULTS.md, "typed probes only").
+    turned: the ``turned`` pieces whose embeddings the fine-tune turned that collapse the prompts most are tried
+        beside the seeds (:func:`turned_probes`), and each placement's ``beam`` strongest untypeable one-piece
+        candidates are also typed as the best word of one character and that piece (:func:`word_twin`: "qv" for
+        "##v"), judged as typed twins are.
     """
     runner = ProbeRunner(suspect, reference, prompts, padding, pooled_only)
+    screener = screen_runner(runner) if turned else None
     scored: dict[Probe, ProbeScore] = {}
 
     def run(probes: list[Probe], with_reference: bool = False) -> None:
@@ -524,9 +589,13 @@ def search_tokens(
     run(null, with_reference=True)
     run(seed_probes(suspect, reference, vectors, nearest, moved) + out_of_vocabulary_probes(suspect)
         + lookalike_probes(lookalike_modes))
-    for placement in PLACEMENTS:  # greedy refinement from the best token probe at each placement
+    if screener is not None:
+        run(turned_probes(screener, reference, turned))
+    for placement in PLACEMENTS:  # greedy refinement from the best token probe at each placement (turned pieces
+        # are judged on top of the rest, and do not steer it)
         for _ in range(rounds):
-            pool = [s for s in scored.values() if s.probe.placement == placement and s.probe.origin != "null"]
+            pool = [s for s in scored.values() if s.probe.placement == placement
+                    and s.probe.origin not in ("null", "turned")]
             if not pool:
                 break
             run(gradient_probes(runner, max(pool, key=lambda s: s.collapse).probe, gradient_top))
@@ -543,9 +612,11 @@ def search_tokens(
         if complete and any(part_of_character(suspect, s.probe.tokens) for s in strong):
             run(completion_probes(runner, placement, screen, complete))
     completed = [s for s in scored.values() if s.probe.origin == "completed"]
-    screened = [s for s in scored.values() if s.probe.origin not in ("null", "extended", "byte", "completed")]
+    screened = [s for s in scored.values()
+                if s.probe.origin not in ("null", "extended", "byte", "completed", "turned")]
     # (a lone byte piece screened to rank characters is no input a user can type: never judged)
     grown = [s for s in scored.values() if s.probe.origin == "extended"]
+    turned_scores = [s for s in scored.values() if s.probe.origin == "turned"]
     untypeable: set[Probe] = set()
 
     def typed(p: Probe) -> bool:
@@ -556,12 +627,15 @@ def search_tokens(
 
     chosen = set(shortlist(screened, "collapse", confirm, typed))
     chosen |= set(shortlist(screened, "shift", confirm // 2, typed))
-    for extra in (grown, completed):  # on top: grown probes and typed characters collapse more than single pieces
-        # on the suspect alone, and would crowd out the rest
+    for extra in (grown, completed, turned_scores):  # on top: grown probes, typed characters and the pieces a
+        # fine-tune trained collapse more than other single pieces on the suspect alone, and would crowd out the rest
         chosen |= set(shortlist(extra, "collapse", confirm // 2, typed))
-    twins = [t for t in dict.fromkeys(typed_twin(suspect, p, reference)
-                                      for p in sorted(untypeable, key=lambda p: p.label))
-             if t is not None and (t not in scored or scored[t].probe.origin != "null")]
+    made = [typed_twin(suspect, p, reference) for p in sorted(untypeable, key=lambda p: p.label)]
+    if screener is not None:  # the strongest untypeable pieces at each placement, also as words ending in them
+        made += [word_twin(screener, s.probe, reference) for placement in PLACEMENTS
+                 for s in sorted((scored[p] for p in untypeable if p.placement == placement and len(p.tokens) == 1),
+                                 key=lambda s: (-s.collapse, s.probe.label))[:beam]]
+    twins = [t for t in dict.fromkeys(made) if t is not None and (t not in scored or scored[t].probe.origin != "null")]
     run(twins)
     chosen |= set(twins)
     characters = completed + [s for s in scored.values() if s.probe.origin == "out-of-vocabulary"]

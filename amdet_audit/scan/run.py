@@ -85,7 +85,8 @@ def token_search(enc: Encoders, data: ScanPrompts, cands: dict[str, Candidate], 
                          z_bars=(t.token_gain_z if by_gain else t.token_excess_z, t.token_shift_z), by_gain=by_gain,
                          extend=config.token_extend if by_gain else 0, beam=config.token_beam,
                          complete=config.token_complete if by_gain else 0,
-                         typed_only=config.token_typed_only and by_gain)
+                         typed_only=config.token_typed_only and by_gain,
+                         turned=config.token_turned if by_gain else 0)
 
 
 def token_evidence(search: TokenSearch | None, adapter: Adapter) -> dict | None:
