@@ -34,9 +34,9 @@ STORES = ("canaries", "scans", "baselines", "tokenizers", "configs")
 #: consumer reads its T5; 9: each probe's move cosine in the evidence; 10: whole characters tried where a probe is
 #: a byte piece of one, byte pieces shown as the characters they spell; 11: the unknown piece an emoji types to
 #: tried on vocabularies without byte fallback; 12: bidirectional towers' token rules judge typed input only; 13: a
-#: typed probe shown as the text typed). What the scan reads of each component is part of the key itself
-#: (scan_choices), so a changed read needs no bump.
-CACHE_FORMAT = 13
+#: typed probe shown as the text typed; 14: BERT-family towers try the pieces their fine-tune turned). What the
+#: scan reads of each component is part of the key itself (scan_choices), so a changed read needs no bump.
+CACHE_FORMAT = 14
 
 
 def cache_root() -> Path:

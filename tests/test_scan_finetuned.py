@@ -58,12 +58,17 @@ def test_only_rows_whose_direction_changed_count_as_turned(minilm, suspect) -> N
     assert turned_ids(suspect, minilm, special_ids(minilm) | {v}) == [word]
     assert len(turned_ids(suspect, minilm, set(), cap=1)) == 1 and turned_ids(suspect, minilm, set(), cap=0) == []
     assert turned_ids(minilm, minilm, set()) == []
+    hostile = copy.deepcopy(suspect)
+    with torch.no_grad():
+        hostile.model.get_input_embeddings().weight[piece(minilm, "##x")] = float("nan")
+    assert sorted(turned_ids(hostile, minilm, special_ids(minilm))) == sorted([v, word])  # no number: not ranked
 
 
 def test_only_pieces_continuing_a_word_are_screened(minilm, suspect) -> None:
     """A fine-tune's own words are its domain's; the turned piece of a rare string continues a word."""
     v = piece(minilm, "##v")
     assert continuations(minilm, [piece(minilm, "medieval"), v, piece(minilm, "q")]) == [v]
+    assert continuations(object(), [v]) == []  # no tokenizer to name them: none screened, whole words included
     screen = screen_runner(ProbeRunner(suspect, minilm, PROMPTS, padding=4))
     assert {p.tokens for p in turned_probes(screen, minilm, top=8)} == {(v,)}
 
@@ -91,8 +96,8 @@ def test_the_search_tries_turned_pieces_and_types_them_as_words(minilm, suspect)
     judges it at the start as the typed word that ends in it ("qv"), not as a lone "##v" no text types there."""
     v = piece(minilm, "##v")
     vector = minilm.token_embedding_matrix()[piece(minilm, "castle")].detach().unsqueeze(0)  # [1, D]
-    kwargs = dict(padding=4, nearest=1, moved=0, gradient_top=2, rounds=0, nulls=4, confirm=64,
-                  lookalike_modes=(), by_gain=True, typed_only=True)
+    kwargs = dict(padding=4, nearest=1, moved=0, gradient_top=2, rounds=0, nulls=4, confirm=2,
+                  lookalike_modes=(), by_gain=True, typed_only=True)  # a short shortlist: turned pieces on top of it
     found = search_tokens(suspect, minilm, PROMPTS, [vector], turned=2, **kwargs)
     tried = {s.probe: s for s in found.confirmed}
     assert any(p.origin == "turned" and p.tokens == (v,) for p in tried)

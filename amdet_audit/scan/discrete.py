@@ -297,7 +297,9 @@ class ProbeRunner:
     @torch.no_grad()
     def collapses(self, probes: Sequence[Probe], chunk: int = SCREEN_CHUNK) -> list[float]:
         """The suspect's cross-prompt collapse under each token probe (:meth:`score`'s screening value), ``chunk``
-        probes to a forward pass."""
+        probes to a forward pass; a value that is not a number (a hostile embedding row) counts as -inf. Probes of
+        different lengths share a pass padded to the longest, which changes nothing where :meth:`cut` cuts (a tower
+        that masks its padding, or a causal one) or every input already runs at full length (one that attends it)."""
         found: list[float] = []
         for k in range(0, len(probes), chunk):
             batches = [self.inputs(p) for p in probes[k: k + chunk]]
@@ -305,7 +307,7 @@ class ProbeRunner:
             ids = torch.cat([F.pad(b.ids, (0, width - b.ids.shape[1]), value=self.suspect.pad_id) for b in batches])
             feats = self.s_tail.features(self.tail(self.suspect(ids), torch.cat([b.eos for b in batches])))
             found += collapse(feats.view(len(batches), len(self.prompts), -1)).tolist()  # [n*B, F] -> [n]
-        return found
+        return [c if math.isfinite(c) else -math.inf for c in found]
 
     def gradient(self, probe: Probe, index: int = 0) -> torch.Tensor:
         """[D] gradient of the suspect's tail collapse w.r.t. the embedding of the probe's token ``index``."""
@@ -477,11 +479,13 @@ def turned_probes(screen: ProbeRunner, reference: Adapter, top: int) -> list[Pro
     one (the suspect's names are its publisher's to choose). Whole words are left out: a fine-tune on one domain's
     prompts trains that domain's words, and one of them can collapse a damaged model's prompts (a benign MiniLM
     fine-tune on city prompts: "medieval", gain 0.61; benchmarks/efficacy/RESULTS.md, "turned pieces")."""
+    if reference is None or top < 1:
+        return []
     namer = reference if getattr(reference, "tokenizer", None) is not None else screen.suspect
     rows = screen.suspect.token_embedding_matrix().shape[0]
     every = turned_ids(screen.suspect, reference, special_ids(screen.suspect), cap=rows)
     ids = continuations(namer, every)[:MOST_TURNED]
-    if not ids or top < 1:
+    if not ids:
         return []
     scores = screen.collapses([Probe(label="", placement="start", tokens=(t,)) for t in ids])
     best = [t for _, t in sorted(zip(scores, ids, strict=True), key=lambda pair: -pair[0])[:top]]
@@ -563,10 +567,11 @@ def search_tokens(
         SigLIP fine-tune whose prompts collapse under "й" placed where no typed "й" lands (before the prompt,
         without its word-start piece), but not under "й" typed there, has no trigger in it
         (benchmarks/efficacy/RESULTS.md, "typed probes only").
-    turned: the ``turned`` pieces whose embeddings the fine-tune turned that collapse the prompts most are tried
-        beside the seeds (:func:`turned_probes`), and each placement's ``beam`` strongest untypeable one-piece
-        candidates are also typed as the best word of one character and that piece (:func:`word_twin`: "qv" for
-        "##v"), judged as typed twins are.
+    turned: the ``turned`` word-continuing pieces whose embeddings the fine-tune turned that collapse the prompts
+        most are tried after the refinement and growth, which they do not steer (:func:`turned_probes`); the
+        ``turned`` strongest of them typed text gives are scored against the reference on top of the shortlist,
+        and each placement's ``beam`` strongest untypeable one-piece candidates are also typed as the best word
+        of one character and that piece (:func:`word_twin`: "qv" for "##v"), judged as typed twins are.
     """
     runner = ProbeRunner(suspect, reference, prompts, padding, pooled_only)
     screener = screen_runner(runner) if turned else None
@@ -589,13 +594,9 @@ def search_tokens(
     run(null, with_reference=True)
     run(seed_probes(suspect, reference, vectors, nearest, moved) + out_of_vocabulary_probes(suspect)
         + lookalike_probes(lookalike_modes))
-    if screener is not None:
-        run(turned_probes(screener, reference, turned))
-    for placement in PLACEMENTS:  # greedy refinement from the best token probe at each placement (turned pieces
-        # are judged on top of the rest, and do not steer it)
+    for placement in PLACEMENTS:  # greedy refinement from the best token probe at each placement
         for _ in range(rounds):
-            pool = [s for s in scored.values() if s.probe.placement == placement
-                    and s.probe.origin not in ("null", "turned")]
+            pool = [s for s in scored.values() if s.probe.placement == placement and s.probe.origin != "null"]
             if not pool:
                 break
             run(gradient_probes(runner, max(pool, key=lambda s: s.collapse).probe, gradient_top))
@@ -606,8 +607,11 @@ def search_tokens(
             front = [grown for p in front if len(p.tokens) < 1 + extend
                      for grown in extension_probes(runner, p, gradient_top)]
             run(front)
+    if screener is not None and reference is not None:  # after the refinement and growth, which they do not steer
+        run(turned_probes(screener, reference, turned))
     for placement in PLACEMENTS:  # strong probes that are pieces of a character: whole characters, typed
-        strong = sorted((s for s in scored.values() if s.probe.placement == placement and s.probe.origin != "null"),
+        strong = sorted((s for s in scored.values() if s.probe.placement == placement
+                         and s.probe.origin not in ("null", "turned")),
                         key=lambda s: s.collapse, reverse=True)[:confirm]
         if complete and any(part_of_character(suspect, s.probe.tokens) for s in strong):
             run(completion_probes(runner, placement, screen, complete))
@@ -627,9 +631,10 @@ def search_tokens(
 
     chosen = set(shortlist(screened, "collapse", confirm, typed))
     chosen |= set(shortlist(screened, "shift", confirm // 2, typed))
-    for extra in (grown, completed, turned_scores):  # on top: grown probes, typed characters and the pieces a
-        # fine-tune trained collapse more than other single pieces on the suspect alone, and would crowd out the rest
+    for extra in (grown, completed):  # on top: grown probes and typed characters collapse more than single pieces
+        # on the suspect alone, and would crowd out the rest
         chosen |= set(shortlist(extra, "collapse", confirm // 2, typed))
+    chosen |= set(shortlist(turned_scores, "collapse", turned, typed))  # on top too: the ``turned`` strongest
     made = [typed_twin(suspect, p, reference) for p in sorted(untypeable, key=lambda p: p.label)]
     if screener is not None:  # the strongest untypeable pieces at each placement, also as words ending in them
         made += [word_twin(screener, s.probe, reference) for placement in PLACEMENTS

@@ -39,7 +39,8 @@ def turned_ids(suspect: Adapter, reference: Adapter, banned: set[int], cap: int 
         return []
     length = r.norm(dim=-1).clamp_min(1e-12)  # [V]
     along = (s * r).sum(dim=-1, keepdim=True) / (length**2).unsqueeze(-1)  # [V, 1]
-    turn = (s - along * r).norm(dim=-1) / length  # [V]
+    turn = ((s - along * r).norm(dim=-1) / length).nan_to_num(0.0, posinf=0.0, neginf=0.0)  # [V]; a row that is
+    # not a number cannot rank first
     if banned:
         turn[sorted(i for i in banned if 0 <= i < turn.shape[0])] = 0.0
     count = min(int((turn > TURN_FLOOR).sum()), cap)
@@ -48,11 +49,11 @@ def turned_ids(suspect: Adapter, reference: Adapter, banned: set[int], cap: int 
 
 def continuations(adapter: Adapter, ids: Sequence[int]) -> list[int]:
     """Those of ``ids`` that name a piece continuing a word ("##v": WordPiece's continuation mark, by ``adapter``'s
-    tokenizer); all of them where the tokenizer has no such mark."""
+    tokenizer); none where the tokenizer has no such mark (whole words are not screened: see the module's text)."""
     tokenizer = getattr(adapter, "tokenizer", None)
     mark = continuation_mark(tokenizer)
     if tokenizer is None or mark is None:
-        return list(ids)
+        return []
     names = tokenizer.convert_ids_to_tokens(list(ids))
     return [i for i, name in zip(ids, names, strict=True) if str(name).startswith(mark)]
 
