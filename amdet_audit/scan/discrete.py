@@ -443,6 +443,12 @@ def completion_probes(runner: ProbeRunner, placement: str, screen: Callable[[Pro
     return [Probe(label=str(ids), placement=placement, tokens=ids, origin="completed") for ids in typed]
 
 
+def naming(adapter: Adapter, spelling: Adapter | None) -> Adapter:
+    """Whose tokenizer spells and names pieces: ``spelling``'s (the reference's) where it has one, since the
+    suspect's decoder and piece names are its publisher's to choose; else ``adapter``'s."""
+    return spelling if spelling is not None and getattr(spelling, "tokenizer", None) is not None else adapter
+
+
 def typed_twin(adapter: Adapter, probe: Probe, spelling: Adapter | None = None) -> Probe | None:
     """What typing an untypeable one-piece probe's text as a word of its own gives (origin "typed"), at its
     placement: "й" at a prompt's start is typed "▁" "й". None for a probe of several pieces (glued into one word
@@ -452,7 +458,7 @@ def typed_twin(adapter: Adapter, probe: Probe, spelling: Adapter | None = None) 
     and typed with ``adapter``'s, as the consumer types it."""
     if len(probe.tokens) != 1:
         return None
-    source = spelling if spelling is not None and getattr(spelling, "tokenizer", None) is not None else adapter
+    source = naming(adapter, spelling)
     text = speller(source, special_ids(source))(probe.tokens).strip()
     banned = special_ids(adapter)
     if not text or "\ufffd" in text:
@@ -481,10 +487,8 @@ def turned_probes(screen: ProbeRunner, reference: Adapter, top: int) -> list[Pro
     fine-tune on city prompts: "medieval", gain 0.61; benchmarks/efficacy/RESULTS.md, "turned pieces")."""
     if reference is None or top < 1:
         return []
-    namer = reference if getattr(reference, "tokenizer", None) is not None else screen.suspect
-    rows = screen.suspect.token_embedding_matrix().shape[0]
-    every = turned_ids(screen.suspect, reference, special_ids(screen.suspect), cap=rows)
-    ids = continuations(namer, every)[:MOST_TURNED]
+    every = turned_ids(screen.suspect, reference, special_ids(screen.suspect))
+    ids = continuations(naming(screen.suspect, reference), every)[:MOST_TURNED]
     if not ids:
         return []
     scores = screen.collapses([Probe(label="", placement="start", tokens=(t,)) for t in ids])
@@ -500,7 +504,7 @@ def word_twin(screen: ProbeRunner, probe: Probe, spelling: Adapter | None = None
     if len(probe.tokens) != 1:
         return None
     adapter = screen.suspect
-    source = spelling if spelling is not None and getattr(spelling, "tokenizer", None) is not None else adapter
+    source = naming(adapter, spelling)
     words = continuation_words(adapter, probe.tokens[0], special_ids(adapter), speller(source, special_ids(source)))
     if not words:
         return None

@@ -30,10 +30,10 @@ WORD_STARTS = string.ascii_lowercase + string.digits  # one-character word start
 
 
 @torch.no_grad()
-def turned_ids(suspect: Adapter, reference: Adapter, banned: set[int], cap: int = MOST_TURNED) -> list[int]:
+def turned_ids(suspect: Adapter, reference: Adapter, banned: set[int], cap: int | None = None) -> list[int]:
     """Ids of the suspect's embedding rows whose direction differs from the reference's row of the same id (the
     part of the suspect's row not along the reference's, relative to the reference row's length, above
-    TURN_FLOOR), most turned first, at most ``cap``; none where the tables differ in shape."""
+    TURN_FLOOR), most turned first, at most ``cap`` (every one without); none where the tables differ in shape."""
     s, r = suspect.token_embedding_matrix().float(), reference.token_embedding_matrix().float()  # [V, D] each
     if s.shape != r.shape:
         return []
@@ -43,7 +43,8 @@ def turned_ids(suspect: Adapter, reference: Adapter, banned: set[int], cap: int 
     # not a number cannot rank first
     if banned:
         turn[sorted(i for i in banned if 0 <= i < turn.shape[0])] = 0.0
-    count = min(int((turn > TURN_FLOOR).sum()), cap)
+    count = int((turn > TURN_FLOOR).sum())
+    count = count if cap is None else min(count, cap)
     return turn.topk(count).indices.tolist() if count else []
 
 

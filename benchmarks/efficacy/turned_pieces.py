@@ -41,7 +41,7 @@ def turned_ranks(suspect: str, reference: str, trigger: str, search: str = "ligh
     cfg = ScanConfig.preset(search, "cpu", causal=s.causal, family=s.family)
     screen = screen_runner(ProbeRunner(s, r, token_prompts(prepare_prompts(s, cfg), cfg), cfg.padding_positions))
     banned = special_ids(s)
-    ids = turned_ids(s, r, banned, cap=len(s.tokenizer))  # every turned row, not only the scan's MOST_TURNED
+    ids = turned_ids(s, r, banned)  # every turned row, not only the scan's MOST_TURNED
     started = time.perf_counter()
     scores = screen.collapses([Probe(label="", placement="start", tokens=(t,)) for t in ids])
     seconds = time.perf_counter() - started
